@@ -1,0 +1,1 @@
+"""Market data: the store, validation, asset classes, windows, events and training samples."""

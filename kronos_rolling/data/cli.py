@@ -1,0 +1,8 @@
+"""`kronos-rolling data ...`."""
+
+import click
+
+
+@click.group()
+def data():
+    """Import, list, validate and classify market data."""

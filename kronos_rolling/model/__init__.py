@@ -1,0 +1,1 @@
+"""Kronos tokenizer and predictor, event conditioning, LoRA and fast forecasting."""

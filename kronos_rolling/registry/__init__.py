@@ -1,0 +1,1 @@
+"""MLflow Model Registry lifecycle: register, guard, promote, alert, roll back, retain, cadence."""

@@ -1,0 +1,1 @@
+"""Predictor service: per-symbol adapter selection by alias, one base in memory."""

@@ -1,0 +1,51 @@
+"""Shared fixtures: a real MLflow tracking server on 127.0.0.1, started once per session.
+
+Tests that need a registry of their own (sizes of artifact folders, server restarts)
+start a `TrackingServer` themselves; everything else shares this one and gets a clean
+model registry through `clean_registry`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
+
+# Keep tests quiet and small: no telemetry, no background server jobs.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("mlflow-server")
+    server = TrackingServer(ServerConfig.embedded(data_dir, port=free_port()))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tracking_uri(tracking_server, monkeypatch):
+    """Point both this process and any child process at the session's tracking server."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+    mlflow.set_tracking_uri(tracking_server.url)
+    yield tracking_server.url
+    if mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def clean_registry(tracking_uri):
+    """An empty model registry (experiments and runs are kept; names stay unique per test)."""
+    client = MlflowClient(tracking_uri)
+    for model in client.search_registered_models(max_results=1000):
+        client.delete_registered_model(model.name)
+    yield client
