@@ -3,13 +3,18 @@
 The embedded default keeps everything under one data directory: a SQLite backend
 (`mlflow.db`) and the artifact folder (`artifacts/`), served by the tracking server
 itself so clients never need direct access to the artifact store. Production swaps in
-PostgreSQL and S3 through the same options (see `mlflow_server/`).
+PostgreSQL, an S3 bucket (proxied by the server), MLflow's basic-auth app and a list of
+allowed Host headers through the same config (see `ServerConfig.from_options` and
+`mlflow_server/README.md`).
 """
 
 from __future__ import annotations
 
+import configparser
+import io
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import requests
 
@@ -26,6 +32,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
+
+AUTH_CONFIG_FILE = "basic_auth.ini"  # written into the data dir, mode 0600
+AUTH_DB_FILE = "basic_auth.db"  # users and permissions when the backend is SQLite
+SECRET_KEY_FILE = "flask_secret_key"  # CSRF key of the auth app, kept across restarts
+MIN_ADMIN_PASSWORD_LENGTH = 12  # MLflow refuses shorter passwords
+PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 
 
 def default_data_dir() -> Path:
@@ -38,19 +50,71 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return sock.getsockname()[1]
 
 
+def sqlalchemy_uri(uri: str) -> str:
+    """Name the PostgreSQL driver we ship (psycopg2) in a database URI.
+
+    Hosting platforms hand out `postgres://` or `postgresql://` URLs; SQLAlchemy rejects the
+    first and, from 2.1 on, maps the second to psycopg 3, which we do not install.
+    """
+    for scheme in ("postgres://", "postgresql://"):
+        if uri.startswith(scheme):
+            return "postgresql+psycopg2://" + uri[len(scheme):]
+    return uri
+
+
+def is_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:")
+
+
+@dataclass
+class BasicAuth:
+    """MLflow's basic-auth app (`--app-name basic-auth`).
+
+    The admin user is created from these credentials the first time the server starts
+    against an empty user store; users and permissions live in `database_uri`.
+    """
+
+    admin_username: str
+    admin_password: str = field(repr=False)
+    database_uri: str = field(repr=False)
+    default_permission: str = "READ"  # what any signed-in user may do on others' experiments
+    # A password check costs ~0.5 s of CPU (PBKDF2); cache a successful one per worker for
+    # this long. A changed or deleted password then works on other workers for up to as long.
+    credential_cache_seconds: int = 60
+
+    def __post_init__(self) -> None:
+        if not self.admin_username:
+            raise ConfigError("MLFLOW_AUTH_ADMIN_USERNAME is empty; set it to the admin's user name")
+        if len(self.admin_password or "") < MIN_ADMIN_PASSWORD_LENGTH:
+            raise ConfigError(
+                "basic auth is on but MLFLOW_AUTH_ADMIN_PASSWORD is "
+                + ("not set" if not self.admin_password else "shorter than "
+                   f"{MIN_ADMIN_PASSWORD_LENGTH} characters")
+                + f"; set it to a secret of at least {MIN_ADMIN_PASSWORD_LENGTH} characters"
+            )
+        if self.default_permission not in PERMISSIONS:
+            raise ConfigError(
+                f"unknown default permission {self.default_permission!r}; use one of {', '.join(PERMISSIONS)}"
+            )
+
+
 @dataclass
 class ServerConfig:
-    """Everything `mlflow server` needs; `embedded()` gives the local default."""
+    """Everything `mlflow server` needs; `embedded()` gives the local default,
+    `from_options()` the production variants."""
 
     backend_store_uri: str
     artifacts_destination: str
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     workers: int = 1
-    app_name: str | None = None  # "basic-auth" in production
-    allowed_hosts: str | None = None
+    app_name: str | None = None  # set by basic_auth; other MLflow apps by name
+    allowed_hosts: str | None = None  # comma-separated Host headers; MLflow's default: localhost + private IPs
     env: dict[str, str] = field(default_factory=dict)
     log_file: Path | None = None
+    basic_auth: BasicAuth | None = None
+    data_dir: Path | None = None  # where the auth config and its secret key are written
+    console_output: bool = False  # server log to our stdout/stderr instead of log_file
 
     @classmethod
     def embedded(cls, data_dir: Path | str | None = None, host: str = DEFAULT_HOST,
@@ -63,24 +127,74 @@ class ServerConfig:
             host=host,
             port=port,
             log_file=data_dir / "server.log",
+            data_dir=data_dir,
         )
+
+    @classmethod
+    def from_options(
+        cls,
+        data_dir: Path | str | None = None,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        workers: int = 1,
+        backend_store_uri: str | None = None,
+        artifacts_destination: str | None = None,
+        basic_auth: bool = False,
+        auth_db_uri: str | None = None,
+        allowed_hosts: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> "ServerConfig":
+        """The embedded default with any production option swapped in.
+
+        Basic-auth credentials come from `environ` (MLflow's own names,
+        MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD). Users and permissions are
+        kept in `auth_db_uri`, by default the tracking database itself when that is a
+        database server (its tables and migration history are separate from the tracking
+        schema), else a SQLite file beside the tracking data.
+        """
+        environ = os.environ if environ is None else environ
+        config = cls.embedded(data_dir, host=host, port=port)
+        config.workers = workers
+        if backend_store_uri:
+            config.backend_store_uri = sqlalchemy_uri(backend_store_uri)
+        if artifacts_destination:
+            config.artifacts_destination = artifacts_destination
+        config.allowed_hosts = allowed_hosts or None
+        if basic_auth:
+            if not auth_db_uri:
+                auth_db_uri = (f"sqlite:///{config.data_dir / AUTH_DB_FILE}"
+                               if is_sqlite(config.backend_store_uri) else config.backend_store_uri)
+            config.basic_auth = BasicAuth(
+                admin_username=environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"),
+                admin_password=environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", ""),
+                database_uri=sqlalchemy_uri(auth_db_uri),
+            )
+        return config
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """Where a client on this machine reaches the server."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def auth_config_path(self) -> Path | None:
+        return self.data_dir / AUTH_CONFIG_FILE if self.basic_auth and self.data_dir else None
 
     def command(self) -> list[str]:
+        # The backend URI travels in the environment (MLFLOW_BACKEND_STORE_URI): it may hold
+        # a password, and command lines are readable by every user of the machine.
         cmd = [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", self.backend_store_uri,
             "--artifacts-destination", self.artifacts_destination,
             "--serve-artifacts",
             "--host", self.host,
             "--port", str(self.port),
             "--workers", str(self.workers),
         ]
-        if self.app_name:
-            cmd += ["--app-name", self.app_name]
+        app_name = "basic-auth" if self.basic_auth else self.app_name
+        if app_name:
+            cmd += ["--app-name", app_name]
         if self.allowed_hosts:
             cmd += ["--allowed-hosts", self.allowed_hosts]
         return cmd
@@ -90,8 +204,120 @@ class ServerConfig:
         # The server's background job workers (seven by default) only serve GenAI
         # features we do not use; on a small machine they cost more than they give.
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        env["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri
+        if self.basic_auth:
+            if self.auth_config_path is None:
+                raise ConfigError("basic auth needs a data directory for its config file; set data_dir")
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config_path)
+            # MLflow reads these before the ini; keep both in step with this config.
+            env["MLFLOW_AUTH_ADMIN_USERNAME"] = self.basic_auth.admin_username
+            env["MLFLOW_AUTH_ADMIN_PASSWORD"] = self.basic_auth.admin_password
         env.update(self.env)
         return env
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write a file only its owner can read, replacing any old one atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def write_auth_config(config: ServerConfig, env: Mapping[str, str]) -> dict[str, str]:
+    """Write the basic-auth ini that MLflow reads (MLFLOW_AUTH_CONFIG_PATH) and return what
+    the server's environment needs besides: a CSRF secret key that every worker and every
+    restart shares (MLFLOW_FLASK_SERVER_SECRET_KEY, else one kept in the data dir)."""
+    auth, path = config.basic_auth, config.auth_config_path
+    if auth is None or path is None:
+        return {}
+    ini = configparser.ConfigParser()
+    ini["mlflow"] = {  # MLflow reads it with %-interpolation, so a literal % is written %%
+        key: value.replace("%", "%%") for key, value in {
+            "default_permission": auth.default_permission,
+            "database_uri": auth.database_uri,
+            "admin_username": auth.admin_username,
+            "admin_password": auth.admin_password,
+            "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+            "auth_cache_ttl_seconds": str(auth.credential_cache_seconds),
+        }.items()
+    }
+    text = io.StringIO()
+    text.write("# Written by kronos-rolling server from its options and environment; edits are lost.\n")
+    ini.write(text)
+    write_private_file(path, text.getvalue())
+
+    secret = env.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
+    if not secret:
+        key_file = path.parent / SECRET_KEY_FILE
+        if not key_file.exists():
+            write_private_file(key_file, secrets.token_hex(32))
+        secret = key_file.read_text().strip()
+    return {"MLFLOW_FLASK_SERVER_SECRET_KEY": secret}
+
+
+def check_basic_auth_installed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("flask_wtf") is None:
+        raise ConfigError("basic auth needs MLflow's auth extra (Flask-WTF); install it with "
+                          "pip install 'mlflow[auth]', or run without --basic-auth")
+
+
+def check_database(uri: str, wait: float = 30.0) -> None:
+    """Fail fast, naming the database, when it cannot be reached (MLflow itself would retry
+    for about 100 s and then print a traceback)."""
+    if is_sqlite(uri):
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 5}, poolclass=sqlalchemy.pool.NullPool)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                with engine.connect():
+                    return
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                if time.monotonic() >= deadline:
+                    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+                    raise ConfigError(
+                        f"cannot connect to the tracking database {redact(uri)}: {reason}; start it or fix "
+                        "--backend-store-uri / KRONOS_MLFLOW_BACKEND_URI (tests: bash scripts/test-services.sh)"
+                    ) from None
+                time.sleep(1.0)
+    finally:
+        engine.dispose()
+
+
+def check_artifacts_destination(destination: str, env: Mapping[str, str]) -> None:
+    """An s3:// destination must name a bucket the server can reach with its credentials;
+    otherwise uploads would fail later, one run at a time."""
+    if not destination.startswith("s3://"):
+        return
+    import boto3
+    import botocore.exceptions
+
+    bucket = destination[len("s3://"):].split("/", 1)[0]
+    endpoint = env.get("MLFLOW_S3_ENDPOINT_URL") or None
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+        region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None,
+    )
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        where = f" at {endpoint}" if endpoint else ""
+        raise ConfigError(
+            f"artifact bucket {bucket!r}{where} is not usable: {exc}; create the bucket, or fix "
+            "--artifacts-destination / KRONOS_MLFLOW_ARTIFACTS, MLFLOW_S3_ENDPOINT_URL and "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        ) from None
 
 
 def upgrade_schema(backend_store_uri: str, env: dict[str, str] | None = None) -> None:
@@ -102,8 +328,14 @@ def upgrade_schema(backend_store_uri: str, env: dict[str, str] | None = None) ->
     if backend_store_uri.startswith("sqlite:///"):
         if not Path(backend_store_uri[len("sqlite:///"):]).exists():
             return
+    # `mlflow db upgrade URL`, with the URL taken from the environment rather than the
+    # command line (it may hold a password). On an empty database it creates the schema.
+    env = dict(os.environ if env is None else env)
+    env["MLFLOW_BACKEND_STORE_URI"] = backend_store_uri
     result = subprocess.run(
-        [sys.executable, "-m", "mlflow", "db", "upgrade", backend_store_uri],
+        [sys.executable, "-c",
+         "import os; from mlflow.db import upgrade; "
+         "upgrade.main([os.environ['MLFLOW_BACKEND_STORE_URI']], prog_name='mlflow db upgrade')"],
         env=env, capture_output=True, text=True,
     )
     if result.returncode != 0:
@@ -115,7 +347,7 @@ def upgrade_schema(backend_store_uri: str, env: dict[str, str] | None = None) ->
 
 def redact(uri: str) -> str:
     """Hide a password in a database URI for messages."""
-    if "@" in uri and "://" in uri:
+    if "@" in uri and "://" in uri and ":" in uri.split("://", 1)[1].rsplit("@", 1)[0]:
         scheme, rest = uri.split("://", 1)
         creds, host = rest.rsplit("@", 1)
         user = creds.split(":", 1)[0]
@@ -148,8 +380,15 @@ class TrackingServer:
                 "or choose another --port"
             )
         env = self.config.environment()
+        if self.config.basic_auth:
+            check_basic_auth_installed()
+            env.update(write_auth_config(self.config, env))
+        check_database(self.config.backend_store_uri)
+        check_artifacts_destination(self.config.artifacts_destination, env)
         upgrade_schema(self.config.backend_store_uri, env)
-        if self.config.log_file:
+        if self.config.console_output:
+            out = None
+        elif self.config.log_file:
             self.config.log_file.parent.mkdir(parents=True, exist_ok=True)
             out = open(self.config.log_file, "ab")
         else:
@@ -161,7 +400,8 @@ class TrackingServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                where = f"; see {self.config.log_file}" if self.config.log_file else ""
+                where = ("; see its output above" if self.config.console_output
+                         else f"; see {self.config.log_file}" if self.config.log_file else "")
                 raise RegistryUnavailable(
                     f"mlflow server exited with code {self.process.returncode} while starting{where}"
                 )

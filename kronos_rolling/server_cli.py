@@ -1,0 +1,114 @@
+"""`kronos-rolling server`: run the MLflow tracking server in the foreground.
+
+Embedded by default (SQLite + artifact folder under the data directory, 127.0.0.1:5000);
+every production option can also come from the environment, so a container needs no
+command line (see mlflow_server/README.md for the names).
+
+`python -m kronos_rolling.server_cli [OPTIONS]` is the same command, for images and
+scripts that start it before the main CLI is on PATH.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from kronos_rolling.tracking import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ServerConfig,
+    TrackingServer,
+    default_data_dir,
+    redact,
+)
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class Stop(Exception):
+    """SIGTERM arrived: leave the wait loop and stop the server."""
+
+
+def _raise_stop(signum, frame):
+    raise Stop()
+
+
+@click.command()
+@click.option("--data-dir", envvar="KRONOS_HOME", type=click.Path(file_okay=False, path_type=Path),
+              default=default_data_dir, show_default="$KRONOS_HOME or ~/.kronos-rolling",
+              help="Holds the SQLite database, the artifact folder, the server log and the auth config.")
+@click.option("--host", envvar="KRONOS_MLFLOW_HOST", default=DEFAULT_HOST, show_default=True,
+              help="Interface to bind; 0.0.0.0 in a container.")
+@click.option("--port", envvar="KRONOS_MLFLOW_PORT", type=click.IntRange(1, 65535),
+              default=DEFAULT_PORT, show_default=True)
+@click.option("--workers", envvar="KRONOS_MLFLOW_WORKERS", type=click.IntRange(1), default=1,
+              show_default=True, help="Server worker processes.")
+@click.option("--backend-store-uri", envvar="KRONOS_MLFLOW_BACKEND_URI", default=None,
+              help="Tracking database, e.g. postgresql://user:pass@host:5432/mlflow "
+                   "[default: sqlite:///DATA_DIR/mlflow.db].")
+@click.option("--artifacts-destination", envvar="KRONOS_MLFLOW_ARTIFACTS", default=None,
+              help="Where the server stores artifacts, e.g. s3://bucket/mlflow (S3-compatible stores: "
+                   "MLFLOW_S3_ENDPOINT_URL) [default: DATA_DIR/artifacts].")
+@click.option("--basic-auth/--no-basic-auth", envvar="KRONOS_MLFLOW_BASIC_AUTH", default=False,
+              show_default=True,
+              help="Require a user name and password (admin from MLFLOW_AUTH_ADMIN_USERNAME / "
+                   "MLFLOW_AUTH_ADMIN_PASSWORD).")
+@click.option("--auth-db-uri", envvar="KRONOS_MLFLOW_AUTH_DB_URI", default=None,
+              help="Where basic-auth keeps users [default: the tracking database, or "
+                   "sqlite:///DATA_DIR/basic_auth.db with a SQLite backend].")
+@click.option("--allowed-hosts", envvar="KRONOS_MLFLOW_ALLOWED_HOSTS", default=None,
+              help="Comma-separated Host headers to accept, e.g. 'mlflow.example.com,localhost:*' "
+                   "[default: MLflow's, localhost and private IPs].")
+def server(data_dir: Path, host: str, port: int, workers: int, backend_store_uri: str | None,
+           artifacts_destination: str | None, basic_auth: bool, auth_db_uri: str | None,
+           allowed_hosts: str | None) -> None:
+    """Run the MLflow tracking server until Ctrl-C or SIGTERM.
+
+    Upgrades the database schema once, then serves the UI, the REST API and the
+    artifacts (proxied, so clients never need storage credentials).
+    """
+    config = ServerConfig.from_options(
+        data_dir, host=host, port=port, workers=workers, backend_store_uri=backend_store_uri,
+        artifacts_destination=artifacts_destination, basic_auth=basic_auth,
+        auth_db_uri=auth_db_uri, allowed_hosts=allowed_hosts,
+    )
+    config.console_output = True
+    if host not in LOOPBACK and not basic_auth:
+        log.warning("serving on %s without --basic-auth: anyone who reaches this port can change "
+                    "the registry", host)
+
+    tracking_server = TrackingServer(config)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        tracking_server.start()
+        click.echo(
+            f"MLflow tracking server at {config.url} (bound to {config.host})\n"
+            f"  backend:   {redact(config.backend_store_uri)}\n"
+            f"  artifacts: {config.artifacts_destination}\n"
+            f"  auth:      {'basic-auth, admin ' + config.basic_auth.admin_username if config.basic_auth else 'off'}\n"
+            f"Clients: export MLFLOW_TRACKING_URI={config.url}"
+            + (" MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=..." if config.basic_auth else "")
+            + "\nCtrl-C stops it.",
+            err=True,
+        )
+        code = tracking_server.process.wait()
+        click.echo(f"error: mlflow server exited with code {code}; see its output above", err=True)
+        sys.exit(3)
+    except (KeyboardInterrupt, Stop):
+        click.echo("stopping the tracking server", err=True)
+    finally:
+        tracking_server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    from kronos_rolling.cli import main
+
+    main.add_command(server)  # the same command object the main CLI attaches
+    main(["server", *sys.argv[1:]], prog_name="kronos-rolling")
