@@ -1,0 +1,127 @@
+"""Alerts: a JSON POST to the webhook in KRONOS_ALERT_WEBHOOK.
+
+The body is Slack-compatible (`text`, plus the fields as an attachment) and carries the
+same facts machine-readably under `kronos` (event, fields). Delivery is retried with
+exponential back-off on network errors, 429 and 5xx. An alert never changes the outcome
+it reports: a failed delivery is logged at ERROR and returned, not raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import requests
+
+from kronos_rolling.registry.guard import GuardDecision
+from kronos_rolling.registry.settings import ALERT_RETRY, ALERT_TIMEOUT_S, RetryPolicy
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_ENV = "KRONOS_ALERT_WEBHOOK"
+
+REGRESSION = "regression"
+REFUSED = "guard_refused"
+JOB_FAILED = "job_failed"
+ROLLBACK = "rollback"
+CADENCE_CHANGED = "cadence_changed"
+
+
+@dataclass(frozen=True)
+class Alert:
+    event: str
+    text: str
+    fields: dict
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    event: str
+    delivered: bool
+    attempts: int
+    status: int | None = None  # last HTTP status, if any answer came
+    error: str | None = None  # why it was not delivered (or skipped)
+    skipped: bool = False  # no webhook configured
+
+
+def payload(alert: Alert) -> dict:
+    return {
+        "text": alert.text,
+        "attachments": [{
+            "color": "danger" if alert.event in (REGRESSION, JOB_FAILED) else "warning",
+            "fields": [{"title": k, "value": str(v), "short": len(str(v)) < 40}
+                       for k, v in alert.fields.items()],
+        }],
+        "kronos": {"event": alert.event, "fields": alert.fields},
+    }
+
+
+def send_alert(event: str, text: str, fields: dict, webhook: str | None = None, *,
+               retry: RetryPolicy = ALERT_RETRY, timeout_s: float = ALERT_TIMEOUT_S
+               ) -> DeliveryResult:
+    """POST one alert; never raises. Without a webhook it is logged and skipped."""
+    webhook = webhook or os.environ.get(WEBHOOK_ENV)
+    if not webhook:
+        log.warning("alert %s not sent (%s is not set): %s", event, WEBHOOK_ENV, text)
+        return DeliveryResult(event, False, 0, error=f"{WEBHOOK_ENV} is not set", skipped=True)
+    body = payload(Alert(event, text, fields))
+    delays = retry.delays()
+    status = error = None
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            response = requests.post(webhook, json=body, timeout=timeout_s)
+            status = response.status_code
+            if 200 <= status < 300:
+                return DeliveryResult(event, True, attempt, status)
+            error = f"HTTP {status}: {response.text[:200]}"
+            if status != 429 and status < 500:
+                break  # the webhook refuses this request; repeating it will not help
+        except requests.RequestException as exc:
+            status, error = None, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - an alert must never raise into its caller
+            status, error = None, f"{type(exc).__name__}: {exc}"
+            break
+        if attempt < retry.attempts:
+            time.sleep(delays[attempt - 1])
+    log.error("ALERT NOT DELIVERED after %d attempt(s) to %s: %s | event=%s | %s",
+              attempt, _redact(webhook), error, event, text)
+    return DeliveryResult(event, False, attempt, status, error)
+
+
+def guard_alerts(decision: GuardDecision, name: str, version: str | int) -> list[Alert]:
+    """The alerts a guard decision calls for: regression, refusal, or none."""
+    fields = {"registered_model": name, "version": str(version),
+              "candidate_val_mae": decision.candidate.val_mae,
+              "reference": decision.reference or "none", "reason": decision.reason}
+    if decision.reference_figures is not None:
+        fields["reference_val_mae"] = decision.reference_figures.val_mae
+    alerts = []
+    if decision.regression_alert:
+        production = decision.production
+        change = ("not a finite number" if decision.mae_change_vs_production is None
+                  else f"{decision.mae_change_vs_production:+.1%} against")
+        alerts.append(Alert(REGRESSION, (
+            f":warning: {name} v{version}: val_mae {decision.candidate.val_mae:.6g} is {change} "
+            f"production v{production.version or '?'} ({production.val_mae:.6g}) on the same span"),
+            {**fields, "production_version": production.version,
+             "production_val_mae": production.val_mae}))
+    if not decision.promote:
+        alerts.append(Alert(REFUSED, f":no_entry: {name} v{version} refused by the guard: "
+                                     f"{decision.reason}; it stays @staging", fields))
+    return alerts
+
+
+def send_guard_alerts(decision: GuardDecision, name: str, version: str | int,
+                      webhook: str | None = None, *, retry: RetryPolicy = ALERT_RETRY
+                      ) -> list[DeliveryResult]:
+    return [send_alert(a.event, a.text, a.fields, webhook, retry=retry)
+            for a in guard_alerts(decision, name, version)]
+
+
+def _redact(url: str) -> str:
+    """Webhook URLs carry their secret in the path (Slack); log the host only."""
+    parsed = urlparse(url)
+    return f"{parsed.scheme}://{parsed.netloc}/..." if parsed.netloc else "<webhook>"

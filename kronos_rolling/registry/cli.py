@@ -1,0 +1,170 @@
+"""`kronos-rolling history | rollback | retention | due | cadence`.
+
+The commands are attached to the top-level group from `kronos_rolling/cli.py`
+(`COMMANDS`). Errors are `KronosError`s, which the group prints without a traceback
+and turns into their exit code; `due` exits 0 when a retrain is due and 1 when not.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict
+from datetime import date, datetime, timezone
+
+import click
+from mlflow.exceptions import MlflowException
+
+from kronos_rolling.errors import ConfigError, RegistryError
+from kronos_rolling.registry import history as audit
+from kronos_rolling.registry import schedule
+from kronos_rolling.registry.cadence import MODES
+from kronos_rolling.registry.cleanup import GarbageCollection, apply_retention
+from kronos_rolling.registry.client import connect
+from kronos_rolling.registry.names import model_targets, registered_model_name
+from kronos_rolling.registry.promotion import rollback as rollback_production
+from kronos_rolling.registry.settings import Thresholds
+
+
+def _asset_class_option(fn):
+    return click.option("--asset-class", "asset_class", required=True,
+                        help=f"One of: {', '.join(model_targets())}.")(fn)
+
+
+def _tracking_uri_option(fn):
+    return click.option("--tracking-uri", default=None,
+                        help="MLflow tracking server (default: MLFLOW_TRACKING_URI, else the "
+                             "local `kronos-rolling server`).")(fn)
+
+
+def _as_of_option(fn):
+    return click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
+                        help="Decision date, YYYY-MM-DD (default: today, UTC).")(fn)
+
+
+def _registry_errors(fn):
+    """Turn an unexpected MLflow error into a one-line RegistryError for the CLI."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as exc:
+            raise RegistryError(f"the registry refused the request: {exc.message}") from exc
+    return wrapper
+
+
+def _day(as_of: datetime | None) -> date:
+    return as_of.date() if as_of else datetime.now(timezone.utc).date()
+
+
+@click.command()
+@_asset_class_option
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Newest N entries only.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_tracking_uri_option
+@_registry_errors
+def history(asset_class: str, limit: int | None, as_json: bool, tracking_uri: str | None) -> None:
+    """Audit trail of a class: promotions, refusals, rollbacks, cadence changes, retention."""
+    name = registered_model_name(asset_class)
+    entries = audit.read_history(connect(tracking_uri), name)
+    if limit:
+        entries = entries[-limit:]
+    if as_json:
+        for entry in entries:
+            click.echo(json.dumps(asdict(entry), sort_keys=True))
+    else:
+        click.echo(f"{name}\n{audit.format_history(entries)}")
+
+
+@click.command()
+@_asset_class_option
+@click.option("--to-version", type=click.IntRange(min=1), default=None,
+              help="Version to serve (default: @previous_production).")
+@click.option("--reason", required=True, help="Why; recorded in the audit trail.")
+@_tracking_uri_option
+@_registry_errors
+def rollback(asset_class: str, to_version: int | None, reason: str,
+             tracking_uri: str | None) -> None:
+    """Point @production back at an earlier version."""
+    move = rollback_production(connect(tracking_uri), asset_class, to_version, reason=reason)
+    previous = f"v{move.previous_production}" if move.previous_production else "none"
+    click.echo(f"{move.name}@production: v{move.from_version or '-'} -> v{move.to_version} "
+               f"(@previous_production: {previous}); audit entry {move.audit_seq}")
+
+
+@click.command()
+@_asset_class_option
+@click.option("--keep", type=click.IntRange(min=1), default=None,
+              help="Newest versions to keep (default 6, or KRONOS_KEEP_VERSIONS).")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; change nothing.")
+@click.option("--backend-store-uri", envvar="KRONOS_BACKEND_STORE_URI", default=None,
+              help="The tracking server's --backend-store-uri, for `mlflow gc` "
+                   "[env KRONOS_BACKEND_STORE_URI].")
+@click.option("--artifacts-destination", envvar="KRONOS_ARTIFACTS_DESTINATION", default=None,
+              help="The tracking server's --artifacts-destination "
+                   "[env KRONOS_ARTIFACTS_DESTINATION].")
+@click.option("--skip-gc", is_flag=True,
+              help="Delete versions and runs but leave their files for a later `mlflow gc`.")
+@_tracking_uri_option
+@_registry_errors
+def retention(asset_class: str, keep: int | None, dry_run: bool, backend_store_uri: str | None,
+              artifacts_destination: str | None, skip_gc: bool, tracking_uri: str | None) -> None:
+    """Keep the newest versions plus aliased ones; delete the rest and reclaim their storage."""
+    registered_model_name(asset_class)  # a bad class is reported before anything else
+    keep = keep or Thresholds.from_env().keep_versions
+    gc = None
+    if not (dry_run or skip_gc):
+        if not backend_store_uri:
+            raise ConfigError(
+                "retention reclaims storage with `mlflow gc`, which needs the tracking server's "
+                "database: pass --backend-store-uri (the server's --backend-store-uri, e.g. "
+                "sqlite:////data/mlflow.db) or set KRONOS_BACKEND_STORE_URI; or --skip-gc")
+        gc = GarbageCollection(backend_store_uri, artifacts_destination)
+    report = apply_retention(connect(tracking_uri), asset_class, keep, gc=gc, dry_run=dry_run)
+    click.echo(report.summary())
+
+
+@click.command()
+@_asset_class_option
+@_as_of_option
+@_tracking_uri_option
+@_registry_errors
+@click.pass_context
+def due(ctx: click.Context, asset_class: str, as_of: datetime | None,
+        tracking_uri: str | None) -> None:
+    """Is a retrain due? Exit 0 (due) or 1 (not due), saying why / when."""
+    registered_model_name(asset_class)
+    decision = schedule.retrain_due(connect(tracking_uri), asset_class, _day(as_of),
+                                    Thresholds.from_env())
+    if decision.due:
+        click.echo(f"due: {decision.reason}")
+        return
+    click.echo(f"not due: {decision.reason}; next retrain due on {decision.next_due}")
+    ctx.exit(1)
+
+
+@click.command()
+@_asset_class_option
+@click.option("--set", "mode", type=click.Choice(MODES), default=None,
+              help="Switch the cadence (an operator's override).")
+@click.option("--reason", default="set by an operator", show_default=True)
+@_as_of_option
+@_tracking_uri_option
+@_registry_errors
+def cadence(asset_class: str, mode: str | None, reason: str, as_of: datetime | None,
+            tracking_uri: str | None) -> None:
+    """Show a class's retrain cadence, or set it with --set monthly|quarterly."""
+    client = connect(tracking_uri)
+    if mode is None:
+        state = schedule.read_cadence(client, asset_class)
+    else:
+        state = schedule.set_cadence(client, asset_class, mode, _day(as_of), reason).after
+    since = f" since {state.since}" if state.since else ""
+    click.echo(f"{registered_model_name(asset_class)}: {state.mode}{since} ({state.reason})")
+    for record in state.retrains:
+        delta = "n/a" if record.sharpe_delta is None else f"{record.sharpe_delta:+.4f}"
+        click.echo(f"  {record.on}  v{record.version or '?'}  {record.cadence:<9}  "
+                   f"sharpe delta {delta}")
+
+
+COMMANDS = [history, rollback, retention, due, cadence]

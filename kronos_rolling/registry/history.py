@@ -1,0 +1,126 @@
+"""The audit trail: who moved which alias, from where to where, when and why.
+
+Each entry is one registered-model tag `kronos.audit.NNNNNN` holding JSON, so the trail
+is readable in the MLflow UI on the model's page, survives the deletion of any version,
+and an entry is written (or undone) in one call. Writers hold the model's registry lock,
+so numbering never collides on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from mlflow import MlflowClient
+
+from kronos_rolling.locks import current_user
+from kronos_rolling.registry.client import call, get_registered_model
+from kronos_rolling.registry.names import AUDIT_TAG_PREFIX
+
+PROMOTE = "promote"
+ROLLBACK = "rollback"
+REFUSE = "refuse"
+CADENCE = "cadence"
+RETENTION = "retention"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: the OS user, the host, and the job (cron job id, MLflow run, or the CLI)."""
+
+    user: str
+    host: str
+    job: str
+
+    @classmethod
+    def current(cls, job: str | None = None) -> "Actor":
+        job = (job or os.environ.get("KRONOS_JOB") or
+               (f"mlflow-run:{os.environ['MLFLOW_RUN_ID']}" if os.environ.get("MLFLOW_RUN_ID")
+                else f"pid:{os.getpid()}"))
+        return cls(user=current_user(), host=socket.gethostname(), job=job)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    action: str
+    from_version: str | None
+    to_version: str | None
+    reason: str
+    user: str
+    host: str
+    job: str
+    at: str  # ISO-8601 UTC
+
+    @property
+    def tag_key(self) -> str:
+        return f"{AUDIT_TAG_PREFIX}{self.seq:06d}"
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "seq"}, sort_keys=True)
+
+    @classmethod
+    def from_tag(cls, key: str, value: str) -> "AuditEntry":
+        raw = json.loads(value)
+        return cls(seq=int(key[len(AUDIT_TAG_PREFIX):]), **raw)
+
+
+def new_entry(seq: int, action: str, from_version: str | None, to_version: str | None,
+              reason: str, actor: Actor, at: datetime | None = None) -> AuditEntry:
+    at = at or datetime.now(timezone.utc)
+    return AuditEntry(seq=seq, action=action, from_version=from_version, to_version=to_version,
+                      reason=reason, user=actor.user, host=actor.host, job=actor.job,
+                      at=at.astimezone(timezone.utc).isoformat(timespec="seconds"))
+
+
+def entries_from_tags(tags: dict[str, str]) -> list[AuditEntry]:
+    """Audit entries among a registered model's tags, oldest first (unreadable ones skipped)."""
+    entries = []
+    for key, value in tags.items():
+        if key.startswith(AUDIT_TAG_PREFIX):
+            try:
+                entries.append(AuditEntry.from_tag(key, value))
+            except (ValueError, TypeError):
+                continue  # someone edited a tag by hand; the rest of the trail still reads
+    return sorted(entries, key=lambda e: e.seq)
+
+
+def next_seq(tags: dict[str, str]) -> int:
+    numbers = [int(k[len(AUDIT_TAG_PREFIX):]) for k in tags
+               if k.startswith(AUDIT_TAG_PREFIX) and k[len(AUDIT_TAG_PREFIX):].isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def read_history(client: MlflowClient, name: str) -> list[AuditEntry]:
+    return entries_from_tags(get_registered_model(client, name).tags)
+
+
+def write_entry(client: MlflowClient, name: str, entry: AuditEntry) -> None:
+    call(f"write audit entry {entry.seq} of {name}", client.set_registered_model_tag,
+         name, entry.tag_key, entry.to_json())
+
+
+def delete_entry(client: MlflowClient, name: str, entry: AuditEntry) -> None:
+    call(f"remove audit entry {entry.seq} of {name}", client.delete_registered_model_tag,
+         name, entry.tag_key)
+
+
+def format_history(entries: list[AuditEntry]) -> str:
+    """A table for the terminal, oldest first."""
+    if not entries:
+        return "no audit entries yet"
+    header = ("#", "when (UTC)", "action", "from", "to", "who", "job", "why")
+    rows = [(str(e.seq), e.at, e.action, _v(e.from_version), _v(e.to_version),
+             f"{e.user}@{e.host}", e.job, e.reason) for e in entries]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1])
+    return "\n".join(lines)
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "-"

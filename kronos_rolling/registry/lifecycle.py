@@ -1,0 +1,52 @@
+"""What the monthly job does once a candidate version is registered and evaluated.
+
+    mark_staging(...)                      right after registering (before evaluating)
+    decision = decide_promotion(...)       figures from the evaluation, same span
+    conclude_retrain(...)                  this module: guard -> aliases -> cadence -> alerts
+    apply_retention(...)                   registry/cleanup.py
+
+The registry writes come first and the alerts last, so an alert always describes
+what really happened; alerts never raise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from mlflow import MlflowClient
+
+from kronos_rolling.registry import alerts
+from kronos_rolling.registry.alerts import DeliveryResult
+from kronos_rolling.registry.guard import GuardDecision
+from kronos_rolling.registry.history import Actor
+from kronos_rolling.registry.names import registered_model_name
+from kronos_rolling.registry.promotion import AliasMove, apply_guard_decision
+from kronos_rolling.registry.schedule import CadenceUpdate, record_retrain
+from kronos_rolling.registry.settings import Thresholds
+
+
+@dataclass(frozen=True)
+class RetrainConclusion:
+    move: AliasMove
+    cadence: CadenceUpdate
+    deliveries: list[DeliveryResult]
+
+
+def conclude_retrain(client: MlflowClient, asset_class: str, version: str | int,
+                     decision: GuardDecision, *, as_of: date,
+                     thresholds: Thresholds = Thresholds(), webhook: str | None = None,
+                     actor: Actor | None = None, at: datetime | None = None) -> RetrainConclusion:
+    name = registered_model_name(asset_class)
+    actor = actor or Actor.current()
+    move = apply_guard_decision(client, name, version, decision, actor=actor, at=at)
+    update = record_retrain(client, asset_class, version, as_of, decision.sharpe_delta,
+                            thresholds=thresholds, actor=actor, at=at)
+    deliveries = alerts.send_guard_alerts(decision, name, version, webhook)
+    if update.switched:
+        deliveries.append(alerts.send_alert(
+            alerts.CADENCE_CHANGED,
+            f"{name}: cadence {update.before.mode} -> {update.after.mode} ({update.after.reason})",
+            {"registered_model": name, "cadence": update.after.mode,
+             "since": str(update.after.since), "reason": update.after.reason}, webhook))
+    return RetrainConclusion(move, update, deliveries)

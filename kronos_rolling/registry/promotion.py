@@ -1,0 +1,329 @@
+"""Acting on the guard: @staging, @production, @previous_production, rollback.
+
+Every change to a registered model's aliases is one all-or-nothing step list: the
+aliases, the version's tags and description, and the audit entry are written in order,
+each with retries; if one write still fails, the writes already made are undone in
+reverse order, so a failed promotion leaves the model exactly as it was. Writers hold
+the model's registry lock, so two jobs on one machine never interleave their writes.
+
+Rollback goes, by default, to @previous_production: the version that held @production
+before the current one was promoted. After a rollback to version A,
+@previous_production becomes the version A itself replaced when it was promoted, so
+repeated rollbacks walk back through the promotions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from kronos_rolling.errors import KronosError, RegistryError
+from kronos_rolling.locks import registry_lock
+from kronos_rolling.registry import history
+from kronos_rolling.registry.client import (call, find_version, get_registered_model,
+                                            is_missing, list_versions)
+from kronos_rolling.registry.guard import GuardDecision
+from kronos_rolling.registry.history import Actor
+from kronos_rolling.registry.names import (PREVIOUS_PRODUCTION, PRODUCTION, ROLLED_BACK_TAG,
+                                           STAGING, registered_model_name)
+from kronos_rolling.registry.settings import REGISTRY_LOCK_TIMEOUT_S
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AliasState:
+    production: str | None
+    staging: str | None
+    previous_production: str | None
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """What a promotion, refusal or rollback did."""
+
+    name: str
+    action: str  # promote | refuse | rollback
+    version: str  # the version acted on
+    from_version: str | None  # @production before
+    to_version: str | None  # @production after
+    previous_production: str | None  # @previous_production after
+    reason: str
+    audit_seq: int | None
+
+    @property
+    def promoted(self) -> bool:
+        return self.action == history.PROMOTE
+
+
+def alias_state(client: MlflowClient, name: str) -> AliasState:
+    aliases = get_registered_model(client, name).aliases or {}
+    return AliasState(production=aliases.get(PRODUCTION), staging=aliases.get(STAGING),
+                      previous_production=aliases.get(PREVIOUS_PRODUCTION))
+
+
+def production_version(client: MlflowClient, name: str) -> ModelVersion:
+    """The version holding @production, or a RegistryError that says why there is none."""
+    state = alias_state(client, name)
+    if state.production is not None:
+        version = find_version(client, name, state.production)
+        if version is not None:
+            return version
+    holders = [e.to_version for e in history.read_history(client, name)
+               if e.action in (history.PROMOTE, history.ROLLBACK) and e.to_version]
+    if holders and find_version(client, name, holders[-1]) is None:
+        raise RegistryError(
+            f"{name} has no @production version: v{holders[-1]}, which held it last, has been "
+            f"deleted; point it at a live version with `kronos-rolling rollback --asset-class "
+            f"{name.removeprefix('kronos-lora-')} --to-version N --reason ...`"
+        )
+    raise RegistryError(f"{name} has no @production version yet (no candidate has passed the "
+                        "guard); the predictor falls back to the pooled adapter meanwhile")
+
+
+def check_version_usable(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
+    """The version, if it exists, is READY and its artifacts can be listed; else RegistryError."""
+    found = find_version(client, name, version)
+    if found is None:
+        live = ", ".join(f"v{v.version}" for v in list_versions(client, name)) or "none"
+        raise RegistryError(f"{name} v{version} does not exist (never registered, or deleted by "
+                            f"retention); live versions: {live}")
+    if found.status != "READY":
+        raise RegistryError(f"{name} v{version} is {found.status}, not READY "
+                            f"({found.status_message or 'no message'}); choose another version")
+    uri = call(f"resolve artifacts of {name} v{version}",
+               client.get_model_version_download_uri, name, str(version))
+    try:
+        listing = call(f"list artifacts of {name} v{version}", mlflow.artifacts.list_artifacts,
+                       artifact_uri=uri, tracking_uri=client.tracking_uri)
+    except (MlflowException, OSError) as exc:
+        if isinstance(exc, MlflowException) and not is_missing(exc):
+            raise
+        listing = []
+    if not listing:
+        raise RegistryError(f"the artifacts of {name} v{version} are missing at {uri}; it cannot "
+                            "be served, choose another version")
+    return found
+
+
+def mark_staging(client: MlflowClient, name: str, version: str | int) -> None:
+    """Give a newly registered version @staging (the previous holder loses it)."""
+    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+        if find_version(client, name, version) is None:
+            raise RegistryError(f"{name} v{version} does not exist; register it first")
+        call(f"set @{STAGING} of {name} to v{version}", client.set_registered_model_alias,
+             name, STAGING, str(version))
+
+
+def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
+                         decision: GuardDecision, *, actor: Actor | None = None,
+                         at: datetime | None = None) -> AliasMove:
+    """Write the decision onto the version (tags, description), then act on it.
+
+    Promote: @production moves to the version, @previous_production to the old holder,
+    @staging leaves it. Refuse: the version keeps (or gets) @staging. Either way one
+    audit entry says who, what, when and why.
+    """
+    version = str(version)
+    actor = actor or Actor.current()
+    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+        target = (check_version_usable(client, name, version) if decision.promote
+                  else find_version(client, name, version))
+        if target is None:
+            raise RegistryError(f"{name} v{version} does not exist; cannot record the guard's "
+                                "decision on it")
+        state = alias_state(client, name)
+        model_tags = get_registered_model(client, name).tags
+        with _all_or_nothing(client, name) as steps:
+            _set_version_tags(steps, client, target, decision.as_tags())
+            _set_description(steps, client, target, decision.describe())
+            if decision.promote:
+                return _move_production(steps, client, name, state, model_tags, version,
+                                        action=history.PROMOTE, reason=decision.reason,
+                                        actor=actor, at=at)
+            if state.staging != version:
+                _set_alias(steps, client, name, STAGING, version, before=state.staging)
+            entry = history.new_entry(history.next_seq(model_tags), history.REFUSE,
+                                      state.production, version, decision.reason, actor, at)
+            _write_audit(steps, client, name, entry)
+            return AliasMove(name, history.REFUSE, version, state.production, state.production,
+                             state.previous_production, decision.reason, entry.seq)
+
+
+def promote(client: MlflowClient, name: str, version: str | int, reason: str, *,
+            actor: Actor | None = None, at: datetime | None = None) -> AliasMove:
+    """Move @production to a version outside the guard (an operator's explicit choice)."""
+    version = str(version)
+    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+        check_version_usable(client, name, version)
+        state = alias_state(client, name)
+        model_tags = get_registered_model(client, name).tags
+        with _all_or_nothing(client, name) as steps:
+            return _move_production(steps, client, name, state, model_tags, version,
+                                    action=history.PROMOTE, reason=reason,
+                                    actor=actor or Actor.current(), at=at)
+
+
+def rollback(client: MlflowClient, asset_class: str, to_version: str | int | None = None, *,
+             reason: str, actor: Actor | None = None, at: datetime | None = None) -> AliasMove:
+    """Point @production back at `to_version` (default: @previous_production) and say why."""
+    name = registered_model_name(asset_class)
+    if not reason.strip():
+        raise RegistryError("a rollback needs a reason (--reason), it goes into the audit trail")
+    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+        model = get_registered_model(client, name)
+        state = alias_state(client, name)
+        target = str(to_version) if to_version is not None else state.previous_production
+        if target is None:
+            raise RegistryError(
+                f"{name} has no @previous_production to roll back to (the current production "
+                f"v{state.production} was the first, or that version is gone); pass --to-version N")
+        if target == state.production:
+            raise RegistryError(f"v{target} already holds {name}@production; nothing to roll back")
+        check_version_usable(client, name, target)
+        entries = history.entries_from_tags(model.tags)
+        new_previous = _predecessor(client, name, entries, target)
+        with _all_or_nothing(client, name) as steps:
+            _set_alias(steps, client, name, PRODUCTION, target, before=state.production)
+            _set_alias(steps, client, name, PREVIOUS_PRODUCTION, new_previous,
+                       before=state.previous_production)
+            if state.production is not None:
+                old = find_version(client, name, state.production)
+                if old is not None:
+                    _set_version_tags(steps, client, old, {ROLLED_BACK_TAG: reason})
+            entry = history.new_entry(history.next_seq(model.tags), history.ROLLBACK,
+                                      state.production, target, reason,
+                                      actor or Actor.current(), at)
+            _write_audit(steps, client, name, entry)
+            return AliasMove(name, history.ROLLBACK, target, state.production, target,
+                             new_previous, reason, entry.seq)
+
+
+def _move_production(steps: "_Steps", client: MlflowClient, name: str, state: AliasState,
+                     model_tags: dict[str, str], version: str, *, action: str, reason: str,
+                     actor: Actor, at: datetime | None) -> AliasMove:
+    if state.production == version:
+        return AliasMove(name, action, version, version, version, state.previous_production,
+                         f"v{version} already holds @production", None)
+    previous = state.production if state.production is not None else state.previous_production
+    if previous == version:  # re-promoting the rollback target: nothing left behind it
+        previous = None
+    _set_alias(steps, client, name, PRODUCTION, version, before=state.production)
+    _set_alias(steps, client, name, PREVIOUS_PRODUCTION, previous,
+               before=state.previous_production)
+    if state.staging == version:
+        _set_alias(steps, client, name, STAGING, None, before=version)
+    entry = history.new_entry(history.next_seq(model_tags), action, state.production, version,
+                              reason, actor, at)
+    _write_audit(steps, client, name, entry)
+    return AliasMove(name, action, version, state.production, version, previous, reason,
+                     entry.seq)
+
+
+def _predecessor(client: MlflowClient, name: str, entries: list[history.AuditEntry],
+                 version: str) -> str | None:
+    """The live version that `version` replaced when it was last promoted, if any."""
+    for entry in reversed(entries):
+        if entry.action == history.PROMOTE and entry.to_version == version:
+            before = entry.from_version
+            if before and before != version and find_version(client, name, before) is not None:
+                return before
+            return None
+    return None
+
+
+# ---- all-or-nothing writes -------------------------------------------------------------
+
+class _Steps:
+    def __init__(self) -> None:
+        self.undo: list[tuple[str, Callable[[], None]]] = []
+
+    def do(self, what: str, action: Callable[[], None], undo: Callable[[], None]) -> None:
+        action()
+        self.undo.append((what, undo))
+
+
+@contextmanager
+def _all_or_nothing(client: MlflowClient, name: str) -> Iterator[_Steps]:
+    steps = _Steps()
+    try:
+        yield steps
+    except BaseException as exc:
+        failed = []
+        for what, undo in reversed(steps.undo):
+            try:
+                undo()
+            except Exception as undo_exc:  # noqa: BLE001 - reported below, all undos tried
+                failed.append(f"{what} ({undo_exc})")
+        if failed:
+            log.error("could not undo a failed change of %s: %s", name, "; ".join(failed))
+            raise RegistryError(
+                f"changing {name} failed ({exc}) and undoing it failed too for: "
+                f"{'; '.join(failed)}. Check its aliases in the MLflow UI and fix them with "
+                "`kronos-rolling rollback --to-version N`"
+            ) from exc
+        if steps.undo:
+            log.warning("changing %s failed; undid %d write(s)", name, len(steps.undo))
+        if isinstance(exc, KronosError):
+            raise
+        if isinstance(exc, MlflowException):
+            raise RegistryError(f"changing {name} failed and was undone: {exc.message}") from exc
+        raise
+
+
+def _set_alias(steps: _Steps, client: MlflowClient, name: str, alias: str,
+               version: str | None, *, before: str | None) -> None:
+    if version == before:
+        return
+
+    def point(to: str | None) -> Callable[[], None]:
+        if to is None:
+            return lambda: call(f"remove @{alias} of {name}",
+                                client.delete_registered_model_alias, name, alias)
+        return lambda: call(f"set @{alias} of {name} to v{to}",
+                            client.set_registered_model_alias, name, alias, to)
+
+    steps.do(f"@{alias} -> {version}", point(version), point(before))
+
+
+def _set_version_tags(steps: _Steps, client: MlflowClient, version: ModelVersion,
+                      tags: dict[str, str]) -> None:
+    name, number = version.name, version.version
+    for key, value in tags.items():
+        old = version.tags.get(key)
+        if old == value:
+            continue
+        undo = (
+            (lambda k=key: call(f"remove tag {k} of {name} v{number}",
+                                client.delete_model_version_tag, name, number, k))
+            if old is None else
+            (lambda k=key, o=old: call(f"restore tag {k} of {name} v{number}",
+                                       client.set_model_version_tag, name, number, k, o)))
+        steps.do(f"tag {key} of v{number}",
+                 lambda k=key, v=value: call(f"tag {name} v{number} {k}",
+                                             client.set_model_version_tag, name, number, k, v),
+                 undo)
+
+
+def _set_description(steps: _Steps, client: MlflowClient, version: ModelVersion,
+                     text: str) -> None:
+    name, number, old = version.name, version.version, version.description or ""
+    steps.do(f"description of v{number}",
+             lambda: call(f"describe {name} v{number}", client.update_model_version,
+                          name, number, description=text),
+             lambda: call(f"restore description of {name} v{number}",
+                          client.update_model_version, name, number, description=old))
+
+
+def _write_audit(steps: _Steps, client: MlflowClient, name: str,
+                 entry: history.AuditEntry) -> None:
+    steps.do(f"audit entry {entry.seq}", lambda: history.write_entry(client, name, entry),
+             lambda: history.delete_entry(client, name, entry))
