@@ -273,7 +273,14 @@ def check_database(uri: str, wait: float = 30.0) -> None:
         return
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 5}, poolclass=sqlalchemy.pool.NullPool)
+    timeout = {"connect_timeout": 5} if uri.startswith(("postgresql", "mysql")) else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=timeout, poolclass=sqlalchemy.pool.NullPool)
+    except ImportError as exc:
+        raise ConfigError(
+            f"the driver for {redact(uri)} is not installed ({exc}); for PostgreSQL: "
+            "pip install 'kronos-rolling[postgres]'"
+        ) from None
     deadline = time.monotonic() + wait
     try:
         while True:
