@@ -4,8 +4,8 @@
 #   PostgreSQL  a dedicated cluster `kronos_test`, 127.0.0.1:55432 only, role `kronos`
 #               (password `kronos`, may create databases) and database `kronos_test`:
 #               postgresql://kronos:kronos@127.0.0.1:55432/kronos_test
-#               Tests read that URL from KRONOS_TEST_POSTGRES_URL or use it as the default
-#               (tests/production_stack.py); each test creates and drops its own database.
+#               Tests use that URL unless KRONOS_TEST_POSTGRES_URL names another server (then
+#               this script does nothing); each test creates and drops its own database.
 #   S3          not here: each test starts moto's S3 server itself (tests/production_stack.py).
 #
 # Idempotent and fast when everything already runs (one connection attempt). Exports nothing.
@@ -34,6 +34,10 @@ test_db_answers() {
             -d "$PG_DB" -tAc 'SELECT 1' >/dev/null 2>&1
 }
 
+if [ -n "${KRONOS_TEST_POSTGRES_URL:-}" ]; then
+    say "using KRONOS_TEST_POSTGRES_URL; not starting a PostgreSQL of our own"
+    exit 0
+fi
 if test_db_answers; then
     say "PostgreSQL ready at 127.0.0.1:$PG_PORT (database $PG_DB)"
     exit 0
@@ -41,12 +45,17 @@ fi
 
 # 1. Install PostgreSQL when its server binaries are missing.
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_createcluster >/dev/null 2>&1; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        say "PostgreSQL is not installed and this is not a Debian-like system: install PostgreSQL" \
+            "yourself and set KRONOS_TEST_POSTGRES_URL to a role that may create databases" >&2
+        exit 1
+    fi
     say "installing PostgreSQL (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -qq
     as_root apt-get install -y -qq --no-install-recommends postgresql postgresql-client >/dev/null
 fi
-PG_VERSION=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+PG_VERSION=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
 
 # 2. Create our own cluster, so a system PostgreSQL on 5432 is neither needed nor touched.
 if ! pg_lsclusters -h | awk -v v="$PG_VERSION" -v c="$PG_CLUSTER" '$1 == v && $2 == c {found=1} END {exit !found}'; then
