@@ -42,8 +42,9 @@ def main(verbose: bool) -> None:
 def _attach_commands() -> None:
     from kronos_rolling.data.cli import data
     from kronos_rolling.model.cli import forecast, model
+    from kronos_rolling.server_cli import server
 
-    for command in (model, forecast, data):
+    for command in (model, forecast, data, server):
         main.add_command(command)
 
 
