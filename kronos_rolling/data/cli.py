@@ -1,8 +1,130 @@
-"""`kronos-rolling data ...`."""
+"""`kronos-rolling data ...`: import, list, validate and classify market data.
+
+The data folder is `--data DIR` (on `data` or on any of its commands), else
+`$KRONOS_DATA_DIR`, else the bundled sample data. Problems raise `DataError`, which the
+top-level group prints as one message with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
+from kronos_rolling import ASSET_CLASSES
+from kronos_rolling.data.assets import classify_asset
+from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, format_spacing
+from kronos_rolling.data.store import DATA_DIR_ENV, DataStore
+from kronos_rolling.data.validate import validate_path
+from kronos_rolling.errors import DataError
+
+_DATA_HELP = f"Data folder (default: ${DATA_DIR_ENV}, else the bundled sample data)."
+
+
+def _data_option(command):
+    return click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+                        help=_DATA_HELP)(command)
+
+
+def _store(ctx: click.Context, data_dir: Path | None) -> DataStore:
+    """The command's --data, else the group's --data (which falls back to the env var)."""
+    return DataStore(data_dir if data_dir is not None else (ctx.obj or {}).get("data_dir"))
+
 
 @click.group()
-def data():
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), envvar=DATA_DIR_ENV, default=None,
+              help=_DATA_HELP)
+@click.pass_context
+def data(ctx: click.Context, data_dir: Path | None) -> None:
     """Import, list, validate and classify market data."""
+    ctx.ensure_object(dict)["data_dir"] = data_dir
+
+
+@data.command("import")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--symbol", required=True, help="Symbol to store the bars under, e.g. AAPL, BTCUSDT, EURUSD.")
+@click.option("--asset-class", type=click.Choice(ASSET_CLASSES), default=None,
+              help="Set the class when the rules cannot tell (saved in asset_classes.csv).")
+@click.option("--time-format", default=None, help="strftime pattern of the time column, e.g. '%d.%m.%Y %H:%M'.")
+@click.option("--tz", default="UTC", show_default=True, help="Time zone of timestamps that carry no offset.")
+@click.option("--replace", is_flag=True, help="Overwrite the symbol if it already exists.")
+@click.option("--max-gap", type=click.IntRange(min=0), default=DEFAULT_MAX_GAP, show_default=True,
+              help="Missing bars tolerated before a gap is reported.")
+@_data_option
+@click.pass_context
+def import_(ctx, src, symbol, asset_class, time_format, tz, replace, max_gap, data_dir):
+    """Convert a CSV (or parquet) of bars into the data folder as SYMBOL.parquet.
+
+    Columns may be named in any case: timestamp/date/datetime/time (or date + time),
+    open, high, low, close, optional volume and amount. Timestamps may be text, unix
+    seconds or milliseconds; they are stored in UTC. A failed import writes nothing.
+    """
+    store = _store(ctx, data_dir)
+    report = store.import_csv(src, symbol, asset_class, time_format=time_format, tz=tz, replace=replace,
+                              max_gap=max_gap)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    for gap in report.gaps:
+        click.echo(f"warning: {gap}", err=True)
+    click.echo(f"imported {report.symbol} ({report.asset_class}): {report.rows} bars of "
+               f"{format_spacing(report.bar_spacing)} from {report.first} to {report.last} -> {report.path}")
+
+
+@data.command("list")
+@_data_option
+@click.pass_context
+def list_(ctx, data_dir):
+    """Show each symbol's class, bar spacing, first and last bar and row count."""
+    store = _store(ctx, data_dir)
+    rows = [("SYMBOL", "CLASS", "SPACING", "FIRST", "LAST", "ROWS")]
+    for symbol in store.symbols():
+        s = store.summary(symbol)
+        rows.append((s.symbol, s.asset_class or "unknown (add to asset_classes.csv)", format_spacing(s.bar_spacing),
+                     _stamp(s.first), _stamp(s.last), str(s.rows)))
+    if len(rows) == 1:
+        click.echo(f"no symbols in {store.root}")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _stamp(moment) -> str:
+    return moment.strftime("%Y-%m-%d") if moment.hour == moment.minute == 0 else moment.strftime("%Y-%m-%d %H:%M")
+
+
+@data.command("validate")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--max-gap", type=click.IntRange(min=0), default=DEFAULT_MAX_GAP, show_default=True,
+              help="Missing bars tolerated before a gap is a problem.")
+@_data_option
+@click.pass_context
+def validate(ctx, paths, max_gap, data_dir):
+    """Check bar files or folders (default: the data folder); exit non-zero on any problem."""
+    targets = list(paths) or [_store(ctx, data_dir).root]
+    issues = [issue for target in targets for issue in validate_path(target, max_gap=max_gap)]
+    for issue in issues:
+        click.echo(str(issue))
+    if issues:
+        raise DataError(f"{len(issues)} problem(s) in {', '.join(map(str, targets))}")
+    click.echo(f"ok: {', '.join(map(str, targets))}")
+
+
+@data.command("classify")
+@click.argument("symbols", nargs=-1, required=True)
+@_data_option
+@click.pass_context
+def classify(ctx, symbols, data_dir):
+    """Print `SYMBOL<TAB>class` for each symbol (overrides from the data folder win)."""
+    store = _store(ctx, data_dir)
+    overrides = store.overrides()
+    classes, problems = [], []
+    for symbol in symbols:
+        try:
+            classes.append((symbol, classify_asset(symbol, overrides)))
+        except DataError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DataError("\n".join(problems))
+    for symbol, asset_class in classes:
+        click.echo(f"{symbol}\t{asset_class}")

@@ -1,0 +1,196 @@
+"""Turn a bar table as users have it (CSV or parquet, any common layout) into our frame.
+
+Our frame: a tz-aware UTC `timestamp` column (ns) followed by open, high, low, close
+and, when present, volume and amount, all float64. Conversion never drops or mends a
+row: rows it cannot read become `Issue`s, and everything it changed on purpose
+(order reversed, epoch unit, time zone, ignored columns) is listed in `notes`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kronos_rolling.data.issues import MAX_ROWS_PER_PROBLEM, Issue, row_issues
+from kronos_rolling.errors import DataError
+from kronos_rolling.features import FEATURE_COLUMNS
+
+TIMESTAMP_NAMES = ("timestamp", "datetime", "date_time", "date", "time", "ts", "open_time", "time_stamp", "unix")
+COLUMN_ALIASES = {
+    "open": ("open", "o", "open_price"),
+    "high": ("high", "h", "high_price"),
+    "low": ("low", "l", "low_price"),
+    "close": ("close", "c", "close_price", "last"),
+    "volume": ("volume", "vol", "v"),
+    "amount": ("amount", "turnover", "quote_volume", "value"),
+}
+_CLOCK_TIME = re.compile(r"^\s*\d{1,2}:\d{2}")
+_DIGITS = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
+_MIDNIGHT_TEXT = re.compile(r"^\s*\d{4}-\d{2}-\d{2}([T ]00:00(:00(\.0+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?\s*$")
+
+
+@dataclass
+class ParsedBars:
+    frame: pd.DataFrame
+    rows: np.ndarray  # 1-based row of the source file for each frame row
+    notes: list[str] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV (optionally gzipped) or parquet file as it is, all CSV cells as text."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            return pd.read_parquet(path)
+        if name.endswith((".csv", ".csv.gz", ".txt")):
+            return pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the file ({exc}); expected a CSV with a header line "
+                        "or a parquet file") from exc
+    raise DataError(f"{path}: unsupported file type; use .csv, .csv.gz or .parquet")
+
+
+def _canonical_name(name) -> str:
+    return re.sub(r"[\s\-]+", "_", str(name).strip().strip("<>").strip().lower())
+
+
+def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None, tz: str = "UTC") -> ParsedBars:
+    """Map columns, read timestamps into UTC and prices into floats.
+
+    `tz` is the zone of timestamps that carry no offset; `time_format` a strftime
+    pattern for timestamps pandas cannot infer. Raises DataError when a required
+    column is missing (nothing else can be checked without it).
+    """
+    names = {_canonical_name(c): c for c in reversed(list(table.columns))}
+    notes: list[str] = []
+    issues: list[Issue] = []
+
+    used: dict[str, str] = {}
+    for target, aliases in COLUMN_ALIASES.items():
+        for alias in aliases:
+            if alias in names:
+                used[target] = names[alias]
+                break
+    time_source = _timestamp_source(table, names)
+    missing = [c for c in ("timestamp", "open", "high", "low", "close") if c not in used and not (c == "timestamp" and time_source)]
+    if missing:
+        raise DataError(
+            f"{source}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, table.columns))}. "
+            "A bar file needs timestamp (or date/datetime/time), open, high, low, close "
+            "and may add volume and amount; names are matched in any case."
+        )
+    ignored = [str(c) for c in table.columns if c not in used.values() and c not in time_source[1]]
+    if ignored:
+        notes.append(f"ignored column(s): {', '.join(ignored)}")
+
+    rows = np.arange(1, len(table) + 1)
+    timestamps, time_notes, unreadable, not_local = _parse_timestamps(time_source[0], time_format, tz)
+    notes += time_notes
+    issues += row_issues(source, rows[unreadable], "timestamp", "missing or unreadable timestamp"
+                         + (f" (expected format {time_format!r})" if time_format else
+                            "; pass --time-format if the layout is unusual"))
+    issues += row_issues(source, rows[not_local], "timestamp",
+                         f"local time does not exist or is ambiguous in {tz} (daylight-saving change); "
+                         "export the data in UTC or with UTC offsets")
+
+    frame = pd.DataFrame({"timestamp": timestamps})
+    for target in FEATURE_COLUMNS:
+        if target not in used:
+            continue
+        raw = table[used[target]]
+        values = pd.to_numeric(raw, errors="coerce").astype("float64")
+        unreadable = np.flatnonzero(values.isna().to_numpy() & raw.notna().to_numpy())
+        issues += row_issues(source, rows[unreadable], target, "not a number",
+                             [f": {raw.iloc[r]!r}" for r in unreadable[:MAX_ROWS_PER_PROBLEM]])
+        frame[target] = values.to_numpy()
+
+    valid = pd.DatetimeIndex(frame["timestamp"].dropna()).asi8
+    if len(valid) >= 2 and (np.diff(valid) < 0).all():
+        frame, rows = frame.iloc[::-1].reset_index(drop=True), rows[::-1].copy()
+        notes.append("rows were newest-first; stored oldest-first")
+    return ParsedBars(frame.reset_index(drop=True), rows, notes, issues)
+
+
+def _timestamp_source(table: pd.DataFrame, names: dict[str, str]) -> tuple[pd.Series, tuple[str, ...]] | None:
+    """The timestamp values and the column(s) they came from (date + time are joined)."""
+    if "date" in names and "time" in names and "timestamp" not in names and "datetime" not in names:
+        time_values = table[names["time"]].dropna().astype(str)
+        if len(time_values) and _CLOCK_TIME.match(time_values.iloc[0]):
+            joined = table[names["date"]].astype(str) + " " + table[names["time"]].astype(str)
+            return joined.where(table[names["date"]].notna()), (names["date"], names["time"])
+    for name in TIMESTAMP_NAMES:
+        if name in names:
+            return table[names[name]], (names[name],)
+    return None
+
+
+def _parse_timestamps(values: pd.Series, time_format: str | None, tz: str):
+    """(UTC DatetimeIndex[ns], notes, unreadable rows, rows whose local time does not exist).
+
+    Rows of both masks hold NaT; the second covers daylight-saving changes in `tz`.
+    """
+    notes: list[str] = []
+    present = values.notna().to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = pd.DatetimeIndex(values)
+    elif pd.api.types.is_numeric_dtype(values) or (
+        time_format is None and present.any() and values[present].astype(str).str.match(_DIGITS).all()
+    ):
+        return _parse_epoch(pd.to_numeric(values, errors="coerce"), notes)
+    else:
+        text = values.astype("string")
+        try:
+            parsed = pd.DatetimeIndex(pd.to_datetime(text, format=time_format, errors="coerce"))
+        except (ValueError, TypeError):
+            # Offsets differ between rows (daylight saving): only UTC can hold them all.
+            parsed = pd.DatetimeIndex(pd.to_datetime(text, format=time_format, errors="coerce", utc=True))
+            notes.append("timestamps carry different UTC offsets; converted each to UTC")
+            valid = ~parsed.isna()
+            if valid.sum() >= 2 and text[valid].str.match(_MIDNIGHT_TEXT).all():
+                # Daily bars labelled by local date: keep the date, not the evening before.
+                parsed = pd.DatetimeIndex(pd.to_datetime(text.str.slice(0, 10), errors="coerce")).tz_localize("UTC")
+                notes.append("daily bars at local midnight keep their calendar date (00:00 UTC)")
+            parsed = parsed.as_unit("ns")
+            return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool)
+
+    unreadable = np.asarray(parsed.isna())
+    if parsed.tz is None:
+        try:
+            parsed = parsed.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+        except Exception as exc:  # unknown zone name
+            raise DataError(f"unknown time zone {tz!r} ({exc}); use an IANA name such as "
+                            "UTC, Europe/London or America/New_York") from exc
+        if tz != "UTC":
+            notes.append(f"timestamps without offset read as {tz} and converted to UTC")
+    elif str(parsed.tz) != "UTC":
+        notes.append(f"timestamps in {parsed.tz} converted to UTC")
+    valid = ~parsed.isna()
+    at_midnight = (parsed.hour == 0) & (parsed.minute == 0) & (parsed.second == 0) & (parsed.nanosecond == 0)
+    if str(parsed.tz) != "UTC" and valid.sum() >= 2 and np.asarray(at_midnight)[valid].all():
+        # Daily bars labelled by local date: keep the date, not the evening before in UTC.
+        parsed = parsed.tz_localize(None).tz_localize("UTC")
+        notes.append("daily bars at local midnight keep their calendar date (00:00 UTC)")
+    parsed = parsed.tz_convert("UTC").as_unit("ns")
+    return parsed, notes, unreadable, np.asarray(parsed.isna()) & ~unreadable
+
+
+def _parse_epoch(numbers: pd.Series, notes: list[str]):
+    present = numbers.notna().to_numpy()
+    largest = float(numbers.abs().max()) if present.any() else 0.0
+    if present.any() and numbers[present].between(19000101, 21001231).all() and largest < 1e8:
+        parsed = pd.to_datetime(numbers.astype("Int64").astype("string"), format="%Y%m%d", errors="coerce")
+        notes.append("timestamps read as YYYYMMDD dates")
+        parsed = pd.DatetimeIndex(parsed).tz_localize("UTC").as_unit("ns")
+        return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool)
+    unit = "s" if largest < 1e11 else "ms" if largest < 1e14 else "us" if largest < 1e17 else "ns"
+    notes.append(f"timestamps read as unix {dict(s='seconds', ms='milliseconds', us='microseconds', ns='nanoseconds')[unit]}")
+    parsed = pd.DatetimeIndex(pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce")).as_unit("ns")
+    return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool)
