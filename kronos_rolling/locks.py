@@ -80,8 +80,8 @@ def device_busy() -> bool:
 
 
 @contextmanager
-def registry_lock(model_name: str, timeout: float = 120.0) -> Iterator[Path]:
-    """Serialise writers of one registered model on this machine."""
+def registry_lock(model_name: str, timeout: float) -> Iterator[Path]:
+    """Serialise writers of one registered model on this machine (wait up to `timeout` s)."""
     with _hold(f"registry-{model_name}", f"the registry lock of {model_name}", wait=True,
                poll_message_every=min(timeout, 10.0), timeout=timeout, job=None) as path:
         yield path

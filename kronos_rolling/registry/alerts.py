@@ -8,6 +8,7 @@ it reports: a failed delivery is logged at ERROR and returned, not raised.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -72,7 +73,9 @@ def send_alert(event: str, text: str, fields: dict, webhook: str | None = None, 
     status = error = None
     for attempt in range(1, retry.attempts + 1):
         try:
-            response = requests.post(webhook, json=body, timeout=timeout_s)
+            response = requests.post(webhook, data=json.dumps(body, default=str),
+                                     headers={"Content-Type": "application/json"},
+                                     timeout=timeout_s)
             status = response.status_code
             if 200 <= status < 300:
                 return DeliveryResult(event, True, attempt, status)
@@ -86,6 +89,9 @@ def send_alert(event: str, text: str, fields: dict, webhook: str | None = None, 
             break
         if attempt < retry.attempts:
             time.sleep(delays[attempt - 1])
+    secret = urlparse(webhook).path
+    if error and len(secret) > 1:  # exception texts repeat the URL; keep its secret out
+        error = error.replace(secret, "/...")
     log.error("ALERT NOT DELIVERED after %d attempt(s) to %s: %s | event=%s | %s",
               attempt, _redact(webhook), error, event, text)
     return DeliveryResult(event, False, attempt, status, error)

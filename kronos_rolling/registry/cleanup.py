@@ -35,7 +35,7 @@ from kronos_rolling.registry.client import call, get_registered_model, is_missin
 from kronos_rolling.registry.history import Actor
 from kronos_rolling.registry.names import registered_model_name
 from kronos_rolling.registry.retention import VersionInfo, choose_versions_to_delete
-from kronos_rolling.registry.settings import REGISTRY_LOCK_TIMEOUT_S
+from kronos_rolling.registry.settings import REGISTRY_LOCK_TIMEOUT_S, Thresholds
 from kronos_rolling.tracking import redact
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class RetentionReport:
         return text
 
 
-def apply_retention(client: MlflowClient, asset_class: str, keep: int = 6, *,
+def apply_retention(client: MlflowClient, asset_class: str, keep: int = Thresholds.keep_versions, *,
                     gc: GarbageCollection | None, dry_run: bool = False,
                     actor: Actor | None = None, at: datetime | None = None) -> RetentionReport:
     name = registered_model_name(asset_class)

@@ -22,7 +22,7 @@ from datetime import datetime
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from kronos_rolling.errors import KronosError, RegistryError
@@ -65,7 +65,11 @@ class AliasMove:
 
 
 def alias_state(client: MlflowClient, name: str) -> AliasState:
-    aliases = get_registered_model(client, name).aliases or {}
+    return _aliases(get_registered_model(client, name))
+
+
+def _aliases(model: RegisteredModel) -> AliasState:
+    aliases = model.aliases or {}
     return AliasState(production=aliases.get(PRODUCTION), staging=aliases.get(STAGING),
                       previous_production=aliases.get(PREVIOUS_PRODUCTION))
 
@@ -140,8 +144,8 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
         if target is None:
             raise RegistryError(f"{name} v{version} does not exist; cannot record the guard's "
                                 "decision on it")
-        state = alias_state(client, name)
-        model_tags = get_registered_model(client, name).tags
+        model = get_registered_model(client, name)
+        state, model_tags = _aliases(model), model.tags
         with _all_or_nothing(client, name) as steps:
             _set_version_tags(steps, client, target, decision.as_tags())
             _set_description(steps, client, target, decision.describe())
@@ -164,8 +168,8 @@ def promote(client: MlflowClient, name: str, version: str | int, reason: str, *,
     version = str(version)
     with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         check_version_usable(client, name, version)
-        state = alias_state(client, name)
-        model_tags = get_registered_model(client, name).tags
+        model = get_registered_model(client, name)
+        state, model_tags = _aliases(model), model.tags
         with _all_or_nothing(client, name) as steps:
             return _move_production(steps, client, name, state, model_tags, version,
                                     action=history.PROMOTE, reason=reason,
@@ -180,12 +184,13 @@ def rollback(client: MlflowClient, asset_class: str, to_version: str | int | Non
         raise RegistryError("a rollback needs a reason (--reason), it goes into the audit trail")
     with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         model = get_registered_model(client, name)
-        state = alias_state(client, name)
+        state = _aliases(model)
         target = str(to_version) if to_version is not None else state.previous_production
         if target is None:
+            current = f"v{state.production}" if state.production else "none"
             raise RegistryError(
-                f"{name} has no @previous_production to roll back to (the current production "
-                f"v{state.production} was the first, or that version is gone); pass --to-version N")
+                f"{name} has no @previous_production to roll back to (@production: {current}; "
+                "no earlier promotion is left); pass --to-version N")
         if target == state.production:
             raise RegistryError(f"v{target} already holds {name}@production; nothing to roll back")
         check_version_usable(client, name, target)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from kronos_rolling.registry.settings import Thresholds
+
 
 @dataclass(frozen=True)
 class VersionInfo:
@@ -18,7 +20,8 @@ class VersionInfo:
     aliases: tuple[str, ...] = ()
 
 
-def choose_versions_to_delete(versions: Iterable[VersionInfo], keep: int = 6) -> list[int]:
+def choose_versions_to_delete(versions: Iterable[VersionInfo],
+                              keep: int = Thresholds.keep_versions) -> list[int]:
     """Version numbers to delete, oldest first."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1 (got {keep}); retention never deletes "
