@@ -1,6 +1,15 @@
 """`kronos-rolling model ...` and `kronos-rolling forecast`."""
 
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import click
+
+from kronos_rolling.errors import DataError, ModelError
 
 
 @click.group()
@@ -8,7 +17,90 @@ def model():
     """Build, load and pretrain Kronos models."""
 
 
+@model.command("init")
+@click.option("--size", type=click.Choice(["tiny", "mini", "small", "base"]), required=True,
+              help="Released configuration to build (tiny: for tests and offline demos).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to create; receives tokenizer/ and predictor/ in the hub format.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation.")
+def init_command(size: str, out_dir: Path, seed: int) -> None:
+    """Write a randomly initialised tokenizer and predictor of a released size."""
+    import torch
+
+    from kronos_rolling.model.config import MODEL_SIZES
+    from kronos_rolling.model.kronos import Kronos
+    from kronos_rolling.model.tokenizer import KronosTokenizer
+
+    targets = [out_dir / "tokenizer", out_dir / "predictor"]
+    taken = [str(t) for t in targets if t.exists()]
+    if taken:
+        raise ModelError(f"{', '.join(taken)} already exist(s); choose another --out folder or delete them")
+    spec = MODEL_SIZES[size]
+    torch.manual_seed(seed)
+    tokenizer = KronosTokenizer.from_config(spec.tokenizer)
+    predictor = Kronos.from_config(spec.predictor)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".model-init-", dir=out_dir))
+    try:
+        tokenizer.save_pretrained(staging / "tokenizer")
+        predictor.save_pretrained(staging / "predictor")
+        for target in targets:
+            os.replace(staging / target.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    n_tok = sum(p.numel() for p in tokenizer.parameters())
+    n_pred = sum(p.numel() for p in predictor.parameters())
+    click.echo(
+        f"wrote {size} tokenizer ({n_tok:,} parameters) to {targets[0]} and predictor ({n_pred:,} parameters) "
+        f"to {targets[1]}; forecast with --max-context {spec.max_context}"
+    )
+
+
 @click.command()
-def forecast():
+@click.option("--model", "model_source", required=True, help="Predictor folder or hub id.")
+@click.option("--tokenizer", "tokenizer_source", required=True, help="Tokenizer folder or hub id.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Bars: timestamp, open, high, low, close (volume, amount optional).")
+@click.option("--pred-len", type=int, required=True, help="Number of future bars to forecast.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="Keep the k most likely tokens (1 = greedy).")
+@click.option("--top-p", type=float, default=0.9, show_default=True, help="Nucleus sampling mass (when top-k is 0).")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--samples", type=int, default=1, show_default=True, help="Sample paths to average.")
+@click.option("--seed", type=int, default=None, help="Seed that makes sampling reproducible.")
+@click.option("--max-context", type=int, default=None,
+              help="Context of the predictor in bars [default: 2048 for Kronos-mini, else 512].")
+@click.option("--lookback", type=int, default=None, help="Use only the last N bars [default: all].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--precision", type=click.Choice(["float32", "bf16", "fp16"]), default="float32", show_default=True,
+              help="Autocast precision (bf16/fp16 need CUDA).")
+@click.option("--quantiles", is_flag=True, help="Add p10/p50/p90 columns across the sample paths.")
+@click.option("--revision", default=None, help="Hub revision for --model and --tokenizer ids.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="CSV to write: timestamp + open..amount of the mean forecast.")
+def forecast(model_source, tokenizer_source, csv_path, pred_len, top_k, top_p, temperature, samples, seed,
+             max_context, lookback, device, precision, quantiles, revision, out_path):
     """Forecast the next bars of a CSV of candles."""
-    raise click.ClickException("not implemented yet")
+    import pandas as pd
+
+    from kronos_rolling.model.forecast import Forecaster
+    from kronos_rolling.model.kronos import Kronos
+    from kronos_rolling.model.tokenizer import KronosTokenizer
+
+    if not csv_path.is_file():
+        raise DataError(f"--csv {csv_path} does not exist")
+    try:
+        bars = pd.read_csv(csv_path)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read {csv_path} as CSV: {exc}") from exc
+    predictor = Kronos.from_pretrained(model_source, revision=revision)
+    tokenizer = KronosTokenizer.from_pretrained(tokenizer_source, revision=revision)
+    forecaster = Forecaster(predictor, tokenizer, device=device, max_context=max_context, precision=precision)
+    result = forecaster.forecast(
+        bars, pred_len, temperature=temperature, top_k=top_k, top_p=top_p, samples=samples, seed=seed,
+        quantiles=quantiles, lookback=lookback,
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(f".{out_path.name}.partial")
+    result.to_frame().to_csv(partial, index=False)
+    os.replace(partial, out_path)
+    click.echo(f"wrote {pred_len} forecast bars to {out_path}", err=True)

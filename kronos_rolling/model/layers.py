@@ -1,0 +1,233 @@
+"""Transformer building blocks shared by the Kronos tokenizer and predictor.
+
+Attribute names (`self_attn.q_proj`, `ffn.w1`, `rotary.inv_freq`, ...) are those of the
+released checkpoints: they are the state-dict keys and the names peft targets.
+
+Attention is causal with rotary positions (RoPE). Positions are explicit so that a
+left-padded row, or a row continued from a key/value cache, sees exactly the positions
+it would see alone: its first real bar is position 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 whatever the input precision, as the released models do.
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class FeedForward(nn.Module):
+    """SwiGLU feed-forward: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d_model: int, ff_dim: int, ffn_dropout_p: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, ff_dim, bias=False)
+        self.w3 = nn.Linear(d_model, ff_dim, bias=False)
+        self.w2 = nn.Linear(ff_dim, d_model, bias=False)
+        self.ffn_dropout = nn.Dropout(ffn_dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class RotaryEmbedding(nn.Module):
+    """Holds the RoPE frequencies; `inv_freq` is a persistent buffer in the checkpoints."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq)
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for integer positions of shape (T,) or (B, T), shaped to broadcast over heads."""
+        angles = positions.to(self.inv_freq.dtype).unsqueeze(-1) * self.inv_freq
+        angles = torch.cat((angles, angles), dim=-1)
+        cos, sin = angles.cos(), angles.sin()
+        if positions.dim() == 1:
+            return cos[None, None], sin[None, None]  # (1, 1, T, hd)
+        return cos[:, None], sin[:, None]  # (B, 1, T, hd)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    rotated = torch.cat((-second, first), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+@dataclass
+class AttentionPlan:
+    """How a forward pass attends: rotary positions and the mask, built once per pass.
+
+    `mask` is a boolean (B, 1, T, S) "may attend" tensor, or None; `is_causal` asks
+    scaled_dot_product_attention for its own causal mask (only valid when T == S).
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None
+    is_causal: bool
+
+
+def plan_attention(
+    rotary: RotaryEmbedding,
+    length: int,
+    padding_mask: torch.Tensor | None = None,
+    *,
+    past_valid: torch.Tensor | None = None,
+) -> AttentionPlan:
+    """Positions and mask for `length` new positions after `past_valid` cached ones.
+
+    padding_mask: (B, length), True where the new position is padding. past_valid: (B, P)
+    bool, which cached keys are real bars (None: no cache). Each real position's rotary
+    index is the number of real positions before it in its row, so padding never shifts
+    a row's positions. Padding queries attend to themselves only (they are discarded but
+    must not produce NaN).
+    """
+    device = rotary.inv_freq.device
+    past = 0 if past_valid is None else past_valid.shape[1]
+    if padding_mask is None and (past_valid is None or bool(past_valid.all())):
+        positions = torch.arange(past, past + length, device=device)
+        cos, sin = rotary.cos_sin(positions)
+        if past == 0:
+            return AttentionPlan(cos, sin, None, is_causal=length > 1)
+        if length == 1:
+            return AttentionPlan(cos, sin, None, is_causal=False)
+        query_at = positions[:, None]
+        key_at = torch.arange(past + length, device=device)[None, :]
+        return AttentionPlan(cos, sin, (key_at <= query_at)[None, None], is_causal=False)
+
+    batch = (padding_mask if padding_mask is not None else past_valid).shape[0]
+    new_valid = (
+        torch.ones(batch, length, dtype=torch.bool, device=device)
+        if padding_mask is None
+        else ~padding_mask.to(device=device, dtype=torch.bool)
+    )
+    key_valid = new_valid if past_valid is None else torch.cat([past_valid.to(device), new_valid], dim=1)
+    real_before = key_valid.long().cumsum(dim=1) - 1  # rotary index of each real position
+    positions = real_before[:, past:].clamp(min=0)
+    cos, sin = rotary.cos_sin(positions)
+    query_col = torch.arange(past, past + length, device=device)[:, None]
+    key_col = torch.arange(past + length, device=device)[None, :]
+    causal = key_col <= query_col  # (T, S)
+    mask = (causal[None] & key_valid[:, None, :]) | (key_col == query_col)[None]
+    return AttentionPlan(cos, sin, mask[:, None], is_causal=False)
+
+
+class KVCache:
+    """Keys and values of past positions for every attention layer of one model.
+
+    Buffers are allocated on first use for `capacity` positions and filled in place.
+    `valid` records which cached positions are real bars (False for left padding).
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.length = 0
+        self.valid: torch.Tensor | None = None
+        self._buffers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def reset(self) -> None:
+        self.length = 0
+        self.valid = None
+
+    def write(self, name: str, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, H, T, hd) keys/values after the cached ones; return all keys/values so far."""
+        end = self.length + keys.shape[2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
+        buffers = self._buffers.get(name)
+        if buffers is None or buffers[0].shape[:2] != keys.shape[:2] or buffers[0].dtype != keys.dtype:
+            shape = (*keys.shape[:2], self.capacity, keys.shape[3])
+            buffers = (keys.new_empty(shape), values.new_empty(shape))
+            self._buffers[name] = buffers
+        key_buf, value_buf = buffers
+        key_buf[:, :, self.length:end] = keys
+        value_buf[:, :, self.length:end] = values
+        return key_buf[:, :, :end], value_buf[:, :, :end]
+
+    def read(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        key_buf, value_buf = self._buffers[name]
+        return key_buf[:, :, : self.length], value_buf[:, :, : self.length]
+
+    def advance(self, new_valid: torch.Tensor) -> None:
+        """Mark `new_valid.shape[1]` more positions as written (call once per forward)."""
+        self.valid = new_valid if self.valid is None else torch.cat([self.valid, new_valid], dim=1)
+        self.length = self.valid.shape[1]
+
+
+def _split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    batch, length, width = x.shape
+    return x.view(batch, length, n_heads, width // n_heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    batch, heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal self-attention with RoPE on queries and keys."""
+
+    def __init__(self, d_model: int, n_heads: int, attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.rotary = RotaryEmbedding(d_model // n_heads)
+        self.attn_dropout_p = attn_dropout_p
+        self.resid_dropout = nn.Dropout(resid_dropout_p)
+
+    def forward(self, x: torch.Tensor, plan: AttentionPlan, cache: KVCache | None = None, cache_name: str = "") -> torch.Tensor:
+        q = apply_rotary(_split_heads(self.q_proj(x), self.n_heads), plan.cos, plan.sin)
+        k = apply_rotary(_split_heads(self.k_proj(x), self.n_heads), plan.cos, plan.sin)
+        v = _split_heads(self.v_proj(x), self.n_heads)
+        if cache is not None:
+            k, v = cache.write(cache_name, k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=plan.mask,
+            dropout_p=self.attn_dropout_p if self.training else 0.0,
+            is_causal=plan.is_causal,
+        )
+        return self.resid_dropout(self.out_proj(_merge_heads(out)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm1 x), then + ffn(norm2 x)."""
+
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int, ffn_dropout_p: float = 0.0,
+                 attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0):
+        super().__init__()
+        self.norm1 = RMSNorm(d_model)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, attn_dropout_p, resid_dropout_p)
+        self.norm2 = RMSNorm(d_model)
+        self.ffn = FeedForward(d_model, ff_dim, ffn_dropout_p)
+
+    def forward(self, x: torch.Tensor, plan: AttentionPlan, cache: KVCache | None = None, cache_name: str = "") -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x), plan, cache, cache_name)
+        return x + self.ffn(self.norm2(x))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Run a stack of causal blocks over a whole sequence (no cache)."""
+    if len(blocks) == 0:
+        return x
+    plan = plan_attention(blocks[0].self_attn.rotary, x.shape[1], padding_mask)
+    for block in blocks:
+        x = block(x, plan)
+    return x
