@@ -1,0 +1,522 @@
+"""The monthly job, step by step: due? -> train -> evaluate -> register -> guard -> retention.
+
+Each step is a function with explicit inputs; `monthly_job` runs them for one asset class
+and `run_all` runs the classes one after another. The steps:
+
+    train_step      one MLflow run: fit the adapter (train.fit), evaluate the candidate,
+                    the pooled and production adapters, the bare base and persistence on
+                    the SAME held-out span, log everything, log the pyfunc model last
+    register_step   a version of kronos-lora-<label> from that run, @staging, window tags
+    guard_step      the pure guard decision, applied (aliases, cadence, audit, alerts)
+    retention_step  keep the newest versions plus aliased ones; reclaim storage
+
+Failures leave the registry as it was: a run that did not finish has no model to
+register, and a version is only created once the run is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from kronos_rolling import ASSET_CLASSES, __version__
+from kronos_rolling.adapters import (
+    ADAPTER_ARTIFACT,
+    METADATA_FILE,
+    AdapterSource,
+    default_warm_start,
+    fetch_adapter,
+    load_base_forecast_model,
+    load_forecast_model,
+)
+from kronos_rolling.base import BaseModelRef
+from kronos_rolling.data.dataset import BarWindowDataset
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.data.windows import TrainingWindow, coverage_shortfall
+from kronos_rolling.errors import KronosError, RegistryError
+from kronos_rolling.evaluate import (
+    EvalResult,
+    EvalSettings,
+    EvaluationSamples,
+    ForecastModel,
+    build_samples,
+    forecast_closes,
+    score,
+)
+from kronos_rolling.locks import training_lock
+from kronos_rolling.model.forecast import resolve_device
+from kronos_rolling.registry import alerts
+from kronos_rolling.registry.cleanup import GarbageCollection, RetentionReport, apply_retention
+from kronos_rolling.registry.guard import EvalFigures, GuardDecision, decide_promotion
+from kronos_rolling.registry.lifecycle import RetrainConclusion, conclude_retrain
+from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.registry.promotion import mark_staging
+from kronos_rolling.registry.schedule import retrain_due
+from kronos_rolling.registry.settings import Thresholds
+from kronos_rolling.train import (
+    Checkpoint,
+    Distributed,
+    EpochRecord,
+    FitResult,
+    TrainConfig,
+    build_trainee,
+    config_fingerprint,
+    distributed_from_env,
+    fit,
+    init_distributed,
+    training_symbols,
+)
+from kronos_rolling.tracking import default_data_dir
+
+log = logging.getLogger(__name__)
+
+COMPLETE_TAG = "kronos.complete"  # set last: only a finished run may be registered
+MODEL_NAME = "model"  # the logged pyfunc model inside the run
+
+
+def experiment_name(label: str) -> str:
+    return f"kronos-rolling/{label}"
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    label: str
+    config: TrainConfig
+    window: TrainingWindow
+    model_uri: str
+    figures: dict[str, EvalResult]  # candidate, pooled, production, base, persistence (when present)
+    compared_versions: dict[str, str]  # pooled / production -> registry version evaluated
+    fit: FitResult
+    warm_start: str | None
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def window_frame(store: DataStore, symbols: list[str], start, end) -> pd.DataFrame:
+    """The bars a span covers, all symbols stacked: logged as the run's dataset input."""
+    parts = []
+    for symbol in symbols:
+        bars = store.load(symbol)
+        inside = bars[(bars["timestamp"] >= start) & (bars["timestamp"] < end)]
+        parts.append(inside.assign(symbol=symbol))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return frame[["symbol"] + [c for c in frame.columns if c != "symbol"]]
+
+
+def _figures(result: EvalResult, window: TrainingWindow, version: str | None = None) -> EvalFigures:
+    return EvalFigures(result.val_mae, result.val_sharpe, window.val_start.date(), window.val_end.date(), version)
+
+
+def _production_source(client: MlflowClient, label: str) -> AdapterSource | None:
+    name = registered_model_name(label)
+    try:
+        client.get_model_version_by_alias(name, PRODUCTION)
+    except MlflowException:
+        return None
+    return fetch_adapter(f"models:/{name}@{PRODUCTION}", client)
+
+
+def evaluation_classes(config: TrainConfig) -> list[str]:
+    return [config.asset_class] if config.mode == "rolling" else list(ASSET_CLASSES)
+
+
+def _classes_with_data(store: DataStore, classes: list[str]) -> list[str]:
+    return [c for c in classes if store.symbols_for(c)]
+
+
+# -- train step -------------------------------------------------------------------------
+
+
+def train_step(config: TrainConfig, store: DataStore, *, warm_start: str | None = "auto",
+               eval_settings: EvalSettings | None = None, client: MlflowClient | None = None,
+               checkpoint_root: Path | None = None, progress: bool = True, wait_for_lock: bool = True,
+               dist_info: Distributed | None = None) -> TrainOutcome | None:
+    """Train and evaluate in one MLflow run; returns None on ranks other than 0."""
+    dist_info = dist_info or distributed_from_env()
+    client = client or MlflowClient()
+    eval_settings = eval_settings or EvalSettings(lookback=config.lookback, horizon=config.horizon)
+    window = config.window()
+    symbols = training_symbols(config, store)
+    for shortfall in coverage_shortfall(store.coverage(symbols), window):
+        log.warning("window shortfall: %s", shortfall)
+    base = config.base or BaseModelRef.resolve()
+
+    # Warm start: rolling defaults to the class's production adapter, else the pooled one.
+    if config.mode == "pooled" and warm_start == "auto":
+        warm_start = None
+    if warm_start == "auto":
+        warm_start = default_warm_start(config.asset_class, client)
+        if warm_start is None:
+            log.warning("no production adapter for %s or pooled: the rolling fine-tune starts from a fresh adapter",
+                        config.asset_class)
+    warm_source = fetch_adapter(warm_start, client) if warm_start else None
+
+    device = resolve_device(config.device)
+    if device.type == "cuda" and dist_info.enabled:
+        device = resolve_device(f"cuda:{dist_info.local_rank}")
+    lock = training_lock(wait=wait_for_lock, job=f"train {config.label} {config.as_of}") if dist_info.is_main else None
+    if lock is not None:
+        lock.__enter__()
+    try:
+        init_distributed(dist_info, device)
+        return _train_locked(config, store, base, symbols, window, warm_source, eval_settings, client,
+                             checkpoint_root, progress, dist_info, device)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def _train_locked(config, store, base, symbols, window, warm_source, eval_settings, client, checkpoint_root,
+                  progress, dist_info, device) -> TrainOutcome | None:
+    model, tokenizer = base.load()
+    calendar = store.events()
+    trainee, lora = build_trainee(model, tokenizer, calendar.event_types(), config.lora,
+                                  warm_source.bundle_dir if warm_source else None, config.seed)
+    config.lora = lora
+    fit_span, inner_span = window.fit_span, window.inner_val_span
+    train_set = BarWindowDataset(store, symbols, *fit_span, config.lookback, config.horizon, trainee.vocabulary,
+                                 stride=config.stride, seed=config.seed, calendar=calendar)
+    inner_set = BarWindowDataset(store, symbols, *inner_span, config.lookback, config.horizon, trainee.vocabulary,
+                                 stride=config.stride, seed=config.seed, calendar=calendar,
+                                 max_samples=config.max_inner_val_samples)
+    training_bars = window_frame(store, symbols, window.train_start, window.train_end)
+    dataset = mlflow.data.from_pandas(training_bars, name=f"{config.label}-{window.train_start:%Y-%m-%d}"
+                                      f"-{window.train_end:%Y-%m-%d}", source=str(store.root))
+    fingerprint = config_fingerprint(config, base, dataset.digest, warm_source.uri if warm_source else None)
+    root = Path(checkpoint_root or default_data_dir() / "checkpoints")
+    checkpoint = Checkpoint(root / f"{config.label}-{config.as_of}-{fingerprint}", fingerprint)
+
+    if not dist_info.is_main:
+        fit(trainee, train_set, inner_set, config, device=device, dist_info=dist_info, progress=False)
+        return None
+
+    resumed = checkpoint.load()
+    mlflow.set_experiment(experiment_name(config.label))
+    run_kwargs = {"run_id": resumed["run_id"]} if resumed and resumed.get("run_id") else {
+        "run_name": f"{config.label}-{config.as_of}"}
+    with mlflow.start_run(log_system_metrics=True, **run_kwargs) as run:
+        if not resumed:
+            _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_set, inner_set)
+
+        def on_epoch(record: EpochRecord) -> None:
+            mlflow.log_metrics({"train_loss": record.train_loss, "val_loss": record.val_loss, "lr": record.lr,
+                                "bars_per_second": record.bars_per_second}, step=record.epoch)
+
+        fitted = fit(trainee, train_set, inner_set, config, device=device, dist_info=dist_info,
+                     checkpoint=checkpoint, on_epoch=on_epoch, progress=progress,
+                     state_extra={"run_id": run.info.run_id})
+        mlflow.log_metrics({"best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val_loss,
+                            "train_seconds": fitted.seconds, "stopped_early": float(fitted.stopped_early)})
+        log.info("%s: trained %d epoch(s) on %d samples in %.0fs; best epoch %d (inner val loss %.4f)",
+                 config.label, len(fitted.history), fitted.samples, fitted.seconds, fitted.best_epoch,
+                 fitted.best_val_loss)
+
+        trainee.model.eval()
+        candidate = ForecastModel(trainee.model, trainee.tokenizer, trainee.event_embedding.eval(),
+                                  trainee.vocabulary, base.max_context)
+        figures, compared, samples, closes = evaluate_against_references(
+            config, store, window, candidate, base, eval_settings, client)
+        _log_evaluation(figures, samples, closes)
+
+        with tempfile.TemporaryDirectory(prefix="kronos-bundle-") as tmp:
+            bundle_dir = Path(tmp) / ADAPTER_ARTIFACT
+            trainee.save(bundle_dir)
+            metadata = {
+                "label": config.label, "asset_class": config.asset_class, "mode": config.mode,
+                "as_of": config.as_of, **{k: v for k, v in window.to_dict().items() if k != "as_of"},
+                "val_mae": figures["candidate"].val_mae, "val_sharpe": figures["candidate"].val_sharpe,
+                "figures": {name: {"val_mae": f.val_mae, "val_sharpe": f.val_sharpe} for name, f in figures.items()},
+                "compared_versions": compared, "base": base.to_dict(), "symbols": symbols,
+                "warm_start": warm_source.describe() if warm_source else None,
+                "run_id": run.info.run_id, "code_version": git_commit(), "kronos_rolling": __version__,
+                "eval": asdict(eval_settings), "lookback": config.lookback, "horizon": config.horizon,
+            }
+            (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+            mlflow.log_artifacts(str(bundle_dir), ADAPTER_ARTIFACT)
+            mlflow.log_dict(metadata, METADATA_FILE)
+            from kronos_rolling.pyfunc import log_adapter_model
+
+            example = store.load(symbols[0]).tail(max(config.lookback, 32)).reset_index(drop=True)
+            info = log_adapter_model(bundle_dir, example, name=MODEL_NAME)
+        mlflow.set_tag(COMPLETE_TAG, "true")
+    checkpoint.clear()
+    return TrainOutcome(run.info.run_id, config.label, config, window, info.model_uri, figures, compared,
+                        fitted, warm_source.describe() if warm_source else None)
+
+
+def _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_set, inner_set) -> None:
+    params = {
+        "mode": config.mode, "asset_class": config.label, "as_of": config.as_of,
+        "train_start": window.train_start.isoformat(), "train_end": window.train_end.isoformat(),
+        "inner_val_start": window.inner_val_start.isoformat(),
+        "val_start": window.val_start.isoformat(), "val_end": window.val_end.isoformat(),
+        "symbols": ",".join(symbols), "base_model": base.predictor, "base_tokenizer": base.tokenizer,
+        "base_revision": base.revision or "", "base_digest": base.predictor_digest or "",
+        "warm_start": warm_source.uri if warm_source else "none",
+        "warm_start_version": (warm_source.version or "") if warm_source else "",
+        "lr": config.lr, "epochs": config.epochs, "batch_size": config.batch_size,
+        "lookback": config.lookback, "horizon": config.horizon, "stride": config.stride,
+        "max_samples_per_epoch": config.max_samples_per_epoch or "all",
+        "lora_rank": config.lora.rank, "lora_alpha": config.lora.alpha, "lora_dropout": config.lora.dropout,
+        "lora_targets": ",".join(config.lora.target_modules), "seed": config.seed,
+        "weight_decay": config.weight_decay, "warmup_fraction": config.warmup_fraction,
+        "grad_clip": config.grad_clip, "patience": config.patience,
+        "train_samples": len(train_set), "inner_val_samples": len(inner_set),
+        "code_version": git_commit(), "kronos_rolling_version": __version__,
+    }
+    mlflow.log_params(params)
+    mlflow.set_tags({"asset_class": config.label, "as_of": config.as_of, "mode": config.mode})
+    mlflow.log_input(dataset, context="training")
+
+
+# -- evaluation on the guard's span -----------------------------------------------------
+
+
+def evaluate_against_references(config: TrainConfig, store: DataStore, window: TrainingWindow,
+                                candidate: ForecastModel, base: BaseModelRef, settings: EvalSettings,
+                                client: MlflowClient):
+    """Figures of the candidate and every reference on the same samples of the held-out span.
+
+    Rolling: candidate, pooled production, class production, bare base, persistence.
+    Pooled: candidate, previous pooled production, bare base, persistence, over all classes.
+    """
+    compared: dict[str, str] = {}
+    references: dict[str, ForecastModel | None] = {}
+    sources = {"pooled": _production_source(client, POOLED)}
+    if config.mode == "rolling":
+        sources["production"] = _production_source(client, config.asset_class)
+    else:
+        sources["production"] = sources["pooled"]
+    for name, source in sources.items():
+        if source is not None:
+            compared[name] = source.version
+            references[name] = load_forecast_model(source)
+    references["base"] = load_base_forecast_model(base)
+
+    classes = _classes_with_data(store, evaluation_classes(config))
+    per_class: dict[str, dict[str, EvalResult]] = {}
+    first_samples, first_closes = None, {}
+    for asset_class in classes:
+        symbols = store.symbols_for(asset_class)
+        samples = build_samples(store, symbols, window.val_span, settings, candidate.vocabulary)
+        closes = {"candidate": forecast_closes(candidate, samples)}
+        for name, model in references.items():
+            closes[name] = forecast_closes(model, samples)
+        results = {name: score(samples, c) for name, c in closes.items()}
+        results["persistence"] = score(samples, None)
+        per_class[asset_class] = results
+        if first_samples is None:
+            first_samples, first_closes = samples, closes
+    if len(per_class) == 1:
+        figures = next(iter(per_class.values()))
+    else:  # pooled: the mean over classes, each class weighted equally
+        figures = {}
+        for name in next(iter(per_class.values())):
+            parts = [per_class[c][name] for c in per_class]
+            figures[name] = EvalResult(
+                float(np.mean([p.val_mae for p in parts])), float(np.mean([p.val_sharpe for p in parts])),
+                sum(p.origins for p in parts), [s for p in parts for s in p.series])
+        for asset_class, results in per_class.items():
+            mlflow.log_metrics({f"{name}_val_mae_{asset_class}": r.val_mae for name, r in results.items()})
+    return figures, compared, first_samples, first_closes
+
+
+def _log_evaluation(figures: dict[str, EvalResult], samples: EvaluationSamples, closes: dict) -> None:
+    from kronos_rolling import plots
+
+    candidate = figures["candidate"]
+    metrics = {"val_mae": candidate.val_mae, "val_sharpe": candidate.val_sharpe,
+               "val_origins": candidate.origins}
+    for name, result in figures.items():
+        if name != "candidate":
+            metrics[f"{name}_val_mae"] = result.val_mae
+            metrics[f"{name}_val_sharpe"] = result.val_sharpe
+    mlflow.log_metrics(metrics)
+    rows = [{"model": name, "symbol": s.symbol, "origins": s.origins, "val_mae": s.val_mae,
+             "val_sharpe": s.val_sharpe} for name, result in figures.items() for s in result.series]
+    mlflow.log_table(pd.DataFrame(rows), "evaluation/per_series.json")
+    shown = {name: closes[name] for name in ("candidate", "pooled", "base") if name in closes}
+    fig = plots.forecast_vs_actual(samples, shown)
+    mlflow.log_figure(fig, "plots/forecast_vs_actual.png")
+    equity = {**{name: closes[name] for name in closes}, "persistence": None}
+    fig2 = plots.equity_curves(samples, equity)
+    mlflow.log_figure(fig2, "plots/equity_curve.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    plt.close(fig2)
+
+
+# -- register step ----------------------------------------------------------------------
+
+
+def register_step(outcome: TrainOutcome, client: MlflowClient | None = None) -> str:
+    """Register the run's model as a new version with @staging; all of it or none of it."""
+    client = client or MlflowClient()
+    run = client.get_run(outcome.run_id)
+    if run.data.tags.get(COMPLETE_TAG) != "true" or run.info.status != "FINISHED":
+        raise RegistryError(f"run {outcome.run_id} did not finish training and evaluation; it cannot be registered")
+    name = registered_model_name(outcome.label)
+    window = outcome.window
+    candidate = outcome.figures["candidate"]
+    tags = {
+        "asset_class": outcome.label, "as_of": outcome.config.as_of,
+        "train_window": f"{window.train_start:%Y-%m-%d}/{window.train_end:%Y-%m-%d}",
+        "val_span": f"{window.val_start:%Y-%m-%d}/{window.val_end:%Y-%m-%d}",
+        "val_mae": f"{candidate.val_mae:.6g}", "val_sharpe": f"{candidate.val_sharpe:.6g}",
+        "warm_start": outcome.warm_start or "none",
+    }
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name, description=f"LoRA adapter + event embedding of Kronos for {outcome.label}, retrained by kronos-rolling")
+    version = mlflow.register_model(outcome.model_uri, name, tags=tags, await_registration_for=120)
+    try:
+        if version.status != "READY":
+            raise RegistryError(f"{name} v{version.version} did not become READY (status {version.status})")
+        client.update_model_version(
+            name, version.version,
+            description=f"Trained on {tags['train_window']}, as of {outcome.config.as_of}; "
+                        f"val_mae {tags['val_mae']}, val_sharpe {tags['val_sharpe']}.")
+        mark_staging(client, name, version.version)
+    except Exception:
+        client.delete_model_version(name, version.version)  # never leave a half-registered version
+        raise
+    log.info("registered %s v%s (@staging)", name, version.version)
+    return version.version
+
+
+# -- guard step -------------------------------------------------------------------------
+
+
+def guard_step(outcome: TrainOutcome, version: str, *, as_of: date, client: MlflowClient | None = None,
+               thresholds: Thresholds | None = None,
+               webhook: str | None = None) -> tuple[GuardDecision, RetrainConclusion]:
+    """Decide from the figures of one span, then move aliases, record cadence and alert."""
+    client = client or MlflowClient()
+    thresholds = thresholds or Thresholds.from_env()
+    window, figures = outcome.window, outcome.figures
+    name = registered_model_name(outcome.label)
+    current = _production_version_number(client, name)
+    if current != outcome.compared_versions.get("production"):
+        # Production moved while we trained (a rollback, another job): the figures no
+        # longer describe the version we would replace, so judge again later, not now.
+        raise RegistryError(
+            f"{name}@production is v{current} but the evaluation compared with "
+            f"v{outcome.compared_versions.get('production')}; rerun the job to evaluate against the new production"
+        )
+
+    def figure(key: str) -> EvalFigures | None:
+        result = figures.get(key)
+        return None if result is None else _figures(result, window, outcome.compared_versions.get(key))
+
+    pooled = figure("pooled") if outcome.label != POOLED else figure("production")
+    decision = decide_promotion(figure("candidate"), pooled, figure("production"), thresholds, base=figure("base"))
+    conclusion = conclude_retrain(client, outcome.label, version, decision, as_of=as_of,
+                                  thresholds=thresholds, webhook=webhook)
+    log.info("%s v%s: %s", name, version, decision.describe())
+    return decision, conclusion
+
+
+def _production_version_number(client: MlflowClient, name: str) -> str | None:
+    try:
+        return client.get_model_version_by_alias(name, PRODUCTION).version
+    except MlflowException:
+        return None
+
+
+# -- retention step ---------------------------------------------------------------------
+
+
+def retention_step(label: str, *, keep: int | None = None, gc: GarbageCollection | None = None,
+                   client: MlflowClient | None = None, thresholds: Thresholds | None = None) -> RetentionReport:
+    client = client or MlflowClient()
+    keep = keep or (thresholds or Thresholds.from_env()).keep_versions
+    report = apply_retention(client, label, keep, gc=gc)
+    log.info(report.summary())
+    return report
+
+
+# -- the monthly job --------------------------------------------------------------------
+
+
+@dataclass
+class JobResult:
+    label: str
+    as_of: str
+    due: bool
+    reason: str
+    version: str | None = None
+    decision: GuardDecision | None = None
+    retention: RetentionReport | None = None
+    outcome: TrainOutcome | None = None
+    error: str | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision is not None and self.decision.promote
+
+
+def monthly_job(config: TrainConfig, store: DataStore, *, client: MlflowClient | None = None,
+                warm_start: str | None = "auto", eval_settings: EvalSettings | None = None,
+                gc: GarbageCollection | None = None, keep: int | None = None, check_due: bool = True,
+                thresholds: Thresholds | None = None, webhook: str | None = None,
+                checkpoint_root: Path | None = None, progress: bool = True,
+                wait_for_lock: bool = True) -> JobResult:
+    """One class (or pooled), one month: due? -> train -> register -> guard -> retention.
+
+    A refusal is a decision, not a failure. A failure sends a `job_failed` alert and is
+    raised again, after the registry has been left as it was.
+    """
+    client = client or MlflowClient()
+    thresholds = thresholds or Thresholds.from_env()
+    as_of_day = pd.Timestamp(config.as_of).date()
+    label = config.label
+    if check_due and label != POOLED:
+        due = retrain_due(client, label, as_of_day, thresholds)
+        if not due.due:
+            log.info("%s: not due on %s: %s", label, as_of_day, due.reason)
+            return JobResult(label, config.as_of, False, due.reason)
+        reason = due.reason
+    else:
+        reason = "pooled adapter (trained on demand)" if label == POOLED else "due check skipped"
+    try:
+        outcome = train_step(config, store, warm_start=warm_start, eval_settings=eval_settings, client=client,
+                             checkpoint_root=checkpoint_root, progress=progress, wait_for_lock=wait_for_lock)
+        if outcome is None:  # a non-zero rank of a distributed run
+            return JobResult(label, config.as_of, True, reason)
+        version = register_step(outcome, client)
+        decision, _ = guard_step(outcome, version, as_of=as_of_day, client=client, thresholds=thresholds,
+                                 webhook=webhook)
+        retention = retention_step(label, keep=keep, gc=gc, client=client, thresholds=thresholds)
+    except Exception as exc:
+        alerts.send_alert(alerts.JOB_FAILED, f"kronos-rolling {label} retrain as of {config.as_of} failed: {exc}",
+                          {"asset_class": label, "as_of": config.as_of, "error": f"{type(exc).__name__}: {exc}"},
+                          webhook)
+        raise
+    return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome)

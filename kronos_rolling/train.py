@@ -1,0 +1,455 @@
+"""One training routine, two modes, on a frozen Kronos base.
+
+- pooled ("Phase 3"): every asset class together, a fresh LoRA adapter and event
+  embedding; 10 epochs at LR 1e-4 by default.
+- rolling: one asset class, the `years` before the validation span ending at `as_of`,
+  warm-started from an adapter (by default the class's production version, else the
+  pooled one); 5 epochs at LR 5e-5. Every other setting is shared.
+
+Loss is the mean cross-entropy of the s1 and s2 tokens with teacher forcing; the
+tokenizer stays frozen. AdamW, linear warm-up then cosine decay, gradient clipping, and
+early stopping on an inner validation slice at the end of the training window (the
+guard's validation span is never seen here). The best epoch is kept.
+
+An epoch checkpoint (trainable weights, optimiser, schedule, RNG, history) lets a killed
+run resume where it stopped; only a run that finished produces an adapter bundle.
+The same code runs under `torchrun --nproc-per-node N` (DistributedDataParallel, NCCL on
+GPU, gloo on CPU); only rank 0 writes checkpoints and talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from kronos_rolling import ASSET_CLASSES
+from kronos_rolling.base import BaseModelRef
+from kronos_rolling.data.dataset import BarWindowDataset
+from kronos_rolling.data.events import EventVocabulary
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.data.windows import TrainingWindow, select_training_window, to_utc
+from kronos_rolling.errors import ConfigError, DataError
+from kronos_rolling.model.events import EventEmbedding
+from kronos_rolling.model.forecast import resolve_device
+from kronos_rolling.model.kronos import Kronos, token_loss
+from kronos_rolling.model.lora import LoraSettings, attach_lora, load_adapter_bundle, save_adapter_bundle
+
+log = logging.getLogger(__name__)
+
+MODES = ("pooled", "rolling")
+# Mode defaults from the phase document: rolling adapts (half the LR, half the epochs).
+MODE_DEFAULTS = {"pooled": {"lr": 1e-4, "epochs": 10}, "rolling": {"lr": 5e-5, "epochs": 5}}
+
+
+@dataclass
+class TrainConfig:
+    mode: str
+    as_of: str
+    asset_class: str | None = None  # rolling: the class; pooled: None (all classes)
+    base: BaseModelRef | None = None  # None: BaseModelRef.resolve() (KRONOS_BASE_MODEL)
+    epochs: int | None = None  # None: the mode's default
+    lr: float | None = None
+    years: float = 2.0
+    validation_months: int = 1
+    batch_size: int = 32
+    lookback: int = 128
+    horizon: int = 16
+    stride: int = 1  # bars between consecutive training samples
+    max_samples_per_epoch: int | None = None  # None: all samples every epoch
+    max_inner_val_samples: int = 2048
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    patience: int = 2  # epochs without inner-validation improvement before stopping
+    seed: int = 42
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "rolling" and self.asset_class not in ASSET_CLASSES:
+            raise ConfigError(
+                f"a rolling fine-tune needs --asset-class, one of {', '.join(ASSET_CLASSES)}; got {self.asset_class!r}"
+            )
+        if self.mode == "pooled" and self.asset_class is not None:
+            raise ConfigError("the pooled adapter trains on every asset class; drop --asset-class")
+        self.as_of = to_utc(self.as_of).strftime("%Y-%m-%d")
+        if self.epochs is None:
+            self.epochs = MODE_DEFAULTS[self.mode]["epochs"]
+        if self.lr is None:
+            self.lr = MODE_DEFAULTS[self.mode]["lr"]
+        for name in ("epochs", "batch_size", "lookback", "horizon", "stride", "patience", "validation_months"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.max_samples_per_epoch is not None and self.max_samples_per_epoch < 1:
+            raise ConfigError(f"max_samples_per_epoch must be >= 1, got {self.max_samples_per_epoch}")
+
+    @property
+    def label(self) -> str:
+        """`crypto` or `pooled`: names the experiment and registered model."""
+        return self.asset_class or "pooled"
+
+    def window(self) -> TrainingWindow:
+        return select_training_window(self.as_of, years=self.years,
+                                      validation=pd.DateOffset(months=self.validation_months))
+
+    def to_params(self) -> dict:
+        values = asdict(self)
+        values.pop("base")
+        values["lora"] = asdict(self.lora)
+        return values
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float
+    lr: float
+    seconds: float
+    bars_per_second: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord]
+    best_epoch: int
+    best_val_loss: float
+    stopped_early: bool
+    samples: int
+    seconds: float
+
+
+@dataclass
+class Trainee:
+    """What a fit changes: LoRA weights inside `model` and the event embedding."""
+
+    model: torch.nn.Module  # peft-wrapped Kronos; its LoRA layers are the only trainable part
+    tokenizer: torch.nn.Module
+    event_embedding: EventEmbedding
+    vocabulary: EventVocabulary
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        module = ConditionedKronos(self.model, self.event_embedding)
+        return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        module = ConditionedKronos(self.model, self.event_embedding)
+        params = dict(module.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    def save(self, out_dir: Path) -> Path:
+        return save_adapter_bundle(self.model, self.event_embedding, self.vocabulary.to_dict(), out_dir)
+
+
+class ConditionedKronos(torch.nn.Module):
+    """Kronos with the event embedding added to each bar's input: one module for DDP."""
+
+    def __init__(self, model: torch.nn.Module, event_embedding: EventEmbedding):
+        super().__init__()
+        self.model = model
+        self.event_embedding = event_embedding
+
+    def forward(self, s1, s2, stamp, event_ids, s1_targets):
+        kronos = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return kronos(s1, s2, stamp, use_teacher_forcing=True, s1_targets=s1_targets,
+                      extra_embedding=self.event_embedding(event_ids))
+
+
+# -- distributed ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def distributed_from_env() -> Distributed:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; a plain run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    return Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(dist_info: Distributed, device: torch.device) -> None:
+    if dist_info.enabled and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def _all_mean(value: float, count: int, dist_info: Distributed) -> float:
+    """Sample-weighted mean of a per-rank average across ranks."""
+    if not dist_info.enabled:
+        return value
+    totals = torch.tensor([value * count, float(count)], dtype=torch.float64)
+    dist.all_reduce(totals)
+    return float(totals[0] / max(totals[1], 1.0))
+
+
+# -- setup ------------------------------------------------------------------------------
+
+
+def training_symbols(config: TrainConfig, store: DataStore) -> list[str]:
+    symbols = store.symbols_for(config.asset_class) if config.mode == "rolling" else store.symbols()
+    if not symbols:
+        raise DataError(
+            f"no {config.label} symbols in {store.root}; import some with "
+            "`kronos-rolling data import FILE --symbol SYMBOL`"
+        )
+    return symbols
+
+
+def build_trainee(base_model: Kronos, tokenizer: torch.nn.Module, calendar_types: list[str],
+                  lora: LoraSettings, warm_start_dir: Path | None, seed: int) -> tuple[Trainee, LoraSettings]:
+    """A LoRA-wrapped base and an event embedding: fresh, or continued from a bundle.
+
+    A warm start keeps the bundle's LoRA shape (rank, targets) and its event ids; event
+    types new in the data get new rows, initialised at zero (no effect until trained).
+    """
+    for p in base_model.parameters():
+        p.requires_grad_(False)
+    for p in tokenizer.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(seed)
+    if warm_start_dir is None:
+        model = attach_lora(base_model, lora)
+        vocabulary = EventVocabulary.from_types(calendar_types)
+        embedding = EventEmbedding(vocabulary.size, base_model.d_model)
+    else:
+        model, old_embedding, old_vocab = load_adapter_bundle(base_model, warm_start_dir, is_trainable=True)
+        vocabulary = EventVocabulary.from_dict(old_vocab).extended(calendar_types)
+        embedding = EventEmbedding(vocabulary.size, base_model.d_model)
+        with torch.no_grad():
+            rows = min(old_embedding.num_event_types, vocabulary.size)
+            embedding.table.weight[:rows] = old_embedding.table.weight[:rows]
+        lora = lora_settings_of(model)
+    return Trainee(model, tokenizer, embedding, vocabulary), lora
+
+
+def lora_settings_of(model) -> LoraSettings:
+    """The LoRA shape of a loaded adapter (a warm start keeps it, whatever the defaults say)."""
+    peft_config = model.peft_config["default"]
+    targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")})
+    return LoraSettings(rank=peft_config.r, alpha=peft_config.lora_alpha, dropout=peft_config.lora_dropout,
+                        target_modules=tuple(targets))
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to the peak LR, then cosine decay to 10% of it."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _epoch_indices(n: int, epoch: int, config: TrainConfig, dist_info: Distributed) -> np.ndarray:
+    """This rank's sample order for an epoch: a seeded shuffle, capped, split evenly by rank."""
+    order = np.random.default_rng([config.seed, epoch]).permutation(n)
+    if config.max_samples_per_epoch is not None:
+        order = order[: config.max_samples_per_epoch]
+    usable = len(order) - len(order) % dist_info.world  # equal shares keep DDP ranks in step
+    return order[:usable][dist_info.rank :: dist_info.world]
+
+
+def _batches(dataset, indices: np.ndarray, batch_size: int):
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[int(i)] for i in indices[start : start + batch_size]]
+        yield {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+def _step_loss(module: torch.nn.Module, tokenizer: torch.nn.Module, batch: dict, device: torch.device):
+    x = batch["x"].to(device)
+    with torch.no_grad():
+        s1, s2 = tokenizer.encode(x, half=True)
+    stamp = batch["stamp"].to(device)
+    events = batch["event_ids"].to(device)
+    s1_logits, s2_logits = module(s1[:, :-1], s2[:, :-1], stamp[:, :-1], events[:, :-1], s1[:, 1:])
+    return token_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:])
+
+
+@torch.no_grad()
+def _validation_loss(module, tokenizer, dataset, config, dist_info, device) -> float:
+    if len(dataset) == 0:
+        return float("nan")
+    module.eval()
+    indices = np.arange(len(dataset))[dist_info.rank :: dist_info.world]
+    total, count = 0.0, 0
+    for batch in _batches(dataset, indices, config.batch_size):
+        size = len(batch["x"])
+        total += float(_step_loss(module, tokenizer, batch, device)) * size
+        count += size
+    module.train()
+    return _all_mean(total / max(count, 1), count, dist_info)
+
+
+def config_fingerprint(config: TrainConfig, base: BaseModelRef, data_digest: str, warm_start: str | None) -> str:
+    """What must match for a checkpoint to be resumed: settings, base, data and warm start."""
+    payload = json.dumps({"config": config.to_params(), "base": base.to_dict(), "data": data_digest,
+                          "warm_start": warm_start}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class Checkpoint:
+    """The epoch checkpoint of one training, written atomically after every epoch."""
+
+    def __init__(self, directory: Path, fingerprint: str):
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+        self.path = self.directory / "checkpoint.pt"
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("ignoring checkpoint %s: it belongs to a different configuration or data", self.path)
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        torch.save({**state, "fingerprint": self.fingerprint}, partial)
+        os.replace(partial, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowDataset, config: TrainConfig,
+        *, device: torch.device, dist_info: Distributed = Distributed(), checkpoint: Checkpoint | None = None,
+        on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = True,
+        state_extra: dict | None = None) -> FitResult:
+    """Train the adapter and event embedding; restore the best epoch before returning."""
+    if len(train_set) == 0:
+        raise DataError(f"no training samples in the window for {', '.join(train_set.symbols)}; "
+                        f"each needs {config.lookback + config.horizon} consecutive bars")
+    trainee.model.to(device)
+    trainee.tokenizer.to(device).eval()
+    trainee.event_embedding.to(device)
+    module = ConditionedKronos(trainee.model, trainee.event_embedding).to(device)
+    module.train()
+    runner = module
+    if dist_info.enabled:
+        runner = torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(_epoch_indices(len(train_set), 0, config, dist_info)) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = max(1, int(config.warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
+
+    history: list[EpochRecord] = []
+    best_state, best_val, best_epoch, bad_epochs, start_epoch = None, float("inf"), 0, 0, 0
+    resumed = checkpoint.load() if checkpoint is not None else None
+    if resumed is not None:
+        trainee.load_trainable_state(resumed["trainable"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        history = [EpochRecord(**h) for h in resumed["history"]]
+        best_state, best_val = resumed["best_state"], resumed["best_val"]
+        best_epoch, bad_epochs, start_epoch = resumed["best_epoch"], resumed["bad_epochs"], resumed["epoch"]
+        torch.set_rng_state(resumed["torch_rng"])
+        log.info("resuming from %s after epoch %d", checkpoint.path, start_epoch)
+
+    started = time.monotonic()
+    bars_per_sample = config.lookback + config.horizon - 1
+    stopped_early = bad_epochs >= config.patience and start_epoch < config.epochs
+    for epoch in range(start_epoch, config.epochs):
+        if stopped_early:
+            break
+        epoch_start = time.monotonic()
+        indices = _epoch_indices(len(train_set), epoch, config, dist_info)
+        bar = tqdm(total=len(indices) * dist_info.world, desc=f"{config.label} epoch {epoch + 1}/{config.epochs}",
+                   unit="sample", disable=not (progress and dist_info.is_main), file=sys.stderr,
+                   mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+        loss_sum, seen = 0.0, 0
+        for batch in _batches(train_set, indices, config.batch_size):
+            loss = _step_loss(runner, trainee.tokenizer, batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            size = len(batch["x"])
+            loss_sum += float(loss) * size
+            seen += size
+            elapsed = max(time.monotonic() - epoch_start, 1e-9)
+            bar.update(size * dist_info.world)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
+                            bars_s=f"{seen * dist_info.world * bars_per_sample / elapsed:,.0f}")
+        bar.close()
+        train_loss = _all_mean(loss_sum / max(seen, 1), seen, dist_info)
+        val_loss = _validation_loss(module, trainee.tokenizer, inner_val_set, config, dist_info, device)
+        seconds = time.monotonic() - epoch_start
+        record = EpochRecord(epoch + 1, train_loss, val_loss, scheduler.get_last_lr()[0], seconds,
+                             seen * dist_info.world * bars_per_sample / max(seconds, 1e-9))
+        history.append(record)
+        judged = val_loss if math.isfinite(val_loss) else train_loss  # no inner slice: judge on training loss
+        if judged < best_val - 1e-6:
+            best_val, best_epoch, bad_epochs = judged, epoch + 1, 0
+            best_state = trainee.trainable_state()
+        else:
+            bad_epochs += 1
+        if checkpoint is not None and dist_info.is_main:
+            checkpoint.save({
+                "epoch": epoch + 1, "trainable": trainee.trainable_state(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "history": [asdict(h) for h in history], "best_state": best_state, "best_val": best_val,
+                "best_epoch": best_epoch, "bad_epochs": bad_epochs, "torch_rng": torch.get_rng_state(),
+                **(state_extra or {}),
+            })
+        if on_epoch is not None and dist_info.is_main:
+            on_epoch(record)
+        if bad_epochs >= config.patience and epoch + 1 < config.epochs:
+            stopped_early = True
+            log.info("early stop after epoch %d: no inner-validation improvement for %d epochs",
+                     epoch + 1, config.patience)
+
+    if best_state is not None:
+        trainee.load_trainable_state(best_state)
+    total = time.monotonic() - started
+    return FitResult(history, best_epoch, best_val, stopped_early, len(train_set), total)
+
+
+def data_digest(datasets: list[BarWindowDataset]) -> str:
+    """A digest of exactly which bars the run trains on (for resume and comparisons)."""
+    digest = hashlib.sha256()
+    for dataset in datasets:
+        frame = dataset.origins()
+        digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+    return digest.hexdigest()[:16]
