@@ -3,6 +3,7 @@
 The commands are attached to the top-level group from `kronos_rolling/cli.py`
 (`COMMANDS`). Errors are `KronosError`s, which the group prints without a traceback
 and turns into their exit code; `due` exits 0 when a retrain is due and 1 when not.
+MLflow is imported inside the commands, so `kronos-rolling --help` stays quick.
 """
 
 from __future__ import annotations
@@ -13,16 +14,10 @@ from dataclasses import asdict
 from datetime import date, datetime, timezone
 
 import click
-from mlflow.exceptions import MlflowException
 
 from kronos_rolling.errors import ConfigError, RegistryError
-from kronos_rolling.registry import history as audit
-from kronos_rolling.registry import schedule
 from kronos_rolling.registry.cadence import MODES
-from kronos_rolling.registry.cleanup import GarbageCollection, apply_retention
-from kronos_rolling.registry.client import connect
 from kronos_rolling.registry.names import model_targets, registered_model_name
-from kronos_rolling.registry.promotion import rollback as rollback_production
 from kronos_rolling.registry.settings import Thresholds
 
 
@@ -46,6 +41,8 @@ def _registry_errors(fn):
     """Turn an unexpected MLflow error into a one-line RegistryError for the CLI."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
         try:
             return fn(*args, **kwargs)
         except MlflowException as exc:
@@ -65,6 +62,9 @@ def _day(as_of: datetime | None) -> date:
 @_registry_errors
 def history(asset_class: str, limit: int | None, as_json: bool, tracking_uri: str | None) -> None:
     """Audit trail of a class: promotions, refusals, rollbacks, cadence changes, retention."""
+    from kronos_rolling.registry import history as audit
+    from kronos_rolling.registry.client import connect
+
     name = registered_model_name(asset_class)
     entries = audit.read_history(connect(tracking_uri), name)
     if limit:
@@ -86,6 +86,9 @@ def history(asset_class: str, limit: int | None, as_json: bool, tracking_uri: st
 def rollback(asset_class: str, to_version: int | None, reason: str,
              tracking_uri: str | None) -> None:
     """Point @production back at an earlier version."""
+    from kronos_rolling.registry.client import connect
+    from kronos_rolling.registry.promotion import rollback as rollback_production
+
     move = rollback_production(connect(tracking_uri), asset_class, to_version, reason=reason)
     previous = f"v{move.previous_production}" if move.previous_production else "none"
     click.echo(f"{move.name}@production: v{move.from_version or '-'} -> v{move.to_version} "
@@ -110,6 +113,9 @@ def rollback(asset_class: str, to_version: int | None, reason: str,
 def retention(asset_class: str, keep: int | None, dry_run: bool, backend_store_uri: str | None,
               artifacts_destination: str | None, skip_gc: bool, tracking_uri: str | None) -> None:
     """Keep the newest versions plus aliased ones; delete the rest and reclaim their storage."""
+    from kronos_rolling.registry.cleanup import GarbageCollection, apply_retention
+    from kronos_rolling.registry.client import connect
+
     registered_model_name(asset_class)  # a bad class is reported before anything else
     keep = keep or Thresholds.from_env().keep_versions
     gc = None
@@ -133,6 +139,9 @@ def retention(asset_class: str, keep: int | None, dry_run: bool, backend_store_u
 def due(ctx: click.Context, asset_class: str, as_of: datetime | None,
         tracking_uri: str | None) -> None:
     """Is a retrain due? Exit 0 (due) or 1 (not due), saying why / when."""
+    from kronos_rolling.registry import schedule
+    from kronos_rolling.registry.client import connect
+
     registered_model_name(asset_class)
     decision = schedule.retrain_due(connect(tracking_uri), asset_class, _day(as_of),
                                     Thresholds.from_env())
@@ -154,6 +163,9 @@ def due(ctx: click.Context, asset_class: str, as_of: datetime | None,
 def cadence(asset_class: str, mode: str | None, reason: str, as_of: datetime | None,
             tracking_uri: str | None) -> None:
     """Show a class's retrain cadence, or set it with --set monthly|quarterly."""
+    from kronos_rolling.registry import schedule
+    from kronos_rolling.registry.client import connect
+
     client = connect(tracking_uri)
     if mode is None:
         state = schedule.read_cadence(client, asset_class)
