@@ -42,9 +42,11 @@ def main(verbose: bool) -> None:
 def _attach_commands() -> None:
     from kronos_rolling.data.cli import data
     from kronos_rolling.model.cli import forecast, model
+    from kronos_rolling.pipeline_cli import COMMANDS as PIPELINE_COMMANDS
+    from kronos_rolling.registry.cli import COMMANDS as REGISTRY_COMMANDS
     from kronos_rolling.server_cli import server
 
-    for command in (model, forecast, data, server):
+    for command in (model, forecast, data, *PIPELINE_COMMANDS, *REGISTRY_COMMANDS, server):
         main.add_command(command)
 
 

@@ -46,7 +46,7 @@ from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import TrainingWindow, coverage_shortfall
-from kronos_rolling.errors import KronosError, RegistryError
+from kronos_rolling.errors import DataError, RegistryError
 from kronos_rolling.evaluate import (
     EvalResult,
     EvalSettings,
@@ -144,10 +144,6 @@ def evaluation_classes(config: TrainConfig) -> list[str]:
     return [config.asset_class] if config.mode == "rolling" else list(ASSET_CLASSES)
 
 
-def _classes_with_data(store: DataStore, classes: list[str]) -> list[str]:
-    return [c for c in classes if store.symbols_for(c)]
-
-
 # -- train step -------------------------------------------------------------------------
 
 
@@ -238,9 +234,14 @@ def _train_locked(config, store, base, symbols, window, warm_source, eval_settin
         trainee.model.eval()
         candidate = ForecastModel(trainee.model, trainee.tokenizer, trainee.event_embedding.eval(),
                                   trainee.vocabulary, base.max_context)
-        figures, compared, samples, closes = evaluate_against_references(
-            config, store, window, candidate, base, eval_settings, client)
+        references, compared = reference_models(client, config.label, base)
+        classes = [c for c in evaluation_classes(config) if store.symbols_for(c)]
+        figures, per_class, samples, closes = compare_on_span(
+            store, classes, window.val_span, candidate, references, eval_settings)
         _log_evaluation(figures, samples, closes)
+        if len(per_class) > 1:
+            for asset_class, results in per_class.items():
+                mlflow.log_metrics({f"{name}_val_mae_{asset_class}": r.val_mae for name, r in results.items()})
 
         with tempfile.TemporaryDirectory(prefix="kronos-bundle-") as tmp:
             bundle_dir = Path(tmp) / ADAPTER_ARTIFACT
@@ -296,70 +297,78 @@ def _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_s
 # -- evaluation on the guard's span -----------------------------------------------------
 
 
-def evaluate_against_references(config: TrainConfig, store: DataStore, window: TrainingWindow,
-                                candidate: ForecastModel, base: BaseModelRef, settings: EvalSettings,
-                                client: MlflowClient):
-    """Figures of the candidate and every reference on the same samples of the held-out span.
+def reference_models(client: MlflowClient, label: str, base: BaseModelRef) -> tuple[dict, dict[str, str]]:
+    """The models a candidate of `label` is compared with, and their registry versions.
 
-    Rolling: candidate, pooled production, class production, bare base, persistence.
-    Pooled: candidate, previous pooled production, bare base, persistence, over all classes.
+    pooled: the pooled production adapter; production: the label's own production
+    version (for the pooled label, the same adapter); base: the bare base (zero-shot).
     """
     compared: dict[str, str] = {}
     references: dict[str, ForecastModel | None] = {}
-    sources = {"pooled": _production_source(client, POOLED)}
-    if config.mode == "rolling":
-        sources["production"] = _production_source(client, config.asset_class)
-    else:
-        sources["production"] = sources["pooled"]
-    for name, source in sources.items():
-        if source is not None:
-            compared[name] = source.version
-            references[name] = load_forecast_model(source)
+    pooled = _production_source(client, POOLED)
+    production = pooled if label == POOLED else _production_source(client, label)
+    if pooled is not None:
+        compared["pooled"] = pooled.version
+        references["pooled"] = load_forecast_model(pooled)
+    if production is not None:
+        compared["production"] = production.version
+        references["production"] = references["pooled"] if production is pooled else load_forecast_model(production)
     references["base"] = load_base_forecast_model(base)
+    return references, compared
 
-    classes = _classes_with_data(store, evaluation_classes(config))
+
+def compare_on_span(store: DataStore, classes: list[str], span: tuple, candidate: ForecastModel,
+                    references: dict[str, ForecastModel], settings: EvalSettings,
+                    candidate_name: str = "candidate"):
+    """Every model on the very same samples of `span`, class by class.
+
+    Returns the figures (for several classes, the mean over classes, each weighted
+    equally), the per-class figures, and the first class's samples and forecast closes
+    for the plots.
+    """
     per_class: dict[str, dict[str, EvalResult]] = {}
     first_samples, first_closes = None, {}
     for asset_class in classes:
-        symbols = store.symbols_for(asset_class)
-        samples = build_samples(store, symbols, window.val_span, settings, candidate.vocabulary)
-        closes = {"candidate": forecast_closes(candidate, samples)}
+        samples = build_samples(store, store.symbols_for(asset_class), span, settings, candidate.vocabulary)
+        closes = {candidate_name: forecast_closes(candidate, samples)}
         for name, model in references.items():
-            closes[name] = forecast_closes(model, samples)
+            same = next((other for other, m in references.items() if m is model and other in closes), None)
+            closes[name] = closes[same] if same else forecast_closes(model, samples)
         results = {name: score(samples, c) for name, c in closes.items()}
         results["persistence"] = score(samples, None)
         per_class[asset_class] = results
         if first_samples is None:
             first_samples, first_closes = samples, closes
+    if not per_class:
+        raise DataError(f"no data for {', '.join(classes)} in {store.root} to evaluate on")
     if len(per_class) == 1:
         figures = next(iter(per_class.values()))
-    else:  # pooled: the mean over classes, each class weighted equally
+    else:
         figures = {}
         for name in next(iter(per_class.values())):
             parts = [per_class[c][name] for c in per_class]
             figures[name] = EvalResult(
                 float(np.mean([p.val_mae for p in parts])), float(np.mean([p.val_sharpe for p in parts])),
                 sum(p.origins for p in parts), [s for p in parts for s in p.series])
-        for asset_class, results in per_class.items():
-            mlflow.log_metrics({f"{name}_val_mae_{asset_class}": r.val_mae for name, r in results.items()})
-    return figures, compared, first_samples, first_closes
+    return figures, per_class, first_samples, first_closes
 
 
-def _log_evaluation(figures: dict[str, EvalResult], samples: EvaluationSamples, closes: dict) -> None:
+def _log_evaluation(figures: dict[str, EvalResult], samples: EvaluationSamples, closes: dict,
+                    candidate_name: str = "candidate") -> None:
     from kronos_rolling import plots
 
-    candidate = figures["candidate"]
+    candidate = figures[candidate_name]
     metrics = {"val_mae": candidate.val_mae, "val_sharpe": candidate.val_sharpe,
                "val_origins": candidate.origins}
     for name, result in figures.items():
-        if name != "candidate":
+        if name != candidate_name:
             metrics[f"{name}_val_mae"] = result.val_mae
             metrics[f"{name}_val_sharpe"] = result.val_sharpe
     mlflow.log_metrics(metrics)
     rows = [{"model": name, "symbol": s.symbol, "origins": s.origins, "val_mae": s.val_mae,
              "val_sharpe": s.val_sharpe} for name, result in figures.items() for s in result.series]
     mlflow.log_table(pd.DataFrame(rows), "evaluation/per_series.json")
-    shown = {name: closes[name] for name in ("candidate", "pooled", "base") if name in closes}
+    shown = {name: closes[name] for name in (candidate_name, "pooled", "base") if name in closes}
     fig = plots.forecast_vs_actual(samples, shown)
     mlflow.log_figure(fig, "plots/forecast_vs_actual.png")
     equity = {**{name: closes[name] for name in closes}, "persistence": None}
@@ -520,3 +529,42 @@ def monthly_job(config: TrainConfig, store: DataStore, *, client: MlflowClient |
                           webhook)
         raise
     return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome)
+
+
+# -- evaluating any adapter -------------------------------------------------------------
+
+
+def evaluate_adapter(model_uri: str, asset_class: str, as_of, *, data_dir=None, lookback: int | None = None,
+                     horizon: int | None = None, samples: int = 4, hold: int = 1, max_origins: int | None = None,
+                     cost: float = 0.0005, client: MlflowClient | None = None) -> tuple[pd.DataFrame, str]:
+    """Score an adapter, the pooled production adapter, its bare base and persistence on the
+    month before `as_of`; log the table as a run of `kronos-rolling/<class>`."""
+    from kronos_rolling.adapters import base_of
+    from kronos_rolling.data.windows import select_training_window
+
+    client = client or MlflowClient()
+    source = fetch_adapter(model_uri, client)
+    lookback = lookback or int(source.metadata.get("lookback", 128))
+    horizon = horizon or int(source.metadata.get("horizon", 16))
+    settings = EvalSettings(lookback=lookback, horizon=horizon, hold=hold, samples=samples, cost=cost,
+                            max_origins=max_origins)
+    store = DataStore(data_dir)
+    window = select_training_window(as_of)
+    base = base_of(source)
+    references, compared = reference_models(client, asset_class, base)
+    references.pop("production", None)
+    candidate = load_forecast_model(source, base)
+    figures, _, eval_samples, closes = compare_on_span(store, [asset_class], window.val_span, candidate,
+                                                       references, settings, candidate_name="adapter")
+    table = pd.DataFrame([{"model": name + (f" v{compared[name]}" if name in compared else ""),
+                           "val_mae": f.val_mae, "val_sharpe": f.val_sharpe, "origins": f.origins}
+                          for name, f in figures.items()])
+    mlflow.set_experiment(experiment_name(asset_class))
+    with mlflow.start_run(run_name=f"evaluate-{asset_class}-{window.as_of:%Y-%m-%d}") as run:
+        mlflow.set_tags({"kronos.evaluation_of": model_uri, "asset_class": asset_class})
+        mlflow.log_params({"model": model_uri, "model_version": source.describe(), "asset_class": asset_class,
+                           "val_start": window.val_start.isoformat(), "val_end": window.val_end.isoformat(),
+                           **{f"eval_{k}": v for k, v in asdict(settings).items()}})
+        _log_evaluation(figures, eval_samples, closes, candidate_name="adapter")
+        mlflow.log_table(table, "evaluation/summary.json")
+    return table, run.info.run_id

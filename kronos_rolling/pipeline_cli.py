@@ -1,0 +1,257 @@
+"""`kronos-rolling train pooled|rolling`, `evaluate`, `run` and `run-all`.
+
+`train` is one training step (an MLflow run ending with a logged model) plus, unless
+`--no-register`, the registration, guard and retention that follow it; `run` is the
+monthly job for one class (first: is a retrain due?); `run-all` runs every class, one
+after another, and keeps going when one fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from kronos_rolling import ASSET_CLASSES
+from kronos_rolling.errors import ConfigError, KronosError
+
+log = logging.getLogger(__name__)
+
+# MLflow's artifact progress bars flood cron logs; our own progress bars say enough.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _today() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+def training_options(fn):
+    """Options shared by every command that trains."""
+    options = [
+        click.option("--as-of", default=None, help="Decision date YYYY-MM-DD (default: today, UTC); "
+                                                     "the window ends here."),
+        click.option("--data", "data_dir", type=click.Path(path_type=Path), envvar="KRONOS_DATA_DIR",
+                     default=None, help="Data folder (default: KRONOS_DATA_DIR, else the bundled sample data)."),
+        click.option("--base-model", default=None, envvar="KRONOS_BASE_MODEL",
+                     help="Frozen base: hub id (NeoQuasar/Kronos-base) or a folder with predictor/ and tokenizer/."),
+        click.option("--tokenizer", default=None, help="Tokenizer hub id or folder (default: the base's own)."),
+        click.option("--base-revision", default=None, help="Hub revision of the base predictor."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: 10 pooled, 5 rolling."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Peak learning rate. Default: 1e-4 pooled, 5e-5 rolling."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--lookback", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--horizon", type=click.IntRange(min=1), default=16, show_default=True),
+        click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Bars between training samples."),
+        click.option("--max-samples-per-epoch", type=click.IntRange(min=1), default=None,
+                     help="Cap on samples per epoch (a seeded subset)."),
+        click.option("--years", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True),
+        click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True),
+        click.option("--lora-alpha", type=click.IntRange(min=1), default=16, show_default=True),
+        click.option("--seed", type=int, default=42, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--warm-start", default="auto", show_default=True,
+                     help="Adapter to continue from: a folder, runs:/ID/adapter, models:/NAME@ALIAS, 'auto' "
+                          "(rolling: the class's production adapter, else the pooled one) or 'none'."),
+        click.option("--eval-samples", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Sample paths per forecast in the evaluation."),
+        click.option("--eval-hold", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Bars between evaluation origins = holding period of the sign rule."),
+        click.option("--eval-max-origins", type=click.IntRange(min=1), default=None,
+                     help="Cap on evaluation origins (a seeded subset)."),
+        click.option("--eval-cost", type=click.FloatRange(min=0), default=0.0005, show_default=True,
+                     help="Trading cost per unit of position change."),
+        click.option("--no-wait", is_flag=True, help="Exit with code 75 at once if another training holds the lock."),
+        click.option("--no-progress", is_flag=True, help="No progress bars."),
+        click.option("--tracking-uri", default=None, help="MLflow tracking server (default: MLFLOW_TRACKING_URI, "
+                                                          "else the local `kronos-rolling server`)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _build(mode: str, asset_class: str | None, kw: dict):
+    """TrainConfig, EvalSettings and the store from the shared options."""
+    from kronos_rolling.base import BaseModelRef
+    from kronos_rolling.data.store import DataStore
+    from kronos_rolling.evaluate import EvalSettings
+    from kronos_rolling.model.lora import LoraSettings
+    from kronos_rolling.train import TrainConfig
+
+    base = BaseModelRef.resolve(kw["base_model"], kw["tokenizer"], kw["base_revision"])
+    config = TrainConfig(
+        mode=mode, as_of=kw["as_of"] or _today(), asset_class=asset_class, base=base, epochs=kw["epochs"],
+        lr=kw["lr"], years=kw["years"], batch_size=kw["batch_size"], lookback=kw["lookback"],
+        horizon=kw["horizon"], stride=kw["stride"], max_samples_per_epoch=kw["max_samples_per_epoch"],
+        lora=LoraSettings(rank=kw["lora_rank"], alpha=kw["lora_alpha"]), seed=kw["seed"], device=kw["device"],
+    )
+    if kw["eval_hold"] > kw["horizon"]:
+        raise ConfigError(f"--eval-hold {kw['eval_hold']} must not exceed --horizon {kw['horizon']}")
+    settings = EvalSettings(lookback=kw["lookback"], horizon=kw["horizon"], hold=kw["eval_hold"],
+                            samples=kw["eval_samples"], cost=kw["eval_cost"], max_origins=kw["eval_max_origins"])
+    return config, settings, DataStore(kw["data_dir"])
+
+
+def _warm_start(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def _client(tracking_uri: str | None):
+    import mlflow
+
+    from kronos_rolling.registry.client import connect
+
+    client = connect(tracking_uri)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    return client
+
+
+def _gc_from_env():
+    """Storage is reclaimed when this job knows the server's stores (the embedded default does)."""
+    from kronos_rolling.registry.cleanup import GarbageCollection
+
+    backend = os.environ.get("KRONOS_MLFLOW_BACKEND_URI")
+    if not backend:
+        return None
+    return GarbageCollection(backend, os.environ.get("KRONOS_MLFLOW_ARTIFACTS"))
+
+
+def _print_result(result) -> None:
+    if not result.due:
+        click.echo(f"{result.label}: not due ({result.reason})")
+        return
+    outcome = result.outcome
+    rows = [("model", "val_mae", "val_sharpe")]
+    for name, figures in outcome.figures.items():
+        version = outcome.compared_versions.get(name)
+        rows.append((f"{name}" + (f" (v{version})" if version else ""), f"{figures.val_mae:.6f}",
+                     f"{figures.val_sharpe:+.3f}"))
+    width = max(len(r[0]) for r in rows)
+    for row in rows:
+        click.echo(f"  {row[0]:<{width}}  {row[1]:>10}  {row[2]:>10}")
+    verdict = "promoted to @production" if result.promoted else "kept in @staging"
+    click.echo(f"{result.label}: v{result.version} {verdict}: {result.decision.reason}")
+    if result.retention is not None:
+        click.echo(f"retention: {result.retention.summary()}")
+
+
+def _job(mode: str, asset_class: str | None, kw: dict, *, check_due: bool, register: bool):
+    from kronos_rolling.pipeline import monthly_job, train_step
+
+    config, settings, store = _build(mode, asset_class, kw)
+    client = _client(kw["tracking_uri"])
+    if not register:
+        outcome = train_step(config, store, warm_start=_warm_start(kw["warm_start"]), eval_settings=settings,
+                             client=client, progress=not kw["no_progress"], wait_for_lock=not kw["no_wait"])
+        if outcome is not None:
+            click.echo(f"run {outcome.run_id}: val_mae {outcome.figures['candidate'].val_mae:.6f}, "
+                       f"model {outcome.model_uri}")
+        return None
+    return monthly_job(config, store, client=client, warm_start=_warm_start(kw["warm_start"]),
+                       eval_settings=settings, gc=_gc_from_env(), check_due=check_due,
+                       progress=not kw["no_progress"], wait_for_lock=not kw["no_wait"])
+
+
+@click.group()
+def train():
+    """Train the pooled adapter or one class's rolling fine-tune (one MLflow run)."""
+
+
+@train.command("pooled")
+@training_options
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="Register the run as a version of kronos-lora-pooled and run the guard.")
+def train_pooled(register, **kw):
+    """The pooled ("Phase 3") adapter: every asset class, fresh adapter, LR 1e-4, 10 epochs."""
+    if kw["warm_start"] == "auto":
+        kw["warm_start"] = "none"
+    result = _job("pooled", None, kw, check_due=False, register=register)
+    if result is not None:
+        _print_result(result)
+
+
+@train.command("rolling")
+@click.option("--asset-class", required=True, type=click.Choice(ASSET_CLASSES))
+@training_options
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="Register the run as a version of kronos-lora-<class> and run the guard.")
+def train_rolling(asset_class, register, **kw):
+    """One class's rolling fine-tune: 2-year window, warm start, LR 5e-5, 5 epochs."""
+    result = _job("rolling", asset_class, kw, check_due=False, register=register)
+    if result is not None:
+        _print_result(result)
+
+
+@click.command("run")
+@click.option("--asset-class", required=True, type=click.Choice(ASSET_CLASSES))
+@training_options
+@click.option("--force", is_flag=True, help="Retrain even if the cadence says it is not due.")
+def run(asset_class, force, **kw):
+    """The monthly job for one class: due? then train, evaluate, register, guard, alert, retain.
+
+    Exits 0 when not due (saying when the next retrain is) and when the guard refuses.
+    """
+    _print_result(_job("rolling", asset_class, kw, check_due=not force, register=True))
+
+
+@click.command("run-all")
+@training_options
+@click.option("--asset-class", "classes", multiple=True, type=click.Choice(ASSET_CLASSES),
+              help="Classes to run (default: all), one after another.")
+@click.pass_context
+def run_all(ctx, classes, **kw):
+    """Every class's monthly job, one after another (never two on one device at once).
+
+    A class that fails is reported (and alerted) and the next one still runs; the exit
+    code is non-zero when any failed.
+    """
+    failed = []
+    for asset_class in classes or ASSET_CLASSES:
+        click.echo(f"== {asset_class}")
+        try:
+            _print_result(_job("rolling", asset_class, dict(kw), check_due=True, register=True))
+        except KronosError as exc:
+            failed.append(asset_class)
+            click.echo(f"{asset_class}: FAILED: {exc}", err=True)
+        except Exception as exc:  # noqa: BLE001 - one class's crash must not stop the others
+            failed.append(asset_class)
+            log.exception("%s failed", asset_class)
+            click.echo(f"{asset_class}: FAILED: {type(exc).__name__}: {exc}", err=True)
+    if failed:
+        click.echo(f"failed: {', '.join(failed)}", err=True)
+        ctx.exit(1)
+
+
+@click.command("evaluate")
+@click.option("--model", "model_uri", required=True,
+              help="Adapter to evaluate: models:/NAME@ALIAS, models:/NAME/N, runs:/ID/adapter or a folder.")
+@click.option("--asset-class", required=True, type=click.Choice(ASSET_CLASSES))
+@click.option("--as-of", required=True, help="The validation span is the month before this date.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), envvar="KRONOS_DATA_DIR", default=None)
+@click.option("--lookback", type=click.IntRange(min=1), default=None, help="Default: the adapter's own.")
+@click.option("--horizon", type=click.IntRange(min=1), default=None, help="Default: the adapter's own.")
+@click.option("--eval-samples", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--eval-hold", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--eval-max-origins", type=click.IntRange(min=1), default=None)
+@click.option("--eval-cost", type=click.FloatRange(min=0), default=0.0005, show_default=True)
+@click.option("--tracking-uri", default=None)
+def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_samples, eval_hold,
+             eval_max_origins, eval_cost, tracking_uri):
+    """Evaluate an adapter on a class's validation span against the pooled adapter, the bare
+    base and persistence; print the table and log it as an MLflow run."""
+    from kronos_rolling.pipeline import evaluate_adapter
+
+    client = _client(tracking_uri)
+    table, run_id = evaluate_adapter(model_uri, asset_class, as_of, data_dir=data_dir, lookback=lookback,
+                                     horizon=horizon, samples=eval_samples, hold=eval_hold,
+                                     max_origins=eval_max_origins, cost=eval_cost, client=client)
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.6f}"))
+    click.echo(f"logged to run {run_id}")
+
+
+COMMANDS = [train, run, run_all, evaluate]
