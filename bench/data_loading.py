@@ -61,7 +61,8 @@ def training_step_seconds(batch: dict, shape: dict, steps: int) -> float:
         stamp = batch["stamp"].long()
         s1_logits, s2_logits = predictor(s1[:, :-1], s2[:, :-1], stamp[:, :-1], use_teacher_forcing=True,
                                          s1_targets=s1[:, 1:])
-        loss = loss_fn(s1_logits.flatten(0, 1), s1[:, 1:].flatten()) + loss_fn(s2_logits.flatten(0, 1), s2[:, 1:].flatten())
+        loss = (loss_fn(s1_logits.flatten(0, 1), s1[:, 1:].flatten())
+                + loss_fn(s2_logits.flatten(0, 1), s2[:, 1:].flatten()))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -169,7 +169,8 @@ SPOT_CHECKS = {
                 lambda f: 350 < between(f, "2017-12-01", "2018-01-01")["high"].max() < 420)],
     "^GSPC": [("S&P 500 closes within 1,850-2,150 throughout 2015",
                lambda f: between(f, "2015-01-01", "2016-01-01")["close"].between(1850, 2150).all()),
-              ("S&P 500 closed at 676.53 on 2009-03-09 (crisis low)", lambda f: abs(at(f, "2009-03-09") - 676.53) < 0.01),
+              ("S&P 500 closed at 676.53 on 2009-03-09 (crisis low)",
+               lambda f: abs(at(f, "2009-03-09") - 676.53) < 0.01),
               ("S&P 500 closed at 1,565.15 on 2007-10-09 (pre-crisis high)",
                lambda f: abs(at(f, "2007-10-09") - 1565.15) < 0.01)],
     "^IXIC": [("NASDAQ Composite closed at 5,048.62 on 2000-03-10 (dot-com peak)",
@@ -318,7 +319,8 @@ def provenance_markdown(provenance: dict) -> str:
                    "(listed in known_gaps.csv)" for g in p["known_gaps"]]
         if p["zero_volume_bars"]:
             kind = "flat (open = high = low = close: no trades)" if p["zero_volume_bars_flat"] else "with prices"
-            dates = ", ".join(p["zero_volume_dates"]) + (" ..." if p["zero_volume_bars"] > len(p["zero_volume_dates"]) else "")
+            more = " ..." if p["zero_volume_bars"] > len(p["zero_volume_dates"]) else ""
+            dates = ", ".join(p["zero_volume_dates"]) + more
             remarks.append(f"{p['zero_volume_bars']} zero-volume bars, {kind}, on {dates}")
         if remarks:
             lines.append(f"- {symbol}: " + "; ".join(remarks))

@@ -173,3 +173,16 @@ def test_cli_validate_exit_codes(tmp_path):
 def test_other_spacings_are_inferred(spacing):
     frame = bars(pd.date_range("2021-03-01", periods=40, freq=spacing))
     assert validate_frame(frame, "x.csv", asset_class="crypto") == []
+
+
+def test_intraday_equity_overnight_is_not_a_gap_but_a_missing_day_is_a_session():
+    days = pd.bdate_range("2021-01-04", "2021-01-29").difference(pd.DatetimeIndex(["2021-01-18"]))  # MLK day
+    stamps = [day + pd.Timedelta(hours=14, minutes=30) + k * pd.Timedelta("30min") for day in days for k in range(13)]
+    frame = bars(stamps)
+    assert validate_frame(frame, "AAPL.csv", asset_class="equity", max_gap=0) == []
+    without_day = frame[frame["timestamp"].dt.strftime("%Y-%m-%d") != "2021-01-12"].reset_index(drop=True)
+    (issue,) = validate_frame(without_day, "AAPL.csv", asset_class="equity")
+    assert "13 missing bars" in issue.problem  # one whole session
+    holed = frame.drop(index=[20, 21]).reset_index(drop=True)
+    (issue,) = validate_frame(holed, "AAPL.csv", asset_class="equity", max_gap=1)
+    assert "2 missing bars" in issue.problem and issue.row == 21

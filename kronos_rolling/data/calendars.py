@@ -1,12 +1,16 @@
 """When each asset class trades, so that closed-market time is never called a gap.
 
 A gap is measured in *missing bars*: bar slots between two consecutive bars at which
-the market was open but no bar exists. Crypto trades around the clock. Forex and
-commodities close from Friday 17:00 to Sunday 17:00 New York time and for the trading
-days of 25 December and 1 January (each from 17:00 New York the evening before). Equities trade on business days except the NYSE holidays below (a
-simplification for non-US exchanges: their own holidays show up as short gaps, well
-inside the default limit); intraday equity bars are counted per session, so the
-overnight break is not a gap and a missing trading day counts as a whole session.
+the market was open but no bar exists.
+
+- Crypto trades around the clock.
+- Forex and commodities close from Friday 17:00 to Sunday 17:00 New York time and for
+  the trading days of 25 December and 1 January (each from 17:00 New York the evening
+  before); daily bars count Monday to Friday.
+- Equities trade on business days except NYSE holidays and closures (a simplification
+  for other exchanges: their own holidays show up as short gaps, well inside the
+  default limit). Intraday equity bars are counted per session, so the overnight break
+  is not a gap and a missing trading day counts as a whole session.
 """
 
 from __future__ import annotations
@@ -117,7 +121,7 @@ def missing_bars(
 
     `timestamps` must be sorted, UTC and on the spacing grid. `asset_class` None means
     the market never closes. For intraday equities `bars_per_session` is how many bars
-    a missing trading day counts as (default: a 6.5-hour US session).
+    a missing trading day counts as (default: the median number of bars per day).
     """
     timestamps = pd.DatetimeIndex(timestamps).as_unit("ns")
     out = np.zeros(len(timestamps), dtype=np.int64)
@@ -140,7 +144,7 @@ def missing_bars(
         if spacing >= pd.Timedelta(days=1):
             out[later] = days
         else:
-            per_session = bars_per_session or max(1, int(np.ceil(US_SESSION / spacing)))
+            per_session = bars_per_session or int(pd.Series(utc_days(timestamps)).value_counts().median())
             same_day = prev_day == next_day
             out[later] = np.where(same_day, steps[later - 1], days * per_session)
     else:

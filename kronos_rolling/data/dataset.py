@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kronos_rolling.data.assets import classify_asset
-from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, EQUITY, infer_spacing, missing_bars
+from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing, missing_bars
 from kronos_rolling.data.events import EventCalendar, EventVocabulary
 from kronos_rolling.data.store import DataStore, prepare_bars
 from kronos_rolling.data.windows import to_utc
@@ -121,10 +121,7 @@ class BarWindowDataset(Dataset):
         origins = origins[origins >= L]
         spacing = infer_spacing(bars["timestamp"])
         if spacing is not None and len(origins):
-            per_session = None
-            if asset_class == EQUITY and spacing < pd.Timedelta(days=1):
-                per_session = int(pd.Series(pd.DatetimeIndex(bars["timestamp"]).normalize()).value_counts().median())
-            gaps = missing_bars(pd.DatetimeIndex(bars["timestamp"]), spacing, asset_class, per_session) > max_gap
+            gaps = missing_bars(pd.DatetimeIndex(bars["timestamp"]), spacing, asset_class) > max_gap
             crossed = np.concatenate([[0], np.cumsum(gaps)])  # crossed[j + 1]: gaps at bars <= j
             # A gap sits before bar j; the window [i - L, i + H - 1] crosses it when i - L < j <= i + H - 1.
             clean = crossed[origins + H] - crossed[origins - L + 1] == 0
@@ -137,7 +134,7 @@ class BarWindowDataset(Dataset):
         lo, hi = int(origins[0]) - L, int(origins[-1]) + H
         stamps = pd.DatetimeIndex(bars["timestamp"].iloc[lo:hi])
         series = _Series(
-            values=bars[FEATURE_COLUMNS].to_numpy(dtype=np.float32)[lo:hi],
+            values=bars[FEATURE_COLUMNS].iloc[lo:hi].to_numpy(dtype=np.float32),
             stamps=time_features(stamps),
             event_ids=calendar.event_ids(symbol, asset_class, stamps, spacing, self.vocabulary),
             times=times[lo:hi].copy(),
@@ -170,10 +167,13 @@ class BarWindowDataset(Dataset):
 
     def origins(self) -> pd.DataFrame:
         """Symbol and first-horizon-bar time of every sample, in index order."""
-        times = [self._series[s].times[p] for s, p in zip(self._symbol_of, self._position_of)]
+        times = np.zeros(len(self), dtype=np.int64)
+        for index, series in enumerate(self._series):
+            mine = self._symbol_of == index
+            times[mine] = series.times[self._position_of[mine]]
         return pd.DataFrame({
-            "symbol": [self.symbols[s] for s in self._symbol_of],
-            "origin": pd.to_datetime(np.asarray(times, dtype=np.int64), utc=True),
+            "symbol": np.asarray(self.symbols, dtype=object)[self._symbol_of],
+            "origin": pd.to_datetime(times, utc=True),
         })
 
     def __repr__(self) -> str:

@@ -69,6 +69,7 @@ def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None,
     pattern for timestamps pandas cannot infer. Raises DataError when a required
     column is missing (nothing else can be checked without it).
     """
+    _check_time_zone(tz)
     names = {_canonical_name(c): c for c in reversed(list(table.columns))}
     notes: list[str] = []
     issues: list[Issue] = []
@@ -80,7 +81,9 @@ def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None,
                 used[target] = names[alias]
                 break
     time_source = _timestamp_source(table, names)
-    missing = [c for c in ("timestamp", "open", "high", "low", "close") if c not in used and not (c == "timestamp" and time_source)]
+    missing = [c for c in ("open", "high", "low", "close") if c not in used]
+    if time_source is None:
+        missing.insert(0, "timestamp")
     if missing:
         raise DataError(
             f"{source}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, table.columns))}. "
@@ -163,11 +166,7 @@ def _parse_timestamps(values: pd.Series, time_format: str | None, tz: str):
 
     unreadable = np.asarray(parsed.isna())
     if parsed.tz is None:
-        try:
-            parsed = parsed.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
-        except Exception as exc:  # unknown zone name
-            raise DataError(f"unknown time zone {tz!r} ({exc}); use an IANA name such as "
-                            "UTC, Europe/London or America/New_York") from exc
+        parsed = parsed.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
         if tz != "UTC":
             notes.append(f"timestamps without offset read as {tz} and converted to UTC")
     elif str(parsed.tz) != "UTC":
@@ -182,6 +181,14 @@ def _parse_timestamps(values: pd.Series, time_format: str | None, tz: str):
     return parsed, notes, unreadable, np.asarray(parsed.isna()) & ~unreadable
 
 
+def _check_time_zone(tz: str) -> None:
+    try:
+        pd.Timestamp(0).tz_localize(tz)
+    except Exception as exc:  # pandas raises several types for unknown zone names
+        raise DataError(f"unknown time zone {tz!r}; use an IANA name such as UTC, Europe/London "
+                        "or America/New_York") from exc
+
+
 def _parse_epoch(numbers: pd.Series, notes: list[str]):
     present = numbers.notna().to_numpy()
     largest = float(numbers.abs().max()) if present.any() else 0.0
@@ -191,6 +198,7 @@ def _parse_epoch(numbers: pd.Series, notes: list[str]):
         parsed = pd.DatetimeIndex(parsed).tz_localize("UTC").as_unit("ns")
         return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool)
     unit = "s" if largest < 1e11 else "ms" if largest < 1e14 else "us" if largest < 1e17 else "ns"
-    notes.append(f"timestamps read as unix {dict(s='seconds', ms='milliseconds', us='microseconds', ns='nanoseconds')[unit]}")
+    names = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+    notes.append(f"timestamps read as unix {names[unit]}")
     parsed = pd.DatetimeIndex(pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce")).as_unit("ns")
     return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool)

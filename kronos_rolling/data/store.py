@@ -41,7 +41,7 @@ from kronos_rolling.data.validate import (
     is_bar_file,
     read_known_gaps,
     symbol_of,
-    validate_frame,
+    validate_parsed,
 )
 from kronos_rolling.data.windows import SeriesCoverage
 from kronos_rolling.errors import DataError
@@ -95,9 +95,10 @@ def prepare_bars(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     fine here; the dataset skips samples across them).
     """
     parsed = parse_bars(frame, name)
-    issues = parsed.issues + validate_frame(parsed.frame, name, max_gap=None, rows=parsed.rows)
+    issues = validate_parsed(parsed, name, max_gap=None)
     if issues:
-        raise DataError(_issues_message(name, issues, hint=f"run `kronos-rolling data validate {name}` for all of them"))
+        hint = f"run `kronos-rolling data validate {name}` for all of them"
+        raise DataError(_issues_message(name, issues, hint=hint))
     bars = fill_volume_amount(parsed.frame)
     bars = bars[BAR_COLUMNS].copy()
     bars[FEATURE_COLUMNS] = bars[FEATURE_COLUMNS].astype("float64")
@@ -243,11 +244,11 @@ class DataStore:
 
         name = str(src)
         parsed = parse_bars(read_table(src), name, time_format=time_format, tz=tz)
-        problems = parsed.issues + validate_frame(parsed.frame, name, max_gap=None, rows=parsed.rows)
+        problems = validate_parsed(parsed, name, max_gap=None)
         if problems:
-            raise DataError(_issues_message(name, problems, hint="Nothing was imported; fix the file and import again."))
-        known = [g for g in self.known_gaps() if g.symbol == normalise_symbol(symbol)]
-        gaps = validate_frame(parsed.frame, name, max_gap, asset_class, known, parsed.rows) if max_gap is not None else []
+            hint = "Nothing was imported; fix the file and import again."
+            raise DataError(_issues_message(name, problems, hint=hint))
+        gaps = [] if max_gap is None else validate_parsed(parsed, name, max_gap, asset_class, self.known_gaps(symbol))
 
         bars = parsed.frame
         target = self.root / f"{symbol}.parquet"

@@ -21,14 +21,15 @@ import numpy as np
 import pandas as pd
 
 from kronos_rolling.data.assets import OVERRIDES_FILE, classify_asset, normalise_symbol, read_overrides
-from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, EQUITY, infer_spacing, missing_bars
+from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing, missing_bars
+from kronos_rolling.data.events import EventCalendar
 from kronos_rolling.data.issues import Issue, row_issues
-from kronos_rolling.data.parse import parse_bars, read_table
+from kronos_rolling.data.parse import ParsedBars, parse_bars, read_table
 from kronos_rolling.errors import DataError
 from kronos_rolling.features import PRICE_COLUMNS
 
-__all__ = ["Issue", "KnownGap", "validate_frame", "validate_file", "validate_path", "read_known_gaps",
-           "DEFAULT_MAX_GAP", "REQUIRED_COLUMNS", "KNOWN_GAPS_FILE", "EVENTS_FILE", "SIDE_FILES"]
+__all__ = ["Issue", "KnownGap", "validate_frame", "validate_parsed", "validate_file", "validate_path",
+           "read_known_gaps", "DEFAULT_MAX_GAP", "REQUIRED_COLUMNS", "KNOWN_GAPS_FILE", "EVENTS_FILE", "SIDE_FILES"]
 
 REQUIRED_COLUMNS = ("timestamp", "open", "high", "low", "close")
 KNOWN_GAPS_FILE = "known_gaps.csv"
@@ -147,10 +148,7 @@ def _spacing_issues(stamps, source, rows, max_gap, asset_class, known_gaps) -> l
                         [f" {pd.Timedelta(int(steps[i - 1]))} after the previous one" for i in off_grid[:10]])
     if issues or max_gap is None:
         return issues
-    per_session = None
-    if asset_class == EQUITY and spacing < pd.Timedelta(days=1):
-        per_session = int(pd.Series(stamps.normalize()).value_counts().median())
-    missing = missing_bars(stamps, spacing, asset_class, per_session)
+    missing = missing_bars(stamps, spacing, asset_class)
     for i in np.flatnonzero(missing > max_gap):
         prev, this = stamps[i - 1], stamps[i]
         if any(g.start <= prev and this <= g.end for g in known_gaps):
@@ -224,11 +222,20 @@ def validate_file(
         parsed = parse_bars(read_table(path), name, time_format=time_format)
     except DataError as exc:
         return issues + [Issue(name, None, None, str(exc).removeprefix(f"{name}: "))]
-    issues += parsed.issues
+    return issues + validate_parsed(parsed, name, max_gap, asset_class, known_gaps)
+
+
+def validate_parsed(
+    parsed: ParsedBars,
+    source_name: str,
+    max_gap: int | None = DEFAULT_MAX_GAP,
+    asset_class: str | None = None,
+    known_gaps: list[KnownGap] | tuple = (),
+) -> list[Issue]:
+    """Conversion problems plus `validate_frame`'s, each cell reported once."""
     already = {(i.row, i.column) for i in parsed.issues}  # cells conversion could not read
-    issues += [i for i in validate_frame(parsed.frame, name, max_gap, asset_class, known_gaps, parsed.rows)
-               if (i.row, i.column) not in already]
-    return issues
+    found = validate_frame(parsed.frame, source_name, max_gap, asset_class, known_gaps, parsed.rows)
+    return parsed.issues + [i for i in found if i.row is None or (i.row, i.column) not in already]
 
 
 def validate_path(path: str | Path, max_gap: int | None = DEFAULT_MAX_GAP) -> list[Issue]:
@@ -250,8 +257,6 @@ def validate_path(path: str | Path, max_gap: int | None = DEFAULT_MAX_GAP) -> li
         return [Issue(str(path), None, None, "no such file or folder")]
     try:
         if path.name == EVENTS_FILE:
-            from kronos_rolling.data.events import EventCalendar
-
             EventCalendar.from_csv(path)
             return []
         if path.name == OVERRIDES_FILE:
