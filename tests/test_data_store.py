@@ -211,7 +211,7 @@ def test_cli_list_of_bundled_data(monkeypatch):
     assert result.exit_code == 0
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
     assert set(rows) == set(BUNDLED)
-    assert rows["BTCUSD"][1:3] == ["crypto", "1h"] and rows["BTCUSD"][-1] == "20111"
+    assert rows["BTCUSD"][1:3] == ["crypto", "1h"] and rows["BTCUSD"][-1] == "20106"
     assert rows["EURUSD"][1:4] == ["forex_commodity", "1h", "2017-01-01"]
     assert rows["^GSPC"][1:5] == ["equity", "1D", "1999-01-04", "2018-12-31"]
 
