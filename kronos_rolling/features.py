@@ -35,7 +35,7 @@ def time_features(timestamps) -> np.ndarray:
     """(n, 5) float32 array of minute, hour, weekday, day, month for each timestamp."""
     ts = pd.DatetimeIndex(pd.to_datetime(timestamps))
     return np.stack(
-        [ts.minute, ts.hour, ts.weekday, ts.day, ts.month], axis=1
+        [ts.minute, ts.hour, ts.day_of_week, ts.day, ts.month], axis=1
     ).astype(np.float32)
 
 

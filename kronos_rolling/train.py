@@ -406,7 +406,7 @@ def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowD
             optimizer.step()
             scheduler.step()
             size = len(batch["x"])
-            loss_sum += float(loss) * size
+            loss_sum += float(loss.detach()) * size
             seen += size
             elapsed = max(time.monotonic() - epoch_start, 1e-9)
             bar.update(size * dist_info.world)

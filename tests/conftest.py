@@ -49,3 +49,29 @@ def clean_registry(tracking_uri):
     for model in client.search_registered_models(max_results=1000):
         client.delete_registered_model(model.name)
     yield client
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A randomly initialised tiny base (tokenizer + predictor) in the hub folder format."""
+    import torch
+
+    from kronos_rolling.model.config import MODEL_SIZES
+    from kronos_rolling.model.kronos import Kronos
+    from kronos_rolling.model.tokenizer import KronosTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-base")
+    spec = MODEL_SIZES["tiny"]
+    torch.manual_seed(0)
+    KronosTokenizer.from_config(spec.tokenizer).save_pretrained(folder / "tokenizer")
+    Kronos.from_config(spec.predictor).save_pretrained(folder / "predictor")
+    return folder
+
+
+@pytest.fixture
+def kronos_home(tmp_path, monkeypatch):
+    """Locks, checkpoints and caches of this test only."""
+    home = tmp_path / "kronos-home"
+    monkeypatch.setenv("KRONOS_HOME", str(home))
+    monkeypatch.delenv("KRONOS_LOCK_DIR", raising=False)
+    return home

@@ -1,0 +1,164 @@
+"""The training loop on a tiny base: what it changes, what it sees, and how it survives a kill."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.errors import ConfigError
+from kronos_rolling.train import Checkpoint, TrainConfig, fit
+
+from training_support import small_config, state_of, trainee_and_sets
+from train_worker import CHECKPOINT_FINGERPRINT, run as worker_run
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bit-for-bit comparisons need the same reduction order in every run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _fit(config, store=None, **kw):
+    trainee, train_set, inner_set = trainee_and_sets(config, store or DataStore())
+    result = fit(trainee, train_set, inner_set, config, device=CPU, progress=False, **kw)
+    return trainee, result, train_set, inner_set
+
+
+def test_mode_defaults_follow_the_phase_document(tiny_base):
+    pooled = small_config(tiny_base, mode="pooled", epochs=None)
+    rolling = small_config(tiny_base, epochs=None)
+    assert (pooled.lr, pooled.epochs) == (1e-4, 10)
+    assert (rolling.lr, rolling.epochs) == (5e-5, 5)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"mode": "weekly"}, "mode must be one of"),
+    ({"asset_class": "bonds"}, "needs --asset-class"),
+    ({"epochs": 0}, "epochs must be >= 1"),
+    ({"as_of": "not a date"}, "cannot read"),
+])
+def test_bad_settings_are_named(tiny_base, kwargs, words):
+    with pytest.raises(ConfigError, match=words):
+        small_config(tiny_base, **kwargs)
+
+
+def test_fit_changes_only_the_adapter_and_event_embedding(tiny_base):
+    config = small_config(tiny_base)
+    trainee, train_set, inner_set = trainee_and_sets(config, DataStore())
+    base = trainee.model.get_base_model()
+    frozen_before = {n: p.detach().clone() for n, p in base.named_parameters() if "lora_" not in n}
+    tokenizer_before = {n: p.detach().clone() for n, p in trainee.tokenizer.state_dict().items()}
+    trainable_before = state_of(trainee)
+    result = fit(trainee, train_set, inner_set, config, device=CPU, progress=False)
+
+    assert [h.epoch for h in result.history] == [1, 2]
+    assert all(torch.isfinite(torch.tensor([h.train_loss, h.val_loss])).all() for h in result.history)
+    for name, value in base.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(value, frozen_before[name]), f"base weight {name} changed"
+    for name, value in trainee.tokenizer.state_dict().items():
+        assert torch.equal(value, tokenizer_before[name]), f"tokenizer weight {name} changed"
+    after = state_of(trainee)
+    changed = [n for n in after if not torch.equal(after[n], trainable_before[n])]
+    assert any("lora_B" in n for n in changed), "LoRA weights did not train"
+    assert set(after) == set(trainable_before)
+    assert all("lora_" in n or n.startswith("event_embedding.") for n in after)
+
+
+def test_a_fixed_seed_gives_the_same_adapter(tiny_base):
+    first, *_ = _fit(small_config(tiny_base))
+    second, *_ = _fit(small_config(tiny_base))
+    third, *_ = _fit(small_config(tiny_base, seed=7))
+    a, b, c = state_of(first), state_of(second), state_of(third)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+
+
+def test_training_never_sees_the_validation_span(tiny_base, tmp_path):
+    """Poison every bar from the start of the guard's span on: the adapter must not change."""
+    config = small_config(tiny_base)
+    window = config.window()
+    store = DataStore()
+    _, _, train_set, inner_set = _fit(config, store)
+    for dataset, end in ((train_set, window.inner_val_start), (inner_set, window.train_end)):
+        assert len(dataset) > 0
+        for symbol, origins in dataset.origins().groupby("symbol")["origin"]:
+            stamps = pd.DatetimeIndex(store.load(symbol)["timestamp"])
+            last_bar = stamps[stamps.searchsorted(origins) + config.horizon - 1]
+            assert (last_bar < end).all(), f"a {symbol} sample reaches past {end}"
+
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(store.root, poisoned)
+    for symbol in store.symbols_for("crypto"):
+        bars = store.load(symbol)
+        late = bars["timestamp"] >= window.val_start
+        bars.loc[late, ["open", "high", "low", "close"]] *= 50.0
+        bars.loc[late, "volume"] *= 0.01
+        target = store.path_of(symbol)
+        (poisoned / target.name).unlink()
+        bars.to_parquet(poisoned / f"{target.stem}.parquet", index=False)
+    clean, *_ = _fit(small_config(tiny_base))
+    dirty, *_ = _fit(small_config(tiny_base), DataStore(poisoned))
+    a, b = state_of(clean), state_of(dirty)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_base):
+    # At a vanishing learning rate the inner validation loss stops improving after the
+    # first epoch, so patience 1 stops training at epoch 2 and restores epoch 1.
+    config = small_config(tiny_base, epochs=6, lr=1e-9, patience=1, warmup_fraction=0.0)
+    trainee, train_set, inner_set = trainee_and_sets(config, DataStore())
+    states = {}
+    result = fit(trainee, train_set, inner_set, config, device=CPU, progress=False,
+                 on_epoch=lambda record: states.__setitem__(record.epoch, state_of(trainee)))
+    assert result.stopped_early
+    assert [h.epoch for h in result.history] == [1, 2]
+    assert result.best_epoch == 1 and result.best_val_loss == result.history[0].val_loss
+    final, best, last = state_of(trainee), states[1], states[2]
+    assert any(not torch.equal(best[n], last[n]) for n in best), "epoch 2 changed nothing at all"
+    assert all(torch.equal(final[n], best[n]) for n in final), "the best epoch's weights were not restored"
+
+
+def test_a_killed_training_resumes_to_the_same_adapter(tiny_base, tmp_path):
+    checkpoint_dir = tmp_path / "ckpt"
+    worker = subprocess.Popen([sys.executable, str(Path(__file__).parent / "train_worker.py"), str(tiny_base),
+                               str(checkpoint_dir), str(tmp_path / "never.pt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = Checkpoint(checkpoint_dir, CHECKPOINT_FINGERPRINT)
+    deadline = time.monotonic() + 120
+    while not checkpoint.path.exists():
+        assert worker.poll() is None, worker.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    saved = checkpoint.load()
+    assert saved is not None and 1 <= saved["epoch"] < 4, "the kill must land mid-training"
+    assert not (tmp_path / "never.pt").exists()
+
+    resumed, result = worker_run(tiny_base, checkpoint_dir)
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4]
+    straight, _ = worker_run(tiny_base, None)
+    a, b = state_of(resumed), state_of(straight)
+    assert all(torch.equal(a[n], b[n]) for n in a), "resumed training differs from an uninterrupted one"
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    Checkpoint(tmp_path, "one").save({"epoch": 1})
+    assert Checkpoint(tmp_path, "one").load()["epoch"] == 1
+    assert Checkpoint(tmp_path, "other").load() is None
