@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from kronos_rolling.data.assets import OVERRIDES_FILE, classify_asset, normalise_symbol, read_overrides
-from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing, missing_bars
+from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, format_spacing, infer_spacing, missing_bars
 from kronos_rolling.data.events import EventCalendar
 from kronos_rolling.data.issues import Issue, row_issues
 from kronos_rolling.data.parse import ParsedBars, parse_bars, read_table
@@ -155,7 +155,7 @@ def _spacing_issues(stamps, source, rows, max_gap, asset_class, known_gaps) -> l
             continue
         issues.append(Issue(
             source, int(rows[i]), "timestamp",
-            f"gap: {missing[i]} missing bars of {spacing} between {prev} and {this} "
+            f"gap: {missing[i]} missing bars of {format_spacing(spacing)} between {prev} and {this} "
             f"(limit {max_gap}{'' if asset_class else ', market assumed always open'}); "
             f"raise the limit (--max-gap) or list the gap in {KNOWN_GAPS_FILE}",
         ))
@@ -177,7 +177,7 @@ def read_known_gaps(path: str | Path) -> list[KnownGap]:
             raise DataError(f"{path}, line {line}: cannot read start/end ({exc}); use ISO times "
                             "such as 2019-03-19 or 2019-03-19T00:00:00Z") from exc
         start, end = (t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC") for t in (start, end))
-        if not (start < end) or pd.isna(record.symbol):
+        if not (start < end) or not str(record.symbol).strip():
             raise DataError(f"{path}, line {line}: need a symbol and start before end")
         gaps.append(KnownGap(normalise_symbol(record.symbol), start, end, str(record.reason or "")))
     return gaps
