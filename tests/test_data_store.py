@@ -220,3 +220,19 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["data", "list", "--data", str(tmp_path / "nope")])
     assert result.exit_code != 0 and "does not exist" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_unclassifiable_symbol_is_listed_as_unknown_and_fails_validation(tmp_path):
+    frame = pd.DataFrame({"timestamp": pd.date_range("2021-01-01", periods=3, freq="D", tz="UTC"),
+                          "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5})
+    frame.to_parquet(tmp_path / "WEIRD1.parquet")
+    runner = CliRunner()
+    listed = runner.invoke(main, ["data", "list", "--data", str(tmp_path)])
+    assert listed.exit_code == 0 and "unknown (add to asset_classes.csv)" in listed.stdout
+    checked = runner.invoke(main, ["data", "validate", "--data", str(tmp_path)])
+    assert checked.exit_code != 0 and "WEIRD1" in checked.stdout and "asset_classes.csv" in checked.stdout
+    with pytest.raises(DataError, match="WEIRD1"):
+        DataStore(tmp_path).symbols_for("crypto")
+    (tmp_path / "asset_classes.csv").write_text("symbol,asset_class\nWEIRD1,crypto\n")
+    assert runner.invoke(main, ["data", "validate", "--data", str(tmp_path)]).exit_code == 0
+    assert DataStore(tmp_path).symbols_for("crypto") == ["WEIRD1"]
