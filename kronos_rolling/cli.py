@@ -51,3 +51,7 @@ def _attach_commands() -> None:
 
 
 _attach_commands()
+
+
+if __name__ == "__main__":
+    main()

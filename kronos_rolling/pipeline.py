@@ -16,6 +16,7 @@ register, and a version is only created once the run is complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -154,6 +155,15 @@ def train_step(config: TrainConfig, store: DataStore, *, warm_start: str | None 
     """Train and evaluate in one MLflow run; returns None on ranks other than 0."""
     dist_info = dist_info or distributed_from_env()
     client = client or MlflowClient()
+    # The device lock comes first: a second job waits before it does any work at all.
+    lock = (training_lock(wait=wait_for_lock, job=f"train {config.label} {config.as_of}")
+            if dist_info.is_main else contextlib.nullcontext())
+    with lock:
+        return _train_locked(config, store, warm_start, eval_settings, client, checkpoint_root, progress, dist_info)
+
+
+def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_root, progress,
+                  dist_info) -> TrainOutcome | None:
     eval_settings = eval_settings or EvalSettings(lookback=config.lookback, horizon=config.horizon)
     window = config.window()
     symbols = training_symbols(config, store)
@@ -174,20 +184,7 @@ def train_step(config: TrainConfig, store: DataStore, *, warm_start: str | None 
     device = resolve_device(config.device)
     if device.type == "cuda" and dist_info.enabled:
         device = resolve_device(f"cuda:{dist_info.local_rank}")
-    lock = training_lock(wait=wait_for_lock, job=f"train {config.label} {config.as_of}") if dist_info.is_main else None
-    if lock is not None:
-        lock.__enter__()
-    try:
-        init_distributed(dist_info, device)
-        return _train_locked(config, store, base, symbols, window, warm_source, eval_settings, client,
-                             checkpoint_root, progress, dist_info, device)
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
-
-
-def _train_locked(config, store, base, symbols, window, warm_source, eval_settings, client, checkpoint_root,
-                  progress, dist_info, device) -> TrainOutcome | None:
+    init_distributed(dist_info, device)
     model, tokenizer = base.load()
     calendar = store.events()
     trainee, lora = build_trainee(model, tokenizer, calendar.event_types(), config.lora,
