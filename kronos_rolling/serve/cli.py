@@ -1,0 +1,150 @@
+"""`kronos-rolling serve` and `kronos-rolling predict`.
+
+`python -m kronos_rolling.serve serve|predict ...` runs the same commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from kronos_rolling.errors import DataError
+from kronos_rolling.serve.settings import DEFAULT_SERVE_PORT
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _settings_options(command):
+    """Options shared by serve and predict (each falls back to the environment, then the default)."""
+    options = [
+        click.option("--base-model", default=None,
+                     help="Base model: a folder with predictor/ and tokenizer/, or a hub id "
+                          "[env KRONOS_BASE_MODEL; default NeoQuasar/Kronos-base]."),
+        click.option("--tracking-uri", default=None,
+                     help="MLflow tracking server [env MLFLOW_TRACKING_URI; default http://127.0.0.1:5000]."),
+        click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Data folder with asset_classes.csv overrides and events.csv [env KRONOS_DATA_DIR]."),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Cache of resolved versions [default $KRONOS_HOME/predictor-cache]."),
+        click.option("--device", default=None, help="auto, cpu or cuda [env KRONOS_SERVE_DEVICE; default auto]."),
+        click.option("--inference-guard/--no-inference-guard", default=None,
+                     help="Serve pooled when a class's val_mae is over 10% worse than pooled's "
+                          "[env KRONOS_SERVE_INFERENCE_GUARD; default off]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _configure_registry_client(timeout_s: float) -> None:
+    """Fail fast when the registry is down: MLflow's defaults retry for minutes."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _settings(**options):
+    from kronos_rolling.serve.settings import ServeSettings
+
+    settings = ServeSettings.from_env(**options)
+    _configure_registry_client(settings.registry_timeout_s)
+    return settings
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; anything but loopback exposes the service (set KRONOS_API_TOKEN).")
+@click.option("--port", type=int, default=DEFAULT_SERVE_PORT, show_default=True)
+@click.option("--poll-interval", "poll_interval_s", type=float, default=None,
+              help="Seconds between registry reads [env KRONOS_SERVE_POLL_INTERVAL_S; default 30].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@_settings_options
+def serve(host, port, poll_interval_s, log_level, base_model, tracking_uri, data_dir, cache_dir, device,
+          inference_guard):
+    """Run the predictor service: per-symbol adapters by alias, followed live."""
+    import uvicorn
+
+    from kronos_rolling.serve.app import create_app
+    from kronos_rolling.serve.service import PredictorService
+
+    settings = _settings(base_model=base_model, tracking_uri=tracking_uri, data_dir=data_dir, cache_dir=cache_dir,
+                         device=device, inference_guard=inference_guard, poll_interval_s=poll_interval_s)
+    if host not in LOOPBACK and settings.api_token is None:
+        log.warning("binding %s without KRONOS_API_TOKEN: anyone who reaches this port can use the service", host)
+    if not logging.getLogger().handlers:  # `python -m kronos_rolling.serve`: the main group did not set logging up
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(log_level.upper())
+    service = PredictorService(settings)
+    app = create_app(service)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
+                log_config=None)
+
+
+@click.command()
+@click.option("--symbol", required=True, help="Symbol whose asset class picks the adapter, e.g. BTCUSDT.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Bars: timestamp, open, high, low, close (volume, amount optional), oldest first.")
+@click.option("--pred-len", type=int, required=True, help="Number of future bars to forecast.")
+@click.option("--samples", type=int, default=1, show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int, default=0, show_default=True, help="1 = greedy.")
+@click.option("--top-p", type=float, default=0.9, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="-1: unseeded.")
+@click.option("--quantiles", is_flag=True, help="Add p10/p50/p90 columns.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV to write [default: standard output].")
+@_settings_options
+def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed, quantiles, out_path, base_model,
+            tracking_uri, data_dir, cache_dir, device, inference_guard):
+    """Answer one forecast request here, through the service's own selection code.
+
+    The CSV goes to standard output (or --out); which model answered goes to standard error.
+    """
+    import pandas as pd
+
+    from kronos_rolling.data.assets import classify_asset
+    from kronos_rolling.data.store import DataStore
+    from kronos_rolling.registry.names import POOLED
+    from kronos_rolling.serve.service import ForecastOptions, PredictorService, SeriesInput
+
+    if not csv_path.is_file():
+        raise DataError(f"--csv {csv_path} does not exist")
+    try:
+        bars = pd.read_csv(csv_path)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read {csv_path} as CSV: {exc}") from exc
+    asset_class = classify_asset(symbol, DataStore(data_dir).overrides())
+    settings = _settings(base_model=base_model, tracking_uri=tracking_uri, data_dir=data_dir, cache_dir=cache_dir,
+                         device=device, inference_guard=inference_guard, labels=(asset_class, POOLED))
+    service = PredictorService(settings, watch=False).start()
+    try:
+        answer = service.forecast([SeriesInput(symbol, bars)], ForecastOptions(
+            pred_len=pred_len, samples=samples, temperature=temperature, top_k=top_k, top_p=top_p,
+            seed=None if seed < 0 else seed, quantiles=quantiles))[0]
+    finally:
+        service.stop()
+    frame = answer.result.mean.copy()
+    for name, band in (answer.result.quantiles or {}).items():
+        frame[f"close_{name}"] = band["close"].to_numpy()
+    if out_path is None:
+        frame.to_csv(sys.stdout, index=False)
+    else:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = out_path.with_name(f".{out_path.name}.partial")
+        frame.to_csv(partial, index=False)
+        os.replace(partial, out_path)
+    click.echo(f"model: {answer.model.describe()}"
+               + (f" (fallback: {answer.model.fallback})" if answer.model.fallback else ""), err=True)
+    for warning in answer.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+COMMANDS = [serve, predict]

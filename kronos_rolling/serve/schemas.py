@@ -1,0 +1,119 @@
+"""Request and response bodies of the HTTP API (they are also its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from kronos_rolling.serve.service import Answer, ForecastOptions, SeriesInput
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Bar(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: datetime = Field(description="Bar start; ISO 8601 (no offset: UTC) or unix seconds")
+    open: FiniteFloat
+    high: FiniteFloat
+    low: FiniteFloat
+    close: FiniteFloat
+    volume: FiniteFloat | None = None
+    amount: FiniteFloat | None = None
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pred_len: int = Field(16, ge=1, description="Bars to forecast (the service's limit is in /health)")
+    samples: int = Field(1, ge=1, description="Sample paths averaged into the forecast")
+    temperature: float = Field(1.0, gt=0, allow_inf_nan=False)
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0: off, 1: greedy)")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (when top_k is 0)")
+    seed: int | None = Field(0, description="Seed of the sampling; null: unseeded")
+    quantiles: bool = Field(False, description="Add p10/p50/p90 across the sample paths")
+
+    def to_options(self) -> ForecastOptions:
+        return ForecastOptions(self.pred_len, self.samples, self.temperature, self.top_k, self.top_p, self.seed,
+                               self.quantiles)
+
+
+class ForecastRequest(Options):
+    symbol: str = Field(min_length=1, max_length=64, examples=["BTCUSDT"])
+    bars: list[Bar] = Field(min_length=1, description="History, oldest first")
+
+
+class BatchItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    symbol: str = Field(min_length=1, max_length=64)
+    bars: list[Bar] = Field(min_length=1)
+
+
+class BatchRequest(Options):
+    items: list[BatchItem] = Field(min_length=1, description="Series forecast with the same options")
+
+
+class ForecastRow(BaseModel):
+    timestamp: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    amount: float
+
+
+class ModelBlock(BaseModel):
+    registered_model: str | None = Field(description="e.g. kronos-lora-crypto; null: the bare base answered")
+    version: str | None
+    alias: str | None
+    asset_class: str = Field(description="The asset class of the symbol")
+    served_as: str = Field(description="Whose adapter answered: the asset class, 'pooled' or 'base'")
+    source: str | None = Field(description="registry: resolved live; cache: the registry was down at start-up")
+    fallback: str | None = Field(description="Why the class's own production version did not answer")
+
+
+class ForecastResponse(BaseModel):
+    symbol: str
+    model: ModelBlock
+    warnings: list[str]
+    forecast: list[ForecastRow]
+    quantiles: dict[str, list[ForecastRow]] | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[ForecastResponse]
+
+
+def series_of(symbol: str, bars: list[Bar]) -> SeriesInput:
+    """The request's bars as the DataFrame the forecaster reads (timestamps in UTC)."""
+    stamps = [b.timestamp if b.timestamp.tzinfo else b.timestamp.replace(tzinfo=timezone.utc) for b in bars]
+    columns = {"timestamp": pd.to_datetime(stamps, utc=True)}
+    for name in ("open", "high", "low", "close"):
+        columns[name] = [getattr(b, name) for b in bars]
+    for name in ("volume", "amount"):
+        values = [getattr(b, name) for b in bars]
+        if any(v is not None for v in values):
+            columns[name] = [float("nan") if v is None else v for v in values]
+    return SeriesInput(symbol.strip(), pd.DataFrame(columns))
+
+
+def response_of(answer: Answer) -> dict:
+    result = answer.result
+    return {
+        "symbol": answer.symbol,
+        "model": answer.model.__dict__,
+        "warnings": answer.warnings,
+        "forecast": _rows(result.mean),
+        "quantiles": {name: _rows(frame) for name, frame in result.quantiles.items()} if result.quantiles else None,
+    }
+
+
+def _rows(frame: pd.DataFrame) -> list[dict]:
+    out = frame.copy()
+    out["timestamp"] = [ts.isoformat() for ts in pd.to_datetime(out["timestamp"], utc=True)]
+    return out.to_dict("records")

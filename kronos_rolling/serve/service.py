@@ -1,0 +1,480 @@
+"""The predictor service without HTTP: follow the registry, keep adapters loaded, answer.
+
+`PredictorService.start()` loads the base once, resolves every `@production` alias and
+loads those versions (from the registry, or, when it cannot be reached, from the verified
+local cache of the last resolved versions), then starts a background thread that
+- polls the registry every `poll_interval_s` (or at once after `trigger_refresh()`, which
+  the webhook endpoint calls) and swaps in any version an alias moved to;
+- checks every `busy_check_s` whether a training job holds the device (the training
+  lock) and, while it does, runs inference on `busy_threads` CPU threads.
+
+A version that fails verification, names another base, or cannot be loaded is refused:
+the previous version keeps serving and `/health` says why. The registry being down only
+makes the state stale; nothing is unloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kronos_rolling import ASSET_CLASSES
+from kronos_rolling.adapters import METADATA_FILE
+from kronos_rolling.base import BaseModelRef
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.errors import DataError, ModelError, RegistryUnavailable
+from kronos_rolling.locks import device_busy
+from kronos_rolling.model.forecast import ForecastResult, infer_future_timestamps
+from kronos_rolling.registry.names import POOLED, PRODUCTION
+from kronos_rolling.serve.cache import CachedVersion, VersionCache
+from kronos_rolling.serve.pool import AdapterPool, LoadedAdapter
+from kronos_rolling.serve.selection import (
+    BASE,
+    Candidate,
+    Choice,
+    asset_class_of,
+    choose,
+    registry_freshness,
+    same_base,
+)
+from kronos_rolling.serve.settings import ServeSettings
+from kronos_rolling.serve.source import RegistrySource, VersionRef
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ForecastOptions:
+    pred_len: int = 16
+    samples: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.9
+    seed: int | None = 0  # None: unseeded
+    quantiles: bool = False
+
+
+@dataclass(frozen=True)
+class SeriesInput:
+    symbol: str
+    bars: pd.DataFrame  # timestamp + open, high, low, close (+ volume, amount)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model answered: always part of a response."""
+
+    asset_class: str  # of the symbol
+    served_as: str  # the asset class itself, "pooled" or "base"
+    registered_model: str | None
+    version: str | None
+    alias: str | None
+    source: str | None  # registry | cache; None for the base
+    fallback: str | None  # why the class's own production version did not answer
+
+    def describe(self) -> str:
+        if self.registered_model is None:
+            return f"bare base model ({self.asset_class})"
+        return f"{self.registered_model} v{self.version} @{self.alias} ({self.asset_class})"
+
+
+@dataclass
+class Answer:
+    symbol: str
+    model: ModelInfo
+    warnings: list[str]
+    result: ForecastResult
+
+
+@dataclass(frozen=True)
+class Refusal:
+    registered_model: str
+    version: str
+    reason: str
+    at: datetime
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class PredictorService:
+    def __init__(self, settings: ServeSettings, *, watch: bool = True):
+        self.settings = settings
+        self.watch = watch
+        self.base = BaseModelRef.resolve(settings.base_model)
+        self.source = RegistrySource(settings.resolved_tracking_uri())
+        self.cache = VersionCache(settings.resolved_cache_dir(), keep=settings.cache_keep)
+        store = DataStore(settings.data_dir)
+        self.overrides = store.overrides()
+        self.calendar = store.events()
+        self.limits = settings.limits
+        self.pool: AdapterPool | None = None
+        self.default_threads = torch.get_num_threads()
+        self.device_busy = False
+        self.started_at: datetime | None = None
+        # Registry following; written by refresh (one at a time), read by reports.
+        self._refresh_lock = threading.Lock()
+        self.last_success: datetime | None = None
+        self.last_failure: datetime | None = None
+        self.last_error: str | None = None
+        self.refused: dict[str, Refusal] = {}  # replaced, never edited: readers need no lock
+        self._counts_lock = threading.Lock()
+        self._swaps: Counter[str] = Counter()
+        self._refusals: Counter[str] = Counter()
+        self._wake = threading.Event()
+        self._triggered = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> "PredictorService":
+        self.pool = AdapterPool(self.base, self.settings.device)
+        self.limits = replace(self.settings.limits,
+                              max_bars=min(self.settings.limits.max_bars, self.pool.max_context),
+                              max_pred_len=min(self.settings.limits.max_pred_len, self.pool.max_context))
+        self.cache.root.mkdir(parents=True, exist_ok=True)
+        self.check_device()
+        self.refresh(cold=True)
+        self.started_at = _now()
+        if self.watch:
+            self._thread = threading.Thread(target=self._watch, name="kronos-registry-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def trigger_refresh(self) -> None:
+        """Ask the watcher to read the registry now (a webhook arrived)."""
+        self._triggered = True
+        self._wake.set()
+
+    def _watch(self) -> None:
+        next_poll = time.monotonic() + self.settings.poll_interval_s
+        while not self._stopping:
+            self.check_device()
+            if self._triggered or time.monotonic() >= next_poll:
+                pushed, self._triggered = self._triggered, False
+                try:
+                    self.refresh(retry_refused=pushed)
+                except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                    log.exception("reading the registry failed unexpectedly; trying again at the next poll")
+                next_poll = time.monotonic() + self.settings.poll_interval_s
+            self._wake.wait(max(0.0, min(next_poll - time.monotonic(), self.settings.busy_check_s)))
+            self._wake.clear()
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(swaps, refusals) per label since start."""
+        with self._counts_lock:
+            return dict(self._swaps), dict(self._refusals)
+
+    def _count(self, counter: Counter, label: str) -> None:
+        with self._counts_lock:
+            counter[label] += 1
+
+    def _clear_refusal(self, label: str) -> None:
+        if label in self.refused:
+            self.refused = {k: v for k, v in self.refused.items() if k != label}
+
+    def check_device(self) -> bool:
+        busy = device_busy()
+        if busy != self.device_busy:
+            log.info("training job %s the device: inference uses %d CPU thread(s)",
+                     "holds" if busy else "released", self.settings.busy_threads if busy else self.default_threads)
+        self.device_busy = busy
+        return busy
+
+    # -- following the registry -----------------------------------------------------------
+
+    def refresh(self, *, cold: bool = False, retry_refused: bool = False) -> dict[str, str]:
+        """One pass over the registry: {label: what happened} (empty when it was unreachable)."""
+        with self._refresh_lock:
+            now = _now()
+            try:
+                refs = self.source.resolve(self.settings.labels)
+            except RegistryUnavailable as exc:
+                self._registry_failed(now, exc)
+                if cold:
+                    self._load_cached_resolved()
+                return {}
+            outcome = {}
+            try:
+                for label in self.settings.labels:
+                    outcome[label] = self._follow(label, refs[label], now, retry_refused)
+            except RegistryUnavailable as exc:  # went away in the middle: keep what is loaded
+                self._registry_failed(_now(), exc)
+                if cold:
+                    self._load_cached_resolved()
+                return outcome
+            self.last_success, self.last_error = now, None
+            return outcome
+
+    def _registry_failed(self, now: datetime, exc: Exception) -> None:
+        self.last_failure, self.last_error = now, str(exc)
+        log.warning("registry unreachable, serving what is loaded: %s", exc)
+
+    def _follow(self, label: str, ref: VersionRef | None, now: datetime, retry_refused: bool) -> str:
+        loaded = self.pool.served.get(label)
+        if ref is None:
+            self._clear_refusal(label)
+            if loaded is None:
+                return "none"
+            self.pool.remove(label)
+            self.cache.forget_resolved(label)
+            self._count(self._swaps, label)
+            return f"removed {loaded.describe()}: no @{PRODUCTION} alias any more"
+        if loaded is not None and (loaded.registered_model, loaded.version) == (ref.registered_model, ref.version):
+            self._clear_refusal(label)
+            if loaded.source != "registry":
+                self.pool.mark_source(label, "registry")
+                self.cache.record_resolved(label, ref.registered_model, ref.version, ref.alias, now)
+            return "unchanged"
+        prior = self.refused.get(label)
+        if (prior is not None and prior.version == ref.version and not retry_refused
+                and (now - prior.at).total_seconds() < self.settings.refused_retry_s):
+            return f"still refusing {ref.describe()}"
+        try:
+            cached = self._obtain(ref)
+            installed = self._install(label, ref.registered_model, ref.version, ref.alias, cached, "registry")
+        except (ModelError, DataError) as exc:
+            self._refuse(label, ref.registered_model, ref.version, str(exc), now)
+            if self.pool.served.get(label) is None:
+                self._load_cached_resolved(only=label)
+            return f"refused {ref.describe()}"
+        self._clear_refusal(label)
+        self._count(self._swaps, label)
+        self.cache.record_resolved(label, ref.registered_model, ref.version, ref.alias, now)
+        self.cache.prune(ref.registered_model, {ref.version})
+        return f"loaded {installed.describe()}"
+
+    def _obtain(self, ref: VersionRef) -> CachedVersion:
+        """The verified bundle of `ref`: from the cache when it holds it intact, else downloaded."""
+        expected = self.source.recorded_digest(ref)
+        if self.cache.has(ref.registered_model, ref.version):
+            try:
+                return self.cache.load(ref.registered_model, ref.version, expected_digest=expected)
+            except ModelError as exc:
+                log.warning("%s; downloading it again", exc)
+        scratch_root = self.cache.root / ".downloads"
+        scratch_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch_root) as scratch:
+            bundle = self.source.download(ref, Path(scratch), expected)
+            return self.cache.store(ref.registered_model, ref.version, bundle, tags=ref.tags, run_id=ref.run_id,
+                                    expected_digest=expected)
+
+    def _install(self, label: str, registered_model: str, version: str, alias: str, cached: CachedVersion,
+                 source: str) -> LoadedAdapter:
+        metadata_path = cached.bundle_dir / METADATA_FILE
+        metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+        if "base" not in metadata:
+            raise ModelError(f"{registered_model} v{version} names no base model in its {METADATA_FILE}; "
+                             "refusing to guess which base it belongs on")
+        adapter_base = BaseModelRef.from_dict(metadata["base"])
+        if not same_base(self.base, adapter_base):
+            raise ModelError(f"{registered_model} v{version} was trained on {adapter_base.describe()} but this "
+                             f"service runs {self.base.describe()}; refusing to serve it on the wrong base "
+                             "(start the service with KRONOS_BASE_MODEL set to the adapter's base)")
+        return self.pool.install(label, registered_model, version, alias, cached.bundle_dir, metadata=metadata,
+                                 digest=cached.digest, source=source)
+
+    def _refuse(self, label: str, registered_model: str, version: str, reason: str, now: datetime) -> None:
+        self.refused = {**self.refused, label: Refusal(registered_model, version, reason, now)}
+        self._count(self._refusals, label)
+        still = self.pool.served.get(label)
+        log.error("refused %s v%s: %s%s", registered_model, version, reason,
+                  f"; still serving v{still.version}" if still else "")
+
+    def _load_cached_resolved(self, only: str | None = None) -> None:
+        """Serve the last resolved versions from the local cache (the registry cannot tell us)."""
+        try:
+            resolved = self.cache.resolved()
+        except ModelError as exc:
+            log.error("%s", exc)
+            return
+        for label in self.settings.labels:
+            entry = resolved.get(label)
+            if entry is None or (only is not None and label != only) or label in self.pool.served:
+                continue
+            name, version = entry["registered_model"], entry["version"]
+            if only is not None and self.refused.get(label) and self.refused[label].version == version:
+                continue  # the refused version is the cached one: nothing older to fall back to
+            try:
+                cached = self.cache.load(name, version)
+                self._install(label, name, version, entry.get("alias", PRODUCTION), cached, "cache")
+                self._count(self._swaps, label)
+            except (ModelError, DataError) as exc:
+                self._refuse(label, name, version, str(exc), _now())
+
+    # -- answering --------------------------------------------------------------------------
+
+    def candidates(self, served) -> dict[str, Candidate]:
+        return {label: _candidate(adapter) for label, adapter in served.items()}
+
+    def unavailable(self) -> dict[str, str]:
+        return {label: f"{r.registered_model} v{r.version} was refused ({r.reason})" for label, r in
+                self.refused.items()}
+
+    def guard_ratio(self) -> float | None:
+        return self.settings.guard_ratio if self.settings.inference_guard else None
+
+    def forecast(self, series: list[SeriesInput], options: ForecastOptions) -> list[Answer]:
+        """Answer every series with the model its symbol's class is served by (same lock, same table)."""
+        if not series:
+            raise DataError("no series to forecast: send at least one symbol with its bars")
+        self.limits.check_options(options.pred_len, options.samples)
+        self.limits.check_batch(len(series))
+        for item in series:
+            self.limits.check_bars(item.symbol, len(item.bars))
+        classes = [asset_class_of(item.symbol, self.overrides) for item in series]
+        threads = self.settings.busy_threads if self.device_busy else self.default_threads
+        unavailable = self.unavailable()
+        with self.pool.exclusive(threads) as session:
+            available = self.candidates(session.served)
+            choices = [choose(c, available, guard_ratio=self.guard_ratio(), unavailable=unavailable) for c in classes]
+            groups: dict[str, list[int]] = {}
+            for index, choice in enumerate(choices):
+                groups.setdefault(choice.label, []).append(index)
+            answered: list[tuple[ForecastResult, LoadedAdapter | None]] = [None] * len(series)  # type: ignore
+            for label, indices in groups.items():
+                adapter = None if label == BASE else session.served[label]
+                with session.use(adapter) as forecaster:
+                    events = [self._event_ids(series[i], classes[i], options.pred_len, adapter) for i in indices]
+                    results = forecaster.forecast(
+                        [series[i].bars for i in indices], options.pred_len, temperature=options.temperature,
+                        top_k=options.top_k, top_p=options.top_p, samples=options.samples, seed=options.seed,
+                        quantiles=options.quantiles,
+                        event_ids=events if any(e is not None for e in events) else None,
+                    )
+                for i, result in zip(indices, results):
+                    answered[i] = (result, adapter)
+        stale = registry_freshness(self.last_success, self.last_failure, _now(), self.settings.poll_interval_s)
+        answers = []
+        for item, choice, (result, adapter) in zip(series, choices, answered):
+            warnings = [choice.warning] if choice.warning else []
+            if stale.stale:
+                warnings.append(f"registry stale: {stale.reason}; answered with the versions loaded")
+            answers.append(Answer(item.symbol, _model_info(choice, adapter), warnings, result))
+        return answers
+
+    def _event_ids(self, item: SeriesInput, asset_class: str, pred_len: int,
+                   adapter: LoadedAdapter | None) -> np.ndarray | None:
+        """Event ids of the bars and the horizon from the data folder's events (None: no events)."""
+        if adapter is None or len(self.calendar) == 0:
+            return None
+        try:
+            stamps = pd.Series(pd.to_datetime(item.bars["timestamp"], utc=True))
+            future = infer_future_timestamps(stamps, pred_len)
+            spacing = stamps.diff().dropna().mode().iloc[0]
+            everything = pd.concat([stamps, pd.Series(pd.to_datetime(future, utc=True))], ignore_index=True)
+            return self.calendar.event_ids(item.symbol, asset_class, everything, spacing, adapter.vocabulary)
+        except (ValueError, TypeError, IndexError, KeyError):
+            return None  # malformed bars: the forecaster's own validation names the problem
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def routes(self) -> dict[str, Choice]:
+        served = self.pool.served
+        available = self.candidates(served)
+        unavailable = self.unavailable()
+        return {c: choose(c, available, guard_ratio=self.guard_ratio(), unavailable=unavailable)
+                for c in ASSET_CLASSES}
+
+    def models(self) -> dict:
+        served = self.pool.served
+        report = {}
+        for label in self.settings.labels:
+            adapter = served.get(label)
+            report[label] = None if adapter is None else {
+                "registered_model": adapter.registered_model, "version": adapter.version, "alias": adapter.alias,
+                "loaded_at": adapter.loaded_at.isoformat(timespec="seconds"), "source": adapter.source,
+                "adapter": adapter.adapter_name, "bundle_sha256": adapter.digest,
+                "val_mae": _candidate(adapter).val_mae,
+            }
+        return report
+
+    def health(self, now: datetime) -> dict:
+        served = self.pool.served
+        freshness = registry_freshness(self.last_success, self.last_failure, now, self.settings.poll_interval_s)
+        warnings = []
+        routes = self.routes()
+        for asset_class, choice in routes.items():
+            if choice.warning:
+                warnings.append(choice.warning)
+        for label, refusal in sorted(self.refused.items()):
+            still = served.get(label)
+            warnings.append(f"{refusal.registered_model} v{refusal.version} refused: {refusal.reason}"
+                            + (f"; still serving v{still.version}" if still else ""))
+        if freshness.stale:
+            warnings.append(f"registry stale: {freshness.reason}; serving the versions loaded")
+        return {
+            "status": "degraded" if warnings else "ok",
+            "started_at": self.started_at.isoformat(timespec="seconds") if self.started_at else None,
+            "base": {"model": self.base.describe(), "max_context": self.pool.max_context},
+            "registry": {
+                "uri": self.source.describe(), "stale": freshness.stale, "reason": freshness.reason,
+                "last_success_at": _iso(self.last_success), "last_failure_at": _iso(self.last_failure),
+                "error": self.last_error, "poll_interval_s": self.settings.poll_interval_s,
+            },
+            "served": {label: (None if label not in served else
+                               {"registered_model": served[label].registered_model,
+                                "version": served[label].version, "source": served[label].source})
+                       for label in self.settings.labels},
+            "routes": {c: {"served_as": r.label, "registered_model": r.candidate and r.candidate.registered_model,
+                           "version": r.candidate and r.candidate.version, "fallback": r.fallback}
+                       for c, r in routes.items()},
+            "refused": [{"label": label, "registered_model": r.registered_model, "version": r.version,
+                         "reason": r.reason, "at": _iso(r.at)} for label, r in sorted(self.refused.items())],
+            "device": {"type": str(self.pool.base_forecaster.device), "training_busy": self.device_busy,
+                       "inference_threads": self.settings.busy_threads if self.device_busy else self.default_threads},
+            "warnings": warnings,
+        }
+
+
+def _candidate(adapter: LoadedAdapter) -> Candidate:
+    metadata = adapter.metadata
+    figures = metadata.get("figures") or {}
+    compared = metadata.get("compared_versions") or {}
+    pooled = figures.get(POOLED) or {}
+    return Candidate(
+        label=adapter.label, registered_model=adapter.registered_model, version=adapter.version,
+        val_mae=_float(metadata.get("val_mae")), pooled_version=compared.get(POOLED),
+        pooled_val_mae=_float(pooled.get("val_mae")),
+    )
+
+
+def _model_info(choice: Choice, adapter: LoadedAdapter | None) -> ModelInfo:
+    if adapter is None:
+        return ModelInfo(choice.asset_class, BASE, None, None, None, None, choice.fallback)
+    return ModelInfo(choice.asset_class, choice.label, adapter.registered_model, adapter.version, adapter.alias,
+                     adapter.source, choice.fallback)
+
+
+def _float(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment else None
+
+

@@ -1,0 +1,147 @@
+"""Reading the registry: where each @production alias points, and fetching a version safely.
+
+`RegistrySource.resolve` asks the registry for `kronos-lora-<label>@production` of every
+label; a missing model or alias is `None`, anything else that goes wrong (connection
+refused, timeout, 5xx) raises `RegistryUnavailable` so the caller keeps what it has.
+
+`RegistrySource.download` fetches one pinned version (`models:/NAME/VERSION`) into a
+temporary folder and refuses it unless the bundle is whole: every file the registry lists
+is present with its size, the bundle digest matches the version's `bundle_sha256` tag
+(or its run's tag) when one was recorded, and every file parses.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import requests
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from kronos_rolling.adapters import fetch_adapter
+from kronos_rolling.errors import RegistryError, RegistryUnavailable
+from kronos_rolling.registry.client import is_missing
+from kronos_rolling.registry.names import PRODUCTION, registered_model_name
+from kronos_rolling.serve.integrity import (
+    BUNDLE_DIGEST_TAG,
+    check_digest,
+    check_formats,
+    check_sizes,
+    file_manifest,
+)
+from kronos_rolling.tracking import redact
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """What an alias pointed at when we asked."""
+
+    label: str
+    registered_model: str
+    version: str
+    alias: str = PRODUCTION
+    run_id: str | None = None
+    tags: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.registered_model}/{self.version}"
+
+    def describe(self) -> str:
+        return f"{self.registered_model} v{self.version}"
+
+
+class RegistrySource:
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def describe(self) -> str:
+        return redact(self.tracking_uri)
+
+    def resolve(self, labels, alias: str = PRODUCTION) -> dict[str, VersionRef | None]:
+        return {label: self._resolve_one(label, alias) for label in labels}
+
+    def _resolve_one(self, label: str, alias: str) -> VersionRef | None:
+        name = registered_model_name(label)
+        try:
+            version = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if is_missing(exc) or exc.error_code == "INVALID_PARAMETER_VALUE":
+                return None  # no such model, or no such alias on it
+            raise RegistryUnavailable(f"cannot read {name}@{alias} from {self.describe()}: "
+                                      f"{_first_line(exc.message)}") from exc
+        except (requests.RequestException, OSError) as exc:
+            raise RegistryUnavailable(f"cannot reach the registry at {self.describe()}: {exc}") from exc
+        return VersionRef(label, name, str(version.version), alias, version.run_id, dict(version.tags or {}))
+
+    def recorded_digest(self, ref: VersionRef) -> str | None:
+        """The bundle digest recorded for the version (version tag, else its run's tag), if any."""
+        if ref.tags.get(BUNDLE_DIGEST_TAG):
+            return ref.tags[BUNDLE_DIGEST_TAG]
+        if not ref.run_id:
+            return None
+        try:
+            return self.client.get_run(ref.run_id).data.tags.get(BUNDLE_DIGEST_TAG)
+        except MlflowException as exc:
+            if is_missing(exc):
+                return None
+            raise RegistryUnavailable(f"cannot read run {ref.run_id} of {ref.describe()}: "
+                                      f"{_first_line(exc.message)}") from exc
+        except (requests.RequestException, OSError) as exc:
+            raise RegistryUnavailable(f"cannot reach the registry at {self.describe()}: {exc}") from exc
+
+    def download(self, ref: VersionRef, scratch: Path, expected_digest: str | None) -> Path:
+        """Download the version under `scratch` and verify it; returns the bundle folder."""
+        what = f"{ref.describe()} from {self.describe()}"
+        dst = Path(tempfile.mkdtemp(prefix=f"download-{ref.version}-", dir=scratch))
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst),
+                                                        tracking_uri=self.tracking_uri,
+                                                        registry_uri=self.tracking_uri)
+        except (MlflowException, requests.RequestException, OSError) as exc:
+            raise RegistryUnavailable(f"cannot download {what}: {exc}") from exc  # try again at the next poll
+        source = fetch_adapter(local)  # the bundle inside the pyfunc model; ModelError when files are missing
+        bundle = source.bundle_dir
+        check_sizes(bundle, self._listed_sizes(ref, bundle.relative_to(Path(local).resolve()).as_posix()), what)
+        if expected_digest is not None:
+            check_digest(file_manifest(bundle), expected_digest, what)
+        else:
+            log.info("%s records no %s; checked sizes and file formats only", ref.describe(), BUNDLE_DIGEST_TAG)
+        check_formats(bundle, what)
+        return bundle
+
+    def _listed_sizes(self, ref: VersionRef, relative: str) -> dict[str, int]:
+        """{path inside the bundle: size} as the registry's artifact store lists them."""
+        try:
+            root = self.client.get_model_version_download_uri(ref.registered_model, ref.version)
+            listed: dict[str, int] = {}
+            pending = [relative]
+            while pending:
+                folder = pending.pop()
+                for info in mlflow.artifacts.list_artifacts(artifact_uri=f"{root.rstrip('/')}/{folder}",
+                                                            tracking_uri=self.tracking_uri):
+                    name = info.path.rsplit("/", 1)[-1]
+                    inner = f"{folder}/{name}"
+                    if info.is_dir:
+                        pending.append(inner)
+                    else:
+                        listed[inner[len(relative) + 1:]] = int(info.file_size or 0)
+        except MlflowException as exc:
+            raise RegistryUnavailable(f"cannot list the artifacts of {ref.describe()}: "
+                                      f"{_first_line(exc.message)}") from exc
+        except (requests.RequestException, OSError) as exc:
+            raise RegistryUnavailable(f"cannot reach the registry at {self.describe()}: {exc}") from exc
+        if not listed:
+            raise RegistryError(f"the registry lists no bundle files for {ref.describe()}; it cannot be served")
+        return listed
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0][:300] if text else "no message"
