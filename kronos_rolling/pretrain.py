@@ -40,7 +40,7 @@ import torch
 from kronos_rolling import __version__
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventCalendar
-from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
+from kronos_rolling.data.store import BUNDLED_DATA_DIR, DATA_DIR_ENV, DataStore
 from kronos_rolling.data.windows import to_utc
 from kronos_rolling.errors import ConfigError, DataError
 from kronos_rolling.features import FEATURE_COLUMNS
