@@ -60,6 +60,7 @@ from kronos_rolling.evaluate import (
 from kronos_rolling.locks import training_lock
 from kronos_rolling.model.forecast import resolve_device
 from kronos_rolling.registry import alerts
+from kronos_rolling.registry.alerts import DeliveryResult
 from kronos_rolling.registry.cleanup import GarbageCollection, RetentionReport, apply_retention
 from kronos_rolling.registry.guard import EvalFigures, GuardDecision, decide_promotion
 from kronos_rolling.registry.lifecycle import RetrainConclusion, conclude_retrain
@@ -204,7 +205,10 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
     checkpoint = Checkpoint(root / f"{config.label}-{config.as_of}-{fingerprint}", fingerprint)
 
     if not dist_info.is_main:
-        fit(trainee, train_set, inner_set, config, device=device, dist_info=dist_info, progress=False)
+        # Same checkpoint as rank 0 (read only: fit saves on rank 0), so a resumed job starts
+        # every rank at the same epoch; otherwise the ranks' collectives no longer pair up.
+        fit(trainee, train_set, inner_set, config, device=device, dist_info=dist_info, checkpoint=checkpoint,
+            progress=False)
         return None
 
     resumed = checkpoint.load()
@@ -286,7 +290,11 @@ def _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_s
         "train_samples": len(train_set), "inner_val_samples": len(inner_set),
         "code_version": git_commit(), "kronos_rolling_version": __version__,
     }
-    mlflow.log_params(params)
+    # A run made by `mlflow run` already holds the -P values as typed (lr 5e-5, as_of '', a base
+    # folder); MLflow never changes a logged param, so a resolved value that differs goes beside it.
+    launched = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({(f"resolved.{key}" if key in launched and launched[key] != str(value) else key): value
+                       for key, value in params.items()})
     mlflow.set_tags({"asset_class": config.label, "as_of": config.as_of, "mode": config.mode})
     mlflow.log_input(dataset, context="training")
 
@@ -481,7 +489,7 @@ class JobResult:
     decision: GuardDecision | None = None
     retention: RetentionReport | None = None
     outcome: TrainOutcome | None = None
-    error: str | None = None
+    alerts: list[DeliveryResult] = field(default_factory=list)  # deliveries of the guard's alerts
 
     @property
     def promoted(self) -> bool:
@@ -517,15 +525,16 @@ def monthly_job(config: TrainConfig, store: DataStore, *, client: MlflowClient |
         if outcome is None:  # a non-zero rank of a distributed run
             return JobResult(label, config.as_of, True, reason)
         version = register_step(outcome, client)
-        decision, _ = guard_step(outcome, version, as_of=as_of_day, client=client, thresholds=thresholds,
-                                 webhook=webhook)
+        decision, conclusion = guard_step(outcome, version, as_of=as_of_day, client=client,
+                                          thresholds=thresholds, webhook=webhook)
         retention = retention_step(label, keep=keep, gc=gc, client=client, thresholds=thresholds)
     except Exception as exc:
         alerts.send_alert(alerts.JOB_FAILED, f"kronos-rolling {label} retrain as of {config.as_of} failed: {exc}",
                           {"asset_class": label, "as_of": config.as_of, "error": f"{type(exc).__name__}: {exc}"},
                           webhook)
         raise
-    return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome)
+    return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome,
+                     conclusion.deliveries)
 
 
 # -- evaluating any adapter -------------------------------------------------------------

@@ -111,19 +111,11 @@ def _client(tracking_uri: str | None):
     return client
 
 
-def _gc_from_env():
-    """Storage is reclaimed when this job knows the server's stores (the embedded default does)."""
-    from kronos_rolling.registry.cleanup import GarbageCollection
-
-    backend = os.environ.get("KRONOS_MLFLOW_BACKEND_URI")
-    if not backend:
-        return None
-    return GarbageCollection(backend, os.environ.get("KRONOS_MLFLOW_ARTIFACTS"))
-
-
 def _print_result(result) -> None:
     if not result.due:
         click.echo(f"{result.label}: not due ({result.reason})")
+        return
+    if result.outcome is None:  # a rank other than 0 of a torchrun job: rank 0 reports
         return
     outcome = result.outcome
     rows = [("model", "val_mae", "val_sharpe")]
@@ -142,6 +134,7 @@ def _print_result(result) -> None:
 
 def _job(mode: str, asset_class: str | None, kw: dict, *, check_due: bool, register: bool):
     from kronos_rolling.pipeline import monthly_job, train_step
+    from kronos_rolling.registry.cleanup import gc_from_environment
 
     config, settings, store = _build(mode, asset_class, kw)
     client = _client(kw["tracking_uri"])
@@ -153,7 +146,7 @@ def _job(mode: str, asset_class: str | None, kw: dict, *, check_due: bool, regis
                        f"model {outcome.model_uri}")
         return None
     return monthly_job(config, store, client=client, warm_start=_warm_start(kw["warm_start"]),
-                       eval_settings=settings, gc=_gc_from_env(), check_due=check_due,
+                       eval_settings=settings, gc=gc_from_environment(client.tracking_uri), check_due=check_due,
                        progress=not kw["no_progress"], wait_for_lock=not kw["no_wait"])
 
 
@@ -254,4 +247,68 @@ def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_sa
     click.echo(f"logged to run {run_id}")
 
 
-COMMANDS = [train, run, run_all, evaluate]
+@click.command("simulate")
+@click.option("--start", default="2018-01", show_default=True, help="First month replayed (YYYY-MM).")
+@click.option("--months", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--asset-class", "classes", multiple=True, type=click.Choice(ASSET_CLASSES),
+              help="Classes to replay (default: all).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), envvar="KRONOS_DATA_DIR", default=None)
+@click.option("--base-model", default=None,
+              help="Frozen base (default: the tiny base, pre-trained on the data before the first validation span).")
+@click.option("--tracking-uri", default=None,
+              help="Replay against this server (default: a fresh embedded server in the work folder).")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Where the embedded server and the pre-trained base live (default: KRONOS_HOME/simulation).")
+@click.option("--drill-bad-candidate", "drills", multiple=True, metavar="YYYY-MM",
+              help="Sabotage that month's warm start to watch the guard refuse (repeatable).")
+@click.option("--no-progress", is_flag=True)
+def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir, drills, no_progress):
+    """Replay the monthly cron on bundled history, one month at a time, and report each
+    class and month: version, figures, guard decision, alerts, cadence, versions kept."""
+    import shutil
+
+    import mlflow
+    import pandas as pd
+
+    from kronos_rolling.base import BaseModelRef
+    from kronos_rolling.data.store import DataStore
+    from kronos_rolling.simulate import (
+        log_report,
+        months_from,
+        pretrained_base_for,
+        simulate as replay,
+        tracking_for_simulation,
+    )
+    from kronos_rolling.tracking import default_data_dir
+
+    first = months_from(start, months)[0]
+    workdir = Path(workdir or default_data_dir() / "simulation")
+    store = DataStore(data_dir)
+    if base_model:
+        base = BaseModelRef.resolve(base_model)
+    else:
+        until = first - pd.DateOffset(months=1)
+        click.echo(f"pre-training the tiny base on bars before {until:%Y-%m-%d} (reused when present) ...")
+        base = pretrained_base_for(store, workdir / f"base-until-{until:%Y-%m-%d}", until, not no_progress)
+    server_dir = workdir / f"server-{start}-{months}m"
+    if not tracking_uri and server_dir.exists():
+        shutil.rmtree(server_dir)  # a replay starts from an empty registry
+    with tracking_for_simulation(tracking_uri, server_dir) as (client, gc):
+        mlflow.set_tracking_uri(client.tracking_uri)
+        os.environ["MLFLOW_TRACKING_URI"] = client.tracking_uri
+        report = replay(store, base, start, months, classes=list(classes) or None, client=client, gc=gc,
+                        drill_months=tuple(drills), progress=not no_progress, echo=click.echo)
+        report.run_id = log_report(report, start, months)
+        frame = report.frame()
+        shown = frame[["month", "asset_class", "outcome", "version", "val_mae", "production_val_mae",
+                       "pooled_val_mae", "base_val_mae", "persistence_val_mae", "val_sharpe", "alerts", "cadence",
+                       "versions_kept"]]
+        click.echo(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.5f}"))
+        for criterion, met in report.criteria().items():
+            click.echo(f"[{'x' if met else ' '}] {criterion}")
+        click.echo(f"logged as run {report.run_id} of experiment kronos-rolling/simulation")
+        if not tracking_uri:
+            click.echo(f"browse it: kronos-rolling server --data-dir {server_dir}  (then http://127.0.0.1:5000)")
+
+
+COMMANDS = [train, run, run_all, evaluate, simulate]

@@ -124,3 +124,20 @@ def test_ten_monthly_versions_keep_six_and_storage_stops_growing(tmp_path, monke
 
 def _bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_gc_finds_the_server_stores_from_the_environment_or_the_local_default(tmp_path, monkeypatch):
+    from kronos_rolling.registry.cleanup import gc_from_environment
+
+    monkeypatch.setenv("KRONOS_HOME", str(tmp_path))
+    env = {"KRONOS_MLFLOW_BACKEND_URI": "postgresql://u:p@db/mlflow", "KRONOS_MLFLOW_ARTIFACTS": "s3://b/m"}
+    got = gc_from_environment("http://mlflow.internal:5000", env)
+    assert (got.backend_store_uri, got.artifacts_destination) == ("postgresql://u:p@db/mlflow", "s3://b/m")
+    # The local embedded server: its own database, but only once it exists.
+    assert gc_from_environment("http://127.0.0.1:5000", {}) is None
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    local = gc_from_environment("http://127.0.0.1:5000", {})
+    assert local.backend_store_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert local.artifacts_destination == str(tmp_path / "artifacts")
+    # Any other server: we cannot know its stores, so nothing is guessed.
+    assert gc_from_environment("http://mlflow.internal:5000", {}) is None

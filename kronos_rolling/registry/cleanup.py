@@ -51,6 +51,29 @@ class GarbageCollection:
     artifacts_destination: str | None = None
 
 
+BACKEND_ENV = "KRONOS_MLFLOW_BACKEND_URI"  # the same variables `kronos-rolling server` reads
+ARTIFACTS_ENV = "KRONOS_MLFLOW_ARTIFACTS"
+
+
+def gc_from_environment(tracking_uri: str, environ=None) -> GarbageCollection | None:
+    """Where `mlflow gc` finds the tracking server's stores, when this job can know it.
+
+    KRONOS_MLFLOW_BACKEND_URI (+ KRONOS_MLFLOW_ARTIFACTS), as given to the server; else,
+    when the job talks to the local embedded server (`kronos-rolling server` defaults),
+    that server's SQLite database and artifact folder. None: storage is not reclaimed.
+    """
+    from kronos_rolling.tracking import DEFAULT_HOST, DEFAULT_PORT, default_data_dir
+
+    environ = os.environ if environ is None else environ
+    if environ.get(BACKEND_ENV):
+        return GarbageCollection(environ[BACKEND_ENV], environ.get(ARTIFACTS_ENV) or None)
+    local = tracking_uri.rstrip("/") in (f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", f"http://localhost:{DEFAULT_PORT}")
+    database = default_data_dir() / "mlflow.db"
+    if local and database.exists():
+        return GarbageCollection(f"sqlite:///{database}", str(default_data_dir() / "artifacts"))
+    return None
+
+
 @dataclass
 class RetentionReport:
     name: str

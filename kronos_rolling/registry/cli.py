@@ -100,12 +100,12 @@ def rollback(asset_class: str, to_version: int | None, reason: str,
 @click.option("--keep", type=click.IntRange(min=1), default=None,
               help="Newest versions to keep (default 6, or KRONOS_KEEP_VERSIONS).")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; change nothing.")
-@click.option("--backend-store-uri", envvar="KRONOS_BACKEND_STORE_URI", default=None,
+@click.option("--backend-store-uri", envvar="KRONOS_MLFLOW_BACKEND_URI", default=None,
               help="The tracking server's --backend-store-uri, for `mlflow gc` "
-                   "[env KRONOS_BACKEND_STORE_URI].")
-@click.option("--artifacts-destination", envvar="KRONOS_ARTIFACTS_DESTINATION", default=None,
+                   "[env KRONOS_MLFLOW_BACKEND_URI; default: the local embedded server's].")
+@click.option("--artifacts-destination", envvar="KRONOS_MLFLOW_ARTIFACTS", default=None,
               help="The tracking server's --artifacts-destination "
-                   "[env KRONOS_ARTIFACTS_DESTINATION].")
+                   "[env KRONOS_MLFLOW_ARTIFACTS].")
 @click.option("--skip-gc", is_flag=True,
               help="Delete versions and runs but leave their files for a later `mlflow gc`.")
 @_tracking_uri_option
@@ -113,20 +113,22 @@ def rollback(asset_class: str, to_version: int | None, reason: str,
 def retention(asset_class: str, keep: int | None, dry_run: bool, backend_store_uri: str | None,
               artifacts_destination: str | None, skip_gc: bool, tracking_uri: str | None) -> None:
     """Keep the newest versions plus aliased ones; delete the rest and reclaim their storage."""
-    from kronos_rolling.registry.cleanup import GarbageCollection, apply_retention
+    from kronos_rolling.registry.cleanup import GarbageCollection, apply_retention, gc_from_environment
     from kronos_rolling.registry.client import connect
 
     registered_model_name(asset_class)  # a bad class is reported before anything else
     keep = keep or Thresholds.from_env().keep_versions
+    client = connect(tracking_uri)
     gc = None
     if not (dry_run or skip_gc):
-        if not backend_store_uri:
+        gc = (GarbageCollection(backend_store_uri, artifacts_destination) if backend_store_uri
+              else gc_from_environment(client.tracking_uri))
+        if gc is None:
             raise ConfigError(
                 "retention reclaims storage with `mlflow gc`, which needs the tracking server's "
                 "database: pass --backend-store-uri (the server's --backend-store-uri, e.g. "
-                "sqlite:////data/mlflow.db) or set KRONOS_BACKEND_STORE_URI; or --skip-gc")
-        gc = GarbageCollection(backend_store_uri, artifacts_destination)
-    report = apply_retention(connect(tracking_uri), asset_class, keep, gc=gc, dry_run=dry_run)
+                "sqlite:////data/mlflow.db) or set KRONOS_MLFLOW_BACKEND_URI; or --skip-gc")
+    report = apply_retention(client, asset_class, keep, gc=gc, dry_run=dry_run)
     click.echo(report.summary())
 
 

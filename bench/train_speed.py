@@ -1,0 +1,163 @@
+"""LoRA fine-tune vs full-parameter fine-tune: time per step and peak memory, same model and data.
+
+    python bench/train_speed.py                      # Kronos-small shape, batch 8, 128+16 bars
+    python bench/train_speed.py --steps 8 --batch-size 16
+
+Each mode runs in a fresh process (so peak memory is that mode's own): load a
+Kronos-small-shaped predictor and Kronos-Tokenizer-base-shaped tokenizer (random
+weights), build real training samples from the bundled crypto data, then time
+`--steps` optimiser steps after one warm-up step. The step is the training step of
+kronos_rolling.train (tokenizer encode without grad, teacher-forced forward with the
+event embedding, both token losses, backward, clipping, AdamW).
+
+Peak memory is the growth of the process's peak resident set from just before the
+first step to the end (model weights, loaded before, are excluded on both sides; what
+training adds is gradients, optimiser state and activations). Printed: both modes and
+the LoRA/full ratios. Then an estimate of a monthly Kronos-base retrain on an RTX 4060,
+from FLOPs per token and the achieved FLOP rate (method in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+KRONOS_BASE = dict(n_layers=12, d_model=832, ff_dim=2048)
+RTX_4060_PEAK = {"fp32": 15.1e12, "bf16": 60.0e12}  # dense FLOP/s, NVIDIA spec sheet (Ada AD107)
+
+
+def run_mode(mode: str, steps: int, batch_size: int, lookback: int, horizon: int) -> dict:
+    import numpy as np
+    import torch
+
+    from kronos_rolling.data.dataset import BarWindowDataset
+    from kronos_rolling.data.events import EventVocabulary
+    from kronos_rolling.data.store import DataStore
+    from kronos_rolling.model.config import MODEL_SIZES
+    from kronos_rolling.model.events import EventEmbedding
+    from kronos_rolling.model.kronos import Kronos
+    from kronos_rolling.model.lora import LoraSettings, attach_lora
+    from kronos_rolling.model.tokenizer import KronosTokenizer
+    from kronos_rolling.train import ConditionedKronos, _step_loss
+
+    torch.manual_seed(0)
+    torch.set_num_threads(torch.get_num_threads())
+    spec = MODEL_SIZES["small"]
+    tokenizer = KronosTokenizer.from_config(spec.tokenizer).eval()
+    predictor = Kronos.from_config(spec.predictor)
+    for p in tokenizer.parameters():
+        p.requires_grad_(False)
+    store = DataStore()
+    calendar = store.events()
+    vocabulary = EventVocabulary.from_types(calendar.event_types())
+    events = EventEmbedding(vocabulary.size, predictor.d_model)
+    if mode == "lora":
+        model = attach_lora(predictor, LoraSettings())
+    else:
+        model = predictor
+    module = ConditionedKronos(model, events)
+    module.train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    dataset = BarWindowDataset(store, store.symbols_for("crypto"), "2017-09-01", "2019-09-01", lookback, horizon,
+                               vocabulary, calendar=calendar, max_samples=(steps + 1) * batch_size, seed=0)
+    batches = []
+    for start in range(0, (steps + 1) * batch_size, batch_size):
+        items = [dataset[i] for i in range(start, start + batch_size)]
+        batches.append({k: torch.stack([it[k] for it in items]) for k in items[0]})
+
+    def step(batch):
+        loss = _step_loss(module, tokenizer, batch, torch.device("cpu"))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return float(loss.detach())
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    step(batches[0])  # warm-up: allocator, optimiser state
+    times = []
+    for batch in batches[1:]:
+        tick = time.perf_counter()
+        step(batch)
+        times.append(time.perf_counter() - tick)
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    trainable = sum(p.numel() for p in params)
+    total = sum(p.numel() for p in predictor.parameters())
+    return {
+        "mode": mode, "step_s": float(np.median(times)), "steps": steps, "peak_growth_mb": (rss_after - rss_before) / 1024,
+        "peak_rss_mb": rss_after / 1024, "trainable": trainable, "predictor_params": total,
+        "tokens_per_step": batch_size * (lookback + horizon - 1), "threads": torch.get_num_threads(),
+    }
+
+
+def flops_per_token(n_layers: int, d_model: int, ff_dim: int, seq: int, lora: bool) -> float:
+    """Training FLOPs per token of the predictor's transformer blocks (matmuls only).
+
+    Forward: 2 x (4 d^2 attention projections + 3 d f SwiGLU) per layer, plus attention
+    scores and values 2 x 2 x seq x d (causal: half of that on average). Backward: the
+    input gradients cost one forward again; weight gradients another, which LoRA skips
+    for every frozen matrix (its own low-rank weights are negligible).
+    """
+    dense = 2 * (4 * d_model * d_model + 3 * d_model * ff_dim)
+    attention = 2 * 2 * seq * d_model / 2
+    forward = n_layers * (dense + attention)
+    backward = n_layers * (dense + attention) + (0 if lora else n_layers * dense)
+    return forward + backward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lookback", type=int, default=128)
+    parser.add_argument("--horizon", type=int, default=16)
+    parser.add_argument("--worker", choices=["lora", "full"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_mode(args.worker, args.steps, args.batch_size, args.lookback, args.horizon)))
+        return
+
+    results = {}
+    for mode in ("full", "lora"):
+        out = subprocess.run([sys.executable, __file__, "--worker", mode, "--steps", str(args.steps),
+                              "--batch-size", str(args.batch_size), "--lookback", str(args.lookback),
+                              "--horizon", str(args.horizon)], capture_output=True, text=True, check=True)
+        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    full, lora = results["full"], results["lora"]
+    seq = args.lookback + args.horizon - 1
+    print(f"Kronos-small shape, batch {args.batch_size} x {seq} tokens, {full['threads']} CPU threads, "
+          f"median of {args.steps} steps")
+    print(f"{'mode':<6} {'trainable':>12} {'s/step':>8} {'peak growth MB':>15} {'peak RSS MB':>12}")
+    for r in (full, lora):
+        print(f"{r['mode']:<6} {r['trainable']:>12,} {r['step_s']:>8.3f} {r['peak_growth_mb']:>15.0f} {r['peak_rss_mb']:>12.0f}")
+    time_ratio = lora["step_s"] / full["step_s"]
+    memory_ratio = lora["peak_growth_mb"] / full["peak_growth_mb"]
+    print(f"LoRA / full: time per step {time_ratio:.2f}x (goal <= 0.60), "
+          f"peak memory growth {memory_ratio:.2f}x (goal <= 0.50)")
+
+    # Achieved FLOP rate here, from the measured LoRA step and the FLOP model.
+    small = dict(n_layers=8, d_model=512, ff_dim=1024)
+    achieved = flops_per_token(**small, seq=seq, lora=True) * lora["tokens_per_step"] / lora["step_s"]
+    print(f"achieved here: {achieved / 1e9:.1f} GFLOP/s (LoRA, transformer matmuls only)")
+
+    # A monthly crypto retrain of Kronos-base: the bundled crypto class over two years
+    # (hourly BTCUSD + three daily series), every bar an origin (stride 1), 5 epochs.
+    samples = 17_520 + 3 * 730
+    tokens = samples * seq * 5
+    per_token = flops_per_token(**KRONOS_BASE, seq=seq, lora=True)
+    total = per_token * tokens * 1.15  # + tokenizer encode and the inner validation pass
+    print(f"Kronos-base monthly retrain: {samples:,} samples x {seq} tokens x 5 epochs = {tokens / 1e6:.0f}M tokens, "
+          f"{total / 1e15:.1f} PFLOP")
+    for precision, peak in RTX_4060_PEAK.items():
+        for mfu in (0.25, 0.40):
+            hours = total / (peak * mfu) / 3600
+            print(f"  RTX 4060 {precision} at {mfu:.0%} of peak: {hours:.2f} h")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Replay the monthly cron on bundled history: `kronos-rolling simulate --start 2018-01 --months 12`.
+
+Against a real tracking server, `as_of` moves forward one month at a time. Each month the
+job of every class runs exactly as cron would run it (due? -> train -> evaluate ->
+register -> guard -> alerts -> retention); the pooled adapter is trained once, as of
+the start. One row per class and month records what happened, so the phase's success
+criteria can be checked on real data before trusting the job: months without
+intervention, the guard refusing a worse candidate, the cadence going quarterly after
+three stable months, and retention keeping the newest versions.
+
+A drill (`--drill-bad-candidate 2018-06`) sabotages that month's warm start (noise in
+the LoRA weights) to watch the guard refuse and the regression alert fire; its rows are
+marked as a drill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow import MlflowClient
+from safetensors.torch import load_file, save_file
+
+from kronos_rolling import ASSET_CLASSES
+from kronos_rolling.base import BaseModelRef
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.data.windows import select_training_window
+from kronos_rolling.errors import ConfigError, KronosError
+from kronos_rolling.evaluate import EvalSettings
+from kronos_rolling.pipeline import JobResult, monthly_job
+from kronos_rolling.registry.cleanup import GarbageCollection
+from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.registry.schedule import read_cadence
+from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
+from kronos_rolling.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """Small enough for two CPU cores and the tiny base; every value can be raised."""
+
+    lookback: int = 32
+    horizon: int = 4
+    epochs: int = 5  # the rolling default
+    pooled_epochs: int = 4
+    batch_size: int = 32
+    max_samples_per_epoch: int = 128
+    eval_samples: int = 1
+    eval_max_origins: int = 48
+    seed: int = 42
+
+    def train_config(self, mode: str, as_of: str, asset_class: str | None, base: BaseModelRef) -> TrainConfig:
+        return TrainConfig(
+            mode=mode, as_of=as_of, asset_class=asset_class, base=base,
+            epochs=self.pooled_epochs if mode == "pooled" else self.epochs, lookback=self.lookback,
+            horizon=self.horizon, batch_size=self.batch_size, max_samples_per_epoch=self.max_samples_per_epoch,
+            max_inner_val_samples=64, seed=self.seed,
+        )
+
+    def eval_settings(self) -> EvalSettings:
+        return EvalSettings(lookback=self.lookback, horizon=self.horizon, samples=self.eval_samples,
+                            max_origins=self.eval_max_origins, seed=self.seed)
+
+
+@dataclass
+class MonthRow:
+    month: str
+    asset_class: str
+    outcome: str  # promoted | refused | not due | no data | failed
+    version: str | None = None
+    val_mae: float | None = None
+    production_val_mae: float | None = None
+    pooled_val_mae: float | None = None
+    base_val_mae: float | None = None
+    persistence_val_mae: float | None = None
+    val_sharpe: float | None = None
+    sharpe_delta: float | None = None
+    reason: str = ""
+    alerts: str = ""
+    cadence: str = ""
+    versions_kept: str = ""
+    drill: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class SimulationReport:
+    rows: list[MonthRow] = field(default_factory=list)
+    tracking_uri: str = ""
+    run_id: str | None = None
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(r) for r in self.rows])
+
+    def criteria(self) -> dict[str, bool]:
+        """The phase's success criteria, read off the rows."""
+        frame = self.frame()
+        ran = frame[frame["outcome"].isin(["promoted", "refused"])]
+        longest = streak = 0
+        for month, rows in frame.groupby("month", sort=True):
+            ok = not (rows["outcome"] == "failed").any()
+            streak = streak + 1 if ok else 0
+            longest = max(longest, streak)
+        return {
+            "3 consecutive months without intervention": longest >= 3,
+            "guard refused a worse candidate": bool((ran["outcome"] == "refused").any()),
+            "cadence switched to quarterly": bool(frame["cadence"].str.startswith("quarterly").any()),
+            "at most 6 versions kept per class (plus aliased)": all(
+                _kept_count(v) <= 6 + 3 for v in frame["versions_kept"] if v),
+        }
+
+
+def _kept_count(text: str) -> int:
+    return len([v for v in text.split(",") if v.strip()])
+
+
+def months_from(start: str, count: int) -> list[pd.Timestamp]:
+    try:
+        first = pd.Timestamp(f"{start}-01") if len(start) == 7 else pd.Timestamp(start)
+    except ValueError as exc:
+        raise ConfigError(f"--start {start!r} is not a month; use YYYY-MM, e.g. 2018-01") from exc
+    if count < 1:
+        raise ConfigError(f"--months must be >= 1, got {count}")
+    first = first.to_period("M").to_timestamp()
+    return [first + pd.DateOffset(months=i) for i in range(count)]
+
+
+def has_validation_data(store: DataStore, asset_class: str, as_of: pd.Timestamp, settings: SimulationSettings) -> bool:
+    """Enough bars in the month before `as_of` to score at least one forecast."""
+    window = select_training_window(as_of)
+    for symbol in store.symbols_for(asset_class):
+        stamps = store.load(symbol)["timestamp"]
+        inside = ((stamps >= window.val_start) & (stamps < window.val_end)).sum()
+        before = (stamps < window.val_start).sum()
+        if inside >= settings.horizon and before >= settings.lookback:
+            return True
+    return False
+
+
+def sabotage(bundle_source: str, client: MlflowClient, out_dir: Path, seed: int) -> Path:
+    """A copy of an adapter with loud noise in its LoRA weights: a bad warm start for a drill."""
+    from kronos_rolling.adapters import fetch_adapter
+
+    source = fetch_adapter(bundle_source, client)
+    target = out_dir / "sabotaged-adapter"
+    shutil.copytree(source.bundle_dir, target)
+    weights = load_file(str(target / "adapter_model.safetensors"))
+    generator = torch.Generator().manual_seed(seed)
+    noisy = {name: tensor + torch.randn(tensor.shape, generator=generator) if "lora_B" in name else tensor
+             for name, tensor in weights.items()}
+    save_file(noisy, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return target
+
+
+def _versions_kept(client: MlflowClient, label: str) -> str:
+    versions = client.search_model_versions(f"name='{registered_model_name(label)}'")
+    return ",".join(sorted((v.version for v in versions), key=int))
+
+
+def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, seconds: float,
+         drill: bool) -> MonthRow:
+    cadence = read_cadence(client, asset_class)
+    row = MonthRow(month, asset_class, "not due", reason=result.reason, cadence=cadence.mode,
+                   versions_kept=_versions_kept(client, asset_class), drill=drill, seconds=round(seconds, 1))
+    if not result.due:
+        return row
+    figures = result.outcome.figures
+    decision = result.decision
+    row.outcome = "promoted" if decision.promote else "refused"
+    row.version = result.version
+    row.reason = decision.reason
+    row.val_mae = figures["candidate"].val_mae
+    row.val_sharpe = figures["candidate"].val_sharpe
+    for name in ("production", "pooled", "base", "persistence"):
+        if name in figures:
+            setattr(row, f"{name}_val_mae", figures[name].val_mae)
+    row.sharpe_delta = decision.sharpe_delta
+    row.alerts = ",".join(f"{d.event}{'' if d.delivered else ' (not delivered)'}" for d in result.alerts)
+    return row
+
+
+def simulate(store: DataStore, base: BaseModelRef, start: str, months: int, *,
+             classes: list[str] | None = None, client: MlflowClient, settings: SimulationSettings | None = None,
+             gc: GarbageCollection | None = None, drill_months: tuple[str, ...] = (), webhook: str | None = None,
+             progress: bool = False, echo=print) -> SimulationReport:
+    """Run the replay against `client`'s tracking server; returns one row per class and month."""
+    settings = settings or SimulationSettings()
+    classes = list(classes or ASSET_CLASSES)
+    unknown = sorted(set(classes) - set(ASSET_CLASSES))
+    if unknown:
+        raise ConfigError(f"unknown asset class(es) {', '.join(unknown)}; use {', '.join(ASSET_CLASSES)}")
+    schedule = months_from(start, months)
+    drills = {months_from(m, 1)[0] for m in drill_months}
+    report = SimulationReport(tracking_uri=client.tracking_uri)
+    eval_settings = settings.eval_settings()
+
+    started = time.monotonic()
+    pooled_as_of = schedule[0].strftime("%Y-%m-%d")
+    echo(f"pooled adapter as of {pooled_as_of} ...")
+    pooled = monthly_job(settings.train_config("pooled", pooled_as_of, None, base), store, client=client,
+                         warm_start=None, eval_settings=eval_settings, gc=gc, check_due=False, webhook=webhook,
+                         progress=progress)
+    echo(f"  pooled v{pooled.version}: {'promoted' if pooled.promoted else 'refused'} ({pooled.decision.reason})")
+    for month in schedule:
+        as_of = month.strftime("%Y-%m-%d")
+        for asset_class in classes:
+            label = month.strftime("%Y-%m")
+            if not has_validation_data(store, asset_class, month, settings):
+                report.rows.append(MonthRow(label, asset_class, "no data",
+                                            reason="the bundled data has no bars in this validation span",
+                                            cadence=read_cadence(client, asset_class).mode,
+                                            versions_kept=_versions_kept(client, asset_class)))
+                continue
+            drill = month in drills
+            tick = time.monotonic()
+            try:
+                with tempfile.TemporaryDirectory(prefix="kronos-drill-") as tmp:
+                    warm_start = "auto"
+                    if drill:
+                        name = registered_model_name(asset_class)
+                        holder = name if _has_production(client, name) else registered_model_name(POOLED)
+                        warm_start = str(sabotage(f"models:/{holder}@{PRODUCTION}", client, Path(tmp), settings.seed))
+                    result = monthly_job(settings.train_config("rolling", as_of, asset_class, base), store,
+                                         client=client, warm_start=warm_start, eval_settings=eval_settings, gc=gc,
+                                         webhook=webhook, progress=progress)
+                row = _row(label, asset_class, result, client, time.monotonic() - tick, drill)
+            except KronosError as exc:
+                row = MonthRow(label, asset_class, "failed", reason=str(exc), drill=drill,
+                               seconds=round(time.monotonic() - tick, 1))
+            report.rows.append(row)
+            echo(_describe(row))
+    echo(f"replayed {months} month(s) in {time.monotonic() - started:.0f}s")
+    return report
+
+
+def _has_production(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_model_version_by_alias(name, PRODUCTION)
+        return True
+    except Exception:  # noqa: BLE001 - no model or no alias: both mean "none"
+        return False
+
+
+def _describe(row: MonthRow) -> str:
+    text = f"  {row.month} {row.asset_class:<15} {row.outcome:<9}"
+    if row.version:
+        text += f" v{row.version:<3} val_mae {row.val_mae:.5f} (pooled {row.pooled_val_mae or float('nan'):.5f})"
+    if row.alerts:
+        text += f" alerts: {row.alerts}"
+    text += f"  [{row.cadence}]"
+    if row.drill:
+        text += " (drill)"
+    if row.outcome in ("refused", "failed", "no data", "not due"):
+        text += f"  {row.reason}"
+    return text
+
+
+def log_report(report: SimulationReport, start: str, months: int) -> str:
+    """The table and a plot of val_mae per class and month, as one MLflow run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = report.frame()
+    mlflow.set_experiment("kronos-rolling/simulation")
+    with mlflow.start_run(run_name=f"simulate-{start}-{months}m") as run:
+        mlflow.log_params({"start": start, "months": months})
+        mlflow.log_table(frame, "simulation/rows.json")
+        mlflow.log_dict({k: bool(v) for k, v in report.criteria().items()}, "simulation/criteria.json")
+        fig, ax = plt.subplots(figsize=(10, 4))
+        for asset_class, rows in frame[frame["val_mae"].notna()].groupby("asset_class"):
+            ax.plot(rows["month"], rows["val_mae"], marker="o", label=f"{asset_class} candidate")
+            ax.plot(rows["month"], rows["pooled_val_mae"], ls="--", label=f"{asset_class} pooled")
+        ax.set_ylabel("val_mae (return MAE)")
+        ax.set_title("Monthly retrains: candidate vs pooled, same validation span")
+        ax.legend(fontsize=8)
+        fig.autofmt_xdate()
+        mlflow.log_figure(fig, "simulation/val_mae.png")
+        plt.close(fig)
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def tracking_for_simulation(tracking_uri: str | None, data_dir: Path):
+    """Use the given server, or start an embedded one in `data_dir` for the replay."""
+    if tracking_uri:
+        yield MlflowClient(tracking_uri), None
+        return
+    config = ServerConfig.embedded(data_dir, port=free_port())
+    with TrackingServer(config) as server:
+        yield MlflowClient(server.url), GarbageCollection(config.backend_store_uri, config.artifacts_destination)
+
+
+def pretrained_base_for(store: DataStore, folder: Path, until: pd.Timestamp, progress: bool) -> BaseModelRef:
+    """The tiny base pre-trained on the store's bars before `until`, built once per folder."""
+    from kronos_rolling.pretrain import pretrain_base, read_pretrain_report
+
+    found = read_pretrain_report(folder)
+    if found is None or pd.Timestamp(found["settings"]["until"]) != until:
+        pretrain_base(store, folder, until=until.isoformat(), force=True, progress=progress)
+    return BaseModelRef.resolve(str(folder))
