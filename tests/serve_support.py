@@ -197,3 +197,37 @@ def expected_forecast(base_dir: Path, version_seed: int | None, frame: pd.DataFr
                                                  EventVocabulary.from_dict(vocab))
     forecaster = Forecaster(peft_model, tokenizer, device="cpu", event_embedding=events)
     return forecaster.forecast(frame, pred_len, event_ids=ids, **sampling).mean
+
+
+class InProcessService:
+    """The same app, served by uvicorn on a thread of this process (no second start-up of torch)."""
+
+    def __init__(self, environ: dict[str, str]):
+        import uvicorn
+
+        from kronos_rolling.serve.app import create_app
+        from kronos_rolling.serve.service import PredictorService
+        from kronos_rolling.serve.settings import ServeSettings
+
+        self.service = PredictorService(ServeSettings.from_env(environ))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = None
+
+    def __enter__(self) -> "InProcessService":
+        import threading
+
+        self.thread = threading.Thread(target=self.server.run, name="in-process-service", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process service did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

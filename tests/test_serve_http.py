@@ -8,6 +8,8 @@ The tests run in file order: the last one stops the registry.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import threading
 import time
@@ -17,14 +19,20 @@ import pandas as pd
 import pytest
 import requests
 import torch
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from kronos_rolling.cli import KronosGroup
+
 from kronos_rolling.locks import training_lock
-from kronos_rolling.registry.names import registered_model_name
 from kronos_rolling.registry.promotion import rollback
+from kronos_rolling.serve.cli import COMMANDS
+from kronos_rolling.serve.settings import ServeSettings
 from kronos_rolling.serve.webhooks import DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
 from serve_support import (
+    REPO_ROOT,
+    InProcessService,
     ServiceProcess,
     bars_json,
     expected_forecast,
@@ -296,9 +304,11 @@ def test_requests_are_validated_with_clear_messages_and_auth(service):
     assert response.status_code == 422 and "at most 32" in response.json()["detail"]
 
     schema = requests.get(service.url + "/openapi.json", timeout=10).json()
-    assert {"/forecast", "/forecast/batch", "/health", "/models", "/metrics", "/webhooks/mlflow"} <= set(schema["paths"])
+    routes = {"/forecast", "/forecast/batch", "/health", "/models", "/metrics", "/webhooks/mlflow", "/admin/refresh"}
+    assert routes <= set(schema["paths"])
     metrics = requests.get(service.url + "/metrics", headers=AUTH, timeout=10).text
-    assert 'kronos_served_version{label="crypto",registered_model="kronos-lora-crypto",source="registry"} 1.0' in metrics
+    served = 'kronos_served_version{label="crypto",registered_model="kronos-lora-crypto",source="registry"} 1.0'
+    assert served in metrics
     assert 'kronos_request_latency_seconds_bucket{le="0.5",route="/forecast"}' in metrics
     assert 'kronos_request_errors_total{kind="client",route="/forecast"}' in metrics
 
@@ -346,13 +356,63 @@ def test_a_corrupt_download_is_refused_and_the_previous_version_kept(service, re
     wait_for(lambda: not refused(), 10, "the refusal to clear once production points at v1 again")
 
 
+def test_get_lora_checkpoint_names_the_version_that_answers_a_symbol(registry, data_dir):
+    import importlib.util
+
+    server, client, _ = registry
+    spec = importlib.util.spec_from_file_location("predictor", REPO_ROOT / "kronos-service" / "predictor.py")
+    predictor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predictor)
+    settings = ServeSettings(tracking_uri=server.url, data_dir=data_dir)
+    crypto = predictor.get_lora_checkpoint("BTCUSDT", settings)
+    assert (crypto.label, crypto.uri, crypto.alias, crypto.fallback) == (
+        "crypto", "models:/kronos-lora-crypto/1", "production", None)
+    equity = predictor.get_lora_checkpoint("AAPL", settings)
+    assert equity.label == "pooled" and equity.uri == "models:/kronos-lora-pooled/1"
+    assert predictor.get_lora_checkpoint("MYCOIN", settings).label == "crypto"  # the data folder's override
+    # The inference-time guard (off by default) judges by the versions' val_mae tags.
+    client.set_model_version_tag("kronos-lora-crypto", "1", "val_mae", "0.023")
+    try:
+        guarded = dataclasses.replace(settings, inference_guard=True)
+        assert predictor.get_lora_checkpoint("BTCUSDT", settings).label == "crypto"
+        choice = predictor.get_lora_checkpoint("BTCUSDT", guarded)
+        assert choice.label == "pooled" and choice.fallback.startswith("inference guard")
+    finally:
+        client.set_model_version_tag("kronos-lora-crypto", "1", "val_mae", "0.02")
+
+
+def test_predict_answers_one_request_through_the_same_selection(registry, tiny_base, data_dir, tmp_path,
+                                                                  monkeypatch):
+    server, _, _ = registry
+    csv = tmp_path / "bars.csv"
+    FRAMES["BTCUSD"].to_csv(csv, index=False)
+    for name, value in {"KRONOS_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": server.url,
+                        "KRONOS_BASE_MODEL": str(tiny_base), "KRONOS_DATA_DIR": str(data_dir),
+                        "KRONOS_LOCK_DIR": str(tmp_path / "locks"),
+                        # predict sets these for its process; set here so the test undoes them
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}.items():
+        monkeypatch.setenv(name, value)
+    group = KronosGroup("kronos-rolling", commands={c.name: c for c in COMMANDS})
+    result = CliRunner().invoke(group, ["predict", "--symbol", "BTCUSDT", "--csv", str(csv), "--pred-len",
+                                        str(PRED_LEN), "--top-k", "1", "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert "model: kronos-lora-crypto v1 @production (crypto)" in result.stderr
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert list(frame.columns) == ["timestamp", "open", "high", "low", "close", "volume", "amount"]
+    np.testing.assert_allclose(frame["close"].to_numpy(), expected(tiny_base, data_dir, "BTCUSD", 11, "crypto"),
+                               rtol=1e-5)
+    unknown = CliRunner().invoke(group, ["predict", "--symbol", "ZZZZZZZZ", "--csv", str(csv), "--pred-len", "2"])
+    assert unknown.exit_code == 2 and "asset_classes.csv" in unknown.output and "Traceback" not in unknown.output
+
+
 def test_registry_outage_keeps_serving_then_a_cold_start_uses_the_verified_cache(
         service, registry, tiny_base, data_dir, home):
     server, client, _ = registry
-    # A second service that reads the registry only when a webhook says so.
-    pushed_home = home.parent / "pushed-home"
-    with ServiceProcess(env=service_env(registry, tiny_base, data_dir, pushed_home,
-                                        KRONOS_SERVE_POLL_INTERVAL_S="3600")) as pushed:
+    # A second service (on a thread here) that reads the registry only when a webhook says so.
+    pushed_env = service_env(registry, tiny_base, data_dir, home.parent / "pushed-home",
+                             KRONOS_SERVE_POLL_INTERVAL_S="3600")
+    with InProcessService(pushed_env) as pushed:
         client.create_webhook(name="kronos-predictor-pushed", url=pushed.url + "/webhooks/mlflow",
                               events=["model_version_alias.created"], secret=SECRET)
         assert ask(pushed, "BTCUSD").json()["model"]["version"] == "1"
@@ -374,7 +434,8 @@ def test_registry_outage_keeps_serving_then_a_cold_start_uses_the_verified_cache
 
     # Cold start, registry still down: the cache of the last resolved versions, each file verified.
     forex = served["forex_commodity"]
-    cached = home / "predictor-cache" / forex["registered_model"] / forex["version"] / "bundle" / "adapter_model.safetensors"
+    cached = (home / "predictor-cache" / forex["registered_model"] / forex["version"] / "bundle"
+              / "adapter_model.safetensors")
     data = bytearray(cached.read_bytes())
     data[-10] ^= 0xFF
     cached.write_bytes(bytes(data))

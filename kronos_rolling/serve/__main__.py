@@ -4,8 +4,8 @@ from kronos_rolling.cli import KronosGroup
 from kronos_rolling.serve.cli import COMMANDS
 
 
-def main() -> None:
-    KronosGroup("kronos-rolling-serve", commands={c.name: c for c in COMMANDS})(prog_name="python -m kronos_rolling.serve")
+def main(prog_name: str = "python -m kronos_rolling.serve") -> None:
+    KronosGroup("kronos-rolling-serve", commands={c.name: c for c in COMMANDS})(prog_name=prog_name)
 
 
 if __name__ == "__main__":

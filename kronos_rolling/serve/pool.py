@@ -51,6 +51,7 @@ class LoadedAdapter:
     metadata: dict
     digest: str
     source: str  # "registry" (resolved live) or "cache" (registry down at start-up)
+    tags: dict = field(default_factory=dict)  # the version's registry tags when it was resolved
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     def describe(self) -> str:
@@ -83,7 +84,7 @@ class AdapterPool:
         return self._table
 
     def install(self, label: str, registered_model: str, version: str, alias: str, bundle_dir: Path, *,
-                metadata: dict, digest: str, source: str) -> LoadedAdapter:
+                metadata: dict, digest: str, source: str, tags: dict | None = None) -> LoadedAdapter:
         """Load a verified bundle as `label`'s adapter and swap it in; the old one is deleted after."""
         bundle_dir = Path(bundle_dir)
         event_embedding = EventEmbedding.load(bundle_dir / EVENT_EMBEDDING)
@@ -104,10 +105,10 @@ class AdapterPool:
             forecaster = Forecaster(self.peft, self.tokenizer, device=self.device, max_context=self.max_context,
                                     event_embedding=event_embedding)
             loaded = LoadedAdapter(label, registered_model, str(version), alias, adapter_name, forecaster,
-                                   vocabulary, metadata, digest, source)
+                                   vocabulary, metadata, digest, source, dict(tags or {}))
             self._table = MappingProxyType({**self._table, label: loaded})
             if old is not None:
-                self.peft.delete_adapter(old.adapter_name)
+                self._delete(old.adapter_name)
         log.info("serving %s for %s (%s)", loaded.describe(), label, source)
         return loaded
 
@@ -117,7 +118,7 @@ class AdapterPool:
             if old is None:
                 return None
             self._table = MappingProxyType({k: v for k, v in self._table.items() if k != label})
-            self.peft.delete_adapter(old.adapter_name)
+            self._delete(old.adapter_name)
         log.info("no longer serving %s for %s", old.describe(), label)
         return old
 
@@ -126,6 +127,19 @@ class AdapterPool:
             loaded = self._table.get(label)
             if loaded is not None:
                 loaded.source = source
+
+    def _delete(self, adapter_name: str) -> None:
+        """Drop an adapter no request can reach any more (lock held)."""
+        others = [name for name in self.peft.peft_config if name != adapter_name]
+        if not others:  # peft cannot run without an adapter: take the LoRA layers out of the base
+            self.kronos = self.peft.unload()
+            self.peft = None
+            self.base_forecaster = Forecaster(self.kronos, self.tokenizer, device=self.device,
+                                              max_context=self.max_context)
+            return
+        if self.peft.active_adapter == adapter_name:
+            self.peft.set_adapter(others[0])  # peft warns when the active adapter is deleted
+        self.peft.delete_adapter(adapter_name)
 
     def _inject(self, adapter_name: str, bundle_dir: Path) -> None:
         """Add the bundle's LoRA weights under `adapter_name` (lock held)."""

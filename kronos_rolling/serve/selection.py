@@ -50,6 +50,11 @@ class Choice:
     def alias(self) -> str | None:
         return None if self.candidate is None else PRODUCTION
 
+    @property
+    def uri(self) -> str | None:
+        """The pinned version that answers (`models:/NAME/VERSION`); None: the bare base."""
+        return None if self.candidate is None else f"models:/{self.candidate.registered_model}/{self.candidate.version}"
+
 
 def asset_class_of(symbol: str, overrides: Mapping[str, str] | None = None) -> str:
     """The symbol's asset class (overrides first); DataError for symbols no rule places."""

@@ -252,7 +252,8 @@ class PredictorService:
             return f"still refusing {ref.describe()}"
         try:
             cached = self._obtain(ref)
-            installed = self._install(label, ref.registered_model, ref.version, ref.alias, cached, "registry")
+            installed = self._install(label, ref.registered_model, ref.version, ref.alias, cached, "registry",
+                                      tags=ref.tags)
         except (ModelError, DataError) as exc:
             self._refuse(label, ref.registered_model, ref.version, str(exc), now)
             if self.pool.served.get(label) is None:
@@ -280,7 +281,8 @@ class PredictorService:
                                     expected_digest=expected)
 
     def _install(self, label: str, registered_model: str, version: str, alias: str, cached: CachedVersion,
-                 source: str) -> LoadedAdapter:
+                 source: str, tags: dict | None = None) -> LoadedAdapter:
+        """Check the bundle's base and load it; `tags`: the version's tags now (default: as cached)."""
         metadata_path = cached.bundle_dir / METADATA_FILE
         metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
         if "base" not in metadata:
@@ -291,8 +293,9 @@ class PredictorService:
             raise ModelError(f"{registered_model} v{version} was trained on {adapter_base.describe()} but this "
                              f"service runs {self.base.describe()}; refusing to serve it on the wrong base "
                              "(start the service with KRONOS_BASE_MODEL set to the adapter's base)")
+        tags = cached.manifest.get("tags") if tags is None else tags
         return self.pool.install(label, registered_model, version, alias, cached.bundle_dir, metadata=metadata,
-                                 digest=cached.digest, source=source)
+                                 digest=cached.digest, source=source, tags=tags)
 
     def _refuse(self, label: str, registered_model: str, version: str, reason: str, now: datetime) -> None:
         self.refused = {**self.refused, label: Refusal(registered_model, version, reason, now)}
@@ -447,14 +450,29 @@ class PredictorService:
         }
 
 
+def registry_choice(symbol: str, source: RegistrySource, overrides: dict | None = None,
+                    guard_ratio: float | None = None) -> Choice:
+    """Who answers `symbol` according to the registry now (nothing is loaded).
+
+    The val_mae of each version comes from its `val_mae` tag, as the training job wrote it.
+    RegistryUnavailable when the registry cannot be read.
+    """
+    asset_class = asset_class_of(symbol, overrides)
+    refs = source.resolve((asset_class, POOLED))
+    available = {label: Candidate(label, ref.registered_model, ref.version, _float(ref.tags.get("val_mae")))
+                 for label, ref in refs.items() if ref is not None}
+    return choose(asset_class, available, guard_ratio=guard_ratio)
+
+
 def _candidate(adapter: LoadedAdapter) -> Candidate:
+    """The adapter as the guard sees it: val_mae from its version tag, else its metadata."""
     metadata = adapter.metadata
     figures = metadata.get("figures") or {}
     compared = metadata.get("compared_versions") or {}
     pooled = figures.get(POOLED) or {}
     return Candidate(
         label=adapter.label, registered_model=adapter.registered_model, version=adapter.version,
-        val_mae=_float(metadata.get("val_mae")), pooled_version=compared.get(POOLED),
+        val_mae=_float(adapter.tags.get("val_mae", metadata.get("val_mae"))), pooled_version=compared.get(POOLED),
         pooled_val_mae=_float(pooled.get("val_mae")),
     )
 
