@@ -207,3 +207,69 @@ def test_a_second_training_with_no_wait_exits_75(env, tiny_base, tmp_path, monke
         )
     assert result.returncode == 75, result.stderr[-2000:]
     assert "training lock" in result.stderr and "a test holding the device" in result.stderr
+
+
+def test_mlflow_models_serve_answers_with_the_production_version(jobs, env, tmp_path):
+    import os
+    import signal
+    import time
+
+    import requests
+
+    from kronos_rolling.tracking import free_port
+
+    alias = "production" if jobs["crypto"].promoted else "staging"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/kronos-lora-crypto@{alias}",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": env.tracking_uri}, start_new_session=True,
+        stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not come up"
+            time.sleep(0.5)
+        bars = DataStore().load("BTCUSD").iloc[-64:].reset_index(drop=True)
+        bars["timestamp"] = bars["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+        body = {"dataframe_split": bars.to_dict(orient="split"), "params": {"pred_len": 3, "seed": 1}}
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["predictions"]
+        assert len(rows) == 3 and all(np.isfinite(r["close"]) for r in rows)
+        assert rows[0]["timestamp"].startswith("2019-10-17T10:00")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_a_version_of_kronos_base_weighs_under_5_percent_of_the_base(jobs, env, tmp_path):
+    """The LoRA bundle of a Kronos-base-sized model, plus the MLflow files around a version."""
+    import torch
+
+    from kronos_rolling.model.config import MODEL_SIZES
+    from kronos_rolling.model.events import EventEmbedding
+    from kronos_rolling.model.kronos import Kronos
+    from kronos_rolling.model.lora import LoraSettings, attach_lora, save_adapter_bundle
+
+    base = Kronos.from_config(MODEL_SIZES["base"].predictor)
+    base_bytes = sum(t.numel() * t.element_size() for t in base.state_dict().values())
+    bundle = save_adapter_bundle(attach_lora(base, LoraSettings()), EventEmbedding(8, base.d_model), {"fomc": 1},
+                                 tmp_path / "bundle")
+    bundle_bytes = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    # Everything else a registered version holds (MLmodel, environment files, signature,
+    # input example, metadata.json), measured on the tiny version registered above.
+    version_dir = Path(mlflow.artifacts.download_artifacts(f"models:/kronos-lora-crypto/{jobs['crypto'].version}",
+                                                           dst_path=str(tmp_path / "v")))
+    adapter_dir = next(version_dir.rglob("adapter_config.json")).parent
+    overhead = sum(p.stat().st_size for p in version_dir.rglob("*")
+                   if p.is_file() and adapter_dir not in p.parents)
+    ratio = (bundle_bytes + overhead) / base_bytes
+    assert base_bytes > 350e6, "not a Kronos-base-sized model"
+    assert ratio < 0.05, f"a version would weigh {ratio:.1%} of the base"
