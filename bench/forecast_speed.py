@@ -6,13 +6,17 @@ configuration, on CPU in float32, greedy (top_k=1): lookback 400 bars, horizon 1
 batch 1 (`predict`) and batch 16 (`predict_batch`). Prints the speed ratios and checks
 that the forecasts agree. Also times our forecaster on the Kronos-base size.
 
-    python bench/forecast_speed.py            # about 5-6 minutes on 2 CPU cores
-    python bench/forecast_speed.py --batch-sizes 1   # batch 1 only (under a minute)
+    python bench/forecast_speed.py                      # batch 1 + Kronos-base: ~1.5 min on 2 quiet cores
+    python bench/forecast_speed.py --batch-sizes 1,16   # adds batch 16: the reference alone needs 10+ min
+
+Wall-clock figures on a shared machine depend on what else runs: the load average is
+printed next to each measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +61,10 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
 def relative_difference(ours: list[pd.DataFrame], theirs: list[pd.DataFrame], series: list[pd.DataFrame]) -> float:
     """Largest |ours - reference| over all bars and columns, in units of each column's lookback std."""
     worst = 0.0
@@ -70,7 +78,7 @@ def relative_difference(ours: list[pd.DataFrame], theirs: list[pd.DataFrame], se
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-sizes", default="1,16")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,16")
     parser.add_argument("--skip-base", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,15 +118,18 @@ def main() -> None:
 
     print(f"Kronos-small weights (random, seed 0), Tokenizer-base config; lookback {LOOKBACK}, horizon {HORIZON}, "
           f"max_context {MAX_CONTEXT}, CPU float32, {args.threads} threads, greedy (top_k=1)")
-    print(f"{'batch':>5} {'reference s':>12} {'ours s':>8} {'speed-up':>9} {'max diff (std units)':>21}")
+    print(f"{'batch':>5} {'reference s':>12} {'ours s':>8} {'speed-up':>9} {'max diff (std units)':>21} "
+          f"{'load avg (ref, ours)':>21}")
     for batch_size in batch_sizes:
         batch = series[:batch_size]
+        ref_load = load()
         theirs, ref_seconds = timed(lambda: run_reference(batch))
+        our_load = load()
         mine, our_seconds = timed(lambda: run_ours(batch))
         diff = relative_difference(mine, [t.reset_index(drop=True) for t in theirs], batch)
         agree = "agree" if diff < 1e-3 else "DIFFER"
         print(f"{batch_size:>5} {ref_seconds:>12.2f} {our_seconds:>8.2f} {ref_seconds / our_seconds:>8.1f}x "
-              f"{diff:>14.2e} {agree}")
+              f"{diff:>14.2e} {agree:>6} {ref_load:>10}, {our_load}", flush=True)
 
     if not args.skip_base:
         base = MODEL_SIZES["base"]
@@ -128,7 +139,8 @@ def main() -> None:
         base_forecaster.forecast(series[0].iloc[:50], 2, top_k=1)
         _, seconds = timed(lambda: base_forecaster.forecast(series[0], HORIZON, top_k=1))
         n_params = sum(p.numel() for p in base_forecaster.model.parameters())
-        print(f"ours, Kronos-base size ({n_params / 1e6:.1f}M parameters), batch 1: {seconds:.2f} s")
+        print(f"ours, Kronos-base size ({n_params / 1e6:.1f}M parameters), batch 1: {seconds:.2f} s "
+              f"(load avg {load()})")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def _eval_mode(*modules):
 # -- tensor level -------------------------------------------------------------------------
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: torch.Tensor,
              y_stamp: torch.Tensor, pred_len: int, *, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 0.9, samples: int = 1, generator=None, max_context: int = 512,
