@@ -621,7 +621,7 @@ def pretrained_tiny_base(cache_dir: str | os.PathLike, *, until=DEFAULT_UNTIL, s
 @click.command("pretrain")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Folder to write: tokenizer/, predictor/ (hub format) and pretrain.json.")
-@click.option("--size", type=click.Choice(sorted(MODEL_SIZES)), default="tiny", show_default=True,
+@click.option("--size", type=click.Choice(list(MODEL_SIZES)), default="tiny", show_default=True,
               help="Model size to build (tiny: trains in about a minute on two cores).")
 @click.option("--until", default=DEFAULT_UNTIL, show_default=True,
               help="Train on bars strictly before this date (UTC); evaluate the base only after it.")
