@@ -590,6 +590,19 @@ def _write_output(out_dir: Path, tokenizer: KronosTokenizer, predictor: Kronos, 
 TEST_BASE_SETTINGS = dict(tokenizer_steps=60, predictor_steps=80, batch_size=16, lookback=48, horizon=16)
 
 
+def is_current_pretrain(folder: str | os.PathLike, config: PretrainConfig, store: DataStore) -> bool:
+    """Whether `folder` holds a complete base pre-trained with `config` on the store's current bars."""
+    folder = Path(folder)
+    found = read_pretrain_report(folder)
+    if found is None or found.get("settings") != config.to_dict():
+        return False
+    if not all((folder / part / name).is_file()
+               for part in ("tokenizer", "predictor") for name in ("config.json", "model.safetensors")):
+        return False
+    symbols = list(config.symbols) if config.symbols is not None else store.symbols()
+    return found.get("data", {}).get("digest") == bars_digest(bars_between(store, symbols, end=config.until))
+
+
 def pretrained_tiny_base(cache_dir: str | os.PathLike, *, until=DEFAULT_UNTIL, seed: int = 0,
                          store: DataStore | None = None) -> Path:
     """A tiny base pre-trained on the bundled history before `until`, built once per cache folder.
@@ -604,14 +617,8 @@ def pretrained_tiny_base(cache_dir: str | os.PathLike, *, until=DEFAULT_UNTIL, s
     config = PretrainConfig(until=until, size="tiny", seed=seed, **TEST_BASE_SETTINGS)
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache_dir.parent / f".{cache_dir.name}.lock")):
-        found = read_pretrain_report(cache_dir)
-        if found is not None and found.get("settings") == config.to_dict() and all(
-            (cache_dir / part / name).is_file()
-            for part in ("tokenizer", "predictor") for name in ("config.json", "model.safetensors")
-        ):
-            if found["data"]["digest"] == bars_digest(bars_between(store, store.symbols(), end=config.until)):
-                return cache_dir
-        run_pretraining(store, cache_dir, config, force=True, progress=False)
+        if not is_current_pretrain(cache_dir, config, store):
+            run_pretraining(store, cache_dir, config, force=True, progress=False)
     return cache_dir
 
 

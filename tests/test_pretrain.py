@@ -6,12 +6,12 @@ the other runs here use a few steps on two symbols copied into a temporary data 
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer
 from kronos_rolling.pretrain import (
     DEFAULT_UNTIL,
-    REPORT_NAME,
+    PretrainConfig,
     TEST_BASE_SETTINGS,
     bars_between,
     bars_digest,
@@ -40,6 +40,7 @@ from kronos_rolling.pretrain import (
     evaluate_base,
     frequency_baseline_loss,
     held_out_windows,
+    is_current_pretrain,
     pretrain,
     pretrain_base,
     pretrained_tiny_base,
@@ -155,15 +156,25 @@ def test_cached_base_is_reused(tiny_base):
     assert weights.stat().st_mtime_ns == before
 
 
-def test_cached_base_is_rebuilt_when_its_settings_differ(tiny_base, tmp_path):
+def test_cached_base_is_current_only_for_the_same_settings_and_bars(tiny_base, tmp_path):
+    store = DataStore(BUNDLED_DATA_DIR)
+    config = PretrainConfig(until=DEFAULT_UNTIL, **TEST_BASE_SETTINGS)
+    assert is_current_pretrain(tiny_base, config, store)
+    assert not is_current_pretrain(tiny_base, replace(config, seed=1), store)
+    assert not is_current_pretrain(tiny_base, replace(config, until="2016-06-01"), store)
+
+    # Another data folder whose bars before `until` differ in one value.
+    root = tmp_path / "data"
+    shutil.copytree(BUNDLED_DATA_DIR, root)
+    frame = pd.read_parquet(root / "IBM.parquet")
+    frame.loc[10, "volume"] += 1
+    frame.to_parquet(root / "IBM.parquet", index=False)
+    assert not is_current_pretrain(tiny_base, config, DataStore(root))
+
     copy = tmp_path / "base"
     shutil.copytree(tiny_base, copy)
-    report = json.loads((copy / REPORT_NAME).read_text())
-    report["settings"]["seed"] = 99  # as if built by another version of the helper
-    (copy / REPORT_NAME).write_text(json.dumps(report))
-    pretrained_tiny_base(copy)
-    assert read_pretrain_report(copy)["settings"]["seed"] == 0
-    assert weights_digests(copy) == weights_digests(tiny_base)
+    (copy / "predictor" / "model.safetensors").unlink()  # incomplete: never reused
+    assert not is_current_pretrain(copy, config, store)
 
 
 # -- nothing after `until`, and reproducible -------------------------------------------
