@@ -10,9 +10,9 @@ Kronos paper, both with full parameters:
 2. the tokenizer is frozen and the predictor learns the next bar's s1 and s2 tokens with
    teacher forcing (`token_loss`).
 
-Only bars strictly before `until` are read: each symbol's bars are cut at `until` before
-anything else sees them, so every window the base is later evaluated on (from `until`
-on) is unseen. The output folder holds `tokenizer/` and `predictor/` in the hub format
+Only bars strictly before `until` are used: each symbol's bars are cut at `until` right
+after loading, before windows, normalisation or the data digest see them, so every window
+the base is later evaluated on (from `until` on) is unseen. The output folder holds `tokenizer/` and `predictor/` in the hub format
 and `pretrain.json` (settings, symbols, data digest, losses); it is written to a hidden
 sibling folder and renamed into place at the end, so a failed run never leaves a
 half-written base.
