@@ -20,8 +20,9 @@ from kronos_rolling.errors import ConfigError, KronosError
 
 log = logging.getLogger(__name__)
 
-# MLflow's artifact progress bars flood cron logs; our own progress bars say enough.
+# MLflow's artifact progress bars and run links flood cron logs; our own output says enough.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _today() -> str:

@@ -167,6 +167,12 @@ def _versions_kept(client: MlflowClient, label: str) -> str:
     return ",".join(sorted((v.version for v in versions), key=int))
 
 
+def _delivery_note(delivery) -> str:
+    if delivery.skipped:
+        return " (no webhook)"
+    return "" if delivery.delivered else " (not delivered)"
+
+
 def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, seconds: float,
          drill: bool) -> MonthRow:
     cadence = read_cadence(client, asset_class)
@@ -185,7 +191,7 @@ def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, 
         if name in figures:
             setattr(row, f"{name}_val_mae", figures[name].val_mae)
     row.sharpe_delta = decision.sharpe_delta
-    row.alerts = ",".join(f"{d.event}{'' if d.delivered else ' (not delivered)'}" for d in result.alerts)
+    row.alerts = ",".join(f"{d.event}{_delivery_note(d)}" for d in result.alerts)
     return row
 
 

@@ -75,3 +75,11 @@ def kronos_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KRONOS_HOME", str(home))
     monkeypatch.delenv("KRONOS_LOCK_DIR", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def pretrained_base(tmp_path_factory):
+    """A tiny base pre-trained (briefly) on the bundled history before 2017-01-01."""
+    from kronos_rolling.pretrain import pretrained_tiny_base
+
+    return pretrained_tiny_base(tmp_path_factory.getbasetemp() / "pretrained-tiny-base")
