@@ -17,6 +17,10 @@ MLFLOW_RUN_ID; the training step logs into that run, so it must already sit in t
 class's experiment: launch with `--experiment-name kronos-rolling/<class>`. That is
 checked here too, so a misconfigured schedule fails in its first month, not its first
 due month. A failure found here sends the same `job_failed` alert as a failed job.
+
+    python -m kronos_rolling.project failed --as-of YYYY-MM-DD CLASS ...
+
+is the monthly script's (deploy/monthly-job.sh) own alert naming the classes that failed.
 """
 
 from __future__ import annotations
@@ -29,8 +33,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.errors import ConfigError, KronosError
+
+if TYPE_CHECKING:
+    from kronos_rolling.registry.alerts import DeliveryResult
 
 RUN_ID_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the entry point's process
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name on the Hugging Face hub
@@ -169,7 +178,8 @@ class EntryPoint:
     name: str
     command: tuple[str, ...]  # the kronos-rolling command the parameters are options of
     parameters: tuple[Parameter, ...]
-    label_parameter: str | None  # the parameter naming the experiment (None: the pooled adapter)
+    # True: the job logs into the run `mlflow run` made; False: it makes runs of its own (the replay)
+    uses_launcher_run: bool = True
 
     def parameter(self, name: str) -> Parameter | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -202,16 +212,16 @@ ENTRY_POINTS = {
             *_training_parameters("5", "5e-5"),
             Parameter("warm_start", warm_start("--warm-start"), "auto"),
             Parameter("force", switch(["--force"], []), "false"),
-        ), label_parameter="asset_class"),
+        )),
         EntryPoint("pooled", ("train", "pooled"), (
             *_training_parameters("10", "1e-4"),
             Parameter("register", switch(["--register"], ["--no-register"]), "true"),
-        ), label_parameter=None),
+        )),
         EntryPoint("simulate", ("simulate",), (
             Parameter("start", month("--start"), "2018-01"),
             Parameter("months", whole("--months"), "12"),
             Parameter("asset_class", classes_or_all("--asset-class"), "crypto,equity"),
-        ), label_parameter=None),
+        ), uses_launcher_run=False),
     )
 }
 
@@ -263,11 +273,11 @@ def command_for(entry_name: str, values: dict[str, str]) -> list[str]:
 
 
 def experiment_label(entry_name: str, values: dict[str, str]) -> str | None:
-    """The class whose experiment the entry point logs into; None when it logs into many."""
-    if entry_name == "pooled":
-        return "pooled"
-    entry = ENTRY_POINTS[entry_name]
-    return values.get(entry.label_parameter) if entry.label_parameter else None
+    """The label (class or pooled) of the run the entry point logs into; None: runs of its own."""
+    entry = ENTRY_POINTS.get(entry_name)
+    if entry is None or not entry.uses_launcher_run:
+        return None
+    return "pooled" if entry_name == "pooled" else values.get("asset_class")
 
 
 def check_launcher_run(label: str, entry_name: str) -> None:
@@ -289,10 +299,18 @@ def check_launcher_run(label: str, entry_name: str) -> None:
             f"(or set MLFLOW_EXPERIMENT_NAME={expected})")
 
 
+def release_launcher_run(entry_name: str, environ=os.environ) -> None:
+    """A replay makes many runs on a registry of its own; none of them may take over the run
+    `mlflow run` made (MLflow's start_run resumes MLFLOW_RUN_ID, whatever server it is on)."""
+    if not ENTRY_POINTS[entry_name].uses_launcher_run:
+        for name in (RUN_ID_ENV, "MLFLOW_EXPERIMENT_ID"):
+            environ.pop(name, None)
+
+
 def _alert_failure(entry_name: str, values: dict[str, str], error: KronosError) -> None:
     from kronos_rolling.registry import alerts
 
-    label = experiment_label(entry_name, values) if entry_name in ENTRY_POINTS else None
+    label = experiment_label(entry_name, values)
     alerts.send_alert(
         alerts.JOB_FAILED,
         f"kronos-rolling MLflow Project entry point {entry_name} did not start: {error}",
@@ -300,7 +318,7 @@ def _alert_failure(entry_name: str, values: dict[str, str], error: KronosError) 
          "error": f"{type(error).__name__}: {error}"})
 
 
-def report_failed_classes(classes: list[str], as_of: str):
+def report_failed_classes(classes: list[str], as_of: str) -> "DeliveryResult":
     """The schedule's own alert: which classes of this month's job failed (deploy/monthly-job.sh).
 
     It also covers failures no job could report: a tracking server that refused `mlflow run`,
@@ -336,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(error.exit_code) from None
     from kronos_rolling.cli import main as kronos_rolling
 
+    release_launcher_run(entry_name)
     print(f"kronos-rolling {' '.join(command)}", file=sys.stderr, flush=True)
     kronos_rolling.main(args=command, prog_name="kronos-rolling")
 

@@ -259,3 +259,11 @@ def test_not_due_exits_zero_saying_when_the_next_retrain_is(monthly_job, tiny_ba
     assert "crypto: not due (monthly cadence: last retrain on 2018-06-01; next one is due on or after " \
            "2018-07-01)" in capsys.readouterr().out
     assert len(monthly_job["client"].search_model_versions("name='kronos-lora-crypto'")) == 1
+
+
+def test_the_replay_leaves_the_run_mlflow_made_alone():
+    environ = {"MLFLOW_RUN_ID": "0123abcd", "MLFLOW_EXPERIMENT_ID": "3", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    project.release_launcher_run("main", environ)
+    assert environ["MLFLOW_RUN_ID"] == "0123abcd", "the monthly job logs into the run mlflow made"
+    project.release_launcher_run("simulate", environ)
+    assert environ == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
