@@ -45,10 +45,11 @@ def _attach_commands() -> None:
     from kronos_rolling.pipeline_cli import COMMANDS as PIPELINE_COMMANDS
     from kronos_rolling.pretrain import pretrain
     from kronos_rolling.registry.cli import COMMANDS as REGISTRY_COMMANDS
+    from kronos_rolling.serve.cli import COMMANDS as SERVE_COMMANDS
     from kronos_rolling.server_cli import server
 
     model.add_command(pretrain)
-    for command in (model, forecast, data, *PIPELINE_COMMANDS, *REGISTRY_COMMANDS, server):
+    for command in (model, forecast, data, *PIPELINE_COMMANDS, *REGISTRY_COMMANDS, *SERVE_COMMANDS, server):
         main.add_command(command)
 
 

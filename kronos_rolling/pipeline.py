@@ -200,7 +200,7 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
     training_bars = window_frame(store, symbols, window.train_start, window.train_end)
     dataset = mlflow.data.from_pandas(training_bars, name=f"{config.label}-{window.train_start:%Y-%m-%d}"
                                       f"-{window.train_end:%Y-%m-%d}", source=str(store.root))
-    fingerprint = config_fingerprint(config, base, dataset.digest, warm_source.uri if warm_source else None)
+    fingerprint = config_fingerprint(config, base, dataset.digest, warm_source.describe() if warm_source else None)
     root = Path(checkpoint_root or default_data_dir() / "checkpoints")
     checkpoint = Checkpoint(root / f"{config.label}-{config.as_of}-{fingerprint}", fingerprint)
 
@@ -511,15 +511,15 @@ def monthly_job(config: TrainConfig, store: DataStore, *, client: MlflowClient |
     thresholds = thresholds or Thresholds.from_env()
     as_of_day = pd.Timestamp(config.as_of).date()
     label = config.label
-    if check_due and label != POOLED:
-        due = retrain_due(client, label, as_of_day, thresholds)
-        if not due.due:
-            log.info("%s: not due on %s: %s", label, as_of_day, due.reason)
-            return JobResult(label, config.as_of, False, due.reason)
-        reason = due.reason
-    else:
-        reason = "pooled adapter (trained on demand)" if label == POOLED else "due check skipped"
     try:
+        if check_due and label != POOLED:
+            due = retrain_due(client, label, as_of_day, thresholds)
+            if not due.due:
+                log.info("%s: not due on %s: %s", label, as_of_day, due.reason)
+                return JobResult(label, config.as_of, False, due.reason)
+            reason = due.reason
+        else:
+            reason = "pooled adapter (trained on demand)" if label == POOLED else "due check skipped"
         outcome = train_step(config, store, warm_start=warm_start, eval_settings=eval_settings, client=client,
                              checkpoint_root=checkpoint_root, progress=progress, wait_for_lock=wait_for_lock)
         if outcome is None:  # a non-zero rank of a distributed run
@@ -529,12 +529,17 @@ def monthly_job(config: TrainConfig, store: DataStore, *, client: MlflowClient |
                                           thresholds=thresholds, webhook=webhook)
         retention = retention_step(label, keep=keep, gc=gc, client=client, thresholds=thresholds)
     except Exception as exc:
-        alerts.send_alert(alerts.JOB_FAILED, f"kronos-rolling {label} retrain as of {config.as_of} failed: {exc}",
-                          {"asset_class": label, "as_of": config.as_of, "error": f"{type(exc).__name__}: {exc}"},
-                          webhook)
+        alert_job_failed(label, config.as_of, exc, webhook)
         raise
     return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome,
                      conclusion.deliveries)
+
+
+def alert_job_failed(label: str, as_of: str, exc: BaseException, webhook: str | None = None) -> DeliveryResult:
+    """The `job_failed` alert: what failed, for which class and month, and why."""
+    return alerts.send_alert(alerts.JOB_FAILED, f"kronos-rolling {label} retrain as of {as_of} failed: {exc}",
+                             {"asset_class": label, "as_of": as_of, "error": f"{type(exc).__name__}: {exc}"},
+                             webhook)
 
 
 # -- evaluating any adapter -------------------------------------------------------------

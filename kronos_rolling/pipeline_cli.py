@@ -134,11 +134,15 @@ def _print_result(result) -> None:
 
 
 def _job(mode: str, asset_class: str | None, kw: dict, *, check_due: bool, register: bool):
-    from kronos_rolling.pipeline import monthly_job, train_step
+    from kronos_rolling.pipeline import alert_job_failed, monthly_job, train_step
     from kronos_rolling.registry.cleanup import gc_from_environment
 
-    config, settings, store = _build(mode, asset_class, kw)
-    client = _client(kw["tracking_uri"])
+    try:
+        config, settings, store = _build(mode, asset_class, kw)
+        client = _client(kw["tracking_uri"])
+    except KronosError as exc:  # the job could not even start: say so where operators look
+        alert_job_failed(asset_class or "pooled", kw["as_of"] or _today(), exc)
+        raise
     if not register:
         outcome = train_step(config, store, warm_start=_warm_start(kw["warm_start"]), eval_settings=settings,
                              client=client, progress=not kw["no_progress"], wait_for_lock=not kw["no_wait"])
@@ -312,4 +316,22 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir
             click.echo(f"browse it: kronos-rolling server --data-dir {server_dir}  (then http://127.0.0.1:5000)")
 
 
-COMMANDS = [train, run, run_all, evaluate, simulate]
+@click.command("demo")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True,
+              help="Port of the local tracking server (reused when one answers there).")
+@click.option("--stop-server", is_flag=True, help="Stop the tracking server an earlier demo started, and exit.")
+@click.option("--no-progress", is_flag=True)
+def demo(port, stop_server, no_progress):
+    """The whole monthly process on bundled data: tracking server, pre-trained tiny base,
+    pooled adapter, one monthly cycle for every class, one forecast per class."""
+    from kronos_rolling.demo import run_demo, stop_server as stop
+    from kronos_rolling.tracking import default_data_dir
+
+    home = default_data_dir()
+    if stop_server:
+        click.echo("stopped the demo's tracking server" if stop(home) else "no tracking server started by a demo")
+        return
+    run_demo(home, port, echo=click.echo, progress=not no_progress)
+
+
+COMMANDS = [train, run, run_all, evaluate, simulate, demo]

@@ -347,6 +347,10 @@ class Checkpoint:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        try:
+            self.directory.rmdir()
+        except OSError:  # not empty (someone else's files) or already gone
+            pass
 
 
 def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowDataset, config: TrainConfig,

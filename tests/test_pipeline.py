@@ -273,3 +273,21 @@ def test_a_version_of_kronos_base_weighs_under_5_percent_of_the_base(jobs, env, 
     ratio = (bundle_bytes + overhead) / base_bytes
     assert base_bytes > 350e6, "not a Kronos-base-sized model"
     assert ratio < 0.05, f"a version would weigh {ratio:.1%} of the base"
+
+
+def test_a_job_that_cannot_start_alerts_and_names_the_problem(env, tmp_path, monkeypatch):
+    from test_registry_support import Receiver
+
+    with Receiver() as receiver:
+        monkeypatch.setenv("KRONOS_ALERT_WEBHOOK", receiver.url)
+        result = subprocess.run(
+            [sys.executable, "-m", "kronos_rolling.cli", "run", "--asset-class", "crypto", "--as-of", "2018-03-01",
+             "--base-model", str(tmp_path / "no-such-base"), "--no-progress"],
+            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "no-such-base" in result.stderr and "Traceback" not in result.stderr
+    assert len(receiver.bodies) == 1
+    alert = receiver.bodies[0]["kronos"]
+    assert alert["event"] == "job_failed"
+    assert alert["fields"]["asset_class"] == "crypto" and alert["fields"]["as_of"] == "2018-03-01"
+    assert "no-such-base" in alert["fields"]["error"]

@@ -10,11 +10,16 @@ run); `--warm-start` takes a folder, runs:/<run_id>/adapter, models:/NAME@ALIAS,
 or 'none'. Under `torchrun --nproc-per-node N` it trains with DistributedDataParallel.
 """
 
+import logging
+import sys
+
 from kronos_rolling.cli import KronosGroup
 from kronos_rolling.pipeline_cli import train
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     group = KronosGroup(name="train_event_conditioned.py", commands=train.commands, help=__doc__)
     group(prog_name="train_event_conditioned.py")
 
