@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -86,6 +87,7 @@ from kronos_rolling.tracking import default_data_dir
 log = logging.getLogger(__name__)
 
 COMPLETE_TAG = "kronos.complete"  # set last: only a finished run may be registered
+LAUNCHER_RUN_ENV = "KRONOS_LAUNCHER_RUN_ID"  # see kronos_rolling.project.route_launcher_run
 MODEL_NAME = "model"  # the logged pyfunc model inside the run
 
 
@@ -266,6 +268,9 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
             info = log_adapter_model(bundle_dir, example, name=MODEL_NAME)
         mlflow.set_tag(COMPLETE_TAG, "true")
     checkpoint.clear()
+    launcher = os.environ.get(LAUNCHER_RUN_ENV)
+    if launcher:  # started by `mlflow run` in another experiment: point there to this run
+        client.set_tag(launcher, "kronos.job_run", f"{experiment_name(config.label)}/{run.info.run_id}")
     return TrainOutcome(run.info.run_id, config.label, config, window, info.model_uri, figures, compared,
                         fitted, warm_source.describe() if warm_source else None)
 

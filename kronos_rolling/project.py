@@ -13,10 +13,12 @@ default": today (UTC) for as_of, the bundled data for data, KRONOS_BASE_MODEL fo
 base_model, no cap for the caps.
 
 `mlflow run` creates the MLflow run before our code starts and hands its id over in
-MLFLOW_RUN_ID; the training step logs into that run, so it must already sit in the
-class's experiment: launch with `--experiment-name kronos-rolling/<class>`. That is
-checked here too, so a misconfigured schedule fails in its first month, not its first
-due month. A failure found here sends the same `job_failed` alert as a failed job.
+MLFLOW_RUN_ID. When that run sits in the class's experiment (`--experiment-name
+kronos-rolling/<class>`, what the schedules use) the training step logs into it. When it
+does not (a bare `mlflow run . -P asset_class=crypto` lands in "Default"), the job makes
+its run in the class's experiment as usual and leaves a pointer to it on the launcher's
+run (`kronos.job_run`), so every class's months stay together in one experiment. A
+failure found here sends the same `job_failed` alert as a failed job.
 
     python -m kronos_rolling.project failed --as-of YYYY-MM-DD CLASS ...
 
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from kronos_rolling.registry.alerts import DeliveryResult
 
 RUN_ID_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the entry point's process
+LAUNCHER_RUN_ENV = "KRONOS_LAUNCHER_RUN_ID"  # the run `mlflow run` made, when the job logs elsewhere
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name on the Hugging Face hub
 
 
@@ -280,31 +283,33 @@ def experiment_label(entry_name: str, values: dict[str, str]) -> str | None:
     return "pooled" if entry_name == "pooled" else values.get("asset_class")
 
 
-def check_launcher_run(label: str, entry_name: str) -> None:
-    """The run `mlflow run` made must be in the experiment the job logs into."""
-    run_id = os.environ.get(RUN_ID_ENV)
+def route_launcher_run(label: str | None, environ=os.environ) -> str | None:
+    """Decide which run the job logs into; returns the launcher's run id when it is left alone.
+
+    The run `mlflow run` made is used when it is in the experiment the job logs into
+    (`kronos-rolling/<label>`). Otherwise (another experiment, or an entry point that makes
+    runs of its own, label None) the job must not take it over: MLFLOW_RUN_ID is dropped
+    and the launcher's id passed on as KRONOS_LAUNCHER_RUN_ID, so the job can point to
+    the run it made.
+    """
+    run_id = environ.get(RUN_ID_ENV)
     if not run_id:
-        return
-    from kronos_rolling.pipeline import experiment_name
-    from kronos_rolling.registry.client import connect
+        return None
+    if label is not None:
+        from kronos_rolling.pipeline import experiment_name
+        from kronos_rolling.registry.client import connect
 
-    client = connect()
-    experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
-    expected = experiment_name(label)
-    if experiment.name != expected:
-        hint = f" -P asset_class={label}" if entry_name == "main" else ""
-        raise ConfigError(
-            f"this MLflow run ({run_id}) is in experiment {experiment.name!r}, but the {label} job logs into "
-            f"{expected!r}: launch it as `mlflow run . -e {entry_name}{hint} --experiment-name {expected}` "
-            f"(or set MLFLOW_EXPERIMENT_NAME={expected})")
-
-
-def release_launcher_run(entry_name: str, environ=os.environ) -> None:
-    """A replay makes many runs on a registry of its own; none of them may take over the run
-    `mlflow run` made (MLflow's start_run resumes MLFLOW_RUN_ID, whatever server it is on)."""
-    if not ENTRY_POINTS[entry_name].uses_launcher_run:
-        for name in (RUN_ID_ENV, "MLFLOW_EXPERIMENT_ID"):
-            environ.pop(name, None)
+        client = connect()
+        experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
+        if experiment.name == experiment_name(label):
+            return None
+        print(f"note: this MLflow run is in experiment {experiment.name!r}; the {label} job logs into "
+              f"{experiment_name(label)!r} and leaves a pointer here (launch with --experiment-name "
+              f"{experiment_name(label)} to log into this run instead)", file=sys.stderr, flush=True)
+    for name in (RUN_ID_ENV, "MLFLOW_EXPERIMENT_ID"):
+        environ.pop(name, None)
+    environ[LAUNCHER_RUN_ENV] = run_id
+    return run_id
 
 
 def _alert_failure(entry_name: str, values: dict[str, str], error: KronosError) -> None:
@@ -345,16 +350,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         values = parse_arguments(argv[1:])
         command = command_for(entry_name, values)
-        label = experiment_label(entry_name, values)
-        if label is not None:
-            check_launcher_run(label, entry_name)
+        route_launcher_run(experiment_label(entry_name, values))
     except KronosError as error:
         print(f"error: {error}", file=sys.stderr)
         _alert_failure(entry_name, values, error)
         raise SystemExit(error.exit_code) from None
     from kronos_rolling.cli import main as kronos_rolling
 
-    release_launcher_run(entry_name)
     print(f"kronos-rolling {' '.join(command)}", file=sys.stderr, flush=True)
     kronos_rolling.main(args=command, prog_name="kronos-rolling")
 

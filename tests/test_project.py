@@ -151,16 +151,17 @@ def test_a_failure_before_the_job_starts_exits_non_zero_and_alerts(monkeypatch, 
     assert alert["kronos"]["fields"]["asset_class"] == "crypto" and "epochs" in alert["kronos"]["fields"]["error"]
 
 
-def test_the_run_mlflow_made_must_be_in_the_class_experiment(tracking_uri, monkeypatch):
+def test_the_job_logs_into_the_run_mlflow_made_only_when_it_is_in_the_class_experiment(tracking_uri):
     client = MlflowClient(tracking_uri)
     stray = client.create_run(experiment_id="0")  # `mlflow run` without --experiment-name
-    monkeypatch.setenv("MLFLOW_RUN_ID", stray.info.run_id)
-    with pytest.raises(ConfigError, match="in experiment 'Default'.*--experiment-name kronos-rolling/crypto"):
-        project.check_launcher_run("crypto", "main")
+    environ = {"MLFLOW_RUN_ID": stray.info.run_id, "MLFLOW_EXPERIMENT_ID": "0"}
+    assert project.route_launcher_run("crypto", environ) == stray.info.run_id
+    assert environ == {"KRONOS_LAUNCHER_RUN_ID": stray.info.run_id}, "the job makes its own run in its experiment"
     experiment = mlflow.set_experiment("kronos-rolling/crypto")
     right = client.create_run(experiment_id=experiment.experiment_id)
-    monkeypatch.setenv("MLFLOW_RUN_ID", right.info.run_id)
-    project.check_launcher_run("crypto", "main")
+    environ = {"MLFLOW_RUN_ID": right.info.run_id}
+    assert project.route_launcher_run("crypto", environ) is None
+    assert environ == {"MLFLOW_RUN_ID": right.info.run_id}, "the job logs into the run mlflow made"
     for run in (stray, right):
         client.delete_run(run.info.run_id)
 
@@ -263,7 +264,27 @@ def test_not_due_exits_zero_saying_when_the_next_retrain_is(monthly_job, tiny_ba
 
 def test_the_replay_leaves_the_run_mlflow_made_alone():
     environ = {"MLFLOW_RUN_ID": "0123abcd", "MLFLOW_EXPERIMENT_ID": "3", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
-    project.release_launcher_run("main", environ)
-    assert environ["MLFLOW_RUN_ID"] == "0123abcd", "the monthly job logs into the run mlflow made"
-    project.release_launcher_run("simulate", environ)
-    assert environ == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    assert project.experiment_label("simulate", {}) is None
+    assert project.route_launcher_run(None, environ) == "0123abcd"
+    assert environ == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "KRONOS_LAUNCHER_RUN_ID": "0123abcd"}
+
+
+def test_a_bare_mlflow_run_works_and_points_to_the_class_run(monthly_job, tracking_server, tiny_base):
+    """`mlflow run . -P asset_class=crypto --env-manager local`, as the issue writes it: no
+    --experiment-name, so MLflow's run lands in "Default" and the job's run in kronos-rolling/crypto."""
+    client = monthly_job["client"]
+    env = job_env(tracking_server.url, monthly_job["home"])
+    done = subprocess.run(
+        [str(BIN / "mlflow"), "run", ".", "-P", "asset_class=crypto", "--env-manager", "local",
+         *minus_p({"as_of": "2018-07-01", "base_model": str(tiny_base), **SMALL})],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    launcher = client.search_runs(["0"], "tags.`mlflow.project.entryPoint` = 'main'", max_results=10)[0]
+    assert launcher.info.status == "FINISHED"
+    experiment, run_id = launcher.data.tags["kronos.job_run"].rsplit("/", 1)
+    assert experiment == "kronos-rolling/crypto"
+    job_run = client.get_run(run_id)
+    assert client.get_experiment(job_run.info.experiment_id).name == "kronos-rolling/crypto"
+    assert job_run.data.tags["kronos.complete"] == "true" and job_run.data.params["as_of"] == "2018-07-01"
+    versions = {v.run_id: v for v in client.search_model_versions("name='kronos-lora-crypto'")}
+    assert run_id in versions and versions[run_id].tags["guard_decision"] in ("promoted", "refused")
