@@ -133,6 +133,29 @@ def test_rollback_walks_back_through_promotions(clean_registry, cli):
     assert len(as_json.output.strip().splitlines()) == 1
 
 
+def test_an_operator_promotes_a_refused_version_by_hand(clean_registry, cli):
+    client = clean_registry
+    v1, v2 = candidate(client), candidate(client)
+    apply_guard_decision(client, CRYPTO, v1, promote_decision())
+    apply_guard_decision(client, CRYPTO, v2, refuse_decision())
+    assert alias_state(client, CRYPTO).staging == v2
+
+    result = cli("promote", "--asset-class", "crypto", "--version", v2, "--reason", "reviewed by hand")
+    assert result.exit_code == 0, result.output
+    assert f"v{v1} -> v{v2}" in result.output and f"@previous_production: v{v1}" in result.output
+    state = alias_state(client, CRYPTO)
+    assert (state.production, state.staging, state.previous_production) == (v2, None, v1)
+    last = history.read_history(client, CRYPTO)[-1]
+    assert (last.action, last.from_version, last.to_version, last.reason) == ("promote", v1, v2, "reviewed by hand")
+
+    again = cli("promote", "--asset-class", "crypto", "--version", v2, "--reason", "twice")
+    assert again.exit_code == 0 and "already" in again.output
+    assert history.read_history(client, CRYPTO)[-1].reason == "reviewed by hand", "no audit entry for a no-op"
+    missing = cli("promote", "--asset-class", "crypto", "--version", 99, "--reason", "typo")
+    assert missing.exit_code == RegistryError.exit_code and "does not exist" in missing.output
+    assert alias_state(client, CRYPTO).production == v2
+
+
 def test_rollback_refuses_deleted_versions_and_missing_artifacts(clean_registry, cli):
     client = clean_registry
     v1, v2, v3 = (candidate(client) for _ in range(3))

@@ -78,6 +78,27 @@ def history(asset_class: str, limit: int | None, as_json: bool, tracking_uri: st
 
 @click.command()
 @_asset_class_option
+@click.option("--version", "version", type=click.IntRange(min=1), required=True, help="Version to serve.")
+@click.option("--reason", required=True, help="Why; recorded in the audit trail.")
+@_tracking_uri_option
+@_registry_errors
+def promote(asset_class: str, version: int, reason: str, tracking_uri: str | None) -> None:
+    """Move @production to a version by hand (outside the guard); the predictor follows."""
+    from kronos_rolling.registry.client import connect
+    from kronos_rolling.registry.names import registered_model_name as name_of
+    from kronos_rolling.registry.promotion import promote as promote_version
+
+    move = promote_version(connect(tracking_uri), name_of(asset_class), version, reason)
+    if move.audit_seq is None:
+        click.echo(f"{move.name}@production is already v{version}; nothing to do")
+        return
+    previous = f"v{move.previous_production}" if move.previous_production else "none"
+    click.echo(f"{move.name}@production: v{move.from_version or '-'} -> v{move.to_version} "
+               f"(@previous_production: {previous}); audit entry {move.audit_seq}")
+
+
+@click.command()
+@_asset_class_option
 @click.option("--to-version", type=click.IntRange(min=1), default=None,
               help="Version to serve (default: @previous_production).")
 @click.option("--reason", required=True, help="Why; recorded in the audit trail.")
@@ -181,4 +202,4 @@ def cadence(asset_class: str, mode: str | None, reason: str, as_of: datetime | N
                    f"sharpe delta {delta}")
 
 
-COMMANDS = [history, rollback, retention, due, cadence]
+COMMANDS = [history, promote, rollback, retention, due, cadence]
