@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES
-from kronos_rolling.errors import ConfigError, RegistryUnavailable
+from kronos_rolling.errors import RegistryUnavailable
 from kronos_rolling.tracking import DEFAULT_HOST, is_healthy
 
 POOLED_AS_OF = "2017-12-01"
@@ -104,7 +104,7 @@ def run_demo(home: Path, port: int = 5000, *, echo=print, progress: bool = True)
     from kronos_rolling.data.store import DataStore
     from kronos_rolling.pipeline import monthly_job
     from kronos_rolling.registry.cleanup import GarbageCollection
-    from kronos_rolling.simulate import SimulationSettings, pretrained_base_for
+    from kronos_rolling.simulate import SimulationSettings, offline_tiny_base
 
     started = time.monotonic()
     store = DataStore()
@@ -118,7 +118,7 @@ def run_demo(home: Path, port: int = 5000, *, echo=print, progress: bool = True)
     gc = GarbageCollection(f"sqlite:///{home / 'mlflow.db'}", str(home / "artifacts"))
 
     echo(f"[2/6] tiny base pre-trained on bundled history before {BASE_UNTIL}")
-    base = pretrained_base_for(store, home / "demo" / "base", pd.Timestamp(BASE_UNTIL, tz="UTC"), progress)
+    base = offline_tiny_base(store, home, pd.Timestamp(BASE_UNTIL, tz="UTC"), progress)
     echo(f"      {base.predictor}")
 
     echo(f"[3/6] pooled adapter, all classes, as of {POOLED_AS_OF}")
@@ -191,7 +191,3 @@ def where_to_look(url: str) -> list[str]:
     ]
 
 
-def check_port(port: int) -> int:
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--port {port} is not a TCP port")
-    return port

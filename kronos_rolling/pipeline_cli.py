@@ -280,7 +280,7 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir
     from kronos_rolling.simulate import (
         log_report,
         months_from,
-        pretrained_base_for,
+        offline_tiny_base,
         simulate as replay,
         tracking_for_simulation,
     )
@@ -292,9 +292,9 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir
     if base_model:
         base = BaseModelRef.resolve(base_model)
     else:
-        until = first - pd.DateOffset(months=1)
-        click.echo(f"pre-training the tiny base on bars before {until:%Y-%m-%d} (reused when present) ...")
-        base = pretrained_base_for(store, workdir / f"base-until-{until:%Y-%m-%d}", until, not no_progress)
+        until = first - pd.DateOffset(months=1)  # the first validation month stays unseen
+        click.echo(f"tiny base pre-trained on bars before {until:%Y-%m-%d} or earlier (reused when present) ...")
+        base = offline_tiny_base(store, default_data_dir(), until.tz_localize("UTC"), not no_progress)
     server_dir = workdir / f"server-{start}-{months}m"
     if not tracking_uri and server_dir.exists():
         shutil.rmtree(server_dir)  # a replay starts from an empty registry
@@ -317,8 +317,8 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir
 
 
 @click.command("demo")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True,
-              help="Port of the local tracking server (reused when one answers there).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, envvar="KRONOS_MLFLOW_PORT",
+              help="Port of the local tracking server, reused when one answers there [env KRONOS_MLFLOW_PORT].")
 @click.option("--stop-server", is_flag=True, help="Stop the tracking server an earlier demo started, and exit.")
 @click.option("--no-progress", is_flag=True)
 def demo(port, stop_server, no_progress):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -125,13 +126,15 @@ def _kept_count(text: str) -> int:
 
 
 def months_from(start: str, count: int) -> list[pd.Timestamp]:
+    """`count` first-of-month dates from the month of `start` (YYYY-MM or YYYY-MM-DD)."""
+    if not re.fullmatch(r"\d{4}-\d{2}(-\d{2})?", start.strip()):
+        raise ConfigError(f"--start {start!r} is not a month; use YYYY-MM, e.g. 2018-01")
     try:
-        first = pd.Timestamp(f"{start}-01") if len(start) == 7 else pd.Timestamp(start)
+        first = pd.Timestamp(start.strip()[:7] + "-01")
     except ValueError as exc:
         raise ConfigError(f"--start {start!r} is not a month; use YYYY-MM, e.g. 2018-01") from exc
     if count < 1:
         raise ConfigError(f"--months must be >= 1, got {count}")
-    first = first.to_period("M").to_timestamp()
     return [first + pd.DateOffset(months=i) for i in range(count)]
 
 
@@ -308,11 +311,26 @@ def tracking_for_simulation(tracking_uri: str | None, data_dir: Path):
         yield MlflowClient(server.url), GarbageCollection(config.backend_store_uri, config.artifacts_destination)
 
 
-def pretrained_base_for(store: DataStore, folder: Path, until: pd.Timestamp, progress: bool) -> BaseModelRef:
-    """The tiny base pre-trained on the store's bars before `until`, built once per folder."""
+def offline_tiny_base(store: DataStore, home: Path, latest_until: pd.Timestamp, progress: bool) -> BaseModelRef:
+    """A tiny base pre-trained on this store's bars before a date no later than `latest_until`.
+
+    Bases live in HOME/bases and are shared by the demo and every replay: the newest one that
+    fits (same data folder, pre-training cut at or before `latest_until`) is reused, else one
+    is pre-trained up to `latest_until`.
+    """
     from kronos_rolling.pretrain import pretrain_base, read_pretrain_report
 
-    found = read_pretrain_report(folder)
-    if found is None or pd.Timestamp(found["settings"]["until"]) != until:
-        pretrain_base(store, folder, until=until.isoformat(), force=True, progress=progress)
-    return BaseModelRef.resolve(str(folder))
+    folder = home / "bases"
+    fitting = []
+    for candidate in sorted(folder.glob("tiny-until-*")):
+        report = read_pretrain_report(candidate)
+        if report is None or report.get("settings", {}).get("size") != "tiny":
+            continue
+        until = pd.Timestamp(report["settings"]["until"])
+        if until <= latest_until and Path(report["data"]["dir"]).resolve() == Path(store.root).resolve():
+            fitting.append((until, candidate))
+    if fitting:
+        return BaseModelRef.resolve(str(max(fitting)[1]))
+    target = folder / f"tiny-until-{latest_until:%Y-%m-%d}"
+    pretrain_base(store, target, until=latest_until.isoformat(), force=True, progress=progress)
+    return BaseModelRef.resolve(str(target))
