@@ -9,11 +9,12 @@ a version's artifacts stay a small fraction of the base.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kronos_rolling.errors import ModelError
+from kronos_rolling.errors import ConfigError, ModelError
 from kronos_rolling.model.hub import model_source_digest
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer
@@ -30,8 +31,43 @@ HUB_MAX_CONTEXT = {"NeoQuasar/Kronos-mini": 2048}
 DEFAULT_MAX_CONTEXT = 512
 
 
+HOME_CONFIG = "config.json"  # in KRONOS_HOME: settings this machine remembers
+
+
 def default_base_model() -> str:
-    return os.environ.get(BASE_MODEL_ENV) or DEFAULT_BASE_MODEL
+    """KRONOS_BASE_MODEL, else the base recorded in $KRONOS_HOME/config.json (the demo records
+    its pre-trained tiny base there), else the released Kronos-base."""
+    if os.environ.get(BASE_MODEL_ENV):
+        return os.environ[BASE_MODEL_ENV]
+    return str(home_config().get("base_model") or DEFAULT_BASE_MODEL)
+
+
+def home_config() -> dict:
+    from kronos_rolling.tracking import default_data_dir
+
+    path = default_data_dir() / HOME_CONFIG
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a JSON object such as {{\"base_model\": \"DIR\"}}")
+    return values
+
+
+def remember_base_model(base_model: str) -> bool:
+    """Record the default base of this KRONOS_HOME unless one is recorded already; True if written."""
+    from kronos_rolling.tracking import default_data_dir
+
+    values = home_config()
+    if values.get("base_model"):
+        return False
+    path = default_data_dir() / HOME_CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**values, "base_model": base_model}, indent=2) + "\n")
+    return True
 
 
 @dataclass(frozen=True)

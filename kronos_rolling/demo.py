@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES
+from kronos_rolling.base import HOME_CONFIG, remember_base_model
 from kronos_rolling.errors import RegistryUnavailable
 from kronos_rolling.tracking import DEFAULT_HOST, is_healthy
 
@@ -119,7 +120,11 @@ def run_demo(home: Path, port: int = 5000, *, echo=print, progress: bool = True)
 
     echo(f"[2/6] tiny base pre-trained on bundled history before {BASE_UNTIL}")
     base = offline_tiny_base(store, home, pd.Timestamp(BASE_UNTIL, tz="UTC"), progress)
-    echo(f"      {base.predictor}")
+    base_dir = str(Path(base.predictor).parent)
+    if remember_base_model(base_dir):
+        echo(f"      {base_dir} (now this machine's default base: {home / HOME_CONFIG})")
+    else:
+        echo(f"      {base_dir}")
 
     echo(f"[3/6] pooled adapter, all classes, as of {POOLED_AS_OF}")
     if _pooled_done(client):

@@ -291,3 +291,21 @@ def test_a_job_that_cannot_start_alerts_and_names_the_problem(env, tmp_path, mon
     assert alert["event"] == "job_failed"
     assert alert["fields"]["asset_class"] == "crypto" and alert["fields"]["as_of"] == "2018-03-01"
     assert "no-such-base" in alert["fields"]["error"]
+
+
+def test_the_default_base_is_the_environment_then_this_machines_config(tmp_path, monkeypatch):
+    from kronos_rolling.base import DEFAULT_BASE_MODEL, default_base_model, remember_base_model
+    from kronos_rolling.errors import ConfigError
+
+    monkeypatch.setenv("KRONOS_HOME", str(tmp_path))
+    monkeypatch.delenv("KRONOS_BASE_MODEL", raising=False)
+    assert default_base_model() == DEFAULT_BASE_MODEL
+    assert remember_base_model("/srv/bases/tiny") is True
+    assert remember_base_model("/elsewhere") is False, "a recorded base is never replaced silently"
+    assert default_base_model() == "/srv/bases/tiny"
+    monkeypatch.setenv("KRONOS_BASE_MODEL", "NeoQuasar/Kronos-small")
+    assert default_base_model() == "NeoQuasar/Kronos-small"
+    monkeypatch.delenv("KRONOS_BASE_MODEL")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json"):
+        default_base_model()

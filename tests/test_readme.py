@@ -1,0 +1,101 @@
+"""A newcomer's run of every README command, in order, in one shell (the test command excepted).
+
+Commands come from the README's ```bash blocks. Two things differ from a newcomer's
+machine, both so that the test cannot collide with anything else running here: the
+ports (the tracking server's and the predictor's) are free ones, and KRONOS_HOME is a
+fresh folder. A command marked `# runs until Ctrl-C` is started in the background and
+waited for on its port, as a person would leave it running in another terminal. A block
+right after `<!-- not run by the tests: ... -->` is skipped (it needs the Hugging Face hub).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kronos_rolling.tracking import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+SKIP_MARKER = "<!-- not run by the tests"
+TEST_COMMAND = "make test"
+BACKGROUND = "# runs until Ctrl-C"
+
+
+def readme_commands(text: str) -> list[str]:
+    """The README's shell commands in order, one per line, comments kept."""
+    commands, skip_next = [], False
+    for match in re.finditer(r"(<!--.*?-->)|```bash\n(.*?)```", text, flags=re.S):
+        if match.group(1):
+            skip_next = match.group(1).startswith(SKIP_MARKER)
+            continue
+        if skip_next:
+            skip_next = False
+            continue
+        for line in match.group(2).splitlines():
+            if line.strip() and not line.strip().startswith("#") and not line.startswith(TEST_COMMAND):
+                commands.append(line)
+    return commands
+
+
+def as_script(commands: list[str], serve_port: int) -> str:
+    lines = [
+        "set -euo pipefail",
+        "background=()",
+        'cleanup() { for pid in "${background[@]}"; do kill -- -"$pid" 2>/dev/null || true; done; '
+        "kronos-rolling demo --stop-server >/dev/null 2>&1 || true; }",
+        "trap cleanup EXIT",
+        "set -m  # background commands get their own process group, so cleanup stops their children",
+    ]
+    for command in commands:
+        command = command.replace("8080", str(serve_port))
+        lines.append(f"echo '+ {command}'")
+        if BACKGROUND in command:
+            lines.append(f"{command.split('#')[0].strip()} > background.log 2>&1 &")
+            lines.append("background+=($!)")
+            port = re.search(r"--port (\d+)", command).group(1)
+            lines.append(f"for i in $(seq 600); do curl -sf http://127.0.0.1:{port}/health >/dev/null && break; "
+                         f"sleep 0.5; done")
+        else:
+            lines.append(command)
+    return "\n".join(lines) + "\n"
+
+
+def test_readme_commands_are_found_and_the_hub_block_is_left_out():
+    commands = readme_commands((REPO / "README.md").read_text())
+    assert commands[0] == "make demo   # fresh machine: installs into .venv, then runs the whole monthly process on bundled data"
+    assert not any(c.startswith(TEST_COMMAND) for c in commands)
+    assert not any("NeoQuasar/Kronos-base" in c for c in commands), "the hub block needs the network"
+    assert any(BACKGROUND in c for c in commands)
+
+
+def test_a_newcomer_runs_every_readme_command(tmp_path):
+    commands = readme_commands((REPO / "README.md").read_text())
+    tracking_port, serve_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KRONOS_", "PYTEST_"))}
+    env.update(KRONOS_HOME=str(tmp_path / "home"), KRONOS_MLFLOW_PORT=str(tracking_port),
+               MLFLOW_TRACKING_URI=f"http://127.0.0.1:{tracking_port}", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    script = tmp_path / "newcomer.sh"
+    script.write_text(as_script(commands, serve_port))
+    done = subprocess.run(["bash", str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-6000:]
+    assert "[6/6] where to look" in out and "answered by" in out
+    assert "kronos-lora-crypto@production: v" in out and "-> v2" in out, "the operator's promote"
+    assert "-> v1 (" in out, "the rollback"
+    assert '"crypto"' in out, "the predictor's /models answer"
+    assert (tmp_path / "home" / "mlflow.db").exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path / "home") not in ps, "a README command left a process running"
+
+
+@pytest.mark.parametrize("line", ["kronos-rolling serve --port 8080          # runs until Ctrl-C; API docs"])
+def test_background_commands_wait_for_their_port(line):
+    script = as_script([line], 9999)
+    assert "kronos-rolling serve --port 9999 > background.log 2>&1 &" in script
+    assert "http://127.0.0.1:9999/health" in script
