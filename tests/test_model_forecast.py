@@ -58,7 +58,9 @@ def test_kv_cache_gives_the_same_tokens_as_full_recomputation(tiny, max_context,
     model, tokenizer = tiny
     x, x_stamp, y_stamp = random_inputs(2, 36, 12)
     kwargs = dict(top_k=top_k, top_p=0.9, samples=samples, max_context=max_context)
+    threads = torch.get_num_threads()
     cached = generate(model, tokenizer, x, x_stamp, y_stamp, 12, generator=11, **kwargs)
+    assert torch.get_num_threads() == threads  # single-bar steps run on one thread, then it is restored
     recomputed = generate(model, tokenizer, x, x_stamp, y_stamp, 12, generator=11, use_cache=False, **kwargs)
     # Decoding is deterministic, so equal outputs mean equal sampled tokens.
     assert cached.shape == (2, samples, 12, 6)

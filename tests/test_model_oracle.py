@@ -172,3 +172,27 @@ def test_mini_style_model_with_context_over_512(tmp_path):
     theirs = reference_greedy(ref_model, ref_tokenizer, x, x_stamp, y_stamp, pred_len, 2048)
     mine = generate(ours, our_tokenizer, x, x_stamp, y_stamp, pred_len, top_k=1, max_context=2048)
     assert (mine[:, 0] - theirs).abs().max() <= 1e-4
+
+
+def test_causal_s2_option_removes_the_eval_mode_look_ahead(tiny_pair):
+    _, _, ours, _ = tiny_pair
+    g = torch.Generator().manual_seed(5)
+    s1, s2, targets = (torch.randint(0, 64, (1, 30), generator=g) for _ in range(3))
+    stamp = random_stamp(1, 30, g)
+    later = s2.clone()
+    later[0, 20] = (later[0, 20] + 1) % 64  # change an input after position 10
+    with torch.no_grad():
+        leaky = [ours(s1, x, stamp, use_teacher_forcing=True, s1_targets=targets)[1] for x in (s2, later)]
+        causal = [ours(s1, x, stamp, use_teacher_forcing=True, s1_targets=targets, causal_s2=True)[1]
+                  for x in (s2, later)]
+    # Released eval behaviour: s2 logits at position 10 see position 20's input.
+    assert not torch.allclose(leaky[0][0, 10], leaky[1][0, 10])
+    assert torch.allclose(causal[0][0, :20], causal[1][0, :20], atol=1e-6)
+    # causal_s2=True in eval mode is the training graph without dropout.
+    trained_graph = Kronos(**TINY.predictor.to_dict())
+    trained_graph.load_state_dict(ours.state_dict())
+    zero_dropout(trained_graph)
+    trained_graph.train()
+    with torch.no_grad():
+        expected = trained_graph(s1, s2, stamp, use_teacher_forcing=True, s1_targets=targets)[1]
+    assert (expected - causal[0]).abs().max() <= 1e-6

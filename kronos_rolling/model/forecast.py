@@ -128,6 +128,25 @@ def _unwrap(model) -> Kronos:
 
 
 @contextlib.contextmanager
+def _intra_op_threads(count: int | None, device: torch.device):
+    """Run a block with `count` CPU intra-op threads (None or a GPU device: unchanged).
+
+    Why: a single-bar step is ~100 tiny operations; with several threads each one ends in
+    a barrier, and when another process holds a core the spin-waiting threads make a step
+    5-10x slower. One thread loses little on an idle machine (the step is memory-bound).
+    """
+    if count is None or device.type != "cpu" or count == torch.get_num_threads():
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def _eval_mode(*modules):
     was_training = [m.training for m in modules]
     for m in modules:
@@ -148,7 +167,8 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
              top_p: float = 0.9, samples: int = 1, generator=None, max_context: int = 512,
              event_ids: torch.Tensor | None = None, event_embedding: EventEmbedding | None = None,
              lengths: Sequence[int] | torch.Tensor | None = None, clip: float = CLIP,
-             use_cache: bool = True, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+             use_cache: bool = True, autocast_dtype: torch.dtype | None = None,
+             step_threads: int | None = 1) -> torch.Tensor:
     """Sample forecasts: (B, samples, pred_len, d_in) normalised bars.
 
     x_norm (B, L, 6) normalised lookback; x_stamp (B, L, 5) and y_stamp (B, pred_len, 5)
@@ -157,6 +177,8 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
     (None: torch's global RNG). event_ids: (B, L + pred_len) event ids for
     `event_embedding`. use_cache=False recomputes the window at every step (reference
     behaviour, for checks). autocast_dtype: run under CUDA autocast in this precision.
+    step_threads: CPU threads for the cached single-bar steps (None: torch's setting);
+    window passes always use torch's setting.
     """
     kronos = _unwrap(model)
     check_pair(kronos, tokenizer)
@@ -225,20 +247,23 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
         for step in range(pred_len):
             known = lookback + step  # tokens so far; the next bar is position `known`
             start = max(0, known - max_context)
-            if use_cache and step > 0 and known <= max_context:
+            single_bar = use_cache and step > 0 and known <= max_context
+            if single_bar:
                 window = slice(known - 1, known)  # only the newest bar; the rest is cached
             else:
                 cache.reset()
                 window = slice(start, known)
-            context = kronos.context(
-                s1[:, window], s2[:, window], stamps[:, window],
-                padding_mask=None if pad_mask is None else pad_mask[:, window],
-                extra_embedding=None if extra is None else extra[:, window],
-                cache=cache,
-            )
-            last = context[:, -1]
-            next_s1 = sample_tokens(kronos.head(last), temperature, top_k, top_p, generator)
-            next_s2 = sample_tokens(kronos.next_s2_logits(next_s1, last, cache), temperature, top_k, top_p, generator)
+            with _intra_op_threads(step_threads if single_bar else None, device):
+                context = kronos.context(
+                    s1[:, window], s2[:, window], stamps[:, window],
+                    padding_mask=None if pad_mask is None else pad_mask[:, window],
+                    extra_embedding=None if extra is None else extra[:, window],
+                    cache=cache,
+                )
+                last = context[:, -1]
+                next_s1 = sample_tokens(kronos.head(last), temperature, top_k, top_p, generator)
+                next_s2 = sample_tokens(kronos.next_s2_logits(next_s1, last, cache), temperature, top_k, top_p,
+                                        generator)
             s1[:, known] = next_s1
             s2[:, known] = next_s2
 

@@ -104,14 +104,15 @@ class CrossAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=is_causal)
         return self.resid_dropout(self.out_proj(_merge_heads(out)))
 
-    def forward(self, query, key, value=None, key_padding_mask=None) -> torch.Tensor:
+    def forward(self, query, key, value=None, key_padding_mask=None, causal: bool | None = None) -> torch.Tensor:
         """Full-sequence cross-attention with the released semantics.
 
         Query and key positions are rotated by their index when the lengths agree; a single
         query (incremental decoding) is rotated by position 0 together with all keys, i.e.
-        not at all. The attention is causal while training and over the whole sequence in
-        eval mode, exactly as in the released model.
+        not at all. causal=None follows the released model: causal while training, over
+        the whole sequence in eval mode.
         """
+        causal = self.training if causal is None else causal
         q_len, k_len = query.shape[1], key.shape[1]
         if q_len not in (1, k_len):
             raise ValueError(f"cross-attention needs 1 or {k_len} queries, got {q_len}")
@@ -123,13 +124,13 @@ class CrossAttention(nn.Module):
         if key_padding_mask is not None:
             valid = ~key_padding_mask.bool()
             mask = valid[:, None, None, :].expand(-1, 1, q_len, -1)
-            if self.training:
+            if causal:
                 mask = mask & torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()
             # A padded query with nothing to attend to would give NaN: let it see itself.
             empty = ~mask.any(dim=-1, keepdim=True)
             mask = mask | (empty & torch.eye(q_len, k_len, dtype=torch.bool, device=query.device))
-        # (In training a single query is causally aligned to key 0, as in the released model.)
-        is_causal = self.training and mask is None
+        # A single causal query lines up with key 0 (top-left alignment), as in the released model.
+        is_causal = causal and mask is None
         return self.attend(query, keys, values, mask, is_causal, rope)
 
 
@@ -139,8 +140,8 @@ class DependencyAwareLayer(nn.Module):
         self.cross_attn = CrossAttention(d_model, DEPENDENCY_LAYER_HEADS)
         self.norm = RMSNorm(d_model)
 
-    def forward(self, hidden_states, sibling_embed, key_padding_mask=None) -> torch.Tensor:
-        attended = self.cross_attn(sibling_embed, hidden_states, hidden_states, key_padding_mask)
+    def forward(self, hidden_states, sibling_embed, key_padding_mask=None, causal: bool | None = None) -> torch.Tensor:
+        attended = self.cross_attn(sibling_embed, hidden_states, hidden_states, key_padding_mask, causal)
         return self.norm(hidden_states + attended)
 
 
@@ -237,7 +238,7 @@ class Kronos(nn.Module):
         return x
 
     def forward(self, s1_ids, s2_ids, stamp=None, padding_mask=None, use_teacher_forcing=False,
-                s1_targets=None, extra_embedding=None):
+                s1_targets=None, extra_embedding=None, causal_s2: bool | None = None):
         """(s1_logits, s2_logits), each (B, T, vocab), predicting the next bar's tokens.
 
         stamp: (B, T, 5) minute, hour, weekday, day, month. padding_mask: (B, T), True at
@@ -246,10 +247,11 @@ class Kronos(nn.Module):
         s2 is conditioned on s1_targets with teacher forcing, else on an s1 sampled from
         the s1 logits.
 
-        Note (released semantics): in eval mode the s2 cross-attention sees the context of
-        all positions, later ones included, so eval-mode s2 logits at position t depend on
-        inputs after t. Compute validation losses in train mode (model.train() with
-        dropout as configured) or on the last position only if that matters.
+        causal_s2: whether the s2 cross-attention is causal. None keeps the released
+        behaviour: causal in train mode, but over all positions in eval mode, where the s2
+        logits at position t then see the inputs after t (the next bar's true tokens
+        included). Pass causal_s2=True for validation losses in eval mode; generation is
+        unaffected (its single query is the last position).
         """
         x = self.context(s1_ids, s2_ids, stamp, padding_mask, extra_embedding)
         s1_logits = self.head(x)
@@ -258,7 +260,7 @@ class Kronos(nn.Module):
         else:
             probs = F.softmax(s1_logits.detach().float(), dim=-1)
             sibling_ids = torch.multinomial(probs.view(-1, probs.shape[-1]), 1).view(s1_ids.shape)
-        x2 = self.dep_layer(x, self.embedding.emb_s1(sibling_ids), key_padding_mask=padding_mask)
+        x2 = self.dep_layer(x, self.embedding.emb_s1(sibling_ids), key_padding_mask=padding_mask, causal=causal_s2)
         return s1_logits, self.head.cond_forward(x2)
 
     def decode_s1(self, s1_ids, s2_ids, stamp=None, padding_mask=None, extra_embedding=None):
