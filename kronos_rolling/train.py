@@ -170,10 +170,10 @@ class ConditionedKronos(torch.nn.Module):
         self.model = model
         self.event_embedding = event_embedding
 
-    def forward(self, s1, s2, stamp, event_ids, s1_targets):
+    def forward(self, s1, s2, stamp, event_ids, s1_targets, causal_s2=None):
         kronos = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return kronos(s1, s2, stamp, use_teacher_forcing=True, s1_targets=s1_targets,
-                      extra_embedding=self.event_embedding(event_ids))
+                      extra_embedding=self.event_embedding(event_ids), causal_s2=causal_s2)
 
 
 # -- distributed ------------------------------------------------------------------------
@@ -290,13 +290,15 @@ def _batches(dataset, indices: np.ndarray, batch_size: int):
         yield {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
-def _step_loss(module: torch.nn.Module, tokenizer: torch.nn.Module, batch: dict, device: torch.device):
+def _step_loss(module: torch.nn.Module, tokenizer: torch.nn.Module, batch: dict, device: torch.device,
+               causal_s2: bool | None = None):
     x = batch["x"].to(device)
     with torch.no_grad():
         s1, s2 = tokenizer.encode(x, half=True)
     stamp = batch["stamp"].to(device)
     events = batch["event_ids"].to(device)
-    s1_logits, s2_logits = module(s1[:, :-1], s2[:, :-1], stamp[:, :-1], events[:, :-1], s1[:, 1:])
+    s1_logits, s2_logits = module(s1[:, :-1], s2[:, :-1], stamp[:, :-1], events[:, :-1], s1[:, 1:],
+                                  causal_s2=causal_s2)
     return token_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:])
 
 
@@ -309,7 +311,9 @@ def _validation_loss(module, tokenizer, dataset, config, dist_info, device) -> f
     total, count = 0.0, 0
     for batch in _batches(dataset, indices, config.batch_size):
         size = len(batch["x"])
-        total += float(_step_loss(module, tokenizer, batch, device)) * size
+        # Eval mode (no dropout) with a causal s2 cross-attention: in the released eval-mode
+        # forward, bar t's s2 logits attend to later bars, which hold the targets themselves.
+        total += float(_step_loss(module, tokenizer, batch, device, causal_s2=True)) * size
         count += size
     module.train()
     return _all_mean(total / max(count, 1), count, dist_info)
