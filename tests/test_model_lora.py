@@ -194,6 +194,10 @@ def test_bundle_errors_leave_nothing_behind(base_dir, trained_bundle, tmp_path):
     wider = Kronos(**{**TINY.predictor.to_dict(), "d_model": 32})
     with pytest.raises(ModelError, match="d_model 64, this base has 32"):
         load_adapter_bundle(wider, out)
+    deeper = Kronos(**{**TINY.predictor.to_dict(), "n_layers": 3})
+    with pytest.raises(ModelError, match="does not fit this base model"), \
+            pytest.warns(UserWarning, match="missing adapter keys"):  # peft itself only warns
+        load_adapter_bundle(deeper, out)
 
 
 def test_event_embedding_saves_and_loads_on_its_own(tmp_path):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
 
 from kronos_rolling.errors import ModelError
 from kronos_rolling.model.events import NO_EVENT, EventEmbedding
@@ -148,6 +150,16 @@ def load_adapter_bundle(base_model: Kronos, bundle_dir: str | os.PathLike, adapt
             f"cannot load the LoRA adapter of {bundle_dir} onto this base model ({exc}); "
             f"load it onto the base model it was trained from"
         ) from exc
+    # peft only warns when adapted layers find no saved weights (e.g. a deeper base): refuse instead.
+    with safe_open(str(bundle_dir / ADAPTER_WEIGHTS), framework="pt") as saved:
+        saved_keys = set(saved.keys())
+    expected_keys = set(get_peft_model_state_dict(peft_model, adapter_name=adapter_name))
+    if saved_keys != expected_keys:
+        unmatched = sorted(saved_keys ^ expected_keys)
+        raise ModelError(
+            f"adapter of {bundle_dir} does not fit this base model: {len(unmatched)} adapter tensor(s) "
+            f"unmatched (e.g. {unmatched[0]}); load it onto the base model it was trained from"
+        )
     if not is_trainable:
         event_embedding.requires_grad_(False)
     return peft_model, event_embedding, vocab
