@@ -101,7 +101,10 @@ class SimulationReport:
     run_id: str | None = None
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(r) for r in self.rows])
+        frame = pd.DataFrame([asdict(r) for r in self.rows])
+        figures = [c for c in frame.columns if c.endswith(("_mae", "_sharpe", "sharpe_delta"))]
+        frame[figures] = frame[figures].astype("float64")  # None (not measured) -> NaN
+        return frame
 
     def criteria(self) -> dict[str, bool]:
         """The phase's success criteria, read off the rows."""
@@ -289,8 +292,9 @@ def log_report(report: SimulationReport, start: str, months: int) -> str:
         mlflow.log_dict({k: bool(v) for k, v in report.criteria().items()}, "simulation/criteria.json")
         fig, ax = plt.subplots(figsize=(10, 4))
         for asset_class, rows in frame[frame["val_mae"].notna()].groupby("asset_class"):
-            ax.plot(rows["month"], rows["val_mae"], marker="o", label=f"{asset_class} candidate")
-            ax.plot(rows["month"], rows["pooled_val_mae"], ls="--", label=f"{asset_class} pooled")
+            months = pd.to_datetime(rows["month"])
+            ax.plot(months, rows["val_mae"], marker="o", label=f"{asset_class} candidate")
+            ax.plot(months, rows["pooled_val_mae"], ls="--", label=f"{asset_class} pooled")
         ax.set_ylabel("val_mae (return MAE)")
         ax.set_title("Monthly retrains: candidate vs pooled, same validation span")
         ax.legend(fontsize=8)
