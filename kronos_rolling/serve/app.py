@@ -144,7 +144,8 @@ def create_app(service: PredictorService) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
-        errors = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "invalid"),
+        errors = [{"field": "body" if e.get("type") == "json_invalid" else _field(e.get("loc", ())),
+                   "message": e.get("msg", "invalid"),
                    **({"input": _short(e["input"])} if "input" in e and not isinstance(e["input"], (dict, list))
                       else {})}
                   for e in exc.errors()]

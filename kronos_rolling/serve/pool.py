@@ -1,17 +1,24 @@
 """One base model in memory, one LoRA adapter + event embedding per served label beside it.
 
 peft keeps several adapters in the same LoRA layers, each under its own name
-(`<label>-v<version>`), and `set_adapter` picks the one a forward uses; the event
+(`<label>-v<version>`), and `set_adapter` picks the one every forward uses; the event
 embeddings are small separate modules. So serving the three asset classes plus the
 pooled adapter costs one base plus four adapters, not four bases.
 
+Which adapter the layers run is shared state, so a gate orders the work (`run`):
+forecasts on the adapter that is active run concurrently, like calls to one model; a
+forecast that needs another adapter (or the bare base) waits until those finish, then
+switches, and while it waits no new forecast joins the old adapter, so every adapter
+gets its turn.
+
 Atomic swaps: the served table (label -> LoadedAdapter) is an immutable mapping that is
-replaced, never edited, and both the swap and every forecast run under one lock. A
-request therefore sees the table either before or after a swap, activates exactly one
-adapter and its own event embedding, and finishes before the old adapter is deleted: no
-request fails, and none mixes two versions. A new version is downloaded, verified and
-its event embedding read outside the lock; only the injection into the LoRA layers (a
-few milliseconds) and the swap hold it.
+replaced, never edited. A swap waits until no forecast runs and holds the gate while it
+injects the new adapter, replaces the table and deletes the old adapter; a forecast picks
+its adapter from the table under the gate, each time it may enter. So a forecast runs
+wholly before or wholly after a swap, with exactly one adapter and that adapter's own
+event embedding: no request fails, and none mixes two versions. Downloading, verifying
+and reading the event embedding happen before, outside the gate; only the injection (a
+few milliseconds) holds it.
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 import torch
 from peft import PeftModel
@@ -37,6 +46,9 @@ from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.model.lora import EVENT_EMBEDDING, EVENT_VOCAB, load_adapter_bundle
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+BARE = "<bare base>"  # the gate's name for "adapters disabled"
 
 
 @dataclass
@@ -62,9 +74,13 @@ class AdapterPool:
     def __init__(self, base: BaseModelRef, device: str = "auto"):
         self.base = base
         self.device = device
-        self.lock = threading.Lock()  # adapter switch + forward, and every change of the table
-        self._load_base()
+        self._gate = threading.Condition()
+        self._running = 0  # forecasts in flight, all on self._active
+        self._active: str | None = None  # adapter name the layers run, BARE, or None (unknown after a swap)
+        self._waiting: OrderedDict[str, int] = OrderedDict()  # forecasts waiting, by adapter, in turn order
+        self._swaps_waiting = 0
         self._table: Mapping[str, LoadedAdapter] = MappingProxyType({})
+        self._load_base()
 
     def _load_base(self) -> None:
         self.kronos, self.tokenizer = self.base.load()
@@ -80,8 +96,96 @@ class AdapterPool:
 
     @property
     def served(self) -> Mapping[str, LoadedAdapter]:
-        """A snapshot of the table (for reports; forecasts read it under the lock)."""
+        """A snapshot of the table (for reports; forecasts pick from it under the gate)."""
         return self._table
+
+    # -- forecasts ---------------------------------------------------------------------------
+
+    def run(self, pick: Callable[[Mapping[str, LoadedAdapter]], LoadedAdapter | None],
+            work: Callable[[LoadedAdapter | None, Forecaster], R], threads: int | None = None) -> R:
+        """Run `work` with the adapter `pick` chooses from the table (None: the bare base).
+
+        `pick` is called under the gate, again each time the forecast may enter, so its
+        choice is always one the table still holds. `threads`: torch CPU threads for the work.
+        """
+        with self._gate:
+            queued = None  # the adapter this forecast waits for, once it waits
+            try:
+                while True:
+                    adapter = pick(self._table)
+                    name = BARE if adapter is None else adapter.adapter_name
+                    if self._may_enter(name, waited=queued == name):
+                        break
+                    if queued != name:
+                        self._unqueue(queued)
+                        self._waiting[name] = self._waiting.get(name, 0) + 1
+                        queued = name
+                    self._gate.wait()
+            finally:
+                self._unqueue(queued)
+            if self._running == 0:
+                self._switch(name)
+                if name in self._waiting:
+                    self._waiting.move_to_end(name)  # its waiters go now; the other adapters' go next
+            self._running += 1
+        try:
+            if threads is not None and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)  # per calling thread with OpenMP: set where the work runs
+            return work(adapter, self.base_forecaster if adapter is None else adapter.forecaster)
+        finally:
+            with self._gate:
+                self._running -= 1
+                if self._running == 0:
+                    self._gate.notify_all()
+
+    def _may_enter(self, name: str, waited: bool) -> bool:
+        """Turns go round the adapters in the order their first forecast started waiting."""
+        if self._swaps_waiting:
+            return False
+        if self._running:
+            # Join the adapter that runs: those who waited for it, or anyone when no other adapter waits.
+            others = any(other != name for other in self._waiting)
+            return self._active == name and (waited or not others)
+        first = next(iter(self._waiting), None)
+        return first is None or first == name
+
+    def _unqueue(self, name: str | None) -> None:
+        if name is None:
+            return
+        self._waiting[name] -= 1
+        if not self._waiting[name]:
+            del self._waiting[name]
+
+    def _switch(self, name: str) -> None:
+        """Make the layers run `name` (gate held, nothing running)."""
+        if self._active == name or self.peft is None:
+            self._active = name
+            return
+        if name == BARE:
+            self.peft.base_model.disable_adapter_layers()
+        else:
+            if self._active in (BARE, None):
+                self.peft.base_model.enable_adapter_layers()
+            self.peft.set_adapter(name)
+        self._active = name
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the gate with no forecast running (for swaps)."""
+        with self._gate:
+            self._swaps_waiting += 1
+            try:
+                while self._running:
+                    self._gate.wait()
+            finally:
+                self._swaps_waiting -= 1
+            try:
+                yield
+            finally:
+                self._active = None  # a swap may change what the layers run: switch again
+                self._gate.notify_all()
+
+    # -- swaps -------------------------------------------------------------------------------
 
     def install(self, label: str, registered_model: str, version: str, alias: str, bundle_dir: Path, *,
                 metadata: dict, digest: str, source: str, tags: dict | None = None) -> LoadedAdapter:
@@ -93,11 +197,11 @@ class AdapterPool:
                              f"{event_embedding.d_model}, the base has d_model {self.kronos.d_model}; "
                              "it was trained on another base")
         try:
-            vocabulary = EventVocabulary.from_dict(_read_json(bundle_dir / EVENT_VOCAB))
+            vocabulary = EventVocabulary.from_dict(json.loads((bundle_dir / EVENT_VOCAB).read_text()))
         except (OSError, ValueError, DataError) as exc:
             raise ModelError(f"{registered_model} v{version}: unreadable event vocabulary ({exc})") from exc
         adapter_name = f"{label}-v{version}"
-        with self.lock:
+        with self._exclusive():
             old = self._table.get(label)
             if old is not None and old.adapter_name == adapter_name:
                 return old
@@ -113,7 +217,7 @@ class AdapterPool:
         return loaded
 
     def remove(self, label: str) -> LoadedAdapter | None:
-        with self.lock:
+        with self._exclusive():
             old = self._table.get(label)
             if old is None:
                 return None
@@ -123,26 +227,12 @@ class AdapterPool:
         return old
 
     def mark_source(self, label: str, source: str) -> None:
-        with self.lock:
-            loaded = self._table.get(label)
-            if loaded is not None:
-                loaded.source = source
-
-    def _delete(self, adapter_name: str) -> None:
-        """Drop an adapter no request can reach any more (lock held)."""
-        others = [name for name in self.peft.peft_config if name != adapter_name]
-        if not others:  # peft cannot run without an adapter: take the LoRA layers out of the base
-            self.kronos = self.peft.unload()
-            self.peft = None
-            self.base_forecaster = Forecaster(self.kronos, self.tokenizer, device=self.device,
-                                              max_context=self.max_context)
-            return
-        if self.peft.active_adapter == adapter_name:
-            self.peft.set_adapter(others[0])  # peft warns when the active adapter is deleted
-        self.peft.delete_adapter(adapter_name)
+        loaded = self._table.get(label)
+        if loaded is not None:
+            loaded.source = source
 
     def _inject(self, adapter_name: str, bundle_dir: Path) -> None:
-        """Add the bundle's LoRA weights under `adapter_name` (lock held)."""
+        """Add the bundle's LoRA weights under `adapter_name` (gate held, nothing running)."""
         if self.peft is None:
             try:
                 self.peft, _, _ = load_adapter_bundle(self.kronos, bundle_dir, adapter_name=adapter_name)
@@ -166,39 +256,15 @@ class AdapterPool:
                                  "it was trained on another base or is damaged") from exc
             raise
 
-    @contextlib.contextmanager
-    def exclusive(self, threads: int | None = None) -> Iterator["Session"]:
-        """Hold the lock for a group of forecasts; `threads`: torch CPU threads to use meanwhile."""
-        with self.lock:
-            if threads is not None and torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-            yield Session(self, self._table)
-
-
-class Session:
-    """The table as one request sees it, and the way to run the chosen adapter (lock held)."""
-
-    def __init__(self, pool: AdapterPool, served: Mapping[str, LoadedAdapter]):
-        self.pool = pool
-        self.served = served
-
-    @contextlib.contextmanager
-    def use(self, adapter: LoadedAdapter | None) -> Iterator[Forecaster]:
-        """Activate `adapter` (None: the bare base) and yield the forecaster that runs it."""
-        pool = self.pool
-        if adapter is None:
-            if pool.peft is None:
-                yield pool.base_forecaster
-            else:
-                with pool.peft.disable_adapter():
-                    yield pool.base_forecaster
+    def _delete(self, adapter_name: str) -> None:
+        """Drop an adapter no forecast can reach any more (gate held, nothing running)."""
+        others = [name for name in self.peft.peft_config if name != adapter_name]
+        if not others:  # peft cannot run without an adapter: take the LoRA layers out of the base
+            self.kronos = self.peft.unload()
+            self.peft = None
+            self.base_forecaster = Forecaster(self.kronos, self.tokenizer, device=self.device,
+                                              max_context=self.max_context)
             return
-        if self.served.get(adapter.label) is not adapter:
-            raise ModelError(f"{adapter.describe()} is no longer served")  # guards misuse; never by a swap
-        if pool.peft.active_adapter != adapter.adapter_name:
-            pool.peft.set_adapter(adapter.adapter_name)
-        yield adapter.forecaster
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+        if self.peft.active_adapter == adapter_name:
+            self.peft.set_adapter(others[0])  # peft warns when the active adapter is deleted
+        self.peft.delete_adapter(adapter_name)

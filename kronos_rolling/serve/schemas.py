@@ -33,7 +33,7 @@ class Options(BaseModel):
     temperature: float = Field(1.0, gt=0, allow_inf_nan=False)
     top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0: off, 1: greedy)")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (when top_k is 0)")
-    seed: int | None = Field(0, description="Seed of the sampling; null: unseeded")
+    seed: int | None = Field(0, ge=0, le=2**63 - 1, description="Seed of the sampling; null: unseeded")
     quantiles: bool = Field(False, description="Add p10/p50/p90 across the sample paths")
 
     def to_options(self) -> ForecastOptions:

@@ -34,8 +34,9 @@ from kronos_rolling.adapters import METADATA_FILE
 from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import DataError, ModelError, RegistryUnavailable
+from kronos_rolling.features import FEATURE_COLUMNS
 from kronos_rolling.locks import device_busy
-from kronos_rolling.model.forecast import ForecastResult, infer_future_timestamps
+from kronos_rolling.model.forecast import ForecastResult, infer_future_timestamps, prepare_series
 from kronos_rolling.registry.names import POOLED, PRODUCTION
 from kronos_rolling.serve.cache import CachedVersion, VersionCache
 from kronos_rolling.serve.pool import AdapterPool, LoadedAdapter
@@ -247,9 +248,12 @@ class PredictorService:
                 self.cache.record_resolved(label, ref.registered_model, ref.version, ref.alias, now)
             return "unchanged"
         prior = self.refused.get(label)
-        if (prior is not None and prior.version == ref.version and not retry_refused
-                and (now - prior.at).total_seconds() < self.settings.refused_retry_s):
-            return f"still refusing {ref.describe()}"
+        if prior is not None and prior.version == ref.version:
+            # A refused version is fetched again after refused_retry_s, or sooner when pushed
+            # (but at most once per poll interval, so a burst of pushes cannot loop downloads).
+            wait = self.settings.poll_interval_s if retry_refused else self.settings.refused_retry_s
+            if (now - prior.at).total_seconds() < wait:
+                return f"still refusing {ref.describe()}"
         try:
             cached = self._obtain(ref)
             installed = self._install(label, ref.registered_model, ref.version, ref.alias, cached, "registry",
@@ -338,35 +342,30 @@ class PredictorService:
         return self.settings.guard_ratio if self.settings.inference_guard else None
 
     def forecast(self, series: list[SeriesInput], options: ForecastOptions) -> list[Answer]:
-        """Answer every series with the model its symbol's class is served by (same lock, same table)."""
+        """Answer every series with the model that serves its symbol's class (one model per class)."""
         if not series:
             raise DataError("no series to forecast: send at least one symbol with its bars")
         self.limits.check_options(options.pred_len, options.samples)
         self.limits.check_batch(len(series))
         for item in series:
             self.limits.check_bars(item.symbol, len(item.bars))
+            prepare_series(item.bars, options.pred_len, label=item.symbol)  # bad bars: a message naming the symbol
         classes = [asset_class_of(item.symbol, self.overrides) for item in series]
         threads = self.settings.busy_threads if self.device_busy else self.default_threads
         unavailable = self.unavailable()
-        with self.pool.exclusive(threads) as session:
-            available = self.candidates(session.served)
-            choices = [choose(c, available, guard_ratio=self.guard_ratio(), unavailable=unavailable) for c in classes]
-            groups: dict[str, list[int]] = {}
-            for index, choice in enumerate(choices):
-                groups.setdefault(choice.label, []).append(index)
-            answered: list[tuple[ForecastResult, LoadedAdapter | None]] = [None] * len(series)  # type: ignore
-            for label, indices in groups.items():
-                adapter = None if label == BASE else session.served[label]
-                with session.use(adapter) as forecaster:
-                    events = [self._event_ids(series[i], classes[i], options.pred_len, adapter) for i in indices]
-                    results = forecaster.forecast(
-                        [series[i].bars for i in indices], options.pred_len, temperature=options.temperature,
-                        top_k=options.top_k, top_p=options.top_p, samples=options.samples, seed=options.seed,
-                        quantiles=options.quantiles,
-                        event_ids=events if any(e is not None for e in events) else None,
-                    )
-                for i, result in zip(indices, results):
-                    answered[i] = (result, adapter)
+        groups: dict[str, list[int]] = {}
+        for index, asset_class in enumerate(classes):
+            groups.setdefault(asset_class, []).append(index)
+        choices: list[Choice] = [None] * len(series)  # type: ignore[list-item]
+        answered: list[tuple[ForecastResult, LoadedAdapter | None]] = [None] * len(series)  # type: ignore
+        for asset_class, indices in groups.items():
+            choice, adapter, results = self._forecast_class(asset_class, [series[i] for i in indices], options,
+                                                            threads, unavailable)
+            for i, result in zip(indices, results):
+                if not np.isfinite(result.mean[FEATURE_COLUMNS].to_numpy()).all():
+                    raise DataError(f"{series[i].symbol}: the forecast is not finite; the bars' values are "
+                                    "too large or too spread to normalise (check the units)")
+                choices[i], answered[i] = choice, (result, adapter)
         stale = registry_freshness(self.last_success, self.last_failure, _now(), self.settings.poll_interval_s)
         answers = []
         for item, choice, (result, adapter) in zip(series, choices, answered):
@@ -375,6 +374,26 @@ class PredictorService:
                 warnings.append(f"registry stale: {stale.reason}; answered with the versions loaded")
             answers.append(Answer(item.symbol, _model_info(choice, adapter), warnings, result))
         return answers
+
+    def _forecast_class(self, asset_class: str, items: list[SeriesInput], options: ForecastOptions,
+                        threads: int, unavailable: dict[str, str]):
+        """(choice, adapter, results): series of one class, forecast by whoever serves the class as they run."""
+        chosen: list[Choice] = []
+
+        def pick(served):  # called by the pool under its gate, against the table as it is then
+            chosen[:] = [choose(asset_class, self.candidates(served), guard_ratio=self.guard_ratio(),
+                                unavailable=unavailable)]
+            return None if chosen[0].label == BASE else served[chosen[0].label]
+
+        def work(adapter, forecaster):
+            events = [self._event_ids(item, asset_class, options.pred_len, adapter) for item in items]
+            return adapter, forecaster.forecast(
+                [item.bars for item in items], options.pred_len, temperature=options.temperature,
+                top_k=options.top_k, top_p=options.top_p, samples=options.samples, seed=options.seed,
+                quantiles=options.quantiles, event_ids=events if any(e is not None for e in events) else None)
+
+        adapter, results = self.pool.run(pick, work, threads)
+        return chosen[0], adapter, results
 
     def _event_ids(self, item: SeriesInput, asset_class: str, pred_len: int,
                    adapter: LoadedAdapter | None) -> np.ndarray | None:
