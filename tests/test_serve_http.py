@@ -13,6 +13,7 @@ import io
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -324,10 +325,14 @@ def test_inference_keeps_working_while_a_training_job_holds_the_device(service, 
     monkeypatch.setenv("KRONOS_LOCK_DIR", str(home / "locks"))  # the service's lock folder
     with training_lock(wait=False, job="serve-test-training"):
         wait_for(lambda: device()["training_busy"], 10, "the service to see the training job")
-        assert device()["inference_threads"] == 1
+        assert device()["inference_threads"] == 1 and device()["inference_nice"] >= 10
         response = ask(service, "BTCUSD")
         assert response.status_code == 200
         np.testing.assert_allclose(closes(response.json()), want, rtol=1e-5)
+        # The thread that answered yields the CPU to the trainer (Linux niceness, field 19 of stat).
+        tasks = Path(f"/proc/{service.process.pid}/task")
+        nices = [int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in tasks.glob("*/stat")]
+        assert max(nices) >= 10, nices
     wait_for(lambda: not device()["training_busy"], 10, "the service to see the device free")
 
 

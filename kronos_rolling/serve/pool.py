@@ -35,7 +35,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
-import torch
 from peft import PeftModel
 
 from kronos_rolling.base import BaseModelRef
@@ -102,11 +101,11 @@ class AdapterPool:
     # -- forecasts ---------------------------------------------------------------------------
 
     def run(self, pick: Callable[[Mapping[str, LoadedAdapter]], LoadedAdapter | None],
-            work: Callable[[LoadedAdapter | None, Forecaster], R], threads: int | None = None) -> R:
+            work: Callable[[LoadedAdapter | None, Forecaster], R]) -> R:
         """Run `work` with the adapter `pick` chooses from the table (None: the bare base).
 
         `pick` is called under the gate, again each time the forecast may enter, so its
-        choice is always one the table still holds. `threads`: torch CPU threads for the work.
+        choice is always one the table still holds.
         """
         with self._gate:
             queued = None  # the adapter this forecast waits for, once it waits
@@ -129,8 +128,6 @@ class AdapterPool:
                     self._waiting.move_to_end(name)  # its waiters go now; the other adapters' go next
             self._running += 1
         try:
-            if threads is not None and torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)  # per calling thread with OpenMP: set where the work runs
             return work(adapter, self.base_forecaster if adapter is None else adapter.forecaster)
         finally:
             with self._gate:

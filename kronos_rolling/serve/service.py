@@ -6,7 +6,8 @@ local cache of the last resolved versions), then starts a background thread that
 - polls the registry every `poll_interval_s` (or at once after `trigger_refresh()`, which
   the webhook endpoint calls) and swaps in any version an alias moved to;
 - checks every `busy_check_s` whether a training job holds the device (the training
-  lock) and, while it does, runs inference on `busy_threads` CPU threads.
+  lock) and, while it does, runs inference on `busy_threads` CPU threads at `busy_nice`
+  lower priority, so the fine-tune keeps most of a shared CPU and inference keeps answering.
 
 A version that fails verification, names another base, or cannot be loaded is refused:
 the previous version keeps serving and `/health` says why. The registry being down only
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import tempfile
 import threading
 import time
@@ -110,6 +113,27 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def share_cpu_with_training(threads: int, nice: int) -> None:
+    """Set this thread's torch CPU threads and, on Linux, its scheduling niceness.
+
+    While a training job holds the device the service passes fewer threads and a positive
+    nice value, so on a shared CPU the scheduler prefers the trainer and inference runs on
+    what is left. Both are per thread (OpenMP keeps the thread count per calling thread;
+    Linux nices threads by id). Lowering a nice value needs privileges: without them a
+    thread stays nice after training ends, which costs nothing once the CPU is free.
+    """
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
+        return
+    thread_id = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, thread_id) != nice:
+            os.setpriority(os.PRIO_PROCESS, thread_id, nice)
+    except (PermissionError, OSError):
+        pass
+
+
 class PredictorService:
     def __init__(self, settings: ServeSettings, *, watch: bool = True):
         self.settings = settings
@@ -123,6 +147,7 @@ class PredictorService:
         self.limits = settings.limits
         self.pool: AdapterPool | None = None
         self.default_threads = torch.get_num_threads()
+        self.default_nice = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0
         self.device_busy = False
         self.started_at: datetime | None = None
         # Registry following; written by refresh (one at a time), read by reports.
@@ -193,6 +218,9 @@ class PredictorService:
     def _clear_refusal(self, label: str) -> None:
         if label in self.refused:
             self.refused = {k: v for k, v in self.refused.items() if k != label}
+
+    def inference_nice(self) -> int:
+        return min(19, self.default_nice + self.settings.busy_nice) if self.device_busy else self.default_nice
 
     def check_device(self) -> bool:
         busy = device_busy()
@@ -386,13 +414,14 @@ class PredictorService:
             return None if chosen[0].label == BASE else served[chosen[0].label]
 
         def work(adapter, forecaster):
+            share_cpu_with_training(threads, self.inference_nice())
             events = [self._event_ids(item, asset_class, options.pred_len, adapter) for item in items]
             return adapter, forecaster.forecast(
                 [item.bars for item in items], options.pred_len, temperature=options.temperature,
                 top_k=options.top_k, top_p=options.top_p, samples=options.samples, seed=options.seed,
                 quantiles=options.quantiles, event_ids=events if any(e is not None for e in events) else None)
 
-        adapter, results = self.pool.run(pick, work, threads)
+        adapter, results = self.pool.run(pick, work)
         return chosen[0], adapter, results
 
     def _event_ids(self, item: SeriesInput, asset_class: str, pred_len: int,
@@ -464,7 +493,8 @@ class PredictorService:
             "refused": [{"label": label, "registered_model": r.registered_model, "version": r.version,
                          "reason": r.reason, "at": _iso(r.at)} for label, r in sorted(self.refused.items())],
             "device": {"type": str(self.pool.base_forecaster.device), "training_busy": self.device_busy,
-                       "inference_threads": self.settings.busy_threads if self.device_busy else self.default_threads},
+                       "inference_threads": self.settings.busy_threads if self.device_busy else self.default_threads,
+                       "inference_nice": self.inference_nice()},
             "warnings": warnings,
         }
 

@@ -77,6 +77,7 @@ class ServeSettings:
     inference_guard: bool = False  # serve pooled when a class's val_mae is > guard_ratio x pooled's
     guard_ratio: float = 1.10
     busy_threads: int = 1  # CPU threads for inference while a training job holds the device
+    busy_nice: int = 10  # niceness of inference threads meanwhile (Linux; 0: same priority as training)
     busy_check_s: float = 2.0
     registry_timeout_s: float = 10.0  # one registry request, before it counts as unreachable
     webhook_tolerance_s: float = 300.0  # accepted age of a signed webhook delivery
@@ -96,6 +97,8 @@ class ServeSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value!r} must be a number > 0 (KRONOS_SERVE_{name.upper()})")
+        if not 0 <= self.busy_nice <= 19:
+            raise ConfigError(f"busy_nice must be between 0 and 19 (KRONOS_SERVE_BUSY_NICE), got {self.busy_nice}")
         for name in ("busy_threads", "cache_keep"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 (KRONOS_SERVE_{name.upper()})")
