@@ -102,6 +102,7 @@ def service_env(registry, tiny_base, data_dir, home, **extra) -> dict[str, str]:
             "MLFLOW_TRACKING_URI": server.url, "KRONOS_DATA_DIR": str(data_dir), "KRONOS_API_TOKEN": TOKEN,
             "KRONOS_WEBHOOK_SECRET": SECRET, "KRONOS_SERVE_POLL_INTERVAL_S": "1", "KRONOS_SERVE_BUSY_CHECK_S": "0.3",
             "KRONOS_SERVE_MAX_BODY_BYTES": "200000", "KRONOS_SERVE_MAX_PRED_LEN": "32", "OMP_NUM_THREADS": "1",
+            "KRONOS_SERVE_INFERENCE_THREADS": "2",
             **extra}
 
 
@@ -321,7 +322,7 @@ def test_inference_keeps_working_while_a_training_job_holds_the_device(service, 
     def device() -> dict:
         return requests.get(service.url + "/health", timeout=10).json()["device"]
 
-    assert device()["training_busy"] is False
+    assert device()["training_busy"] is False and device()["inference_threads"] == 2
     monkeypatch.setenv("KRONOS_LOCK_DIR", str(home / "locks"))  # the service's lock folder
     with training_lock(wait=False, job="serve-test-training"):
         wait_for(lambda: device()["training_busy"], 10, "the service to see the training job")
@@ -334,6 +335,7 @@ def test_inference_keeps_working_while_a_training_job_holds_the_device(service, 
         nices = [int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in tasks.glob("*/stat")]
         assert max(nices) >= 10, nices
     wait_for(lambda: not device()["training_busy"], 10, "the service to see the device free")
+    assert device()["inference_threads"] == 2
 
 
 def test_a_corrupt_download_is_refused_and_the_previous_version_kept(service, registry, tiny_base, data_dir):

@@ -171,6 +171,37 @@ def test_forecasts_on_one_adapter_overlap_and_a_switch_waits_for_them(tiny_base,
         "crypto-v1", "crypto-v1", "pooled-v1", "crypto-v1", None]
 
 
+def test_forecasts_queued_behind_a_swap_of_their_own_adapter_go_on_with_the_new_version(tiny_base, bundles):
+    """Waiters queued for v1 find v2 after the swap: their stale places must not block them."""
+    pool = AdapterPool(BaseModelRef.resolve(str(tiny_base)), "cpu")
+    install(pool, "crypto", "1", bundles[1])
+    release, started, versions = threading.Event(), threading.Event(), []
+
+    def slow(adapter, forecaster):
+        started.set()
+        release.wait(10)
+        return adapter.version
+
+    first = threading.Thread(target=lambda: versions.append(pool.run(lambda served: served["crypto"], slow)))
+    first.start()
+    assert started.wait(10)
+    swap = threading.Thread(target=install, args=(pool, "crypto", "2", bundles[2]))
+    swap.start()
+    while not pool._swaps_waiting:
+        time.sleep(0.01)
+    waiters = [threading.Thread(target=lambda: versions.append(forecast(pool, "crypto")[0])) for _ in range(2)]
+    for thread in waiters:
+        thread.start()
+    while pool._waiting.get("crypto-v1", 0) < 2:  # both queued for the adapter the swap replaces
+        time.sleep(0.01)
+    release.set()
+    for thread in (first, swap, *waiters):
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "a forecast or the swap is stuck at the gate"
+    assert sorted(versions) == ["1", "2", "2"]
+    assert not pool._waiting and pool._running == 0
+
+
 def test_swaps_during_concurrent_forecasts_never_fail_or_mix_versions(tiny_base, bundles, data_dir):
     pool = AdapterPool(BaseModelRef.resolve(str(tiny_base)), "cpu")
     install(pool, "crypto", "1", bundles[1])

@@ -113,10 +113,14 @@ class AdapterPool:
                 while True:
                     adapter = pick(self._table)
                     name = BARE if adapter is None else adapter.adapter_name
+                    if queued != name:
+                        # A swap changed this forecast's adapter: leave the old adapter's queue
+                        # first, or its stale place there could block everyone behind it.
+                        self._unqueue(queued)
+                        queued = None
                     if self._may_enter(name, waited=queued == name):
                         break
-                    if queued != name:
-                        self._unqueue(queued)
+                    if queued is None:
                         self._waiting[name] = self._waiting.get(name, 0) + 1
                         queued = name
                     self._gate.wait()
@@ -152,6 +156,7 @@ class AdapterPool:
         self._waiting[name] -= 1
         if not self._waiting[name]:
             del self._waiting[name]
+            self._gate.notify_all()  # the turn order changed: another adapter's waiters may go now
 
     def _switch(self, name: str) -> None:
         """Make the layers run `name` (gate held, nothing running)."""

@@ -146,7 +146,7 @@ class PredictorService:
         self.calendar = store.events()
         self.limits = settings.limits
         self.pool: AdapterPool | None = None
-        self.default_threads = torch.get_num_threads()
+        self.default_threads = settings.inference_threads or torch.get_num_threads()
         self.default_nice = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0
         self.device_busy = False
         self.started_at: datetime | None = None

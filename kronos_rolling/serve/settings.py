@@ -76,6 +76,11 @@ class ServeSettings:
     poll_interval_s: float = 30.0
     inference_guard: bool = False  # serve pooled when a class's val_mae is > guard_ratio x pooled's
     guard_ratio: float = 1.10
+    # CPU threads per forecast (0: torch's default, one per core). One: a decode step is ~100
+    # tiny operations, and with more threads each ends in a barrier whose spin-waiting
+    # threads stall for whole time slices when other processes share the cores (5-10x
+    # slower); concurrent requests on one adapter still run side by side.
+    inference_threads: int = 1
     busy_threads: int = 1  # CPU threads for inference while a training job holds the device
     busy_nice: int = 10  # niceness of inference threads meanwhile (Linux; 0: same priority as training)
     busy_check_s: float = 2.0
@@ -99,6 +104,8 @@ class ServeSettings:
                 raise ConfigError(f"{name}={value!r} must be a number > 0 (KRONOS_SERVE_{name.upper()})")
         if not 0 <= self.busy_nice <= 19:
             raise ConfigError(f"busy_nice must be between 0 and 19 (KRONOS_SERVE_BUSY_NICE), got {self.busy_nice}")
+        if self.inference_threads < 0:
+            raise ConfigError("inference_threads must be >= 0 (0: one per core) (KRONOS_SERVE_INFERENCE_THREADS)")
         for name in ("busy_threads", "cache_keep"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 (KRONOS_SERVE_{name.upper()})")
