@@ -52,6 +52,8 @@ def jobs(server, home, tiny_base):
     """The pooled adapter (as of 2018-01-01), then crypto's first monthly retrain."""
     mp = pytest.MonkeyPatch()
     mp.setenv("KRONOS_HOME", str(home))
+    # These runs last seconds; MLflow samples system metrics every 10 s by default.
+    mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     mlflow.set_tracking_uri(server.url)
     client = MlflowClient(server.url)
     try:
@@ -223,7 +225,9 @@ def test_mlflow_models_serve_answers_with_the_production_version(jobs, env, tmp_
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/kronos-lora-crypto@{alias}",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": env.tracking_uri}, start_new_session=True,
+        # mlflow execs `uvicorn` by name: the interpreter's scripts folder must be on PATH.
+        env={**os.environ, "MLFLOW_TRACKING_URI": env.tracking_uri,
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}, start_new_session=True,
         stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
@@ -245,7 +249,8 @@ def test_mlflow_models_serve_answers_with_the_production_version(jobs, env, tmp_
         assert len(rows) == 3 and all(np.isfinite(r["close"]) for r in rows)
         assert rows[0]["timestamp"].startswith("2019-10-17T10:00")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 

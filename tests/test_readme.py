@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def as_script(commands: list[str], serve_port: int) -> str:
         command = command.replace("8080", str(serve_port))
         lines.append(f"echo '+ {command}'")
         if BACKGROUND in command:
-            lines.append(f"{command.split('#')[0].strip()} > background.log 2>&1 &")
+            lines.append(f"{command.split('#')[0].strip()} > \"$BACKGROUND_LOG\" 2>&1 &")
             lines.append("background+=($!)")
             port = re.search(r"--port (\d+)", command).group(1)
             lines.append(f"for i in $(seq 600); do curl -sf http://127.0.0.1:{port}/health >/dev/null && break; "
@@ -78,13 +79,22 @@ def test_a_newcomer_runs_every_readme_command(tmp_path):
     tracking_port, serve_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KRONOS_", "PYTEST_"))}
     env.update(KRONOS_HOME=str(tmp_path / "home"), KRONOS_MLFLOW_PORT=str(tracking_port),
+               BACKGROUND_LOG=str(tmp_path / "background.log"),
                MLFLOW_TRACKING_URI=f"http://127.0.0.1:{tracking_port}", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     script = tmp_path / "newcomer.sh"
     script.write_text(as_script(commands, serve_port))
-    done = subprocess.run(["bash", str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-6000:]
+    shell = subprocess.Popen(["bash", str(script)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = shell.communicate(timeout=1500)
+    except subprocess.TimeoutExpired:
+        # The script's own cleanup never ran: stop it, its children and the demo's server here.
+        os.killpg(shell.pid, signal.SIGKILL)
+        subprocess.run(["kronos-rolling", "demo", "--stop-server"], env=env, cwd=REPO, timeout=120)
+        out, _ = shell.communicate()
+        pytest.fail("the README commands did not finish in 25 minutes:\n" + out[-6000:])
+    assert shell.returncode == 0, out[-6000:]
     assert "[6/6] where to look" in out and "answered by" in out
     assert "kronos-lora-crypto@production: v" in out and "-> v2" in out, "the operator's promote"
     assert "-> v1 (" in out, "the rollback"
@@ -97,5 +107,5 @@ def test_a_newcomer_runs_every_readme_command(tmp_path):
 @pytest.mark.parametrize("line", ["kronos-rolling serve --port 8080          # runs until Ctrl-C; API docs"])
 def test_background_commands_wait_for_their_port(line):
     script = as_script([line], 9999)
-    assert "kronos-rolling serve --port 9999 > background.log 2>&1 &" in script
+    assert 'kronos-rolling serve --port 9999 > "$BACKGROUND_LOG" 2>&1 &' in script
     assert "http://127.0.0.1:9999/health" in script
