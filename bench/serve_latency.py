@@ -181,7 +181,8 @@ def main() -> None:
     parser.add_argument("--lookback", type=int, default=256)
     parser.add_argument("--pred-len", type=int, default=16)
     parser.add_argument("--requests", type=int, default=32, help="requests per mode and concurrency")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per forecast, both modes")
+    parser.add_argument("--train-threads", type=int, default=2)
     parser.add_argument("--flips", type=int, default=3, help="promotion+rollback pairs per flip mode")
     parser.add_argument("--train-seconds", type=float, default=40.0)
     parser.add_argument("--memory-probe", nargs="*", help=argparse.SUPPRESS)
@@ -206,7 +207,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    print(f"size {args.size}, lookback {args.lookback}, pred_len {args.pred_len}, {args.threads} torch threads, "
+    print(f"size {args.size}, lookback {args.lookback}, pred_len {args.pred_len}, {args.threads} CPU thread(s) per "
+          f"forecast, trainer {args.train_threads}, "
           f"work folder {work}, load {load()}", flush=True)
     config = ServerConfig.embedded(work / "mlflow", port=free_port())
     config.env.update({"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
@@ -228,7 +230,7 @@ def main() -> None:
         env = {**os.environ, "KRONOS_HOME": str(work / "home"), "KRONOS_LOCK_DIR": str(work / "locks"),
                "KRONOS_BASE_MODEL": str(base), "MLFLOW_TRACKING_URI": server.url,
                "KRONOS_DATA_DIR": str(work / "data"), "KRONOS_SERVE_POLL_INTERVAL_S": "1",
-               "KRONOS_SERVE_BUSY_CHECK_S": "0.5", "OMP_NUM_THREADS": str(args.threads),
+               "KRONOS_SERVE_BUSY_CHECK_S": "0.5", "KRONOS_SERVE_INFERENCE_THREADS": str(args.threads),
                "KRONOS_SERVE_MAX_BARS": str(max(args.lookback, 512)), "KRONOS_WEBHOOK_SECRET": "bench-secret"}
 
         # -- memory: 1 adapter vs 4, each in a fresh process --------------------------------
@@ -264,6 +266,8 @@ def main() -> None:
             return response.json()
 
         def in_process(index):
+            if torch.get_num_threads() != args.threads:
+                torch.set_num_threads(args.threads)  # per thread, as the service sets it
             return direct.forecast(frames[index], args.pred_len, temperature=1.0, top_k=0, top_p=0.9,
                                    seed=bodies[index]["seed"])
 
@@ -341,23 +345,24 @@ def main() -> None:
         # -- a training job on the same CPU ----------------------------------------------------
         print(f"\ninference while a training job holds the device (c=1, ms), load {load()}", flush=True)
         idle, _, _ = measure(http, range(8), 1)
-        alone = run_probe(["--train-probe", str(base), str(args.train_seconds), str(args.threads)], env)
+        alone = run_probe(["--train-probe", str(base), str(args.train_seconds), str(args.train_threads)], env)
         trainer = subprocess.Popen([sys.executable, __file__, "--train-probe", str(base), str(args.train_seconds),
-                                    str(args.threads)], env=env, stdout=subprocess.PIPE, text=True, cwd=REPO)
+                                    str(args.train_threads)], env=env, stdout=subprocess.PIPE, text=True, cwd=REPO)
         assert trainer.stdout.readline().strip() == "locked"
         deadline = time.monotonic() + 10
         while not requests.get(service.url + "/health", timeout=10).json()["device"]["training_busy"]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the service did not see the training lock")
             time.sleep(0.1)
-        threads = requests.get(service.url + "/health", timeout=10).json()["device"]["inference_threads"]
+        device = requests.get(service.url + "/health", timeout=10).json()["device"]
         busy = []
         while trainer.poll() is None:
             latencies, _, _ = measure(http, range(4), 1)
             busy.extend(latencies)
         shared = json.loads(trainer.stdout.read().strip().splitlines()[-1])
         print(f"  p50 idle {percentile(idle, 50):.1f}, p50 while training {percentile(busy, 50):.1f} "
-              f"({len(busy)} requests, all answered; inference threads while busy: {threads})")
+              f"({len(busy)} requests, all answered; while busy: {device['inference_threads']} inference "
+              f"thread(s) at nice {device['inference_nice']})")
         print(f"  training steps/s alone {alone['steps_per_s']:.2f}, with requests {shared['steps_per_s']:.2f}")
     finally:
         if service is not None:
