@@ -121,6 +121,20 @@ def test_forecaster_greedy_is_deterministic_and_matches_generate(tiny):
     assert (given.mean["timestamp"].to_numpy() == future.to_numpy()).all()
 
 
+def test_a_csv_path_forecasts_like_its_dataframe(tiny, tmp_path):
+    model, tokenizer = tiny
+    bars = make_bars(50, seed=4)
+    bars.to_csv(tmp_path / "bars.csv", index=False)
+    forecaster = Forecaster(model, tokenizer, device="cpu")
+    want = forecaster.forecast(bars, 4, top_k=1).mean
+    got = forecaster.forecast(tmp_path / "bars.csv", 4, top_k=1).mean
+    np.testing.assert_allclose(got[FEATURE_COLUMNS].to_numpy(), want[FEATURE_COLUMNS].to_numpy(), rtol=1e-6)
+    [listed] = forecaster.forecast([str(tmp_path / "bars.csv")], 4, top_k=1)
+    np.testing.assert_allclose(listed.mean["close"].to_numpy(), want["close"].to_numpy(), rtol=1e-6)
+    with pytest.raises(DataError, match="missing.csv: no such CSV file"):
+        forecaster.forecast(tmp_path / "missing.csv", 4)
+
+
 def test_batch_of_different_lengths_matches_single_forecasts(tiny):
     model, tokenizer = tiny
     series = [make_bars(25, seed=4), make_bars(44, seed=5), make_bars(50, seed=6)]

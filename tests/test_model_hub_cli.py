@@ -104,6 +104,36 @@ def test_loading_errors_are_clear(tiny_dir, tmp_path, monkeypatch):
     assert "NeoQuasar/Kronos-small" in message and "offline" in message and "--local-dir" in message
 
 
+def test_a_hub_id_downloads_both_files_at_the_asked_revision(tiny_dir, monkeypatch):
+    """The hub itself cannot be reached here: a stand-in download hands out a local folder's files."""
+    import huggingface_hub
+
+    asked = []
+
+    def fake_download(repo_id, filename, revision=None, **_):
+        asked.append((repo_id, filename, revision))
+        return str(tiny_dir / "predictor" / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    model = Kronos.from_pretrained("NeoQuasar/Kronos-small", revision="abc123")
+    assert asked == [("NeoQuasar/Kronos-small", "config.json", "abc123"),
+                     ("NeoQuasar/Kronos-small", "model.safetensors", "abc123")]
+    want = Kronos.from_pretrained(tiny_dir / "predictor").state_dict()
+    assert all(torch.equal(value, want[key]) for key, value in model.state_dict().items())
+
+
+def test_the_default_context_follows_the_architecture_not_training_settings():
+    from dataclasses import replace
+
+    from kronos_rolling.model.config import default_max_context
+
+    mini = MODEL_SIZES["mini"].predictor
+    assert default_max_context(mini) == 2048
+    assert default_max_context(replace(mini, ffn_dropout_p=0.0, resid_dropout_p=0.1)) == 2048
+    assert default_max_context(MODEL_SIZES["base"].predictor) == 512
+    assert default_max_context(replace(mini, n_layers=5)) == 512  # an unknown architecture: the safe default
+
+
 def run_forecast(tiny_dir, csv, out, *extra):
     return CliRunner().invoke(main, [
         "forecast", "--model", str(tiny_dir / "predictor"), "--tokenizer", str(tiny_dir / "tokenizer"),

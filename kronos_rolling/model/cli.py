@@ -80,18 +80,11 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
 def forecast(model_source, tokenizer_source, csv_path, pred_len, top_k, top_p, temperature, samples, seed,
              max_context, lookback, device, precision, quantiles, revision, out_path):
     """Forecast the next bars of a CSV of candles."""
-    import pandas as pd
-
-    from kronos_rolling.model.forecast import Forecaster
+    from kronos_rolling.model.forecast import Forecaster, read_bars_csv
     from kronos_rolling.model.kronos import Kronos
     from kronos_rolling.model.tokenizer import KronosTokenizer
 
-    if not csv_path.is_file():
-        raise DataError(f"--csv {csv_path} does not exist")
-    try:
-        bars = pd.read_csv(csv_path)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read {csv_path} as CSV: {exc}") from exc
+    bars = read_bars_csv(csv_path)
     predictor = Kronos.from_pretrained(model_source, revision=revision)
     tokenizer = KronosTokenizer.from_pretrained(tokenizer_source, revision=revision)
     forecaster = Forecaster(predictor, tokenizer, device=device, max_context=max_context, precision=precision)

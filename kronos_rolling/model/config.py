@@ -184,8 +184,14 @@ DEFAULT_MAX_CONTEXT = 512
 
 
 def default_max_context(predictor: KronosConfig) -> int:
-    """The context a predictor was trained with: that of the released size it matches, else 512."""
+    """The context a predictor was trained with: that of the released size whose architecture
+    it has (training-only settings such as dropout are ignored), else 512."""
     for size in MODEL_SIZES.values():
-        if size.predictor == predictor:
+        if _architecture(size.predictor) == _architecture(predictor):
             return size.max_context
     return DEFAULT_MAX_CONTEXT
+
+
+def _architecture(predictor: KronosConfig) -> tuple:
+    return (predictor.s1_bits, predictor.s2_bits, predictor.n_layers, predictor.d_model, predictor.n_heads,
+            predictor.ff_dim)

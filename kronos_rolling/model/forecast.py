@@ -20,7 +20,9 @@ each row computes what it would compute alone.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -334,6 +336,17 @@ def _check_timestamps(stamps: pd.Series, label: str, what: str) -> None:
         )
 
 
+def read_bars_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV of bars (timestamp, open, high, low, close[, volume, amount]) as a DataFrame."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such CSV file of bars")
+    try:
+        return pd.read_csv(path)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read {path} as CSV: {exc}") from exc
+
+
 def prepare_series(bars: pd.DataFrame, pred_len: int, *, lookback: int | None = None,
                    future_timestamps=None, event_ids=None, label: str = "bars") -> PreparedSeries:
     """Validate one DataFrame of bars and turn it into model inputs (pure: no model needed)."""
@@ -453,15 +466,17 @@ class Forecaster:
                  quantiles: bool = False, return_paths: bool = False, lookback: int | None = None):
         """Forecast `pred_len` bars after each series.
 
-        bars: a DataFrame (-> ForecastResult) or a list of DataFrames of any lengths
-        (-> list of ForecastResult). future_timestamps / event_ids: per series (a list
+        bars: a DataFrame or the path of a CSV of bars (-> ForecastResult), or a list of
+        them of any lengths (-> list of ForecastResult). future_timestamps / event_ids: per series (a list
         for a list of series); future timestamps default to the bars' usual spacing,
         event ids cover the bars plus the horizon. lookback: use only the last N bars
         (default: all). top_k=1 is greedy and deterministic; seed makes sampling
         reproducible.
         """
+        if isinstance(bars, (str, os.PathLike)):
+            bars = read_bars_csv(bars)
         single = isinstance(bars, pd.DataFrame)
-        series = [bars] if single else list(bars)
+        series = [bars] if single else [read_bars_csv(b) if isinstance(b, (str, os.PathLike)) else b for b in bars]
         if not series:
             raise DataError("no series to forecast: pass a DataFrame or a non-empty list of DataFrames")
         futures = [future_timestamps] if single else (future_timestamps or [None] * len(series))
