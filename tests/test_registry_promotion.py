@@ -117,9 +117,10 @@ def test_rollback_walks_back_through_promotions(clean_registry, cli):
     assert nowhere.exit_code == RegistryError.exit_code
     assert "no @previous_production" in nowhere.output and "--to-version" in nowhere.output
 
-    explicit = cli("rollback", "--asset-class", "crypto", "--to-version", v3, "--reason", "fixed")
+    explicit = cli("rollback", "--asset-class", "crypto", "--to-version", v3)  # the command, as written
     assert explicit.exit_code == 0, explicit.output
     assert alias_state(client, CRYPTO).production == v3
+    assert history.read_history(client, CRYPTO)[-1].reason == "rolled back by an operator"
 
     shown = cli("history", "--asset-class", "crypto")
     assert shown.exit_code == 0
@@ -129,7 +130,7 @@ def test_rollback_walks_back_through_promotions(clean_registry, cli):
     assert actions == ["promote", "promote", "promote", "rollback", "rollback", "rollback"]
     assert "v3 spikes on weekends" in shown.output
     as_json = cli("history", "--asset-class", "crypto", "--json", "--limit", "1")
-    assert as_json.exit_code == 0 and '"reason": "fixed"' in as_json.output
+    assert as_json.exit_code == 0 and '"reason": "rolled back by an operator"' in as_json.output
     assert len(as_json.output.strip().splitlines()) == 1
 
 

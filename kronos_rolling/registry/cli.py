@@ -79,7 +79,8 @@ def history(asset_class: str, limit: int | None, as_json: bool, tracking_uri: st
 @click.command()
 @_asset_class_option
 @click.option("--version", "version", type=click.IntRange(min=1), required=True, help="Version to serve.")
-@click.option("--reason", required=True, help="Why; recorded in the audit trail.")
+@click.option("--reason", default="promoted by an operator", show_default=True,
+              help="Why; recorded in the audit trail (with who and when).")
 @_tracking_uri_option
 @_registry_errors
 def promote(asset_class: str, version: int, reason: str, tracking_uri: str | None) -> None:
@@ -101,7 +102,8 @@ def promote(asset_class: str, version: int, reason: str, tracking_uri: str | Non
 @_asset_class_option
 @click.option("--to-version", type=click.IntRange(min=1), default=None,
               help="Version to serve (default: @previous_production).")
-@click.option("--reason", required=True, help="Why; recorded in the audit trail.")
+@click.option("--reason", default="rolled back by an operator", show_default=True,
+              help="Why; recorded in the audit trail (with who and when).")
 @_tracking_uri_option
 @_registry_errors
 def rollback(asset_class: str, to_version: int | None, reason: str,
