@@ -307,7 +307,7 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir
         frame = report.frame()
         shown = frame[["month", "asset_class", "outcome", "version", "val_mae", "production_val_mae",
                        "pooled_val_mae", "base_val_mae", "persistence_val_mae", "val_sharpe", "alerts", "cadence",
-                       "versions_kept"]]
+                       "versions_kept", "reason"]]
         click.echo(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.5f}"))
         for criterion, met in report.criteria().items():
             click.echo(f"[{'x' if met else ' '}] {criterion}")

@@ -101,6 +101,19 @@ def month(option: str) -> Converter:
     return convert
 
 
+def months_or_none(option: str) -> Converter:
+    """Comma-separated months YYYY-MM; empty: none."""
+    def convert(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        for name in names:
+            try:
+                datetime.strptime(name, "%Y-%m")
+            except ValueError:
+                raise ValueError(f"{name} is not a month; use a comma-separated list of YYYY-MM, or empty") from None
+        return [token for name in names for token in (option, name)]
+    return convert
+
+
 def one_of(option: str, choices: tuple[str, ...]) -> Converter:
     def convert(text: str) -> list[str]:
         if text not in choices:
@@ -224,6 +237,7 @@ ENTRY_POINTS = {
             Parameter("start", month("--start"), "2018-01"),
             Parameter("months", whole("--months"), "12"),
             Parameter("asset_class", classes_or_all("--asset-class"), "crypto,equity"),
+            Parameter("drill", months_or_none("--drill-bad-candidate"), "2018-06"),
         ), uses_launcher_run=False),
     )
 }

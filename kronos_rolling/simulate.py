@@ -40,6 +40,7 @@ from kronos_rolling.pipeline import JobResult, monthly_job
 from kronos_rolling.registry.cleanup import GarbageCollection
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.schedule import read_cadence
+from kronos_rolling.registry.settings import Thresholds
 from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
 from kronos_rolling.train import TrainConfig
 
@@ -89,7 +90,8 @@ class MonthRow:
     reason: str = ""
     alerts: str = ""
     cadence: str = ""
-    versions_kept: str = ""
+    versions_kept: str = ""  # the class's versions left after retention, e.g. "3,4,5,6,7,8"
+    aliased: str = ""  # those of them holding an alias (kept whatever their age)
     drill: bool = False
     seconds: float = 0.0
 
@@ -99,6 +101,7 @@ class SimulationReport:
     rows: list[MonthRow] = field(default_factory=list)
     tracking_uri: str = ""
     run_id: str | None = None
+    keep_versions: int = Thresholds.keep_versions  # what retention kept in this replay
 
     def frame(self) -> pd.DataFrame:
         frame = pd.DataFrame([asdict(r) for r in self.rows])
@@ -108,24 +111,38 @@ class SimulationReport:
 
     def criteria(self) -> dict[str, bool]:
         """The phase's success criteria, read off the rows."""
-        frame = self.frame()
-        ran = frame[frame["outcome"].isin(["promoted", "refused"])]
+        frame, keep = self.frame(), self.keep_versions
+        retrained = frame["outcome"].isin(["promoted", "refused"])
+        # Unattended months: no job failed and at least one class really retrained.
         longest = streak = 0
-        for month, rows in frame.groupby("month", sort=True):
-            ok = not (rows["outcome"] == "failed").any()
+        for _, rows in frame.groupby("month", sort=True):
+            ok = not (rows["outcome"] == "failed").any() and retrained[rows.index].any()
             streak = streak + 1 if ok else 0
             longest = max(longest, streak)
         return {
             "3 consecutive months without intervention": longest >= 3,
-            "guard refused a worse candidate": bool((ran["outcome"] == "refused").any()),
+            "guard refused a worse candidate": bool((frame.loc[retrained, "outcome"] == "refused").any()),
             "cadence switched to quarterly": bool(frame["cadence"].str.startswith("quarterly").any()),
-            "at most 6 versions kept per class (plus aliased)": all(
-                _kept_count(v) <= 6 + 3 for v in frame["versions_kept"] if v),
+            f"exactly the last {keep} versions kept (plus aliased)": all(
+                _keeps_the_last(row.versions_kept, row.aliased, keep) for row in frame.itertuples()),
+            f"retention deleted versions beyond the last {keep}": any(
+                _numbers(row.versions_kept) and max(_numbers(row.versions_kept)) > keep
+                for row in frame.itertuples()),
         }
 
 
-def _kept_count(text: str) -> int:
-    return len([v for v in text.split(",") if v.strip()])
+def _numbers(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _keeps_the_last(kept: str, aliased: str, keep: int) -> bool:
+    """Versions are numbered 1..newest and the newest is never deleted, so the kept set must be
+    exactly the newest `keep` numbers plus those holding an alias."""
+    versions = _numbers(kept)
+    if not versions:
+        return True
+    newest = max(versions)
+    return set(versions) == set(range(max(1, newest - keep + 1), newest + 1)) | set(_numbers(aliased))
 
 
 def months_from(start: str, count: int) -> list[pd.Timestamp]:
@@ -168,9 +185,16 @@ def sabotage(bundle_source: str, client: MlflowClient, out_dir: Path, seed: int)
     return target
 
 
-def _versions_kept(client: MlflowClient, label: str) -> str:
+def _versions_kept(client: MlflowClient, label: str) -> tuple[str, str]:
+    """(all versions, those holding an alias) of the class's registered model, as "1,2,3"."""
     versions = client.search_model_versions(f"name='{registered_model_name(label)}'")
-    return ",".join(sorted((v.version for v in versions), key=int))
+    try:
+        aliases = client.get_registered_model(registered_model_name(label)).aliases
+    except Exception:  # noqa: BLE001 - no registered model yet: nothing kept, nothing aliased
+        aliases = {}
+    numbers = sorted({int(v.version) for v in versions})
+    held = sorted({int(v) for v in aliases.values()} & set(numbers))
+    return ",".join(map(str, numbers)), ",".join(map(str, held))
 
 
 def _delivery_note(delivery) -> str:
@@ -182,8 +206,9 @@ def _delivery_note(delivery) -> str:
 def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, seconds: float,
          drill: bool) -> MonthRow:
     cadence = read_cadence(client, asset_class)
+    kept, aliased = _versions_kept(client, asset_class)
     row = MonthRow(month, asset_class, "not due", reason=result.reason, cadence=cadence.mode,
-                   versions_kept=_versions_kept(client, asset_class), drill=drill, seconds=round(seconds, 1))
+                   versions_kept=kept, aliased=aliased, drill=drill, seconds=round(seconds, 1))
     if not result.due:
         return row
     figures = result.outcome.figures
@@ -213,7 +238,7 @@ def simulate(store: DataStore, base: BaseModelRef, start: str, months: int, *,
         raise ConfigError(f"unknown asset class(es) {', '.join(unknown)}; use {', '.join(ASSET_CLASSES)}")
     schedule = months_from(start, months)
     drills = {months_from(m, 1)[0] for m in drill_months}
-    report = SimulationReport(tracking_uri=client.tracking_uri)
+    report = SimulationReport(tracking_uri=client.tracking_uri, keep_versions=Thresholds.from_env().keep_versions)
     eval_settings = settings.eval_settings()
 
     started = time.monotonic()
@@ -228,10 +253,11 @@ def simulate(store: DataStore, base: BaseModelRef, start: str, months: int, *,
         for asset_class in classes:
             label = month.strftime("%Y-%m")
             if not has_validation_data(store, asset_class, month, settings):
+                kept, aliased = _versions_kept(client, asset_class)
                 report.rows.append(MonthRow(label, asset_class, "no data",
                                             reason="the bundled data has no bars in this validation span",
                                             cadence=read_cadence(client, asset_class).mode,
-                                            versions_kept=_versions_kept(client, asset_class)))
+                                            versions_kept=kept, aliased=aliased))
                 continue
             drill = month in drills
             tick = time.monotonic()

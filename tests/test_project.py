@@ -81,7 +81,7 @@ def test_the_cluster_variant_has_the_same_entry_points_in_docker():
     ("pooled", {"as_of": "", "data": "", "base_model": "", "epochs": "10", "lr": "1e-4", "batch_size": "32",
                 "lookback": "128", "horizon": "16", "stride": "1", "years": "2", "max_samples_per_epoch": "",
                 "eval_samples": "4", "eval_max_origins": "", "seed": "42", "device": "auto", "register": "false"}),
-    ("simulate", {"start": "2018-01", "months": "12", "asset_class": "crypto,equity"}),
+    ("simulate", {"start": "2018-01", "months": "12", "asset_class": "crypto,equity", "drill": "2018-06,2018-09"}),
 ])
 def test_parameters_become_options_the_command_accepts(entry, values):
     command = command_for(entry, values)
@@ -101,6 +101,7 @@ def test_parameters_become_options_the_command_accepts(entry, values):
         assert parsed["as_of"] is None and parsed["data_dir"] is None and parsed["max_samples_per_epoch"] is None
     else:
         assert parsed["classes"] == ("crypto", "equity") and parsed["months"] == 12
+        assert parsed["drills"] == ("2018-06", "2018-09")
 
 
 @pytest.mark.parametrize("name, text, words", [
@@ -125,6 +126,12 @@ def test_a_bad_value_is_named_with_a_valid_example(name, text, words):
     assert f"-P {name}={text!r}" in message and words in message
     assert f"(e.g. -P {name}=" in message
     assert f"-P {name}={ENTRY_POINTS['main'].parameter(name).example}" in message
+
+
+def test_a_bad_drill_month_is_named():
+    with pytest.raises(ConfigError, match="2018-6x is not a month"):
+        command_for("simulate", {"drill": "2018-05,2018-6x"})
+    assert "--drill-bad-candidate" not in command_for("simulate", {"drill": ""})
 
 
 def test_every_bad_value_is_named_at_once_and_unknown_names_are_refused():

@@ -33,19 +33,28 @@ def test_months_are_calendar_months_from_the_start():
         months_from("2018-01", 0)
 
 
-def _row(month, outcome, cadence="monthly", kept="1"):
-    return MonthRow(month, "crypto", outcome, cadence=cadence, versions_kept=kept)
+def _row(month, outcome, cadence="monthly", kept="1", aliased=""):
+    return MonthRow(month, "crypto", outcome, cadence=cadence, versions_kept=kept, aliased=aliased)
+
+
+UNATTENDED, REFUSED, QUARTERLY = ("3 consecutive months without intervention", "guard refused a worse candidate",
+                                  "cadence switched to quarterly")
+EXACT, DELETED = "exactly the last 6 versions kept (plus aliased)", "retention deleted versions beyond the last 6"
 
 
 @pytest.mark.parametrize("rows, expected", [
     ([_row("2018-01", "promoted"), _row("2018-02", "refused"), _row("2018-03", "promoted", "quarterly")],
-     {"3 consecutive months without intervention": True, "guard refused a worse candidate": True,
-      "cadence switched to quarterly": True}),
+     {UNATTENDED: True, REFUSED: True, QUARTERLY: True, EXACT: True, DELETED: False}),
     ([_row("2018-01", "promoted"), _row("2018-02", "failed"), _row("2018-03", "promoted")],
-     {"3 consecutive months without intervention": False, "guard refused a worse candidate": False,
-      "cadence switched to quarterly": False}),
-    ([_row("2018-01", "not due"), _row("2018-02", "no data"), _row("2018-03", "promoted", kept="1,2,3,4,5,6,7,8,9,10")],
-     {"3 consecutive months without intervention": True, "at most 6 versions kept per class (plus aliased)": False}),
+     {UNATTENDED: False, REFUSED: False, QUARTERLY: False}),
+    # Months where nothing retrained do not count as unattended work.
+    ([_row("2018-01", "not due"), _row("2018-02", "no data"), _row("2018-03", "promoted")], {UNATTENDED: False}),
+    # Ten versions, none deleted; then the newest six plus v2, which holds an alias.
+    ([_row("2018-01", "promoted", kept="1,2,3,4,5,6,7,8,9,10")], {EXACT: False, DELETED: True}),
+    ([_row("2018-01", "promoted", kept="2,5,6,7,8,9,10", aliased="2,10")], {EXACT: True, DELETED: True}),
+    # An old version kept without an alias, or one of the newest six deleted: not exact.
+    ([_row("2018-01", "promoted", kept="3,5,6,7,8,9,10", aliased="10")], {EXACT: False}),
+    ([_row("2018-01", "promoted", kept="5,6,7,9,10", aliased="10")], {EXACT: False}),
 ])
 def test_success_criteria_are_read_off_the_rows(rows, expected):
     criteria = SimulationReport(rows=rows).criteria()
@@ -88,6 +97,8 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     crypto = frame[frame["asset_class"] == "crypto"]
     assert set(crypto["outcome"]) <= {"promoted", "refused"} and list(crypto["version"]) == ["1", "2"]
     assert crypto["val_mae"].notna().all() and crypto["pooled_val_mae"].notna().all()
+    assert list(crypto["versions_kept"]) == ["1", "1,2"]
+    assert crypto["aliased"].iloc[-1] in ("1,2", "2")  # v2 holds @staging or @production, v1 maybe @production
     forex = frame[frame["asset_class"] == "forex_commodity"]
     # EURUSD covers 2017 only: January 2018 is judged on December 2017; February has nothing to judge on.
     assert forex["outcome"].iloc[0] in ("promoted", "refused") and forex["outcome"].iloc[1] == "no data"
