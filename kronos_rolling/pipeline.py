@@ -170,9 +170,16 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
     eval_settings = eval_settings or EvalSettings(lookback=config.lookback, horizon=config.horizon)
     window = config.window()
     symbols = training_symbols(config, store)
-    for shortfall in coverage_shortfall(store.coverage(symbols), window):
+    shortfalls = coverage_shortfall(store.coverage(symbols), window)
+    for shortfall in shortfalls:
         log.warning("window shortfall: %s", shortfall)
     base = config.base or BaseModelRef.resolve()
+    base_seen_until = pretrained_until(base)
+    if base_seen_until is not None and base_seen_until > window.val_start:
+        # A base that saw the validation month flatters every model evaluated on it.
+        log.warning("the base %s was pre-trained on bars up to %s, after the validation span starts (%s): "
+                    "its figures on that span are not out-of-sample; pre-train it on earlier data",
+                    base.describe(), base_seen_until.date(), window.val_start.date())
 
     # Warm start: rolling defaults to the class's production adapter, else the pooled one.
     if config.mode == "pooled" and warm_start == "auto":
@@ -220,6 +227,12 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
     with mlflow.start_run(log_system_metrics=True, **run_kwargs) as run:
         if not resumed:
             _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_set, inner_set)
+            if base_seen_until is not None:
+                mlflow.set_tags({"base_pretrained_until": base_seen_until.isoformat(),
+                                 "base_saw_validation_span": str(base_seen_until > window.val_start).lower()})
+            if shortfalls:  # a window shorter than asked is allowed, and said where operators look
+                mlflow.set_tag("window_shortfall", "; ".join(str(s) for s in shortfalls)[:4000])
+                mlflow.log_dict({"shortfalls": [str(s) for s in shortfalls]}, "window_shortfall.json")
 
         def on_epoch(record: EpochRecord) -> None:
             mlflow.log_metrics({"train_loss": record.train_loss, "val_loss": record.val_loss, "lr": record.lr,
@@ -273,6 +286,21 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
         client.set_tag(launcher, "kronos.job_run", f"{experiment_name(config.label)}/{run.info.run_id}")
     return TrainOutcome(run.info.run_id, config.label, config, window, info.model_uri, figures, compared,
                         fitted, warm_source.describe() if warm_source else None)
+
+
+def pretrained_until(base: BaseModelRef) -> pd.Timestamp | None:
+    """Where a base pre-trained by `kronos-rolling model pretrain` stopped seeing bars (None: unknown,
+    e.g. a hub checkpoint)."""
+    from kronos_rolling.pretrain import read_pretrain_report
+
+    if not Path(base.predictor).is_dir():
+        return None
+    report = read_pretrain_report(Path(base.predictor).parent)
+    until = (report or {}).get("settings", {}).get("until")
+    if not until:
+        return None
+    stamp = pd.Timestamp(until)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_set, inner_set) -> None:

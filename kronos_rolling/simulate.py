@@ -258,6 +258,7 @@ def simulate(store: DataStore, base: BaseModelRef, start: str, months: int, *,
                                             reason="the bundled data has no bars in this validation span",
                                             cadence=read_cadence(client, asset_class).mode,
                                             versions_kept=kept, aliased=aliased))
+                echo(_describe(report.rows[-1]))
                 continue
             drill = month in drills
             tick = time.monotonic()

@@ -128,6 +128,9 @@ def test_the_first_version_of_a_class_warm_starts_from_pooled_and_is_compared_wi
     assert tags["guard_decision"] == ("promoted" if crypto.promoted else "refused")
     assert float(tags["val_mae"]) == pytest.approx(crypto.outcome.figures["candidate"].val_mae, rel=1e-5)
     assert crypto.decision.reason in version.description
+    # One sentence on the training (window and figures), then the guard's decision.
+    assert version.description.startswith("Trained on 2016-01-01/2018-01-01, as of 2018-02-01; val_mae ")
+    assert version.description.count("Guard: ") == 1
     aliases = env.get_registered_model("kronos-lora-crypto").aliases
     assert aliases.get("production" if crypto.promoted else "staging") == crypto.version
 

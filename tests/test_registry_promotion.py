@@ -70,7 +70,7 @@ def test_first_version_is_promoted_against_pooled_with_an_audit_trail(clean_regi
     assert version.tags["guard_decision"] == "promoted"
     assert version.tags["guard_reference"] == "pooled"
     assert float(version.tags["val_mae"]) == 0.9 and float(version.tags["pooled_val_mae"]) == 1.0
-    assert version.description.startswith("Promoted to @production: val_mae 0.9 <= pooled 1")
+    assert version.description.startswith("Guard: Promoted to @production: val_mae 0.9 <= pooled 1")
     (entry,) = history.read_history(client, CRYPTO)
     assert (entry.action, entry.from_version, entry.to_version) == ("promote", None, v1)
     assert (entry.user, entry.host, entry.job, entry.at) == (
@@ -94,7 +94,7 @@ def test_refused_version_keeps_staging_and_is_tagged_with_the_reason(clean_regis
     assert tags["guard_decision"] == "refused" and tags["regression_alert"] == "true"
     assert tags["guard_reason"] == "val_mae 1.3 > pooled 1.1"
     assert tags["production_version"] == v1
-    assert client.get_model_version(CRYPTO, v2).description.startswith("Kept in @staging")
+    assert client.get_model_version(CRYPTO, v2).description.startswith("Guard: Kept in @staging")
     last = history.read_history(client, CRYPTO)[-1]
     assert (last.action, last.from_version, last.to_version) == ("refuse", v1, v2)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import mlflow
@@ -84,10 +85,21 @@ def test_the_newest_fitting_base_is_reused(tmp_path, tiny_base, monkeypatch):
     assert chosen.predictor == str((tmp_path / "bases" / "tiny-until-2017-11-01" / "predictor").resolve())
 
 
+def test_where_a_base_stopped_seeing_bars_is_read_from_its_pretrain_report(tmp_path):
+    from kronos_rolling.pipeline import pretrained_until
+
+    data_dir = DataStore().root
+    _fake_base(tmp_path / "base", "2017-11-01T00:00:00+00:00", data_dir)
+    folder_base = BaseModelRef(predictor=str(tmp_path / "base" / "predictor"), tokenizer=str(tmp_path / "base" / "tokenizer"))
+    assert pretrained_until(folder_base) == pd.Timestamp("2017-11-01", tz="UTC")
+    assert pretrained_until(BaseModelRef(predictor="NeoQuasar/Kronos-base", tokenizer="NeoQuasar/Kronos-Tokenizer-base")) is None
+
+
 def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_base, kronos_home):
     settings = SimulationSettings(epochs=1, pooled_epochs=1, max_samples_per_epoch=32, eval_max_origins=16,
                                   lookback=16, horizon=4)
     lines = []
+    started_ms = int(time.time() * 1000)
     report = simulate(DataStore(), BaseModelRef.resolve(str(pretrained_base)), "2018-01", 2,
                       classes=["crypto", "forex_commodity"], client=clean_registry, settings=settings,
                       echo=lines.append)
@@ -103,6 +115,14 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     # EURUSD covers 2017 only: January 2018 is judged on December 2017; February has nothing to judge on.
     assert forex["outcome"].iloc[0] in ("promoted", "refused") and forex["outcome"].iloc[1] == "no data"
     assert any("pooled v1" in line for line in lines)
+    # The forex window is shorter than two years: allowed, and recorded on the run.
+    [forex_run] = mlflow.search_runs(experiment_names=["kronos-rolling/forex_commodity"], output_format="list",
+                                     filter_string=f"attributes.start_time >= {started_ms}")
+    assert forex_run.data.tags["window_shortfall"].startswith("EURUSD: covers ")
+    assert "window_shortfall.json" in {a.path for a in MlflowClient().list_artifacts(forex_run.info.run_id)}
+    # The base's pre-training ended before the validation month: recorded, and out-of-sample.
+    assert forex_run.data.tags["base_pretrained_until"].startswith("2017-01-01")
+    assert forex_run.data.tags["base_saw_validation_span"] == "false"
 
     run_id = log_report(report, "2018-01", 2)
     logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/simulation/criteria.json")

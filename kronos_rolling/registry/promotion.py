@@ -37,6 +37,7 @@ from kronos_rolling.registry.names import (PREVIOUS_PRODUCTION, PRODUCTION, ROLL
 from kronos_rolling.registry.settings import REGISTRY_LOCK_TIMEOUT_S
 
 log = logging.getLogger(__name__)
+GUARD_PREFIX = "Guard: "  # starts the decision in a version's description
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,9 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
         state, model_tags = _aliases(model), model.tags
         with _all_or_nothing(client, name) as steps:
             _set_version_tags(steps, client, target, decision.as_tags())
-            _set_description(steps, client, target, decision.describe())
+            # Keep what training wrote (window, figures) and put the decision after it.
+            trained = (target.description or "").split(GUARD_PREFIX)[0].strip()
+            _set_description(steps, client, target, " ".join(filter(None, [trained, GUARD_PREFIX + decision.describe()])))
             if decision.promote:
                 return _move_production(steps, client, name, state, model_tags, version,
                                         action=history.PROMOTE, reason=decision.reason,
