@@ -88,14 +88,17 @@ def stop_server(home: Path) -> bool:
     return True
 
 
-def _pooled_done(client) -> bool:
+def _pooled_done(client):
+    """The demo's pooled version, when an earlier run trained it and the guard decided on it
+    (promoted or refused: a refused one stays in @staging and is not trained again)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        version = client.get_model_version_by_alias("kronos-lora-pooled", "production")
+        versions = client.search_model_versions("name='kronos-lora-pooled'")
     except MlflowException:
-        return False
-    return version.tags.get("as_of") == POOLED_AS_OF
+        return None
+    done = [v for v in versions if v.tags.get("as_of") == POOLED_AS_OF and "guard_decision" in v.tags]
+    return max(done, key=lambda v: int(v.version), default=None)
 
 
 def run_demo(home: Path, port: int = 5000, *, echo=print, progress: bool = True) -> DemoReport:
@@ -127,8 +130,10 @@ def run_demo(home: Path, port: int = 5000, *, echo=print, progress: bool = True)
         echo(f"      {base_dir}")
 
     echo(f"[3/6] pooled adapter, all classes, as of {POOLED_AS_OF}")
-    if _pooled_done(client):
-        echo("      already trained and in production (kronos-lora-pooled@production)")
+    pooled = _pooled_done(client)
+    if pooled is not None:
+        echo(f"      already trained: kronos-lora-pooled v{pooled.version}, "
+             f"{pooled.tags['guard_decision']} by the guard")
     else:
         result = monthly_job(settings.train_config("pooled", POOLED_AS_OF, None, base), store, client=client,
                              warm_start=None, eval_settings=settings.eval_settings(), gc=gc, check_due=False,

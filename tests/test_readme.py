@@ -100,6 +100,21 @@ def test_a_newcomer_runs_every_readme_command(tmp_path):
     assert "-> v1 (" in out, "the rollback"
     assert '"crypto"' in out, "the predictor's /models answer"
     assert (tmp_path / "home" / "mlflow.db").exists()
+
+    # The demo is safe to run twice: everything is reused, nothing is trained or registered again.
+    try:
+        again = subprocess.run(["kronos-rolling", "demo"], cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=600)
+    finally:
+        subprocess.run(["kronos-rolling", "demo", "--stop-server"], cwd=REPO, env=env, capture_output=True,
+                       timeout=120)
+    second = again.stdout + again.stderr
+    assert again.returncode == 0, second[-4000:]
+    assert "already trained: kronos-lora-pooled v1," in second
+    monthly = second.split("[4/6]")[1].split("[5/6]")[0]
+    assert monthly.count(": not due (") == 3, monthly
+    assert "answered by" in second
+
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path / "home") not in ps, "a README command left a process running"
 
