@@ -18,7 +18,7 @@ here (`fetch_adapter` + `load_forecast_model` + `Forecaster`), fed the same requ
 4. p50 latency while a training job (`--train-probe`: LoRA steps on the same base, holding
    the training lock) shares the CPU, and that job's step rate with and without requests.
 
-    python bench/serve_latency.py                     # Kronos-small shape, ~6 min on 2 shared cores
+    python bench/serve_latency.py                     # Kronos-small shape, ~7 min on 2 cores
     python bench/serve_latency.py --size mini --requests 16   # quicker
 
 Wall-clock figures on a shared machine depend on what else runs: the load average is printed.
@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--size", default="small", choices=["tiny", "mini", "small", "base"])
     parser.add_argument("--lookback", type=int, default=256)
     parser.add_argument("--pred-len", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=32, help="requests per mode and concurrency")
+    parser.add_argument("--requests", type=int, default=64, help="requests per mode and concurrency")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per forecast, both modes")
     parser.add_argument("--train-threads", type=int, default=2)
     parser.add_argument("--flips", type=int, default=3, help="promotion+rollback pairs per flip mode")

@@ -260,3 +260,12 @@ def test_the_cache_keeps_verified_versions_and_refuses_a_corrupt_one(bundle, tmp
     with pytest.raises(ModelError, match="delete it"):
         cache.resolved()
     json.dumps(stored.manifest)  # the manifest is plain JSON
+
+
+def test_the_service_listens_on_loopback_unless_told_otherwise():
+    from kronos_rolling.serve.cli import COMMANDS
+
+    serve = next(command for command in COMMANDS if command.name == "serve")
+    host = next(option for option in serve.params if option.name == "host")
+    assert host.default == "127.0.0.1"
+    assert serve.make_context("serve", []).params["host"] == "127.0.0.1"

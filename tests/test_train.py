@@ -80,6 +80,16 @@ def test_fit_changes_only_the_adapter_and_event_embedding(tiny_base):
     assert all("lora_" in n or n.startswith("event_embedding.") for n in after)
 
 
+def test_progress_shows_each_epoch_with_bars_per_second_and_loss(tiny_base, capsys):
+    config = small_config(tiny_base, epochs=2)
+    trainee, train_set, inner_set = trainee_and_sets(config, DataStore())
+    fit(trainee, train_set, inner_set, config, device=CPU, progress=True)
+    shown = capsys.readouterr().err
+    for epoch in ("epoch 1/2", "epoch 2/2"):
+        assert f"{config.label} {epoch}" in shown
+    assert "bars_s=" in shown and "loss=" in shown and "sample/s" in shown
+
+
 def test_a_fixed_seed_gives_the_same_adapter(tiny_base):
     first, *_ = _fit(small_config(tiny_base))
     second, *_ = _fit(small_config(tiny_base))
