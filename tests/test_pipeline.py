@@ -317,3 +317,27 @@ def test_the_default_base_is_the_environment_then_this_machines_config(tmp_path,
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="config.json"):
         default_base_model()
+
+
+def test_a_worse_candidate_is_refused_alerted_and_the_job_still_exits_0(jobs, env, home, tiny_base, tmp_path,
+                                                                        monkeypatch):
+    """The guard's refusal through the real command: a warm start with loud noise in its LoRA weights."""
+    from kronos_rolling.simulate import sabotage
+    from test_registry_support import Receiver
+
+    production_before = env.get_registered_model("kronos-lora-crypto").aliases.get("production")
+    bad = sabotage("models:/kronos-lora-pooled@production", env, tmp_path, seed=3)
+    with Receiver() as receiver:
+        monkeypatch.setenv("KRONOS_ALERT_WEBHOOK", receiver.url)
+        result = subprocess.run(
+            [sys.executable, "-m", "kronos_rolling.cli", "run", "--asset-class", "crypto", "--as-of", "2018-03-01",
+             "--base-model", str(tiny_base), "--warm-start", str(bad), "--epochs", "1", "--lookback", "16",
+             "--horizon", "4", "--max-samples-per-epoch", "32", "--eval-samples", "1", "--eval-max-origins", "24",
+             "--no-progress", "--tracking-uri", env.tracking_uri],
+            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]  # a refusal is a decision, not a failure
+    [new] = [v for v in env.search_model_versions("name='kronos-lora-crypto'") if v.tags.get("as_of") == "2018-03-01"]
+    assert new.tags["guard_decision"] == "refused" and "> pooled" in new.tags["guard_reason"]
+    aliases = env.get_registered_model("kronos-lora-crypto").aliases
+    assert aliases["staging"] == new.version and aliases.get("production") == production_before
+    assert "guard_refused" in {body["kronos"]["event"] for body in receiver.bodies}
