@@ -90,9 +90,11 @@ def test_where_a_base_stopped_seeing_bars_is_read_from_its_pretrain_report(tmp_p
 
     data_dir = DataStore().root
     _fake_base(tmp_path / "base", "2017-11-01T00:00:00+00:00", data_dir)
-    folder_base = BaseModelRef(predictor=str(tmp_path / "base" / "predictor"), tokenizer=str(tmp_path / "base" / "tokenizer"))
+    folder = tmp_path / "base"
+    folder_base = BaseModelRef(predictor=str(folder / "predictor"), tokenizer=str(folder / "tokenizer"))
     assert pretrained_until(folder_base) == pd.Timestamp("2017-11-01", tz="UTC")
-    assert pretrained_until(BaseModelRef(predictor="NeoQuasar/Kronos-base", tokenizer="NeoQuasar/Kronos-Tokenizer-base")) is None
+    hub_base = BaseModelRef(predictor="NeoQuasar/Kronos-base", tokenizer="NeoQuasar/Kronos-Tokenizer-base")
+    assert pretrained_until(hub_base) is None  # a hub checkpoint: where it stopped is unknown
 
 
 def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_base, kronos_home):

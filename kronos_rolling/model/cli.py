@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from kronos_rolling.errors import DataError, ModelError
+from kronos_rolling.errors import ModelError
 
 
 @click.group()

@@ -467,8 +467,8 @@ class Forecaster:
         """Forecast `pred_len` bars after each series.
 
         bars: a DataFrame or the path of a CSV of bars (-> ForecastResult), or a list of
-        them of any lengths (-> list of ForecastResult). future_timestamps / event_ids: per series (a list
-        for a list of series); future timestamps default to the bars' usual spacing,
+        them of any lengths (-> list of ForecastResult). future_timestamps / event_ids: per
+        series (a list for a list of series); future timestamps default to the bars' usual spacing,
         event ids cover the bars plus the horizon. lookback: use only the last N bars
         (default: all). top_k=1 is greedy and deterministic; seed makes sampling
         reproducible.

@@ -151,7 +151,8 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
             _set_version_tags(steps, client, target, decision.as_tags())
             # Keep what training wrote (window, figures) and put the decision after it.
             trained = (target.description or "").split(GUARD_PREFIX)[0].strip()
-            _set_description(steps, client, target, " ".join(filter(None, [trained, GUARD_PREFIX + decision.describe()])))
+            _set_description(steps, client, target,
+                             " ".join(filter(None, [trained, GUARD_PREFIX + decision.describe()])))
             if decision.promote:
                 return _move_production(steps, client, name, state, model_tags, version,
                                         action=history.PROMOTE, reason=decision.reason,
