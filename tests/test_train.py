@@ -172,3 +172,30 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     Checkpoint(tmp_path, "one").save({"epoch": 1})
     assert Checkpoint(tmp_path, "one").load()["epoch"] == 1
     assert Checkpoint(tmp_path, "other").load() is None
+
+
+def test_a_warm_start_continues_from_the_bundle_and_keeps_its_shape_and_event_rows(tiny_base, tmp_path):
+    from safetensors.torch import load_file
+
+    from kronos_rolling.model.kronos import Kronos
+    from kronos_rolling.model.lora import LoraSettings
+    from kronos_rolling.model.tokenizer import KronosTokenizer
+    from kronos_rolling.train import build_trainee
+    from serve_support import EVENT_VOCAB, build_bundle
+
+    bundle = build_bundle(tiny_base, tmp_path / "bundle", seed=5)  # rank 4, unlike the default 8
+    saved = load_file(str(bundle / "adapter_model.safetensors"))
+    trainee, lora = build_trainee(Kronos.from_pretrained(tiny_base / "predictor"),
+                                  KronosTokenizer.from_pretrained(tiny_base / "tokenizer"),
+                                  [*EVENT_VOCAB, "NEW_EVENT"], LoraSettings(), bundle, seed=0)
+    assert lora.rank == 4
+    loaded = {name: p for name, p in trainee.model.named_parameters() if "lora_" in name}
+    assert len(loaded) == len(saved) and all(p.requires_grad for p in loaded.values())
+    for key, tensor in saved.items():
+        [match] = [p for name, p in loaded.items() if name.replace(".default", "") == key]
+        assert torch.equal(match.detach(), tensor), key
+    old_rows = load_file(str(bundle / "event_embedding.safetensors"))
+    table = trainee.event_embedding.table.weight.detach()
+    [old] = old_rows.values()
+    assert torch.equal(table[:len(old)], old)  # the bundle's event vectors, same ids
+    assert trainee.vocabulary.size == len(old) + 1 and not table[len(old):].any()  # a new type starts at zero
