@@ -40,7 +40,7 @@ class LoraSettings:
     rank: int = 8
     alpha: int = 16
     # No LoRA dropout by default (peft's default too): the base's own dropout already
-    # regularises in training mode, and on CPU the extra masks made a step 1.4x slower and
+    # regularises in training mode, and on CPU the extra masks made a step 1.3x slower and
     # kept a dropped copy of every adapted layer's input (bench/train_speed.py).
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "w1", "w2", "w3")
