@@ -55,13 +55,17 @@ def holder(name: str = TRAINING_LOCK) -> dict | None:
         return None
 
 
+NO_WAIT_GRACE_S = 0.5
+
+
 @contextmanager
 def training_lock(wait: bool = True, poll_message_every: float = 30.0,
                   timeout: float | None = None, job: str | None = None) -> Iterator[Path]:
     """Hold the machine's training lock for the duration of the block.
 
     wait=True: wait (forever, or up to `timeout` seconds), logging whom we wait for
-    every `poll_message_every` seconds. wait=False: raise LockBusy at once when taken.
+    every `poll_message_every` seconds. wait=False: raise LockBusy when it is still taken
+    after NO_WAIT_GRACE_S (a momentary holder, such as the predictor's probe, is waited out).
     """
     with _hold(TRAINING_LOCK, "the training lock", wait=wait,
                poll_message_every=poll_message_every, timeout=timeout, job=job) as path:
@@ -97,7 +101,9 @@ def _hold(name: str, what: str, *, wait: bool, poll_message_every: float,
         remaining = None if timeout is None else timeout - (time.monotonic() - started)
         try:
             if not wait:
-                lock.acquire(blocking=False)
+                # A short grace: the predictor probes the training lock (device_busy) by taking
+                # it for a few microseconds, which must not make a --no-wait job fail.
+                lock.acquire(timeout=NO_WAIT_GRACE_S)
             else:
                 step = poll_message_every if remaining is None else max(
                     0.0, min(poll_message_every, remaining))

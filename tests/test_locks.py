@@ -107,6 +107,22 @@ def test_no_wait_raises_lock_busy_with_exit_code_75():
         first.wait()
 
 
+def test_no_wait_waits_out_a_momentary_holder_like_the_predictors_probe():
+    import threading
+
+    first = start_holder("probe")
+    try:
+        wait_for_line(first, "locked")
+        release = threading.Timer(0.2, lambda: (first.stdin.write("go\n"), first.stdin.flush()))
+        release.start()
+        with training_lock(wait=False, job="cron") as path:  # taken once the holder lets go
+            assert holder()["job"] == "cron" and path.exists()
+        release.join()
+    finally:
+        first.kill()
+        first.wait()
+
+
 def test_waiting_with_a_timeout_gives_up():
     first = start_holder("pooled")
     try:
