@@ -219,15 +219,19 @@ class PredictorService:
         if label in self.refused:
             self.refused = {k: v for k, v in self.refused.items() if k != label}
 
+    def inference_threads(self) -> int:
+        return self.settings.busy_threads if self.device_busy else self.default_threads
+
     def inference_nice(self) -> int:
         return min(19, self.default_nice + self.settings.busy_nice) if self.device_busy else self.default_nice
 
     def check_device(self) -> bool:
         busy = device_busy()
-        if busy != self.device_busy:
-            log.info("training job %s the device: inference uses %d CPU thread(s)",
-                     "holds" if busy else "released", self.settings.busy_threads if busy else self.default_threads)
+        changed = busy != self.device_busy
         self.device_busy = busy
+        if changed:
+            log.info("training job %s the device: inference uses %d CPU thread(s)",
+                     "holds" if busy else "released", self.inference_threads())
         return busy
 
     # -- following the registry -----------------------------------------------------------
@@ -379,7 +383,6 @@ class PredictorService:
             self.limits.check_bars(item.symbol, len(item.bars))
             prepare_series(item.bars, options.pred_len, label=item.symbol)  # bad bars: a message naming the symbol
         classes = [asset_class_of(item.symbol, self.overrides) for item in series]
-        threads = self.settings.busy_threads if self.device_busy else self.default_threads
         unavailable = self.unavailable()
         groups: dict[str, list[int]] = {}
         for index, asset_class in enumerate(classes):
@@ -388,7 +391,7 @@ class PredictorService:
         answered: list[tuple[ForecastResult, LoadedAdapter | None]] = [None] * len(series)  # type: ignore
         for asset_class, indices in groups.items():
             choice, adapter, results = self._forecast_class(asset_class, [series[i] for i in indices], options,
-                                                            threads, unavailable)
+                                                            unavailable)
             for i, result in zip(indices, results):
                 if not np.isfinite(result.mean[FEATURE_COLUMNS].to_numpy()).all():
                     raise DataError(f"{series[i].symbol}: the forecast is not finite; the bars' values are "
@@ -404,7 +407,7 @@ class PredictorService:
         return answers
 
     def _forecast_class(self, asset_class: str, items: list[SeriesInput], options: ForecastOptions,
-                        threads: int, unavailable: dict[str, str]):
+                        unavailable: dict[str, str]):
         """(choice, adapter, results): series of one class, forecast by whoever serves the class as they run."""
         chosen: list[Choice] = []
 
@@ -414,7 +417,7 @@ class PredictorService:
             return None if chosen[0].label == BASE else served[chosen[0].label]
 
         def work(adapter, forecaster):
-            share_cpu_with_training(threads, self.inference_nice())
+            share_cpu_with_training(self.inference_threads(), self.inference_nice())
             events = [self._event_ids(item, asset_class, options.pred_len, adapter) for item in items]
             return adapter, forecaster.forecast(
                 [item.bars for item in items], options.pred_len, temperature=options.temperature,
@@ -493,7 +496,7 @@ class PredictorService:
             "refused": [{"label": label, "registered_model": r.registered_model, "version": r.version,
                          "reason": r.reason, "at": _iso(r.at)} for label, r in sorted(self.refused.items())],
             "device": {"type": str(self.pool.base_forecaster.device), "training_busy": self.device_busy,
-                       "inference_threads": self.settings.busy_threads if self.device_busy else self.default_threads,
+                       "inference_threads": self.inference_threads(),
                        "inference_nice": self.inference_nice()},
             "warnings": warnings,
         }

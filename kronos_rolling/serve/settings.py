@@ -76,10 +76,10 @@ class ServeSettings:
     poll_interval_s: float = 30.0
     inference_guard: bool = False  # serve pooled when a class's val_mae is > guard_ratio x pooled's
     guard_ratio: float = 1.10
-    # CPU threads per forecast (0: torch's default, one per core). One: a decode step is ~100
-    # tiny operations, and with more threads each ends in a barrier whose spin-waiting
-    # threads stall for whole time slices when other processes share the cores (5-10x
-    # slower); concurrent requests on one adapter still run side by side.
+    # CPU threads for a forecast's window passes (0: torch's default, one per core; the
+    # single-bar decode steps always run on one, see model/forecast.py). One: concurrent
+    # requests on one adapter run side by side, each on a core of its own, instead of
+    # competing for the same cores.
     inference_threads: int = 1
     busy_threads: int = 1  # CPU threads for inference while a training job holds the device
     busy_nice: int = 10  # niceness of inference threads meanwhile (Linux; 0: same priority as training)
