@@ -31,6 +31,7 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file, save_file
 
 from kronos_rolling import ASSET_CLASSES
+from kronos_rolling.adapters import default_warm_start
 from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import select_training_window
@@ -265,10 +266,10 @@ def simulate(store: DataStore, base: BaseModelRef, start: str, months: int, *,
             try:
                 with tempfile.TemporaryDirectory(prefix="kronos-drill-") as tmp:
                     warm_start = "auto"
-                    if drill:
-                        name = registered_model_name(asset_class)
-                        holder = name if _has_production(client, name) else registered_model_name(POOLED)
-                        warm_start = str(sabotage(f"models:/{holder}@{PRODUCTION}", client, Path(tmp), settings.seed))
+                    if drill:  # sabotage what the job would warm-start from: class, else pooled production
+                        source = (default_warm_start(asset_class, client)
+                                  or f"models:/{registered_model_name(POOLED)}@{PRODUCTION}")
+                        warm_start = str(sabotage(source, client, Path(tmp), settings.seed))
                     result = monthly_job(settings.train_config("rolling", as_of, asset_class, base), store,
                                          client=client, warm_start=warm_start, eval_settings=eval_settings, gc=gc,
                                          webhook=webhook, progress=progress)
@@ -280,14 +281,6 @@ def simulate(store: DataStore, base: BaseModelRef, start: str, months: int, *,
             echo(_describe(row))
     echo(f"replayed {months} month(s) in {time.monotonic() - started:.0f}s")
     return report
-
-
-def _has_production(client: MlflowClient, name: str) -> bool:
-    try:
-        client.get_model_version_by_alias(name, PRODUCTION)
-        return True
-    except Exception:  # noqa: BLE001 - no model or no alias: both mean "none"
-        return False
 
 
 def _describe(row: MonthRow) -> str:

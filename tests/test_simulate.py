@@ -104,7 +104,7 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     started_ms = int(time.time() * 1000)
     report = simulate(DataStore(), BaseModelRef.resolve(str(pretrained_base)), "2018-01", 2,
                       classes=["crypto", "forex_commodity"], client=clean_registry, settings=settings,
-                      echo=lines.append)
+                      drill_months=("2018-02",), echo=lines.append)
     frame = report.frame()
     assert list(zip(frame["month"], frame["asset_class"])) == [
         ("2018-01", "crypto"), ("2018-01", "forex_commodity"), ("2018-02", "crypto"), ("2018-02", "forex_commodity")]
@@ -117,6 +117,12 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     # EURUSD covers 2017 only: January 2018 is judged on December 2017; February has nothing to judge on.
     assert forex["outcome"].iloc[0] in ("promoted", "refused") and forex["outcome"].iloc[1] == "no data"
     assert any("pooled v1" in line for line in lines)
+    # The drill month warm-started crypto from a sabotaged copy of what the job would have used.
+    assert list(crypto["drill"]) == [False, True]
+    [february] = [r for r in mlflow.search_runs(experiment_names=["kronos-rolling/crypto"], output_format="list",
+                                                filter_string=f"attributes.start_time >= {started_ms}")
+                  if r.data.params.get("as_of") == "2018-02-01"]
+    assert february.data.params["warm_start"].endswith("sabotaged-adapter")
     # The forex window is shorter than two years: allowed, and recorded on the run.
     [forex_run] = mlflow.search_runs(experiment_names=["kronos-rolling/forex_commodity"], output_format="list",
                                      filter_string=f"attributes.start_time >= {started_ms}")
