@@ -138,7 +138,7 @@ def main() -> None:
             loads.append(load())
         diff = relative_difference(mine, [t.reset_index(drop=True) for t in theirs], batch)
         agree = "agree" if diff < 1e-3 else "DIFFER"
-        if diff >= 1e-3:
+        if agree == "DIFFER":
             disagreements.append(batch_size)
         best_ref, best_ours = min(ref_times), min(our_times)
         print(f"{batch_size:>5} {best_ref:>12.2f} {best_ours:>8.2f} {best_ref / best_ours:>8.1f}x "

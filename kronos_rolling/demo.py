@@ -93,8 +93,10 @@ def _pooled_done(client):
     (promoted or refused: a refused one stays in @staging and is not trained again)."""
     from mlflow.exceptions import MlflowException
 
+    from kronos_rolling.registry.names import POOLED, registered_model_name
+
     try:
-        versions = client.search_model_versions("name='kronos-lora-pooled'")
+        versions = client.search_model_versions(f"name='{registered_model_name(POOLED)}'")
     except MlflowException:
         return None
     done = [v for v in versions if v.tags.get("as_of") == POOLED_AS_OF and "guard_decision" in v.tags]

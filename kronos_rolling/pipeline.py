@@ -47,7 +47,7 @@ from kronos_rolling.adapters import (
 from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.store import DataStore
-from kronos_rolling.data.windows import TrainingWindow, coverage_shortfall
+from kronos_rolling.data.windows import TrainingWindow, coverage_shortfall, to_utc
 from kronos_rolling.errors import DataError, RegistryError
 from kronos_rolling.evaluate import (
     EvalResult,
@@ -297,10 +297,7 @@ def pretrained_until(base: BaseModelRef) -> pd.Timestamp | None:
         return None
     report = read_pretrain_report(Path(base.predictor).parent)
     until = (report or {}).get("settings", {}).get("until")
-    if not until:
-        return None
-    stamp = pd.Timestamp(until)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return to_utc(until) if until else None
 
 
 def _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_set, inner_set) -> None:

@@ -102,15 +102,17 @@ def month(option: str) -> Converter:
 
 
 def months_or_none(option: str) -> Converter:
-    """Comma-separated months YYYY-MM; empty: none."""
+    """Comma-separated months YYYY-MM, each checked as `month` checks one; empty: none."""
+    one_month = month(option)
+
     def convert(text: str) -> list[str]:
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        for name in names:
+        words: list[str] = []
+        for name in (name.strip() for name in text.split(",") if name.strip()):
             try:
-                datetime.strptime(name, "%Y-%m")
+                words += one_month(name)
             except ValueError:
                 raise ValueError(f"{name} is not a month; use a comma-separated list of YYYY-MM, or empty") from None
-        return [token for name in names for token in (option, name)]
+        return words
     return convert
 
 
