@@ -3,6 +3,7 @@
     python bench/train_speed.py                      # Kronos-small shape, the training default batch (32)
     python bench/train_speed.py --batch-size 8
     python bench/train_speed.py --device cuda        # on a GPU machine
+    python bench/train_speed.py --precision bf16     # the training's bf16 autocast
 
 Each mode runs in a fresh process (so peak memory is that mode's own): load a
 Kronos-small-shaped predictor and Kronos-Tokenizer-base-shaped tokenizer (random
@@ -48,7 +49,7 @@ from kronos_rolling.model.forecast import resolve_device
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.lora import LoraSettings, attach_lora
 from kronos_rolling.model.tokenizer import KronosTokenizer
-from kronos_rolling.train import ConditionedKronos, TrainConfig, _step_loss
+from kronos_rolling.train import TRAIN_PRECISIONS, ConditionedKronos, TrainConfig, _step_loss
 
 KRONOS_BASE = dict(n_layers=12, d_model=832, ff_dim=2048)
 RTX_4060_PEAK = {"fp32": 15.1e12, "bf16": 60.0e12}  # dense FLOP/s, NVIDIA spec sheet (Ada AD107)
@@ -57,7 +58,8 @@ RTX_4060_PEAK = {"fp32": 15.1e12, "bf16": 60.0e12}  # dense FLOP/s, NVIDIA spec 
 MODES = {"full": None, "lora": None, "lora-drop0.05": 0.05}  # mode -> LoRA dropout (None: the default)
 
 
-def run_mode(mode: str, steps: int, batch_size: int, lookback: int, horizon: int, device_name: str) -> dict:
+def run_mode(mode: str, steps: int, batch_size: int, lookback: int, horizon: int, device_name: str,
+             precision: str) -> dict:
 
     torch.manual_seed(0)
     device = resolve_device(device_name)
@@ -96,7 +98,7 @@ def run_mode(mode: str, steps: int, batch_size: int, lookback: int, horizon: int
     def step(batch):
         """One training step; returns the seconds of its forward, backward and update phases."""
         start = now()
-        loss = _step_loss(module, tokenizer, batch, device)
+        loss = _step_loss(module, tokenizer, batch, device, precision=precision)
         forward = now()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -153,10 +155,12 @@ def main() -> None:
     parser.add_argument("--lookback", type=int, default=128)
     parser.add_argument("--horizon", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--precision", choices=list(TRAIN_PRECISIONS), default="float32")
     parser.add_argument("--worker", choices=list(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(run_mode(args.worker, args.steps, args.batch_size, args.lookback, args.horizon, args.device)))
+        print(json.dumps(run_mode(args.worker, args.steps, args.batch_size, args.lookback, args.horizon, args.device,
+                                  args.precision)))
         return
 
     # On CPU a second run of each mode measures memory with a fixed mmap threshold (see above).
@@ -169,13 +173,14 @@ def main() -> None:
         for env in environments:
             out = subprocess.run([sys.executable, __file__, "--worker", mode, "--steps", str(args.steps),
                                   "--batch-size", str(args.batch_size), "--lookback", str(args.lookback),
-                                  "--horizon", str(args.horizon), "--device", args.device],
+                                  "--horizon", str(args.horizon), "--device", args.device,
+                                  "--precision", args.precision],
                                  capture_output=True, text=True, check=True, env=env)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         results[mode] = {**runs[0], "peak_growth_mb": runs[-1]["peak_growth_mb"], "peak_mb": runs[-1]["peak_mb"]}
     full, lora = results["full"], results["lora"]
     seq = args.lookback + args.horizon - 1
-    print(f"Kronos-small shape, batch {args.batch_size} x {seq} tokens, {full['device']}, "
+    print(f"Kronos-small shape, batch {args.batch_size} x {seq} tokens, {full['device']}, {args.precision}, "
           f"median of {args.steps} steps")
     print(f"{'mode':<14} {'trainable':>12} {'s/step':>8} {'forward':>8} {'backward':>9} {'update':>7} "
           f"{'peak growth MB':>15} {'time/full':>10} {'memory/full':>12}")

@@ -316,7 +316,7 @@ def _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_s
         "lora_rank": config.lora.rank, "lora_alpha": config.lora.alpha, "lora_dropout": config.lora.dropout,
         "lora_targets": ",".join(config.lora.target_modules), "seed": config.seed,
         "weight_decay": config.weight_decay, "warmup_fraction": config.warmup_fraction,
-        "grad_clip": config.grad_clip, "patience": config.patience,
+        "grad_clip": config.grad_clip, "patience": config.patience, "precision": config.precision,
         "train_samples": len(train_set), "inner_val_samples": len(inner_set),
         "code_version": git_commit(), "kronos_rolling_version": __version__,
     }

@@ -55,6 +55,8 @@ def training_options(fn):
         click.option("--lora-alpha", type=click.IntRange(min=1), default=16, show_default=True),
         click.option("--seed", type=int, default=42, show_default=True),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+                     help="Training forward precision (bf16 autocast; weights and optimiser stay float32)."),
         click.option("--warm-start", default="auto", show_default=True,
                      help="Adapter to continue from: a folder, runs:/ID/adapter, models:/NAME@ALIAS, 'auto' "
                           "(rolling: the class's production adapter, else the pooled one) or 'none'."),
@@ -90,6 +92,7 @@ def _build(mode: str, asset_class: str | None, kw: dict):
         lr=kw["lr"], years=kw["years"], batch_size=kw["batch_size"], lookback=kw["lookback"],
         horizon=kw["horizon"], stride=kw["stride"], max_samples_per_epoch=kw["max_samples_per_epoch"],
         lora=LoraSettings(rank=kw["lora_rank"], alpha=kw["lora_alpha"]), seed=kw["seed"], device=kw["device"],
+        precision=kw["precision"],
     )
     if kw["eval_hold"] > kw["horizon"]:
         raise ConfigError(f"--eval-hold {kw['eval_hold']} must not exceed --horizon {kw['horizon']}")

@@ -19,6 +19,7 @@ GPU, gloo on CPU); only rank 0 writes checkpoints and talks to MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 MODES = ("pooled", "rolling")
 # Mode defaults from the phase document: rolling adapts (half the LR, half the epochs).
 MODE_DEFAULTS = {"pooled": {"lr": 1e-4, "epochs": 10}, "rolling": {"lr": 5e-5, "epochs": 5}}
+# Autocast precisions for the forward pass; weights, gradients and AdamW stay float32.
+# No fp16: it would need loss scaling, and bf16 has float32's range.
+TRAIN_PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -79,6 +83,7 @@ class TrainConfig:
     seed: int = 42
     lora: LoraSettings = field(default_factory=LoraSettings)
     device: str = "auto"
+    precision: str = "float32"  # or bf16: autocast forward (tensor cores on CUDA, AMX on recent Xeons)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -99,6 +104,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r} "
+                              f"(fp16 is not offered for training: it needs loss scaling, bf16 does not)")
         if self.max_samples_per_epoch is not None and self.max_samples_per_epoch < 1:
             raise ConfigError(f"max_samples_per_epoch must be >= 1, got {self.max_samples_per_epoch}")
 
@@ -290,15 +298,22 @@ def _batches(dataset, indices: np.ndarray, batch_size: int):
         yield {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context of a training forward pass in `precision` (float32: none)."""
+    dtype = TRAIN_PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def _step_loss(module: torch.nn.Module, tokenizer: torch.nn.Module, batch: dict, device: torch.device,
-               causal_s2: bool | None = None):
+               causal_s2: bool | None = None, precision: str = "float32"):
     x = batch["x"].to(device)
-    with torch.no_grad():
+    with torch.no_grad():  # float32 whatever the precision: the same tokens a forecast sees
         s1, s2 = tokenizer.encode(x, half=True)
     stamp = batch["stamp"].to(device)
     events = batch["event_ids"].to(device)
-    s1_logits, s2_logits = module(s1[:, :-1], s2[:, :-1], stamp[:, :-1], events[:, :-1], s1[:, 1:],
-                                  causal_s2=causal_s2)
+    with autocast_for(device, precision):
+        s1_logits, s2_logits = module(s1[:, :-1], s2[:, :-1], stamp[:, :-1], events[:, :-1], s1[:, 1:],
+                                      causal_s2=causal_s2)
     return token_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:])
 
 
@@ -313,7 +328,7 @@ def _validation_loss(module, tokenizer, dataset, config, dist_info, device) -> f
         size = len(batch["x"])
         # Eval mode (no dropout) with a causal s2 cross-attention: in the released eval-mode
         # forward, bar t's s2 logits attend to later bars, which hold the targets themselves.
-        total += float(_step_loss(module, tokenizer, batch, device, causal_s2=True)) * size
+        total += float(_step_loss(module, tokenizer, batch, device, causal_s2=True, precision=config.precision)) * size
         count += size
     module.train()
     return _all_mean(total / max(count, 1), count, dist_info)
@@ -407,7 +422,7 @@ def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowD
                    mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
         loss_sum, seen = 0.0, 0
         for batch in _batches(train_set, indices, config.batch_size):
-            loss = _step_loss(runner, trainee.tokenizer, batch, device)
+            loss = _step_loss(runner, trainee.tokenizer, batch, device, precision=config.precision)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

@@ -91,7 +91,7 @@ def test_a_rolling_run_records_everything_the_guard_and_operators_need(jobs, env
     assert params["val_start"].startswith("2018-01-01") and params["val_end"].startswith("2018-02-01")
     assert params["train_end"] == params["val_start"], "training must end where validation starts"
     assert set(params["symbols"].split(",")) == set(DataStore().symbols_for("crypto"))
-    assert params["lr"] == "5e-05" and params["epochs"] == "2"
+    assert params["lr"] == "5e-05" and params["epochs"] == "2" and params["precision"] == "float32"
 
     for key in EPOCH_METRICS:
         history = env.get_metric_history(run.info.run_id, key)

@@ -77,10 +77,11 @@ def test_the_cluster_variant_has_the_same_entry_points_in_docker():
               "base_model": "NeoQuasar/Kronos-small", "epochs": "3", "lr": "1e-4", "batch_size": "8",
               "lookback": "64", "horizon": "8", "stride": "2", "years": "1.5", "max_samples_per_epoch": "100",
               "eval_samples": "2", "eval_max_origins": "50", "seed": "7", "device": "cpu",
-              "warm_start": "models:/kronos-lora-pooled@production", "force": "true"}),
+              "precision": "bf16", "warm_start": "models:/kronos-lora-pooled@production", "force": "true"}),
     ("pooled", {"as_of": "", "data": "", "base_model": "", "epochs": "10", "lr": "1e-4", "batch_size": "32",
                 "lookback": "128", "horizon": "16", "stride": "1", "years": "2", "max_samples_per_epoch": "",
-                "eval_samples": "4", "eval_max_origins": "", "seed": "42", "device": "auto", "register": "false"}),
+                "eval_samples": "4", "eval_max_origins": "", "seed": "42", "device": "auto", "precision": "float32",
+                "register": "false"}),
     ("simulate", {"start": "2018-01", "months": "12", "asset_class": "crypto,equity", "drill": "2018-06,2018-09"}),
 ])
 def test_parameters_become_options_the_command_accepts(entry, values):
@@ -96,7 +97,7 @@ def test_parameters_become_options_the_command_accepts(entry, values):
     if entry == "main":
         assert parsed["asset_class"] == "equity" and parsed["epochs"] == 3 and parsed["lr"] == 1e-4
         assert parsed["eval_max_origins"] == 50 and parsed["force"] is True
-        assert parsed["warm_start"] == "models:/kronos-lora-pooled@production"
+        assert parsed["warm_start"] == "models:/kronos-lora-pooled@production" and parsed["precision"] == "bf16"
     elif entry == "pooled":
         assert parsed["as_of"] is None and parsed["data_dir"] is None and parsed["max_samples_per_epoch"] is None
     else:
@@ -115,6 +116,7 @@ def test_parameters_become_options_the_command_accepts(entry, values):
     ("base_model", "./missing-base", "neither an existing folder nor a hub id"),
     ("max_samples_per_epoch", "-5", "or empty for no cap"),
     ("device", "tpu", "auto, cpu, cuda"),
+    ("precision", "fp16", "float32, bf16"),
     ("force", "maybe", "true or false"),
     ("warm_start", "latest", "models:/NAME@ALIAS"),
 ])

@@ -51,6 +51,7 @@ def test_mode_defaults_follow_the_phase_document(tiny_base):
     ({"asset_class": "bonds"}, "needs --asset-class"),
     ({"epochs": 0}, "epochs must be >= 1"),
     ({"as_of": "not a date"}, "cannot read"),
+    ({"precision": "fp16"}, "precision must be one of float32, bf16"),
 ])
 def test_bad_settings_are_named(tiny_base, kwargs, words):
     with pytest.raises(ConfigError, match=words):
@@ -78,6 +79,24 @@ def test_fit_changes_only_the_adapter_and_event_embedding(tiny_base):
     assert any("lora_B" in n for n in changed), "LoRA weights did not train"
     assert set(after) == set(trainable_before)
     assert all("lora_" in n or n.startswith("event_embedding.") for n in after)
+
+
+def test_bf16_runs_the_forward_in_bfloat16_and_keeps_tokens_weights_and_optimiser_in_float32(tiny_base):
+    config = small_config(tiny_base, precision="bf16")
+    trainee, train_set, inner_set = trainee_and_sets(config, DataStore())
+    seen = {"predictor": set(), "tokenizer": set()}
+    block_linear = trainee.model.get_base_model().transformer[0].ffn.w2
+    tokenizer_linear = next(m for m in trainee.tokenizer.modules() if isinstance(m, torch.nn.Linear))
+    block_linear.register_forward_hook(lambda m, i, out: seen["predictor"].add(out.dtype))
+    tokenizer_linear.register_forward_hook(lambda m, i, out: seen["tokenizer"].add(out.dtype))
+    before = state_of(trainee)
+    result = fit(trainee, train_set, inner_set, config, device=CPU, progress=False)
+
+    assert seen == {"predictor": {torch.bfloat16}, "tokenizer": {torch.float32}}
+    assert all(torch.isfinite(torch.tensor([h.train_loss, h.val_loss])).all() for h in result.history)
+    after = state_of(trainee)
+    assert all(value.dtype == torch.float32 for value in after.values())
+    assert any("lora_B" in n and not torch.equal(after[n], before[n]) for n in after), "LoRA weights did not train"
 
 
 def test_progress_shows_each_epoch_with_bars_per_second_and_loss(tiny_base, capsys):
