@@ -60,7 +60,6 @@ MODES = {"full": None, "lora": None, "lora-drop0.05": 0.05}  # mode -> LoRA drop
 
 def run_mode(mode: str, steps: int, batch_size: int, lookback: int, horizon: int, device_name: str,
              precision: str) -> dict:
-
     torch.manual_seed(0)
     device = resolve_device(device_name)
     cuda = device.type == "cuda"

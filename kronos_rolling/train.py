@@ -83,7 +83,7 @@ class TrainConfig:
     seed: int = 42
     lora: LoraSettings = field(default_factory=LoraSettings)
     device: str = "auto"
-    precision: str = "float32"  # or bf16: autocast forward (tensor cores on CUDA, AMX on recent Xeons)
+    precision: str = "float32"  # or bf16: autocast forward, for GPUs with bf16 tensor cores
 
     def __post_init__(self):
         if self.mode not in MODES:
