@@ -40,6 +40,7 @@ import time
 import numpy as np
 import torch
 
+from kronos_rolling import TRAINING_PRECISIONS
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.data.store import DataStore
@@ -49,7 +50,7 @@ from kronos_rolling.model.forecast import resolve_device
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.lora import LoraSettings, attach_lora
 from kronos_rolling.model.tokenizer import KronosTokenizer
-from kronos_rolling.train import TRAIN_PRECISIONS, ConditionedKronos, TrainConfig, _step_loss
+from kronos_rolling.train import ConditionedKronos, TrainConfig, _step_loss
 
 KRONOS_BASE = dict(n_layers=12, d_model=832, ff_dim=2048)
 RTX_4060_PEAK = {"fp32": 15.1e12, "bf16": 60.0e12}  # dense FLOP/s, NVIDIA spec sheet (Ada AD107)
@@ -154,7 +155,7 @@ def main() -> None:
     parser.add_argument("--lookback", type=int, default=128)
     parser.add_argument("--horizon", type=int, default=16)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    parser.add_argument("--precision", choices=list(TRAIN_PRECISIONS), default="float32")
+    parser.add_argument("--precision", choices=TRAINING_PRECISIONS, default="float32")
     parser.add_argument("--worker", choices=list(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -3,3 +3,5 @@
 __version__ = "0.1.0"
 
 ASSET_CLASSES = ("crypto", "forex_commodity", "equity")
+# Training forward precisions, named here (no torch import) for the CLI and the MLproject checks.
+TRAINING_PRECISIONS = ("float32", "bf16")

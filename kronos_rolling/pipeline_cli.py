@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from kronos_rolling import ASSET_CLASSES
+from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
 from kronos_rolling.errors import ConfigError, KronosError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def training_options(fn):
         click.option("--lora-alpha", type=click.IntRange(min=1), default=16, show_default=True),
         click.option("--seed", type=int, default=42, show_default=True),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+        click.option("--precision", type=click.Choice(TRAINING_PRECISIONS), default="float32", show_default=True,
                      help="Training forward precision (bf16 autocast; weights and optimiser stay float32)."),
         click.option("--warm-start", default="auto", show_default=True,
                      help="Adapter to continue from: a folder, runs:/ID/adapter, models:/NAME@ALIAS, 'auto' "

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from kronos_rolling import ASSET_CLASSES
+from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
 from kronos_rolling.errors import ConfigError, KronosError
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ def _training_parameters(epochs_example: str, lr_example: str) -> tuple[Paramete
         Parameter("eval_max_origins", whole("--eval-max-origins", blank_means_default=True), "500"),
         Parameter("seed", whole("--seed", minimum=0), "42"),
         Parameter("device", one_of("--device", ("auto", "cpu", "cuda")), "auto"),
-        Parameter("precision", one_of("--precision", ("float32", "bf16")), "bf16"),
+        Parameter("precision", one_of("--precision", TRAINING_PRECISIONS), "bf16"),
     )
 
 

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from kronos_rolling import ASSET_CLASSES
+from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
 from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventVocabulary
@@ -55,9 +55,9 @@ log = logging.getLogger(__name__)
 MODES = ("pooled", "rolling")
 # Mode defaults from the phase document: rolling adapts (half the LR, half the epochs).
 MODE_DEFAULTS = {"pooled": {"lr": 1e-4, "epochs": 10}, "rolling": {"lr": 5e-5, "epochs": 5}}
-# Autocast precisions for the forward pass; weights, gradients and AdamW stay float32.
-# No fp16: it would need loss scaling, and bf16 has float32's range.
-TRAIN_PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
+# Autocast dtype of each training precision but float32 (no autocast); weights, gradients
+# and AdamW stay float32. No fp16: it would need loss scaling, and bf16 has float32's range.
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
 
 
 @dataclass
@@ -104,8 +104,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.precision not in TRAIN_PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r} "
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {self.precision!r} "
                               f"(fp16 is not offered for training: it needs loss scaling, bf16 does not)")
         if self.max_samples_per_epoch is not None and self.max_samples_per_epoch < 1:
             raise ConfigError(f"max_samples_per_epoch must be >= 1, got {self.max_samples_per_epoch}")
@@ -300,7 +300,7 @@ def _batches(dataset, indices: np.ndarray, batch_size: int):
 
 def autocast_for(device: torch.device, precision: str):
     """The autocast context of a training forward pass in `precision` (float32: none)."""
-    dtype = TRAIN_PRECISIONS[precision]
+    dtype = AUTOCAST_DTYPES.get(precision)
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
