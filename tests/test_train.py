@@ -81,7 +81,7 @@ def test_fit_changes_only_the_adapter_and_event_embedding(tiny_base):
     assert all("lora_" in n or n.startswith("event_embedding.") for n in after)
 
 
-def test_bf16_runs_the_forward_in_bfloat16_and_keeps_tokens_weights_and_optimiser_in_float32(tiny_base):
+def test_bf16_runs_the_forward_in_bfloat16_and_keeps_tokens_weights_and_optimiser_in_float32(tiny_base, tmp_path):
     config = small_config(tiny_base, precision="bf16")
     trainee, train_set, inner_set = trainee_and_sets(config, DataStore())
     seen = {"predictor": set(), "tokenizer": set()}
@@ -90,9 +90,13 @@ def test_bf16_runs_the_forward_in_bfloat16_and_keeps_tokens_weights_and_optimise
     block_linear.register_forward_hook(lambda m, i, out: seen["predictor"].add(out.dtype))
     tokenizer_linear.register_forward_hook(lambda m, i, out: seen["tokenizer"].add(out.dtype))
     before = state_of(trainee)
-    result = fit(trainee, train_set, inner_set, config, device=CPU, progress=False)
+    checkpoint = Checkpoint(tmp_path / "checkpoint", "bf16")
+    result = fit(trainee, train_set, inner_set, config, device=CPU, progress=False, checkpoint=checkpoint)
 
     assert seen == {"predictor": {torch.bfloat16}, "tokenizer": {torch.float32}}
+    moments = [value for state in checkpoint.load()["optimizer"]["state"].values()
+               for key, value in state.items() if key in ("exp_avg", "exp_avg_sq")]
+    assert moments and all(value.dtype == torch.float32 for value in moments)
     assert all(torch.isfinite(torch.tensor([h.train_loss, h.val_loss])).all() for h in result.history)
     after = state_of(trainee)
     assert all(value.dtype == torch.float32 for value in after.values())
