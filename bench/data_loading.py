@@ -46,7 +46,10 @@ def best_of(fn, repeats: int) -> float:
 
 
 def training_step_seconds(batch: dict, shape: dict, steps: int) -> float:
-    from model.kronos import Kronos, KronosTokenizer  # the reference implementation (test dependency)
+    from model.kronos import (  # the reference implementation (test dependency)
+        Kronos,
+        KronosTokenizer,
+    )
 
     torch.manual_seed(0)
     tokenizer = KronosTokenizer(**TOKENIZER).eval()

@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import model as reference  # kronos-model-arch, the released implementation (test/bench only)
 import numpy as np
 import pandas as pd
 import torch
 
-import model as reference  # kronos-model-arch, the released implementation (test/bench only)
-from kronos_rolling.features import FEATURE_COLUMNS
+from kronos_rolling.data.features import FEATURE_COLUMNS
 from kronos_rolling.model.config import MODEL_SIZES
 from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.model.kronos import Kronos

@@ -24,16 +24,17 @@ from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
 from kronos_rolling.model.config import MODEL_SIZES
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer
-from kronos_rolling.pretrain import (
-    DEFAULT_UNTIL,
-    PretrainConfig,
+from kronos_rolling.training.pretrain.config import DEFAULT_UNTIL, PretrainConfig
+from kronos_rolling.training.pretrain.data import (
+    bars_between,
+    held_out_windows,
+    window_dataset,
+)
+from kronos_rolling.training.pretrain.measure import (
     evaluate_base,
     frequency_baseline_loss,
-    held_out_windows,
-    pretrain_base,
-    window_dataset,
-    bars_between,
 )
+from kronos_rolling.training.pretrain.run import pretrain_base
 
 BUDGET_SECONDS = 90.0  # the demo's share for pre-training (the whole demo: < 10 minutes on 2 cores)
 HELD_OUT_FROM = "2017-12-01"  # where the replay and the demo start evaluating

@@ -130,7 +130,7 @@ def train_probe(base: Path, seconds: float, threads: int) -> None:
 
 class Service:
     def __init__(self, env: dict[str, str], log: Path):
-        from kronos_rolling.tracking import free_port
+        from kronos_rolling.tracking.server import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -196,14 +196,14 @@ def main() -> None:
 
     import mlflow
     from mlflow import MlflowClient
+    from serve_support import bars_json, register_version, sample_frame, set_production
 
-    from kronos_rolling.adapters import fetch_adapter, load_forecast_model
     from kronos_rolling.model.forecast import Forecaster
     from kronos_rolling.model.lora import LoraSettings
     from kronos_rolling.registry.promotion import rollback
     from kronos_rolling.serve.schemas import Bar, series_of
-    from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
-    from serve_support import bars_json, register_version, sample_frame, set_production
+    from kronos_rolling.tracking.adapters import fetch_adapter, load_forecast_model
+    from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -9,7 +9,7 @@ Each mode runs in a fresh process (so peak memory is that mode's own): load a
 Kronos-small-shaped predictor and Kronos-Tokenizer-base-shaped tokenizer (random
 weights), build real training samples from the bundled crypto data, then time
 `--steps` optimiser steps after one warm-up step. The step is the training step of
-kronos_rolling.train (tokenizer encode without grad, teacher-forced forward with the
+kronos_rolling.training.loop (tokenizer encode without grad, teacher-forced forward with the
 event embedding, both token losses, backward, clipping, AdamW), timed in three phases:
 forward (encode, forward, loss), backward, and update (clipping, AdamW).
 
@@ -45,12 +45,13 @@ from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.model.config import MODEL_SIZES
+from kronos_rolling.model.device import resolve_device
 from kronos_rolling.model.events import EventEmbedding
-from kronos_rolling.model.forecast import resolve_device
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.lora import LoraSettings, attach_lora
 from kronos_rolling.model.tokenizer import KronosTokenizer
-from kronos_rolling.train import ConditionedKronos, TrainConfig, _step_loss
+from kronos_rolling.training.config import TrainConfig
+from kronos_rolling.training.loop import ConditionedKronos, _step_loss
 
 KRONOS_BASE = dict(n_layers=12, d_model=832, ff_dim=2048)
 RTX_4060_PEAK = {"fp32": 15.1e12, "bf16": 60.0e12}  # dense FLOP/s, NVIDIA spec sheet (Ada AD107)

@@ -29,7 +29,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from kronos_rolling.errors import LockBusy
-from kronos_rolling.tracking import default_data_dir
+from kronos_rolling.tracking.server import default_data_dir
 
 log = logging.getLogger(__name__)
 

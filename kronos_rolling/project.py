@@ -34,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
@@ -313,8 +312,8 @@ def route_launcher_run(label: str | None, environ=os.environ) -> str | None:
     if not run_id:
         return None
     if label is not None:
-        from kronos_rolling.pipeline import experiment_name
         from kronos_rolling.registry.client import connect
+        from kronos_rolling.tracking.runs import experiment_name
 
         client = connect()
         experiment = client.get_experiment(client.get_run(run_id).info.experiment_id)
@@ -372,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         _alert_failure(entry_name, values, error)
         raise SystemExit(error.exit_code) from None
-    from kronos_rolling.cli import main as kronos_rolling
+    from kronos_rolling.cli.main import main as kronos_rolling
 
     print(f"kronos-rolling {' '.join(command)}", file=sys.stderr, flush=True)
     kronos_rolling.main(args=command, prog_name="kronos-rolling")

@@ -14,4 +14,4 @@ export KRONOS_MLFLOW_PORT="${PORT:-${KRONOS_MLFLOW_PORT:-5000}}"
 
 # exec: the server becomes this process, so the container's SIGTERM reaches it and it stops
 # mlflow and its workers before exiting.
-exec "${PYTHON:-python3}" -m kronos_rolling.server_cli "$@"
+exec "${PYTHON:-python3}" -m kronos_rolling.cli server "$@"

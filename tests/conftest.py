@@ -13,7 +13,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
+from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 
 # Keep tests quiet and small: no telemetry, no background server jobs.
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
@@ -80,6 +80,6 @@ def kronos_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def pretrained_base(tmp_path_factory):
     """A tiny base pre-trained (briefly) on the bundled history before 2017-01-01."""
-    from kronos_rolling.pretrain import pretrained_tiny_base
+    from support.pretrained import pretrained_tiny_base
 
     return pretrained_tiny_base(tmp_path_factory.getbasetemp() / "pretrained-tiny-base")

@@ -34,7 +34,7 @@ import psutil
 import pytest
 import requests
 
-from kronos_rolling.tracking import free_port, is_healthy
+from kronos_rolling.tracking.server import free_port, is_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 START_SCRIPT = REPO / "mlflow_server" / "start.sh"

@@ -27,15 +27,15 @@ import requests
 import torch
 from mlflow import MlflowClient
 
-from kronos_rolling.adapters import ADAPTER_ARTIFACT, METADATA_FILE
-from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
+from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.lora import LoraSettings, attach_lora, save_adapter_bundle
 from kronos_rolling.registry.names import registered_model_name
 from kronos_rolling.serve.integrity import BUNDLE_DIGEST_TAG, bundle_digest
-from kronos_rolling.tracking import free_port
+from kronos_rolling.tracking.adapters import ADAPTER_ARTIFACT, METADATA_FILE
+from kronos_rolling.tracking.server import free_port
 
 EVENT_VOCAB = {"fomc_decision": 1, "halving": 2}
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def register_version(client: MlflowClient, base_dir: Path, label: str, seed: int
         tags = {"asset_class": label, "val_mae": f"{val_mae:.6g}"}
         if digest_tag:
             tags[BUNDLE_DIGEST_TAG] = bundle_digest(bundle)
-        from kronos_rolling.pyfunc import log_adapter_model
+        from kronos_rolling.tracking.pyfunc import log_adapter_model
 
         with mlflow.start_run():
             info = log_adapter_model(bundle, example if example is not None else sample_frame("BTCUSD", 48))

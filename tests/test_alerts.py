@@ -4,13 +4,13 @@ import logging
 import time
 
 import pytest
+from test_registry_support import Receiver, figures
 
 from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import send_alert, send_guard_alerts
 from kronos_rolling.registry.guard import decide_promotion
 from kronos_rolling.registry.settings import RetryPolicy
-from kronos_rolling.tracking import free_port
-from test_registry_support import Receiver, figures
+from kronos_rolling.tracking.server import free_port
 
 FAST = RetryPolicy(attempts=4, first_delay_s=0.1, factor=2.0)
 

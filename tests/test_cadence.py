@@ -3,14 +3,21 @@
 from datetime import date
 
 import pytest
+from test_registry_support import cli, lock_dir, register_stand_in  # noqa: F401 (fixtures)
 
 from kronos_rolling.errors import RegistryError
 from kronos_rolling.registry import cadence, history, schedule
-from kronos_rolling.registry.cadence import (MONTHLY, QUARTERLY, CadenceState, RetrainRecord,
-                                             after_retrain, is_retrain_due, with_mode)
+from kronos_rolling.registry.cadence import (
+    MONTHLY,
+    QUARTERLY,
+    CadenceState,
+    RetrainRecord,
+    after_retrain,
+    is_retrain_due,
+    with_mode,
+)
 from kronos_rolling.registry.names import CADENCE_TAG
 from kronos_rolling.registry.settings import Thresholds
-from test_registry_support import cli, lock_dir, register_stand_in  # noqa: F401 (fixtures)
 
 D = date.fromisoformat
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from kronos_rolling.cli import main
+from kronos_rolling.cli.main import main
 from kronos_rolling.data.assets import ASSET_CLASSES, classify_asset, read_overrides
 from kronos_rolling.errors import DataError
 

@@ -10,10 +10,14 @@ from torch.utils.data import DataLoader
 
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventCalendar, EventVocabulary
+from kronos_rolling.data.features import (
+    FEATURE_COLUMNS,
+    normalize_window,
+    time_features,
+)
 from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
 from kronos_rolling.data.windows import select_training_window
 from kronos_rolling.errors import ConfigError
-from kronos_rolling.features import FEATURE_COLUMNS, normalize_window, time_features
 
 L, H = 24, 6
 

@@ -9,10 +9,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kronos_rolling.cli import main
-from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore, default_data_dir, prepare_bars
+from kronos_rolling.cli.main import main
+from kronos_rolling.data.features import FEATURE_COLUMNS
+from kronos_rolling.data.store import (
+    BUNDLED_DATA_DIR,
+    DataStore,
+    default_data_dir,
+    prepare_bars,
+)
 from kronos_rolling.errors import DataError
-from kronos_rolling.features import FEATURE_COLUMNS
 
 BUNDLED = ["AAPL", "BTCUSD", "BTCUSD-1D", "ETHUSD", "EURUSD", "GOOG", "IBM", "LTCUSD", "MSFT", "^GSPC", "^IXIC"]
 

@@ -7,10 +7,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kronos_rolling.cli import main
+from kronos_rolling.cli.main import main
 from kronos_rolling.data.calendars import missing_bars
 from kronos_rolling.data.store import BUNDLED_DATA_DIR
-from kronos_rolling.data.validate import KnownGap, validate_file, validate_frame, validate_path
+from kronos_rolling.data.validate import (
+    KnownGap,
+    validate_file,
+    validate_frame,
+    validate_path,
+)
 
 
 def bars(timestamps, close=100.0) -> pd.DataFrame:

@@ -11,7 +11,13 @@ import time
 import pytest
 
 from kronos_rolling.errors import LockBusy
-from kronos_rolling.locks import device_busy, holder, lock_dir, registry_lock, training_lock
+from kronos_rolling.locks import (
+    device_busy,
+    holder,
+    lock_dir,
+    registry_lock,
+    training_lock,
+)
 
 # A job that takes the lock, says so, and holds it until told to go (a line on stdin).
 HOLDER = textwrap.dedent("""
@@ -89,7 +95,7 @@ def test_no_wait_raises_lock_busy_with_exit_code_75():
         # and through a command line, as the training job reports it
         script = textwrap.dedent("""
             import click
-            from kronos_rolling.cli import KronosGroup
+            from kronos_rolling.cli.main import KronosGroup
             from kronos_rolling.locks import training_lock
             group = KronosGroup("k")
             @group.command()

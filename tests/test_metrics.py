@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kronos_rolling.metrics import (
+from kronos_rolling.evaluation.score import (
     annualized_sharpe,
     bars_per_year,
     cumulative_returns,

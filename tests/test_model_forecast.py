@@ -7,15 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+from kronos_rolling.data.features import FEATURE_COLUMNS
 from kronos_rolling.errors import ConfigError, DataError, KronosError, ModelError
-from kronos_rolling.features import FEATURE_COLUMNS
 from kronos_rolling.model.config import MODEL_SIZES, TokenizerConfig
-from kronos_rolling.model.forecast import (
-    Forecaster,
-    generate,
-    infer_future_timestamps,
-    sample_tokens,
-)
+from kronos_rolling.model.forecast import Forecaster, infer_future_timestamps
+from kronos_rolling.model.generate import generate, sample_tokens
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kronos_rolling.cli import main
+from kronos_rolling.cli.main import main
 from kronos_rolling.errors import ModelError
 from kronos_rolling.model.config import MODEL_SIZES, KronosConfig
 from kronos_rolling.model.hub import model_source_digest

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kronos_rolling.model.config import MODEL_SIZES, KronosConfig, TokenizerConfig
-from kronos_rolling.model.forecast import generate
+from kronos_rolling.model.generate import generate
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer, tokenizer_loss
 

@@ -12,18 +12,17 @@ import sys
 from pathlib import Path
 
 import mlflow
+import production_stack as ps
 import pytest
 import requests
 import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-
-import production_stack as ps
-from kronos_rolling.cli import main as kronos_rolling
-from kronos_rolling.project import ENTRY_POINTS
-
 from test_registry_support import Receiver
+
+from kronos_rolling.cli.main import main as kronos_rolling
+from kronos_rolling.project import ENTRY_POINTS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

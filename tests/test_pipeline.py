@@ -13,15 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from training_support import small_config, small_eval
 
-from kronos_rolling.adapters import default_warm_start, fetch_adapter
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import RegistryError
 from kronos_rolling.locks import training_lock
-from kronos_rolling.pipeline import COMPLETE_TAG, TrainOutcome, monthly_job, register_step
-from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
-
-from training_support import small_config, small_eval
+from kronos_rolling.pipeline.job import monthly_job
+from kronos_rolling.pipeline.steps import TrainOutcome, register_step
+from kronos_rolling.tracking.adapters import default_warm_start, fetch_adapter
+from kronos_rolling.tracking.runs import COMPLETE_TAG
+from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 
 EPOCH_METRICS = {"train_loss", "val_loss", "lr", "bars_per_second"}
 
@@ -168,7 +169,7 @@ def test_the_registered_version_forecasts_as_a_pyfunc(jobs, env):
 def test_evaluation_is_deterministic_and_logged(jobs, env, home):
     from click.testing import CliRunner
 
-    from kronos_rolling.cli import main
+    from kronos_rolling.cli.main import main
 
     uri = f"models:/kronos-lora-crypto/{jobs['crypto'].version}"
     args = ["evaluate", "--model", uri, "--asset-class", "crypto", "--as-of", "2018-02-01",
@@ -221,7 +222,7 @@ def test_mlflow_models_serve_answers_with_the_production_version(jobs, env, tmp_
 
     import requests
 
-    from kronos_rolling.tracking import free_port
+    from kronos_rolling.tracking.server import free_port
 
     alias = "production" if jobs["crypto"].promoted else "staging"
     port = free_port()
@@ -259,7 +260,6 @@ def test_mlflow_models_serve_answers_with_the_production_version(jobs, env, tmp_
 
 def test_a_version_of_kronos_base_weighs_under_5_percent_of_the_base(jobs, env, tmp_path):
     """The LoRA bundle of a Kronos-base-sized model, plus the MLflow files around a version."""
-    import torch
 
     from kronos_rolling.model.config import MODEL_SIZES
     from kronos_rolling.model.events import EventEmbedding
@@ -302,8 +302,12 @@ def test_a_job_that_cannot_start_alerts_and_names_the_problem(env, tmp_path, mon
 
 
 def test_the_default_base_is_the_environment_then_this_machines_config(tmp_path, monkeypatch):
-    from kronos_rolling.base import DEFAULT_BASE_MODEL, default_base_model, remember_base_model
     from kronos_rolling.errors import ConfigError
+    from kronos_rolling.model.base import (
+        DEFAULT_BASE_MODEL,
+        default_base_model,
+        remember_base_model,
+    )
 
     monkeypatch.setenv("KRONOS_HOME", str(tmp_path))
     monkeypatch.delenv("KRONOS_BASE_MODEL", raising=False)
@@ -322,8 +326,9 @@ def test_the_default_base_is_the_environment_then_this_machines_config(tmp_path,
 def test_a_worse_candidate_is_refused_alerted_and_the_job_still_exits_0(jobs, env, home, tiny_base, tmp_path,
                                                                         monkeypatch):
     """The guard's refusal through the real command: a warm start with loud noise in its LoRA weights."""
-    from kronos_rolling.simulate import sabotage
     from test_registry_support import Receiver
+
+    from kronos_rolling.pipeline.replay import sabotage
 
     production_before = env.get_registered_model("kronos-lora-crypto").aliases.get("production")
     bad = sabotage("models:/kronos-lora-pooled@production", env, tmp_path, seed=3)

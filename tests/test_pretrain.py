@@ -19,33 +19,38 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from support.pretrained import TEST_BASE_SETTINGS, pretrained_tiny_base
 
-from kronos_rolling.base import BaseModelRef
-from kronos_rolling.cli import KronosGroup
+from kronos_rolling.cli.main import KronosGroup
+from kronos_rolling.cli.model import pretrain
 from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
 from kronos_rolling.errors import ConfigError, DataError, KronosError
+from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.config import MODEL_SIZES
 from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.model.hub import model_source_digest
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer
-from kronos_rolling.pretrain import (
+from kronos_rolling.training.pretrain.config import (
     DEFAULT_UNTIL,
     PretrainConfig,
-    TEST_BASE_SETTINGS,
+    read_pretrain_report,
+)
+from kronos_rolling.training.pretrain.data import (
     bars_between,
     bars_digest,
     batch_indices,
-    check_output_folder,
+    held_out_windows,
+    window_dataset,
+)
+from kronos_rolling.training.pretrain.measure import (
     evaluate_base,
     frequency_baseline_loss,
-    held_out_windows,
+)
+from kronos_rolling.training.pretrain.run import (
+    check_output_folder,
     is_current_pretrain,
-    pretrain,
     pretrain_base,
-    pretrained_tiny_base,
-    read_pretrain_report,
-    window_dataset,
 )
 
 UNTIL = pd.Timestamp(DEFAULT_UNTIL, tz="UTC")
@@ -296,7 +301,7 @@ def test_killed_run_leaves_the_previous_base_untouched(two_symbol_store, tmp_pat
     before = weights_digests(out)
     script = (
         "from kronos_rolling.data.store import DataStore\n"
-        "from kronos_rolling.pretrain import pretrain_base\n"
+        "from kronos_rolling.training.pretrain.run import pretrain_base\n"
         f"pretrain_base(DataStore({str(two_symbol_store.root)!r}), {str(out)!r}, until='2017-01-01', seed=2,\n"
         "              tokenizer_steps=100000, predictor_steps=10, batch_size=8, lookback=32, horizon=8)\n"
     )

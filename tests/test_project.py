@@ -15,13 +15,12 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.projects._project_spec import load_project
 from mlflow.utils.environment import _PythonEnv
+from test_registry_support import Receiver
 
 from kronos_rolling import project
-from kronos_rolling.cli import main as kronos_rolling
+from kronos_rolling.cli.main import main as kronos_rolling
 from kronos_rolling.errors import ConfigError
 from kronos_rolling.project import ENTRY_POINTS, command_for
-
-from test_registry_support import Receiver
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kronos_rolling.tracking import free_port
+from kronos_rolling.tracking.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP_MARKER = "<!-- not run by the tests"

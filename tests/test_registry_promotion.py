@@ -9,6 +9,16 @@ from datetime import date, datetime, timezone
 import pytest
 from mlflow import MlflowClient
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from test_registry_support import (  # noqa: F401 (fixtures)
+    FaultProxy,
+    Receiver,
+    cli,
+    figures,
+    lock_dir,
+    promote_decision,
+    refuse_decision,
+    register_stand_in,
+)
 
 from kronos_rolling.errors import ConfigError, RegistryError, RegistryUnavailable
 from kronos_rolling.locks import registry_lock
@@ -18,13 +28,15 @@ from kronos_rolling.registry.guard import decide_promotion
 from kronos_rolling.registry.history import Actor
 from kronos_rolling.registry.lifecycle import conclude_retrain
 from kronos_rolling.registry.names import CADENCE_TAG, registered_model_name
-from kronos_rolling.registry.promotion import (alias_state, apply_guard_decision,
-                                               mark_staging, production_version, promote,
-                                               rollback)
-from kronos_rolling.tracking import free_port
-from test_registry_support import (FaultProxy, Receiver, cli, figures,  # noqa: F401 (fixtures)
-                                   lock_dir, promote_decision, refuse_decision,
-                                   register_stand_in)
+from kronos_rolling.registry.promotion import (
+    alias_state,
+    apply_guard_decision,
+    mark_staging,
+    production_version,
+    promote,
+    rollback,
+)
+from kronos_rolling.tracking.server import free_port
 
 CRYPTO = "kronos-lora-crypto"
 OPERATOR = Actor(user="ops", host="cron-1", job="monthly-2024-03")

@@ -25,9 +25,8 @@ import requests
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from kronos_rolling.cli import KronosGroup
-from kronos_rolling.registry.cli import COMMANDS
-
+from kronos_rolling.cli.main import KronosGroup
+from kronos_rolling.cli.registry import COMMANDS
 from kronos_rolling.registry.guard import EvalFigures, decide_promotion
 from kronos_rolling.registry.names import registered_model_name
 

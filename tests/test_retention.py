@@ -5,15 +5,18 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from test_registry_support import cli, lock_dir, promote_decision, register_stand_in  # noqa: F401 (fixtures)
 
 from kronos_rolling.registry import history
 from kronos_rolling.registry.cleanup import GarbageCollection, apply_retention
-from kronos_rolling.registry.promotion import (alias_state, apply_guard_decision, mark_staging,
-                                               promote)
+from kronos_rolling.registry.promotion import (
+    alias_state,
+    apply_guard_decision,
+    mark_staging,
+    promote,
+)
 from kronos_rolling.registry.retention import VersionInfo, choose_versions_to_delete
-from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
-from test_registry_support import (cli, lock_dir, promote_decision,  # noqa: F401 (fixtures)
-                                   register_stand_in)
+from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 
 
 def versions(n, aliased=()):

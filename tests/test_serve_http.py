@@ -22,15 +22,6 @@ import requests
 import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
-
-from kronos_rolling.cli import KronosGroup
-
-from kronos_rolling.locks import training_lock
-from kronos_rolling.registry.promotion import rollback
-from kronos_rolling.serve.cli import COMMANDS
-from kronos_rolling.serve.settings import ServeSettings
-from kronos_rolling.serve.webhooks import DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
-from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
 from serve_support import (
     REPO_ROOT,
     InProcessService,
@@ -42,6 +33,19 @@ from serve_support import (
     sample_frame,
     set_production,
 )
+
+from kronos_rolling.cli.main import KronosGroup
+from kronos_rolling.cli.serve import COMMANDS
+from kronos_rolling.locks import training_lock
+from kronos_rolling.registry.promotion import rollback
+from kronos_rolling.serve.settings import ServeSettings
+from kronos_rolling.serve.webhooks import (
+    DELIVERY_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    signature,
+)
+from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)

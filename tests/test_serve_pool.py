@@ -13,9 +13,16 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from serve_support import (
+    bars_json,
+    build_bundle,
+    expected_forecast,
+    make_data_dir,
+    sample_frame,
+)
 
-from kronos_rolling.base import BaseModelRef
 from kronos_rolling.errors import ModelError
+from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.config import MODEL_SIZES
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.kronos import Kronos
@@ -25,8 +32,7 @@ from kronos_rolling.serve.integrity import bundle_digest
 from kronos_rolling.serve.pool import AdapterPool
 from kronos_rolling.serve.service import PredictorService
 from kronos_rolling.serve.settings import ServeSettings
-from kronos_rolling.tracking import free_port
-from serve_support import bars_json, build_bundle, expected_forecast, make_data_dir, sample_frame
+from kronos_rolling.tracking.server import free_port
 
 torch.set_num_threads(1)
 FRAME = sample_frame("BTCUSD", 40)
@@ -75,9 +81,10 @@ def alone(tiny_base, data_dir, seed):
 
 
 def event_ids(pool_label_vocab, data_dir):
+    import pandas as pd
+
     from kronos_rolling.data.store import DataStore
     from kronos_rolling.model.forecast import infer_future_timestamps
-    import pandas as pd
 
     stamps = pd.Series(pd.to_datetime(FRAME["timestamp"], utc=True))
     everything = pd.concat([stamps, infer_future_timestamps(stamps, PRED_LEN)], ignore_index=True)

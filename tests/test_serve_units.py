@@ -7,9 +7,10 @@ import shutil
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from serve_support import build_bundle
 
-from kronos_rolling.base import BaseModelRef
 from kronos_rolling.errors import ConfigError, DataError, ModelError
+from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.serve.cache import VersionCache
 from kronos_rolling.serve.integrity import (
     bundle_digest,
@@ -18,7 +19,14 @@ from kronos_rolling.serve.integrity import (
     check_sizes,
     file_manifest,
 )
-from kronos_rolling.serve.selection import BASE, Candidate, asset_class_of, choose, registry_freshness, same_base
+from kronos_rolling.serve.selection import (
+    BASE,
+    Candidate,
+    asset_class_of,
+    choose,
+    registry_freshness,
+    same_base,
+)
 from kronos_rolling.serve.settings import RequestLimits, ServeSettings
 from kronos_rolling.serve.webhooks import (
     DELIVERY_ID_HEADER,
@@ -29,7 +37,6 @@ from kronos_rolling.serve.webhooks import (
     relevant_model,
     signature,
 )
-from serve_support import build_bundle
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -263,7 +270,7 @@ def test_the_cache_keeps_verified_versions_and_refuses_a_corrupt_one(bundle, tmp
 
 
 def test_the_service_listens_on_loopback_unless_told_otherwise():
-    from kronos_rolling.serve.cli import COMMANDS
+    from kronos_rolling.cli.serve import COMMANDS
 
     serve = next(command for command in COMMANDS if command.name == "serve")
     host = next(option for option in serve.params if option.name == "host")

@@ -10,13 +10,13 @@ import mlflow
 import psutil
 import pytest
 
-from kronos_rolling.tracking import free_port, is_healthy
+from kronos_rolling.tracking.server import free_port, is_healthy
 
 pytestmark = pytest.mark.slow
 
-# `python -m kronos_rolling.server_cli ARGS` is `kronos-rolling server ARGS` (same click command
+# `python -m kronos_rolling.cli server ARGS` is `kronos-rolling server ARGS` (same click command
 # run by the main CLI group); it works whether or not the group has it attached yet.
-SERVER = [sys.executable, "-m", "kronos_rolling.server_cli"]
+SERVER = [sys.executable, "-m", "kronos_rolling.cli", "server"]
 
 
 def start(args, env, log_file):

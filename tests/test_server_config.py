@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from kronos_rolling.errors import ConfigError
-from kronos_rolling.tracking import (
+from kronos_rolling.tracking.server import (
     ServerConfig,
     check_database,
     redact,

@@ -10,15 +10,15 @@ import os
 import stat
 
 import mlflow
+import production_stack as ps
 import psutil
 import pytest
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-import production_stack as ps
 from kronos_rolling.errors import ConfigError
-from kronos_rolling.tracking import ServerConfig, TrackingServer
+from kronos_rolling.tracking.server import ServerConfig, TrackingServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

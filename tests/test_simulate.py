@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import ConfigError
-from kronos_rolling.simulate import (
+from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.pipeline.replay import (
     MonthRow,
     SimulationReport,
     SimulationSettings,
@@ -73,7 +73,7 @@ def _fake_base(folder: Path, until: str, data_dir: Path):
 
 
 def test_the_newest_fitting_base_is_reused(tmp_path, tiny_base, monkeypatch):
-    import kronos_rolling.base as base_module
+    import kronos_rolling.model.base as base_module
 
     monkeypatch.setattr(base_module, "model_source_digest", lambda path: "digest")  # fake folders hold no weights
     store = DataStore()
@@ -86,7 +86,7 @@ def test_the_newest_fitting_base_is_reused(tmp_path, tiny_base, monkeypatch):
 
 
 def test_where_a_base_stopped_seeing_bars_is_read_from_its_pretrain_report(tmp_path):
-    from kronos_rolling.pipeline import pretrained_until
+    from kronos_rolling.training.pretrain.config import pretrained_until
 
     data_dir = DataStore().root
     _fake_base(tmp_path / "base", "2017-11-01T00:00:00+00:00", data_dir)

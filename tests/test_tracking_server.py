@@ -4,7 +4,7 @@ import mlflow
 import psutil
 import requests
 
-from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
+from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 
 
 def test_session_server_logs_a_run(tracking_uri):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -13,13 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from train_worker import CHECKPOINT_FINGERPRINT
+from train_worker import run as worker_run
+from training_support import small_config, state_of, trainee_and_sets
 
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import ConfigError
-from kronos_rolling.train import Checkpoint, TrainConfig, fit
-
-from training_support import small_config, state_of, trainee_and_sets
-from train_worker import CHECKPOINT_FINGERPRINT, run as worker_run
+from kronos_rolling.training.checkpoint import Checkpoint
+from kronos_rolling.training.loop import fit
 
 CPU = torch.device("cpu")
 
@@ -199,12 +199,12 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
 
 def test_a_warm_start_continues_from_the_bundle_and_keeps_its_shape_and_event_rows(tiny_base, tmp_path):
     from safetensors.torch import load_file
+    from serve_support import EVENT_VOCAB, build_bundle
 
     from kronos_rolling.model.kronos import Kronos
     from kronos_rolling.model.lora import LoraSettings
     from kronos_rolling.model.tokenizer import KronosTokenizer
-    from kronos_rolling.train import build_trainee
-    from serve_support import EVENT_VOCAB, build_bundle
+    from kronos_rolling.training.loop import build_trainee
 
     bundle = build_bundle(tiny_base, tmp_path / "bundle", seed=5)  # rank 4, unlike the default 8
     saved = load_file(str(bundle / "adapter_model.safetensors"))

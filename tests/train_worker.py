@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from training_support import small_config, state_of, trainee_and_sets  # noqa: E402
 
 from kronos_rolling.data.store import DataStore  # noqa: E402
-from kronos_rolling.train import Checkpoint, fit  # noqa: E402
+from kronos_rolling.training.checkpoint import Checkpoint
+from kronos_rolling.training.loop import fit
 
 CHECKPOINT_FINGERPRINT = "test-resume"
 

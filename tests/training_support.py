@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.store import DataStore
-from kronos_rolling.evaluate import EvalSettings
-from kronos_rolling.train import TrainConfig, build_trainee
+from kronos_rolling.evaluation.samples import EvalSettings
+from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.training.config import TrainConfig
+from kronos_rolling.training.loop import build_trainee
 
 LOOKBACK, HORIZON = 16, 4
 

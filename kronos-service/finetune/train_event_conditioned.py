@@ -13,8 +13,8 @@ or 'none'. Under `torchrun --nproc-per-node N` it trains with DistributedDataPar
 import logging
 import sys
 
-from kronos_rolling.cli import KronosGroup
-from kronos_rolling.pipeline_cli import train
+from kronos_rolling.cli.main import KronosGroup
+from kronos_rolling.cli.pipeline import train
 
 
 def main() -> None:

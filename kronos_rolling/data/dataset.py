@@ -24,10 +24,14 @@ from torch.utils.data import Dataset
 from kronos_rolling.data.assets import classify_asset
 from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing, missing_bars
 from kronos_rolling.data.events import EventCalendar, EventVocabulary
+from kronos_rolling.data.features import (
+    FEATURE_COLUMNS,
+    normalize_window,
+    time_features,
+)
 from kronos_rolling.data.store import DataStore, prepare_bars
 from kronos_rolling.data.windows import to_utc
 from kronos_rolling.errors import ConfigError, DataError
-from kronos_rolling.features import FEATURE_COLUMNS, normalize_window, time_features
 
 
 @dataclass

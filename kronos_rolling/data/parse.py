@@ -8,6 +8,7 @@ row: rows it cannot read become `Issue`s, and everything it changed on purpose
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kronos_rolling.data.features import FEATURE_COLUMNS
 from kronos_rolling.data.issues import MAX_ROWS_PER_PROBLEM, Issue, row_issues
 from kronos_rolling.errors import DataError
-from kronos_rolling.features import FEATURE_COLUMNS
 
 TIMESTAMP_NAMES = ("timestamp", "datetime", "date_time", "date", "time", "ts", "open_time", "time_stamp", "unix")
 COLUMN_ALIASES = {
@@ -202,3 +203,14 @@ def _parse_epoch(numbers: pd.Series, notes: list[str]):
     notes.append(f"timestamps read as unix {names[unit]}")
     parsed = pd.DatetimeIndex(pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce")).as_unit("ns")
     return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool)
+
+
+def read_bars_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV of bars (timestamp, open, high, low, close[, volume, amount]) as a DataFrame."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such CSV file of bars")
+    try:
+        return pd.read_csv(path)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read {path} as CSV: {exc}") from exc

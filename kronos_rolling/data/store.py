@@ -31,6 +31,7 @@ from kronos_rolling.data.assets import (
 )
 from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing
 from kronos_rolling.data.events import EventCalendar
+from kronos_rolling.data.features import FEATURE_COLUMNS, fill_volume_amount
 from kronos_rolling.data.issues import Issue
 from kronos_rolling.data.parse import parse_bars, read_table
 from kronos_rolling.data.validate import (
@@ -45,7 +46,6 @@ from kronos_rolling.data.validate import (
 )
 from kronos_rolling.data.windows import SeriesCoverage
 from kronos_rolling.errors import DataError
-from kronos_rolling.features import FEATURE_COLUMNS, fill_volume_amount
 
 DATA_DIR_ENV = "KRONOS_DATA_DIR"
 BUNDLED_DATA_DIR = Path(__file__).resolve().parents[1] / "sample_data"

@@ -20,13 +20,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kronos_rolling.data.assets import OVERRIDES_FILE, classify_asset, normalise_symbol, read_overrides
-from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, format_spacing, infer_spacing, missing_bars
+from kronos_rolling.data.assets import (
+    OVERRIDES_FILE,
+    classify_asset,
+    normalise_symbol,
+    read_overrides,
+)
+from kronos_rolling.data.calendars import (
+    DEFAULT_MAX_GAP,
+    format_spacing,
+    infer_spacing,
+    missing_bars,
+)
 from kronos_rolling.data.events import EventCalendar
+from kronos_rolling.data.features import PRICE_COLUMNS
 from kronos_rolling.data.issues import Issue, row_issues
 from kronos_rolling.data.parse import ParsedBars, parse_bars, read_table
 from kronos_rolling.errors import DataError
-from kronos_rolling.features import PRICE_COLUMNS
 
 __all__ = ["Issue", "KnownGap", "validate_frame", "validate_parsed", "validate_file", "validate_path",
            "read_known_gaps", "DEFAULT_MAX_GAP", "REQUIRED_COLUMNS", "KNOWN_GAPS_FILE", "EVENTS_FILE", "SIDE_FILES"]

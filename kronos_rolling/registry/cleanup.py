@@ -31,12 +31,17 @@ from mlflow.exceptions import MlflowException
 from kronos_rolling.errors import RegistryError
 from kronos_rolling.locks import registry_lock
 from kronos_rolling.registry import history
-from kronos_rolling.registry.client import call, get_registered_model, is_missing, list_versions
+from kronos_rolling.registry.client import (
+    call,
+    get_registered_model,
+    is_missing,
+    list_versions,
+)
 from kronos_rolling.registry.history import Actor
 from kronos_rolling.registry.names import registered_model_name
 from kronos_rolling.registry.retention import VersionInfo, choose_versions_to_delete
 from kronos_rolling.registry.settings import REGISTRY_LOCK_TIMEOUT_S, Thresholds
-from kronos_rolling.tracking import redact
+from kronos_rolling.tracking.server import redact
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,11 @@ def gc_from_environment(tracking_uri: str, environ=None) -> GarbageCollection | 
     when the job talks to the local embedded server (`kronos-rolling server` defaults),
     that server's SQLite database and artifact folder. None: storage is not reclaimed.
     """
-    from kronos_rolling.tracking import DEFAULT_HOST, DEFAULT_PORT, default_data_dir
+    from kronos_rolling.tracking.server import (
+        DEFAULT_HOST,
+        DEFAULT_PORT,
+        default_data_dir,
+    )
 
     environ = os.environ if environ is None else environ
     if environ.get(BACKEND_ENV):

@@ -22,7 +22,7 @@ from mlflow.tracking import is_tracking_uri_set
 
 from kronos_rolling.errors import RegistryError, RegistryUnavailable
 from kronos_rolling.registry.settings import REGISTRY_RETRY, RetryPolicy
-from kronos_rolling.tracking import DEFAULT_HOST, DEFAULT_PORT, is_healthy
+from kronos_rolling.tracking.server import DEFAULT_HOST, DEFAULT_PORT, is_healthy
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,22 @@ from mlflow.exceptions import MlflowException
 from kronos_rolling.errors import KronosError, RegistryError
 from kronos_rolling.locks import registry_lock
 from kronos_rolling.registry import history
-from kronos_rolling.registry.client import (call, find_version, get_registered_model,
-                                            is_missing, list_versions)
+from kronos_rolling.registry.client import (
+    call,
+    find_version,
+    get_registered_model,
+    is_missing,
+    list_versions,
+)
 from kronos_rolling.registry.guard import GuardDecision
 from kronos_rolling.registry.history import Actor
-from kronos_rolling.registry.names import (PREVIOUS_PRODUCTION, PRODUCTION, ROLLED_BACK_TAG,
-                                           STAGING, registered_model_name)
+from kronos_rolling.registry.names import (
+    PREVIOUS_PRODUCTION,
+    PRODUCTION,
+    ROLLED_BACK_TAG,
+    STAGING,
+    registered_model_name,
+)
 from kronos_rolling.registry.settings import REGISTRY_LOCK_TIMEOUT_S
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """`python -m kronos_rolling.serve serve|predict ...`: the service commands before the main CLI is on PATH."""
 
-from kronos_rolling.cli import KronosGroup
-from kronos_rolling.serve.cli import COMMANDS
+from kronos_rolling.cli.main import KronosGroup
+from kronos_rolling.cli.serve import COMMANDS
 
 
 def main(prog_name: str = "python -m kronos_rolling.serve") -> None:

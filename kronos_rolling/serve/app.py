@@ -42,7 +42,11 @@ from kronos_rolling.serve.schemas import (
     series_of,
 )
 from kronos_rolling.serve.service import PredictorService
-from kronos_rolling.serve.webhooks import WebhookRejected, check_signature, relevant_model
+from kronos_rolling.serve.webhooks import (
+    WebhookRejected,
+    check_signature,
+    relevant_model,
+)
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from typing import TypeVar
 
 from peft import PeftModel
 
-from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.errors import DataError, ModelError
+from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.model.lora import EVENT_EMBEDDING, EVENT_VOCAB, load_adapter_bundle

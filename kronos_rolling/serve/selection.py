@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.assets import classify_asset
+from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 
 BASE = "base"  # the label of the bare base model in answers

@@ -33,13 +33,16 @@ import pandas as pd
 import torch
 
 from kronos_rolling import ASSET_CLASSES
-from kronos_rolling.adapters import METADATA_FILE
-from kronos_rolling.base import BaseModelRef
+from kronos_rolling.data.features import FEATURE_COLUMNS
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import DataError, ModelError, RegistryUnavailable
-from kronos_rolling.features import FEATURE_COLUMNS
 from kronos_rolling.locks import device_busy
-from kronos_rolling.model.forecast import ForecastResult, infer_future_timestamps, prepare_series
+from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.model.forecast import (
+    ForecastResult,
+    infer_future_timestamps,
+    prepare_series,
+)
 from kronos_rolling.registry.names import POOLED, PRODUCTION
 from kronos_rolling.serve.cache import CachedVersion, VersionCache
 from kronos_rolling.serve.pool import AdapterPool, LoadedAdapter
@@ -54,6 +57,7 @@ from kronos_rolling.serve.selection import (
 )
 from kronos_rolling.serve.settings import ServeSettings
 from kronos_rolling.serve.source import RegistrySource, VersionRef
+from kronos_rolling.tracking.adapters import METADATA_FILE
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kronos_rolling.errors import ConfigError, DataError
 from kronos_rolling.registry.names import model_targets
-from kronos_rolling.tracking import DEFAULT_HOST, DEFAULT_PORT, default_data_dir
+from kronos_rolling.tracking.server import DEFAULT_HOST, DEFAULT_PORT, default_data_dir
 
 CACHE_FOLDER = "predictor-cache"
 DEFAULT_SERVE_PORT = 8080

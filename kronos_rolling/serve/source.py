@@ -22,7 +22,6 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from kronos_rolling.adapters import fetch_adapter
 from kronos_rolling.errors import RegistryError, RegistryUnavailable
 from kronos_rolling.registry.client import is_missing
 from kronos_rolling.registry.names import PRODUCTION, registered_model_name
@@ -33,7 +32,8 @@ from kronos_rolling.serve.integrity import (
     check_sizes,
     file_manifest,
 )
-from kronos_rolling.tracking import redact
+from kronos_rolling.tracking.adapters import fetch_adapter
+from kronos_rolling.tracking.server import redact
 
 log = logging.getLogger(__name__)
 

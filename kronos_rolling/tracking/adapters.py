@@ -20,10 +20,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.errors import ModelError, RegistryError
-from kronos_rolling.evaluate import ForecastModel
+from kronos_rolling.evaluation.forecasts import ForecastModel
+from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.lora import load_adapter_bundle
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 

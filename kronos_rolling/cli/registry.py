@@ -136,7 +136,11 @@ def rollback(asset_class: str, to_version: int | None, reason: str,
 def retention(asset_class: str, keep: int | None, dry_run: bool, backend_store_uri: str | None,
               artifacts_destination: str | None, skip_gc: bool, tracking_uri: str | None) -> None:
     """Keep the newest versions plus aliased ones; delete the rest and reclaim their storage."""
-    from kronos_rolling.registry.cleanup import GarbageCollection, apply_retention, gc_from_environment
+    from kronos_rolling.registry.cleanup import (
+        GarbageCollection,
+        apply_retention,
+        gc_from_environment,
+    )
     from kronos_rolling.registry.client import connect
 
     registered_model_name(asset_class)  # a bad class is reported before anything else

@@ -1,129 +1,52 @@
 """One training routine, two modes, on a frozen Kronos base.
 
-- pooled ("Phase 3"): every asset class together, a fresh LoRA adapter and event
-  embedding; 10 epochs at LR 1e-4 by default.
-- rolling: one asset class, the `years` before the validation span ending at `as_of`,
-  warm-started from an adapter (by default the class's production version, else the
-  pooled one); 5 epochs at LR 5e-5. Every other setting is shared.
-
 Loss is the mean cross-entropy of the s1 and s2 tokens with teacher forcing; the
 tokenizer stays frozen. AdamW, linear warm-up then cosine decay, gradient clipping, and
 early stopping on an inner validation slice at the end of the training window (the
 guard's validation span is never seen here). The best epoch is kept.
 
-An epoch checkpoint (trainable weights, optimiser, schedule, RNG, history) lets a killed
-run resume where it stopped; only a run that finished produces an adapter bundle.
-The same code runs under `torchrun --nproc-per-node N` (DistributedDataParallel, NCCL on
-GPU, gloo on CPU); only rank 0 writes checkpoints and talks to MLflow.
+An epoch checkpoint (training/checkpoint.py) lets a killed run resume; only a run that
+finished produces an adapter bundle. The same code runs under torchrun
+(training/distributed.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
-import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
-from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
-from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.data.store import DataStore
-from kronos_rolling.data.windows import TrainingWindow, select_training_window, to_utc
-from kronos_rolling.errors import ConfigError, DataError
+from kronos_rolling.errors import DataError
 from kronos_rolling.model.events import EventEmbedding
-from kronos_rolling.model.forecast import resolve_device
 from kronos_rolling.model.kronos import Kronos, token_loss
-from kronos_rolling.model.lora import LoraSettings, attach_lora, load_adapter_bundle, save_adapter_bundle
+from kronos_rolling.model.lora import (
+    LoraSettings,
+    attach_lora,
+    load_adapter_bundle,
+    save_adapter_bundle,
+)
+from kronos_rolling.training.checkpoint import Checkpoint
+from kronos_rolling.training.config import TrainConfig
+from kronos_rolling.training.distributed import Distributed, _all_mean
 
 log = logging.getLogger(__name__)
 
-MODES = ("pooled", "rolling")
-# Mode defaults from the phase document: rolling adapts (half the LR, half the epochs).
-MODE_DEFAULTS = {"pooled": {"lr": 1e-4, "epochs": 10}, "rolling": {"lr": 5e-5, "epochs": 5}}
+
 # Autocast dtype of each training precision but float32 (no autocast); weights, gradients
 # and AdamW stay float32. No fp16: it would need loss scaling, and bf16 has float32's range.
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
-
-
-@dataclass
-class TrainConfig:
-    mode: str
-    as_of: str
-    asset_class: str | None = None  # rolling: the class; pooled: None (all classes)
-    base: BaseModelRef | None = None  # None: BaseModelRef.resolve() (KRONOS_BASE_MODEL)
-    epochs: int | None = None  # None: the mode's default
-    lr: float | None = None
-    years: float = 2.0
-    validation_months: int = 1
-    batch_size: int = 32
-    lookback: int = 128
-    horizon: int = 16
-    stride: int = 1  # bars between consecutive training samples
-    max_samples_per_epoch: int | None = None  # None: all samples every epoch
-    max_inner_val_samples: int = 2048
-    warmup_fraction: float = 0.05
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    patience: int = 2  # epochs without inner-validation improvement before stopping
-    seed: int = 42
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    device: str = "auto"
-    precision: str = "float32"  # or bf16: autocast forward, for GPUs with bf16 tensor cores
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.mode == "rolling" and self.asset_class not in ASSET_CLASSES:
-            raise ConfigError(
-                f"a rolling fine-tune needs --asset-class, one of {', '.join(ASSET_CLASSES)}; got {self.asset_class!r}"
-            )
-        if self.mode == "pooled" and self.asset_class is not None:
-            raise ConfigError("the pooled adapter trains on every asset class; drop --asset-class")
-        self.as_of = to_utc(self.as_of).strftime("%Y-%m-%d")
-        if self.epochs is None:
-            self.epochs = MODE_DEFAULTS[self.mode]["epochs"]
-        if self.lr is None:
-            self.lr = MODE_DEFAULTS[self.mode]["lr"]
-        for name in ("epochs", "batch_size", "lookback", "horizon", "stride", "patience", "validation_months"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.precision not in TRAINING_PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {self.precision!r} "
-                              f"(fp16 is not offered for training: it needs loss scaling, bf16 does not)")
-        if self.max_samples_per_epoch is not None and self.max_samples_per_epoch < 1:
-            raise ConfigError(f"max_samples_per_epoch must be >= 1, got {self.max_samples_per_epoch}")
-
-    @property
-    def label(self) -> str:
-        """`crypto` or `pooled`: names the experiment and registered model."""
-        return self.asset_class or "pooled"
-
-    def window(self) -> TrainingWindow:
-        return select_training_window(self.as_of, years=self.years,
-                                      validation=pd.DateOffset(months=self.validation_months))
-
-    def to_params(self) -> dict:
-        values = asdict(self)
-        values.pop("base")
-        values["lora"] = asdict(self.lora)
-        return values
 
 
 @dataclass
@@ -184,49 +107,6 @@ class ConditionedKronos(torch.nn.Module):
                       extra_embedding=self.event_embedding(event_ids), causal_s2=causal_s2)
 
 
-# -- distributed ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def distributed_from_env() -> Distributed:
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; a plain run is rank 0 of 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
-    return Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def init_distributed(dist_info: Distributed, device: torch.device) -> None:
-    if dist_info.enabled and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-
-
-def _all_mean(value: float, count: int, dist_info: Distributed) -> float:
-    """Sample-weighted mean of a per-rank average across ranks."""
-    if not dist_info.enabled:
-        return value
-    totals = torch.tensor([value * count, float(count)], dtype=torch.float64)
-    dist.all_reduce(totals)
-    return float(totals[0] / max(totals[1], 1.0))
-
-
-# -- setup ------------------------------------------------------------------------------
-
-
 def training_symbols(config: TrainConfig, store: DataStore) -> list[str]:
     symbols = store.symbols_for(config.asset_class) if config.mode == "rolling" else store.symbols()
     if not symbols:
@@ -270,9 +150,6 @@ def lora_settings_of(model) -> LoraSettings:
     targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")})
     return LoraSettings(rank=peft_config.r, alpha=peft_config.lora_alpha, dropout=peft_config.lora_dropout,
                         target_modules=tuple(targets))
-
-
-# -- the loop ---------------------------------------------------------------------------
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -332,44 +209,6 @@ def _validation_loss(module, tokenizer, dataset, config, dist_info, device) -> f
         count += size
     module.train()
     return _all_mean(total / max(count, 1), count, dist_info)
-
-
-def config_fingerprint(config: TrainConfig, base: BaseModelRef, data_digest: str, warm_start: str | None) -> str:
-    """What must match for a checkpoint to be resumed: settings, base, data and warm start."""
-    payload = json.dumps({"config": config.to_params(), "base": base.to_dict(), "data": data_digest,
-                          "warm_start": warm_start}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-class Checkpoint:
-    """The epoch checkpoint of one training, written atomically after every epoch."""
-
-    def __init__(self, directory: Path, fingerprint: str):
-        self.directory = Path(directory)
-        self.fingerprint = fingerprint
-        self.path = self.directory / "checkpoint.pt"
-
-    def load(self) -> dict | None:
-        if not self.path.exists():
-            return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != self.fingerprint:
-            log.warning("ignoring checkpoint %s: it belongs to a different configuration or data", self.path)
-            return None
-        return state
-
-    def save(self, state: dict) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        torch.save({**state, "fingerprint": self.fingerprint}, partial)
-        os.replace(partial, self.path)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-        try:
-            self.directory.rmdir()
-        except OSError:  # not empty (someone else's files) or already gone
-            pass
 
 
 def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowDataset, config: TrainConfig,
@@ -467,12 +306,3 @@ def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowD
         trainee.load_trainable_state(best_state)
     total = time.monotonic() - started
     return FitResult(history, best_epoch, best_val, stopped_early, len(train_set), total)
-
-
-def data_digest(datasets: list[BarWindowDataset]) -> str:
-    """A digest of exactly which bars the run trains on (for resume and comparisons)."""
-    digest = hashlib.sha256()
-    for dataset in datasets:
-        frame = dataset.origins()
-        digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
-    return digest.hexdigest()[:16]

@@ -1,11 +1,8 @@
-"""The monthly job, step by step: due? -> train -> evaluate -> register -> guard -> retention.
+"""The monthly job's steps, each a function with explicit inputs.
 
-Each step is a function with explicit inputs; `monthly_job` runs them for one asset class
-and `run_all` runs the classes one after another. The steps:
-
-    train_step      one MLflow run: fit the adapter (train.fit), evaluate the candidate,
-                    the pooled and production adapters, the bare base and persistence on
-                    the SAME held-out span, log everything, log the pyfunc model last
+    train_step      one MLflow run: fit the adapter, evaluate the candidate, the pooled
+                    and production adapters, the bare base and persistence on the SAME
+                    held-out span, log everything, log the pyfunc model last
     register_step   a version of kronos-lora-<label> from that run, @staging, window tags
     guard_step      the pure guard decision, applied (aliases, cadence, audit, alerts)
     retention_step  keep the newest versions plus aliased ones; reclaim storage
@@ -20,22 +17,39 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import subprocess
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from kronos_rolling import ASSET_CLASSES, __version__
-from kronos_rolling.adapters import (
+from kronos_rolling.data.dataset import BarWindowDataset
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.data.windows import TrainingWindow, coverage_shortfall
+from kronos_rolling.errors import RegistryError
+from kronos_rolling.evaluation.compare import EvalResult, compare_on_span
+from kronos_rolling.evaluation.forecasts import ForecastModel
+from kronos_rolling.evaluation.samples import (
+    EvalSettings,
+)
+from kronos_rolling.locks import training_lock
+from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.model.device import resolve_device
+from kronos_rolling.registry.cleanup import (
+    GarbageCollection,
+    RetentionReport,
+    apply_retention,
+)
+from kronos_rolling.registry.guard import EvalFigures, GuardDecision, decide_promotion
+from kronos_rolling.registry.lifecycle import RetrainConclusion, conclude_retrain
+from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.registry.promotion import mark_staging
+from kronos_rolling.registry.settings import Thresholds
+from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,
     AdapterSource,
@@ -44,55 +58,34 @@ from kronos_rolling.adapters import (
     load_base_forecast_model,
     load_forecast_model,
 )
-from kronos_rolling.base import BaseModelRef
-from kronos_rolling.data.dataset import BarWindowDataset
-from kronos_rolling.data.store import DataStore
-from kronos_rolling.data.windows import TrainingWindow, coverage_shortfall, to_utc
-from kronos_rolling.errors import DataError, RegistryError
-from kronos_rolling.evaluate import (
-    EvalResult,
-    EvalSettings,
-    EvaluationSamples,
-    ForecastModel,
-    build_samples,
-    forecast_closes,
-    score,
+from kronos_rolling.tracking.runs import (
+    COMPLETE_TAG,
+    LAUNCHER_RUN_ENV,
+    MODEL_NAME,
+    _log_evaluation,
+    _log_run_inputs,
+    experiment_name,
+    git_commit,
+    window_frame,
 )
-from kronos_rolling.locks import training_lock
-from kronos_rolling.model.forecast import resolve_device
-from kronos_rolling.registry import alerts
-from kronos_rolling.registry.alerts import DeliveryResult
-from kronos_rolling.registry.cleanup import GarbageCollection, RetentionReport, apply_retention
-from kronos_rolling.registry.guard import EvalFigures, GuardDecision, decide_promotion
-from kronos_rolling.registry.lifecycle import RetrainConclusion, conclude_retrain
-from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
-from kronos_rolling.registry.promotion import mark_staging
-from kronos_rolling.registry.schedule import retrain_due
-from kronos_rolling.registry.settings import Thresholds
-from kronos_rolling.train import (
-    Checkpoint,
+from kronos_rolling.tracking.server import default_data_dir
+from kronos_rolling.training.checkpoint import Checkpoint, config_fingerprint
+from kronos_rolling.training.config import TrainConfig
+from kronos_rolling.training.distributed import (
     Distributed,
+    distributed_from_env,
+    init_distributed,
+)
+from kronos_rolling.training.loop import (
     EpochRecord,
     FitResult,
-    TrainConfig,
     build_trainee,
-    config_fingerprint,
-    distributed_from_env,
     fit,
-    init_distributed,
     training_symbols,
 )
-from kronos_rolling.tracking import default_data_dir
+from kronos_rolling.training.pretrain.config import pretrained_until
 
 log = logging.getLogger(__name__)
-
-COMPLETE_TAG = "kronos.complete"  # set last: only a finished run may be registered
-LAUNCHER_RUN_ENV = "KRONOS_LAUNCHER_RUN_ID"  # see kronos_rolling.project.route_launcher_run
-MODEL_NAME = "model"  # the logged pyfunc model inside the run
-
-
-def experiment_name(label: str) -> str:
-    return f"kronos-rolling/{label}"
 
 
 @dataclass
@@ -106,29 +99,6 @@ class TrainOutcome:
     compared_versions: dict[str, str]  # pooled / production -> registry version evaluated
     fit: FitResult
     warm_start: str | None
-
-
-# -- helpers ----------------------------------------------------------------------------
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
-def window_frame(store: DataStore, symbols: list[str], start, end) -> pd.DataFrame:
-    """The bars a span covers, all symbols stacked: logged as the run's dataset input."""
-    parts = []
-    for symbol in symbols:
-        bars = store.load(symbol)
-        inside = bars[(bars["timestamp"] >= start) & (bars["timestamp"] < end)]
-        parts.append(inside.assign(symbol=symbol))
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return frame[["symbol"] + [c for c in frame.columns if c != "symbol"]]
 
 
 def _figures(result: EvalResult, window: TrainingWindow, version: str | None = None) -> EvalFigures:
@@ -146,9 +116,6 @@ def _production_source(client: MlflowClient, label: str) -> AdapterSource | None
 
 def evaluation_classes(config: TrainConfig) -> list[str]:
     return [config.asset_class] if config.mode == "rolling" else list(ASSET_CLASSES)
-
-
-# -- train step -------------------------------------------------------------------------
 
 
 def train_step(config: TrainConfig, store: DataStore, *, warm_start: str | None = "auto",
@@ -275,7 +242,7 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
             (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
             mlflow.log_artifacts(str(bundle_dir), ADAPTER_ARTIFACT)
             mlflow.log_dict(metadata, METADATA_FILE)
-            from kronos_rolling.pyfunc import log_adapter_model
+            from kronos_rolling.tracking.pyfunc import log_adapter_model
 
             example = store.load(symbols[0]).tail(max(config.lookback, 32)).reset_index(drop=True)
             info = log_adapter_model(bundle_dir, example, name=MODEL_NAME)
@@ -286,50 +253,6 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
         client.set_tag(launcher, "kronos.job_run", f"{experiment_name(config.label)}/{run.info.run_id}")
     return TrainOutcome(run.info.run_id, config.label, config, window, info.model_uri, figures, compared,
                         fitted, warm_source.describe() if warm_source else None)
-
-
-def pretrained_until(base: BaseModelRef) -> pd.Timestamp | None:
-    """Where a base pre-trained by `kronos-rolling model pretrain` stopped seeing bars (None: unknown,
-    e.g. a hub checkpoint)."""
-    from kronos_rolling.pretrain import read_pretrain_report
-
-    if not Path(base.predictor).is_dir():
-        return None
-    report = read_pretrain_report(Path(base.predictor).parent)
-    until = (report or {}).get("settings", {}).get("until")
-    return to_utc(until) if until else None
-
-
-def _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_set, inner_set) -> None:
-    params = {
-        "mode": config.mode, "asset_class": config.label, "as_of": config.as_of,
-        "train_start": window.train_start.isoformat(), "train_end": window.train_end.isoformat(),
-        "inner_val_start": window.inner_val_start.isoformat(),
-        "val_start": window.val_start.isoformat(), "val_end": window.val_end.isoformat(),
-        "symbols": ",".join(symbols), "base_model": base.predictor, "base_tokenizer": base.tokenizer,
-        "base_revision": base.revision or "", "base_digest": base.predictor_digest or "",
-        "warm_start": warm_source.uri if warm_source else "none",
-        "warm_start_version": (warm_source.version or "") if warm_source else "",
-        "lr": config.lr, "epochs": config.epochs, "batch_size": config.batch_size,
-        "lookback": config.lookback, "horizon": config.horizon, "stride": config.stride,
-        "max_samples_per_epoch": config.max_samples_per_epoch or "all",
-        "lora_rank": config.lora.rank, "lora_alpha": config.lora.alpha, "lora_dropout": config.lora.dropout,
-        "lora_targets": ",".join(config.lora.target_modules), "seed": config.seed,
-        "weight_decay": config.weight_decay, "warmup_fraction": config.warmup_fraction,
-        "grad_clip": config.grad_clip, "patience": config.patience, "precision": config.precision,
-        "train_samples": len(train_set), "inner_val_samples": len(inner_set),
-        "code_version": git_commit(), "kronos_rolling_version": __version__,
-    }
-    # A run made by `mlflow run` already holds the -P values as typed (lr 5e-5, as_of '', a base
-    # folder); MLflow never changes a logged param, so a resolved value that differs goes beside it.
-    launched = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({(f"resolved.{key}" if key in launched and launched[key] != str(value) else key): value
-                       for key, value in params.items()})
-    mlflow.set_tags({"asset_class": config.label, "as_of": config.as_of, "mode": config.mode})
-    mlflow.log_input(dataset, context="training")
-
-
-# -- evaluation on the guard's span -----------------------------------------------------
 
 
 def reference_models(client: MlflowClient, label: str, base: BaseModelRef) -> tuple[dict, dict[str, str]]:
@@ -350,72 +273,6 @@ def reference_models(client: MlflowClient, label: str, base: BaseModelRef) -> tu
         references["production"] = references["pooled"] if production is pooled else load_forecast_model(production)
     references["base"] = load_base_forecast_model(base)
     return references, compared
-
-
-def compare_on_span(store: DataStore, classes: list[str], span: tuple, candidate: ForecastModel,
-                    references: dict[str, ForecastModel], settings: EvalSettings,
-                    candidate_name: str = "candidate"):
-    """Every model on the very same samples of `span`, class by class.
-
-    Returns the figures (for several classes, the mean over classes, each weighted
-    equally), the per-class figures, and the first class's samples and forecast closes
-    for the plots.
-    """
-    per_class: dict[str, dict[str, EvalResult]] = {}
-    first_samples, first_closes = None, {}
-    for asset_class in classes:
-        samples = build_samples(store, store.symbols_for(asset_class), span, settings, candidate.vocabulary)
-        closes = {candidate_name: forecast_closes(candidate, samples)}
-        for name, model in references.items():
-            same = next((other for other, m in references.items() if m is model and other in closes), None)
-            closes[name] = closes[same] if same else forecast_closes(model, samples)
-        results = {name: score(samples, c) for name, c in closes.items()}
-        results["persistence"] = score(samples, None)
-        per_class[asset_class] = results
-        if first_samples is None:
-            first_samples, first_closes = samples, closes
-    if not per_class:
-        raise DataError(f"no data for {', '.join(classes)} in {store.root} to evaluate on")
-    if len(per_class) == 1:
-        figures = next(iter(per_class.values()))
-    else:
-        figures = {}
-        for name in next(iter(per_class.values())):
-            parts = [per_class[c][name] for c in per_class]
-            figures[name] = EvalResult(
-                float(np.mean([p.val_mae for p in parts])), float(np.mean([p.val_sharpe for p in parts])),
-                sum(p.origins for p in parts), [s for p in parts for s in p.series])
-    return figures, per_class, first_samples, first_closes
-
-
-def _log_evaluation(figures: dict[str, EvalResult], samples: EvaluationSamples, closes: dict,
-                    candidate_name: str = "candidate") -> None:
-    from kronos_rolling import plots
-
-    candidate = figures[candidate_name]
-    metrics = {"val_mae": candidate.val_mae, "val_sharpe": candidate.val_sharpe,
-               "val_origins": candidate.origins}
-    for name, result in figures.items():
-        if name != candidate_name:
-            metrics[f"{name}_val_mae"] = result.val_mae
-            metrics[f"{name}_val_sharpe"] = result.val_sharpe
-    mlflow.log_metrics(metrics)
-    rows = [{"model": name, "symbol": s.symbol, "origins": s.origins, "val_mae": s.val_mae,
-             "val_sharpe": s.val_sharpe} for name, result in figures.items() for s in result.series]
-    mlflow.log_table(pd.DataFrame(rows), "evaluation/per_series.json")
-    shown = {name: closes[name] for name in (candidate_name, "pooled", "base") if name in closes}
-    fig = plots.forecast_vs_actual(samples, shown)
-    mlflow.log_figure(fig, "plots/forecast_vs_actual.png")
-    equity = {**{name: closes[name] for name in closes}, "persistence": None}
-    fig2 = plots.equity_curves(samples, equity)
-    mlflow.log_figure(fig2, "plots/equity_curve.png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    plt.close(fig2)
-
-
-# -- register step ----------------------------------------------------------------------
 
 
 def register_step(outcome: TrainOutcome, client: MlflowClient | None = None) -> str:
@@ -455,9 +312,6 @@ def register_step(outcome: TrainOutcome, client: MlflowClient | None = None) -> 
     return version.version
 
 
-# -- guard step -------------------------------------------------------------------------
-
-
 def guard_step(outcome: TrainOutcome, version: str, *, as_of: date, client: MlflowClient | None = None,
                thresholds: Thresholds | None = None,
                webhook: str | None = None) -> tuple[GuardDecision, RetrainConclusion]:
@@ -494,9 +348,6 @@ def _production_version_number(client: MlflowClient, name: str) -> str | None:
         return None
 
 
-# -- retention step ---------------------------------------------------------------------
-
-
 def retention_step(label: str, *, keep: int | None = None, gc: GarbageCollection | None = None,
                    client: MlflowClient | None = None, thresholds: Thresholds | None = None) -> RetentionReport:
     client = client or MlflowClient()
@@ -504,108 +355,3 @@ def retention_step(label: str, *, keep: int | None = None, gc: GarbageCollection
     report = apply_retention(client, label, keep, gc=gc)
     log.info(report.summary())
     return report
-
-
-# -- the monthly job --------------------------------------------------------------------
-
-
-@dataclass
-class JobResult:
-    label: str
-    as_of: str
-    due: bool
-    reason: str
-    version: str | None = None
-    decision: GuardDecision | None = None
-    retention: RetentionReport | None = None
-    outcome: TrainOutcome | None = None
-    alerts: list[DeliveryResult] = field(default_factory=list)  # deliveries of the guard's alerts
-
-    @property
-    def promoted(self) -> bool:
-        return self.decision is not None and self.decision.promote
-
-
-def monthly_job(config: TrainConfig, store: DataStore, *, client: MlflowClient | None = None,
-                warm_start: str | None = "auto", eval_settings: EvalSettings | None = None,
-                gc: GarbageCollection | None = None, keep: int | None = None, check_due: bool = True,
-                thresholds: Thresholds | None = None, webhook: str | None = None,
-                checkpoint_root: Path | None = None, progress: bool = True,
-                wait_for_lock: bool = True) -> JobResult:
-    """One class (or pooled), one month: due? -> train -> register -> guard -> retention.
-
-    A refusal is a decision, not a failure. A failure sends a `job_failed` alert and is
-    raised again, after the registry has been left as it was.
-    """
-    client = client or MlflowClient()
-    thresholds = thresholds or Thresholds.from_env()
-    as_of_day = pd.Timestamp(config.as_of).date()
-    label = config.label
-    try:
-        if check_due and label != POOLED:
-            due = retrain_due(client, label, as_of_day, thresholds)
-            if not due.due:
-                log.info("%s: not due on %s: %s", label, as_of_day, due.reason)
-                return JobResult(label, config.as_of, False, due.reason)
-            reason = due.reason
-        else:
-            reason = "pooled adapter (trained on demand)" if label == POOLED else "due check skipped"
-        outcome = train_step(config, store, warm_start=warm_start, eval_settings=eval_settings, client=client,
-                             checkpoint_root=checkpoint_root, progress=progress, wait_for_lock=wait_for_lock)
-        if outcome is None:  # a non-zero rank of a distributed run
-            return JobResult(label, config.as_of, True, reason)
-        version = register_step(outcome, client)
-        decision, conclusion = guard_step(outcome, version, as_of=as_of_day, client=client,
-                                          thresholds=thresholds, webhook=webhook)
-        retention = retention_step(label, keep=keep, gc=gc, client=client, thresholds=thresholds)
-    except Exception as exc:
-        alert_job_failed(label, config.as_of, exc, webhook)
-        raise
-    return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome,
-                     conclusion.deliveries)
-
-
-def alert_job_failed(label: str, as_of: str, exc: BaseException, webhook: str | None = None) -> DeliveryResult:
-    """The `job_failed` alert: what failed, for which class and month, and why."""
-    return alerts.send_alert(alerts.JOB_FAILED, f"kronos-rolling {label} retrain as of {as_of} failed: {exc}",
-                             {"asset_class": label, "as_of": as_of, "error": f"{type(exc).__name__}: {exc}"},
-                             webhook)
-
-
-# -- evaluating any adapter -------------------------------------------------------------
-
-
-def evaluate_adapter(model_uri: str, asset_class: str, as_of, *, data_dir=None, lookback: int | None = None,
-                     horizon: int | None = None, samples: int = 4, hold: int = 1, max_origins: int | None = None,
-                     cost: float = 0.0005, client: MlflowClient | None = None) -> tuple[pd.DataFrame, str]:
-    """Score an adapter, the pooled production adapter, its bare base and persistence on the
-    month before `as_of`; log the table as a run of `kronos-rolling/<class>`."""
-    from kronos_rolling.adapters import base_of
-    from kronos_rolling.data.windows import select_training_window
-
-    client = client or MlflowClient()
-    source = fetch_adapter(model_uri, client)
-    lookback = lookback or int(source.metadata.get("lookback", 128))
-    horizon = horizon or int(source.metadata.get("horizon", 16))
-    settings = EvalSettings(lookback=lookback, horizon=horizon, hold=hold, samples=samples, cost=cost,
-                            max_origins=max_origins)
-    store = DataStore(data_dir)
-    window = select_training_window(as_of)
-    base = base_of(source)
-    references, compared = reference_models(client, asset_class, base)
-    references.pop("production", None)
-    candidate = load_forecast_model(source, base)
-    figures, _, eval_samples, closes = compare_on_span(store, [asset_class], window.val_span, candidate,
-                                                       references, settings, candidate_name="adapter")
-    table = pd.DataFrame([{"model": name + (f" v{compared[name]}" if name in compared else ""),
-                           "val_mae": f.val_mae, "val_sharpe": f.val_sharpe, "origins": f.origins}
-                          for name, f in figures.items()])
-    mlflow.set_experiment(experiment_name(asset_class))
-    with mlflow.start_run(run_name=f"evaluate-{asset_class}-{window.as_of:%Y-%m-%d}") as run:
-        mlflow.set_tags({"kronos.evaluation_of": model_uri, "asset_class": asset_class})
-        mlflow.log_params({"model": model_uri, "model_version": source.describe(), "asset_class": asset_class,
-                           "val_start": window.val_start.isoformat(), "val_end": window.val_end.isoformat(),
-                           **{f"eval_{k}": v for k, v in asdict(settings).items()}})
-        _log_evaluation(figures, eval_samples, closes, candidate_name="adapter")
-        mlflow.log_table(table, "evaluation/summary.json")
-    return table, run.info.run_id

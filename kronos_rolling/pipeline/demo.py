@@ -25,9 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES
-from kronos_rolling.base import HOME_CONFIG, remember_base_model
 from kronos_rolling.errors import RegistryUnavailable
-from kronos_rolling.tracking import DEFAULT_HOST, is_healthy
+from kronos_rolling.model.base import HOME_CONFIG, remember_base_model
+from kronos_rolling.tracking.server import DEFAULT_HOST, is_healthy
 
 POOLED_AS_OF = "2017-12-01"
 MONTH_AS_OF = "2018-01-01"
@@ -108,9 +108,9 @@ def run_demo(home: Path, port: int = 5000, *, echo=print, progress: bool = True)
     from mlflow import MlflowClient
 
     from kronos_rolling.data.store import DataStore
-    from kronos_rolling.pipeline import monthly_job
+    from kronos_rolling.pipeline.job import monthly_job
+    from kronos_rolling.pipeline.replay import SimulationSettings, offline_tiny_base
     from kronos_rolling.registry.cleanup import GarbageCollection
-    from kronos_rolling.simulate import SimulationSettings, offline_tiny_base
 
     started = time.monotonic()
     store = DataStore()
@@ -172,7 +172,11 @@ def _verdict(result) -> str:
 def forecast_line(symbol: str, store, base, url: str, home: Path) -> str:
     from kronos_rolling.data.assets import classify_asset
     from kronos_rolling.registry.names import POOLED
-    from kronos_rolling.serve.service import ForecastOptions, PredictorService, SeriesInput
+    from kronos_rolling.serve.service import (
+        ForecastOptions,
+        PredictorService,
+        SeriesInput,
+    )
     from kronos_rolling.serve.settings import ServeSettings
 
     asset_class = classify_asset(symbol)

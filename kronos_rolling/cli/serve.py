@@ -113,7 +113,11 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
     from kronos_rolling.data.assets import classify_asset
     from kronos_rolling.data.store import DataStore
     from kronos_rolling.registry.names import POOLED
-    from kronos_rolling.serve.service import ForecastOptions, PredictorService, SeriesInput
+    from kronos_rolling.serve.service import (
+        ForecastOptions,
+        PredictorService,
+        SeriesInput,
+    )
 
     if not csv_path.is_file():
         raise DataError(f"--csv {csv_path} does not exist")

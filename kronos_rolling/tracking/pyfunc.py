@@ -24,9 +24,14 @@ import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
 
-from kronos_rolling.adapters import ADAPTER_ARTIFACT, METADATA_FILE, AdapterSource, load_forecast_model
 from kronos_rolling.errors import DataError
 from kronos_rolling.model.forecast import Forecaster
+from kronos_rolling.tracking.adapters import (
+    ADAPTER_ARTIFACT,
+    METADATA_FILE,
+    AdapterSource,
+    load_forecast_model,
+)
 
 DEFAULT_PARAMS = {
     "pred_len": 16,

@@ -4,7 +4,7 @@ Embedded by default (SQLite + artifact folder under the data directory, 127.0.0.
 every production option can also come from the environment, so a container needs no
 command line (see mlflow_server/README.md for the names).
 
-`python -m kronos_rolling.server_cli [OPTIONS]` is the same command, for images and
+`python -m kronos_rolling.cli server [OPTIONS]` is the same command, for images and
 scripts that start it before the main CLI is on PATH.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from kronos_rolling.tracking import (
+from kronos_rolling.tracking.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     ServerConfig,
@@ -106,9 +106,3 @@ def server(data_dir: Path, host: str, port: int, workers: int, backend_store_uri
         tracking_server.stop()
         signal.signal(signal.SIGTERM, previous)
 
-
-if __name__ == "__main__":
-    from kronos_rolling.cli import main
-
-    main.add_command(server)  # the same command object the main CLI attaches
-    main(["server", *sys.argv[1:]], prog_name="kronos-rolling")

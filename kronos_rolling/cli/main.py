@@ -40,13 +40,12 @@ def main(verbose: bool) -> None:
 
 
 def _attach_commands() -> None:
-    from kronos_rolling.data.cli import data
-    from kronos_rolling.model.cli import forecast, model
-    from kronos_rolling.pipeline_cli import COMMANDS as PIPELINE_COMMANDS
-    from kronos_rolling.pretrain import pretrain
-    from kronos_rolling.registry.cli import COMMANDS as REGISTRY_COMMANDS
-    from kronos_rolling.serve.cli import COMMANDS as SERVE_COMMANDS
-    from kronos_rolling.server_cli import server
+    from kronos_rolling.cli.data import data
+    from kronos_rolling.cli.model import forecast, model, pretrain
+    from kronos_rolling.cli.pipeline import COMMANDS as PIPELINE_COMMANDS
+    from kronos_rolling.cli.registry import COMMANDS as REGISTRY_COMMANDS
+    from kronos_rolling.cli.serve import COMMANDS as SERVE_COMMANDS
+    from kronos_rolling.cli.server import server
 
     model.add_command(pretrain)
     for command in (model, forecast, data, *PIPELINE_COMMANDS, *REGISTRY_COMMANDS, *SERVE_COMMANDS, server):
@@ -55,6 +54,3 @@ def _attach_commands() -> None:
 
 _attach_commands()
 
-
-if __name__ == "__main__":
-    main()

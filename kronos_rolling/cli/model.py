@@ -9,7 +9,11 @@ from pathlib import Path
 
 import click
 
+from kronos_rolling.data.store import DATA_DIR_ENV, DataStore
 from kronos_rolling.errors import ModelError
+from kronos_rolling.model.config import MODEL_SIZES
+from kronos_rolling.training.pretrain.config import DEFAULT_UNTIL, PretrainConfig
+from kronos_rolling.training.pretrain.run import pretrain_base
 
 
 @click.group()
@@ -80,7 +84,8 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
 def forecast(model_source, tokenizer_source, csv_path, pred_len, top_k, top_p, temperature, samples, seed,
              max_context, lookback, device, precision, quantiles, revision, out_path):
     """Forecast the next bars of a CSV of candles."""
-    from kronos_rolling.model.forecast import Forecaster, read_bars_csv
+    from kronos_rolling.data.parse import read_bars_csv
+    from kronos_rolling.model.forecast import Forecaster
     from kronos_rolling.model.kronos import Kronos
     from kronos_rolling.model.tokenizer import KronosTokenizer
 
@@ -97,3 +102,34 @@ def forecast(model_source, tokenizer_source, csv_path, pred_len, top_k, top_p, t
     result.to_frame().to_csv(partial, index=False)
     os.replace(partial, out_path)
     click.echo(f"wrote {pred_len} forecast bars to {out_path}", err=True)
+
+
+@click.command("pretrain")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder to write: tokenizer/, predictor/ (hub format) and pretrain.json.")
+@click.option("--size", type=click.Choice(list(MODEL_SIZES)), default="tiny", show_default=True,
+              help="Model size to build (tiny: trains in about a minute on two cores).")
+@click.option("--until", default=DEFAULT_UNTIL, show_default=True,
+              help="Train on bars strictly before this date (UTC); evaluate the base only after it.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help=f"Data folder (default: ${DATA_DIR_ENV}, else the bundled sample data).")
+@click.option("--symbol", "symbols", multiple=True,
+              help="Train on this symbol only (repeatable; default: every symbol with bars before --until).")
+@click.option("--tokenizer-steps", type=int, default=PretrainConfig.tokenizer_steps, show_default=True)
+@click.option("--predictor-steps", type=int, default=PretrainConfig.predictor_steps, show_default=True)
+@click.option("--batch-size", type=int, default=PretrainConfig.batch_size, show_default=True)
+@click.option("--lookback", type=int, default=PretrainConfig.lookback, show_default=True,
+              help="Bars of context per window (each window adds --horizon bars).")
+@click.option("--horizon", type=int, default=PretrainConfig.horizon, show_default=True)
+@click.option("--seed", type=int, default=PretrainConfig.seed, show_default=True)
+@click.option("--force", is_flag=True, help="Replace --out even if it holds something other than a pretrained base.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def pretrain(out_dir, size, until, data_dir, symbols, tokenizer_steps, predictor_steps, batch_size, lookback,
+             horizon, seed, force, quiet):
+    """Pre-train a small Kronos base (tokenizer, then predictor) on history before --until."""
+    report = pretrain_base(
+        DataStore(data_dir), out_dir, until=until, size=size, symbols=list(symbols) or None,
+        tokenizer_steps=tokenizer_steps, predictor_steps=predictor_steps, batch_size=batch_size,
+        lookback=lookback, horizon=horizon, seed=seed, force=force, progress=not quiet,
+    )
+    click.echo(report.summary())

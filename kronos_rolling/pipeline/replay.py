@@ -31,19 +31,19 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file, save_file
 
 from kronos_rolling import ASSET_CLASSES
-from kronos_rolling.adapters import default_warm_start
-from kronos_rolling.base import BaseModelRef
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import select_training_window
 from kronos_rolling.errors import ConfigError, KronosError
-from kronos_rolling.evaluate import EvalSettings
-from kronos_rolling.pipeline import JobResult, monthly_job
+from kronos_rolling.evaluation.samples import EvalSettings
+from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.pipeline.job import JobResult, monthly_job
 from kronos_rolling.registry.cleanup import GarbageCollection
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.schedule import read_cadence
 from kronos_rolling.registry.settings import Thresholds
-from kronos_rolling.tracking import ServerConfig, TrackingServer, free_port
-from kronos_rolling.train import TrainConfig
+from kronos_rolling.tracking.adapters import default_warm_start
+from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
+from kronos_rolling.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def has_validation_data(store: DataStore, asset_class: str, as_of: pd.Timestamp,
 
 def sabotage(bundle_source: str, client: MlflowClient, out_dir: Path, seed: int) -> Path:
     """A copy of an adapter with loud noise in its LoRA weights: a bad warm start for a drill."""
-    from kronos_rolling.adapters import fetch_adapter
+    from kronos_rolling.tracking.adapters import fetch_adapter
 
     source = fetch_adapter(bundle_source, client)
     target = out_dir / "sabotaged-adapter"
@@ -342,7 +342,8 @@ def offline_tiny_base(store: DataStore, home: Path, latest_until: pd.Timestamp, 
     fits (same data folder, pre-training cut at or before `latest_until`) is reused, else one
     is pre-trained up to `latest_until`.
     """
-    from kronos_rolling.pretrain import pretrain_base, read_pretrain_report
+    from kronos_rolling.training.pretrain.config import read_pretrain_report
+    from kronos_rolling.training.pretrain.run import pretrain_base
 
     folder = home / "bases"
     fitting = []

@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from kronos_rolling.evaluate import EvaluationSamples
-from kronos_rolling.metrics import cumulative_returns, strategy_returns
+from kronos_rolling.evaluation.samples import EvaluationSamples
+from kronos_rolling.evaluation.score import cumulative_returns, strategy_returns
 
 
 def forecast_vs_actual(samples: EvaluationSamples, closes: dict[str, np.ndarray], max_series: int = 3):

@@ -43,7 +43,7 @@ def default_base_model() -> str:
 
 
 def home_config() -> dict:
-    from kronos_rolling.tracking import default_data_dir
+    from kronos_rolling.tracking.server import default_data_dir
 
     path = default_data_dir() / HOME_CONFIG
     try:
@@ -59,7 +59,7 @@ def home_config() -> dict:
 
 def remember_base_model(base_model: str) -> bool:
     """Record the default base of this KRONOS_HOME unless one is recorded already; True if written."""
-    from kronos_rolling.tracking import default_data_dir
+    from kronos_rolling.tracking.server import default_data_dir
 
     values = home_config()
     if values.get("base_model"):

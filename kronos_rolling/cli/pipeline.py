@@ -80,11 +80,11 @@ def training_options(fn):
 
 def _build(mode: str, asset_class: str | None, kw: dict):
     """TrainConfig, EvalSettings and the store from the shared options."""
-    from kronos_rolling.base import BaseModelRef
     from kronos_rolling.data.store import DataStore
-    from kronos_rolling.evaluate import EvalSettings
+    from kronos_rolling.evaluation.samples import EvalSettings
+    from kronos_rolling.model.base import BaseModelRef
     from kronos_rolling.model.lora import LoraSettings
-    from kronos_rolling.train import TrainConfig
+    from kronos_rolling.training.config import TrainConfig
 
     base = BaseModelRef.resolve(kw["base_model"], kw["tokenizer"], kw["base_revision"])
     config = TrainConfig(
@@ -137,7 +137,8 @@ def _print_result(result) -> None:
 
 
 def _job(mode: str, asset_class: str | None, kw: dict, *, check_due: bool, register: bool):
-    from kronos_rolling.pipeline import alert_job_failed, monthly_job, train_step
+    from kronos_rolling.pipeline.job import alert_job_failed, monthly_job
+    from kronos_rolling.pipeline.steps import train_step
     from kronos_rolling.registry.cleanup import gc_from_environment
 
     try:
@@ -245,7 +246,7 @@ def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_sa
              eval_max_origins, eval_cost, tracking_uri):
     """Evaluate an adapter on a class's validation span against the pooled adapter, the bare
     base and persistence; print the table and log it as an MLflow run."""
-    from kronos_rolling.pipeline import evaluate_adapter
+    from kronos_rolling.pipeline.evaluate import evaluate_adapter
 
     client = _client(tracking_uri)
     table, run_id = evaluate_adapter(model_uri, asset_class, as_of, data_dir=data_dir, lookback=lookback,
@@ -278,16 +279,18 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir
     import mlflow
     import pandas as pd
 
-    from kronos_rolling.base import BaseModelRef
     from kronos_rolling.data.store import DataStore
-    from kronos_rolling.simulate import (
+    from kronos_rolling.model.base import BaseModelRef
+    from kronos_rolling.pipeline.replay import (
         log_report,
         months_from,
         offline_tiny_base,
-        simulate as replay,
         tracking_for_simulation,
     )
-    from kronos_rolling.tracking import default_data_dir
+    from kronos_rolling.pipeline.replay import (
+        simulate as replay,
+    )
+    from kronos_rolling.tracking.server import default_data_dir
 
     first = months_from(start, months)[0]
     workdir = Path(workdir or default_data_dir() / "simulation")
@@ -327,8 +330,9 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir
 def demo(port, stop_server, no_progress):
     """The whole monthly process on bundled data: tracking server, pre-trained tiny base,
     pooled adapter, one monthly cycle for every class, one forecast per class."""
-    from kronos_rolling.demo import run_demo, stop_server as stop
-    from kronos_rolling.tracking import default_data_dir
+    from kronos_rolling.pipeline.demo import run_demo
+    from kronos_rolling.pipeline.demo import stop_server as stop
+    from kronos_rolling.tracking.server import default_data_dir
 
     home = default_data_dir()
     if stop_server:

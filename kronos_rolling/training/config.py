@@ -1,0 +1,93 @@
+"""The settings of one training: mode, window, optimisation, LoRA shape, device.
+
+- pooled ("Phase 3"): every asset class together, a fresh LoRA adapter and event
+  embedding; 10 epochs at LR 1e-4 by default.
+- rolling: one asset class, the `years` before the validation span ending at `as_of`,
+  warm-started from an adapter; 5 epochs at LR 5e-5. Every other setting is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
+from kronos_rolling.data.windows import TrainingWindow, select_training_window, to_utc
+from kronos_rolling.errors import ConfigError
+from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.model.lora import (
+    LoraSettings,
+)
+
+MODES = ("pooled", "rolling")
+
+
+# Mode defaults from the phase document: rolling adapts (half the LR, half the epochs).
+MODE_DEFAULTS = {"pooled": {"lr": 1e-4, "epochs": 10}, "rolling": {"lr": 5e-5, "epochs": 5}}
+
+
+@dataclass
+class TrainConfig:
+    mode: str
+    as_of: str
+    asset_class: str | None = None  # rolling: the class; pooled: None (all classes)
+    base: BaseModelRef | None = None  # None: BaseModelRef.resolve() (KRONOS_BASE_MODEL)
+    epochs: int | None = None  # None: the mode's default
+    lr: float | None = None
+    years: float = 2.0
+    validation_months: int = 1
+    batch_size: int = 32
+    lookback: int = 128
+    horizon: int = 16
+    stride: int = 1  # bars between consecutive training samples
+    max_samples_per_epoch: int | None = None  # None: all samples every epoch
+    max_inner_val_samples: int = 2048
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    patience: int = 2  # epochs without inner-validation improvement before stopping
+    seed: int = 42
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    device: str = "auto"
+    precision: str = "float32"  # or bf16: autocast forward, for GPUs with bf16 tensor cores
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "rolling" and self.asset_class not in ASSET_CLASSES:
+            raise ConfigError(
+                f"a rolling fine-tune needs --asset-class, one of {', '.join(ASSET_CLASSES)}; got {self.asset_class!r}"
+            )
+        if self.mode == "pooled" and self.asset_class is not None:
+            raise ConfigError("the pooled adapter trains on every asset class; drop --asset-class")
+        self.as_of = to_utc(self.as_of).strftime("%Y-%m-%d")
+        if self.epochs is None:
+            self.epochs = MODE_DEFAULTS[self.mode]["epochs"]
+        if self.lr is None:
+            self.lr = MODE_DEFAULTS[self.mode]["lr"]
+        for name in ("epochs", "batch_size", "lookback", "horizon", "stride", "patience", "validation_months"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {self.precision!r} "
+                              f"(fp16 is not offered for training: it needs loss scaling, bf16 does not)")
+        if self.max_samples_per_epoch is not None and self.max_samples_per_epoch < 1:
+            raise ConfigError(f"max_samples_per_epoch must be >= 1, got {self.max_samples_per_epoch}")
+
+    @property
+    def label(self) -> str:
+        """`crypto` or `pooled`: names the experiment and registered model."""
+        return self.asset_class or "pooled"
+
+    def window(self) -> TrainingWindow:
+        return select_training_window(self.as_of, years=self.years,
+                                      validation=pd.DateOffset(months=self.validation_months))
+
+    def to_params(self) -> dict:
+        values = asdict(self)
+        values.pop("base")
+        values["lora"] = asdict(self.lora)
+        return values
