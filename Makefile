@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test services
+.PHONY: setup demo test test-fast services
 
 setup: $(VENV)/.installed
 
@@ -24,3 +24,7 @@ services:
 
 test: setup services
 	$(BIN)/python -m pytest
+
+# During development: tests/unit only (no servers, no processes, no training), under a minute.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"

@@ -3,14 +3,21 @@
 Tests that need a registry of their own (sizes of artifact folders, server restarts)
 start a `TrackingServer` themselves; everything else shares this one and gets a clean
 model registry through `clean_registry`.
+
+Layout: tests/unit/<package>/ holds tests of pure code and small real parts; tests/integration/
+<package>/ holds every test that starts a server or a process, or trains: those are marked
+`slow` here (`make test-fast` leaves them out). Helpers shared by several tests live in
+tests/support/ (importable as `support`).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import mlflow
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
@@ -20,6 +27,33 @@ os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/integration/ is slow: it needs a server, a process or a training run."""
+    integration = Path(__file__).parent / "integration"
+    for item in items:
+        if integration in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def lock_dir(tmp_path, monkeypatch):
+    """Locks of each test in its own folder (children inherit it through the environment)."""
+    path = tmp_path / "locks"
+    monkeypatch.setenv("KRONOS_LOCK_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def cli():
+    """Invoke the registry commands through the same group class as `kronos-rolling`."""
+    from kronos_rolling.cli.main import KronosGroup
+    from kronos_rolling.cli.registry import COMMANDS
+
+    group = KronosGroup("kronos-rolling", commands=COMMANDS)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(group, [str(a) for a in args])
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,327 @@
+"""The monthly job against a real tracking server: what a run records, what a version is,
+and how the steps refuse to leave half-done work behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from support.training import small_config, small_eval
+
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.errors import RegistryError
+from kronos_rolling.locks import training_lock
+from kronos_rolling.pipeline.job import monthly_job
+from kronos_rolling.pipeline.steps import TrainOutcome, register_step
+from kronos_rolling.tracking.adapters import default_warm_start, fetch_adapter
+from kronos_rolling.tracking.runs import COMPLETE_TAG
+from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A registry of this module's own: the tests below read what the first jobs wrote."""
+    with TrackingServer(ServerConfig.embedded(tmp_path_factory.mktemp("pipeline-server"), port=free_port())) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("kronos-home")
+
+
+@pytest.fixture
+def env(server, home, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    monkeypatch.setenv("KRONOS_HOME", str(home))
+    mlflow.set_tracking_uri(server.url)
+    yield MlflowClient(server.url)
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def jobs(server, home, tiny_base):
+    """The pooled adapter (as of 2018-01-01), then crypto's first monthly retrain."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KRONOS_HOME", str(home))
+    # These runs last seconds; MLflow samples system metrics every 10 s by default.
+    mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    mlflow.set_tracking_uri(server.url)
+    client = MlflowClient(server.url)
+    try:
+        pooled = monthly_job(small_config(tiny_base, mode="pooled", as_of="2018-01-01"), DataStore(),
+                             client=client, eval_settings=small_eval(), progress=False)
+        crypto = monthly_job(small_config(tiny_base, as_of="2018-02-01"), DataStore(), client=client,
+                             eval_settings=small_eval(), progress=False)
+    finally:
+        mlflow.set_tracking_uri(None)
+        mp.undo()
+    return {"pooled": pooled, "crypto": crypto}
+
+
+EPOCH_METRICS = {"train_loss", "val_loss", "lr", "bars_per_second"}
+
+
+def test_the_pooled_adapter_is_judged_against_the_bare_base(jobs, env):
+    pooled = jobs["pooled"]
+    assert pooled.version == "1"
+    figures = pooled.outcome.figures
+    assert {"candidate", "base", "persistence"} <= set(figures)
+    assert pooled.decision.reference == "base"
+    assert pooled.decision.promote == (figures["candidate"].val_mae <= figures["base"].val_mae)
+    version = env.get_model_version("kronos-lora-pooled", "1")
+    assert version.tags["guard_decision"] in ("promoted", "refused")
+    assert float(version.tags["base_val_mae"]) == pytest.approx(figures["base"].val_mae, rel=1e-5)
+
+
+def test_a_rolling_run_records_everything_the_guard_and_operators_need(jobs, env):
+    crypto = jobs["crypto"]
+    run = env.get_run(crypto.outcome.run_id)
+    params = run.data.params
+    for key in ("asset_class", "as_of", "train_start", "train_end", "val_start", "val_end", "symbols",
+                "base_model", "base_digest", "warm_start", "warm_start_version", "lr", "epochs", "batch_size",
+                "lookback", "horizon", "lora_rank", "lora_alpha", "lora_targets", "seed", "code_version"):
+        assert key in params, f"param {key} missing"
+    assert params["asset_class"] == "crypto" and params["as_of"] == "2018-02-01"
+    assert params["val_start"].startswith("2018-01-01") and params["val_end"].startswith("2018-02-01")
+    assert params["train_end"] == params["val_start"], "training must end where validation starts"
+    assert set(params["symbols"].split(",")) == set(DataStore().symbols_for("crypto"))
+    assert params["lr"] == "5e-05" and params["epochs"] == "2" and params["precision"] == "float32"
+
+    for key in EPOCH_METRICS:
+        history = env.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2], key
+    metrics = run.data.metrics
+    for key in ("val_mae", "val_sharpe", "pooled_val_mae", "base_val_mae", "persistence_val_mae"):
+        assert np.isfinite(metrics[key]), key
+    assert any(key.startswith("system/") for key in metrics), "no system metrics logged"
+
+    inputs = run.inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.digest
+    assert inputs[0].tags[0].value == "training"
+    assert run.data.tags[COMPLETE_TAG] == "true"
+
+    files = {a.path for a in env.list_artifacts(run.info.run_id, "adapter")}
+    assert {f"adapter/{n}" for n in ("adapter_config.json", "adapter_model.safetensors",
+                                     "event_embedding.safetensors", "event_vocab.json", "metadata.json")} <= files
+    plots = {a.path for a in env.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/forecast_vs_actual.png", "plots/equity_curve.png"}
+    metadata = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metadata.json"))
+    for key in ("train_start", "train_end", "val_sharpe", "val_mae", "base", "figures", "compared_versions"):
+        assert key in metadata
+    assert metadata["val_mae"] == pytest.approx(metrics["val_mae"])
+
+
+def test_the_first_version_of_a_class_warm_starts_from_pooled_and_is_compared_with_it(jobs, env):
+    crypto = jobs["crypto"]
+    assert crypto.outcome.warm_start == "kronos-lora-pooled v1"
+    assert crypto.outcome.compared_versions == {"pooled": "1"}, "no class production yet"
+    assert crypto.decision.reference == "pooled" and crypto.decision.production is None
+    version = env.get_model_version("kronos-lora-crypto", crypto.version)
+    tags = version.tags
+    assert tags["asset_class"] == "crypto" and tags["train_window"] == "2016-01-01/2018-01-01"
+    assert tags["guard_decision"] == ("promoted" if crypto.promoted else "refused")
+    assert float(tags["val_mae"]) == pytest.approx(crypto.outcome.figures["candidate"].val_mae, rel=1e-5)
+    assert crypto.decision.reason in version.description
+    # One sentence on the training (window and figures), then the guard's decision.
+    assert version.description.startswith("Trained on 2016-01-01/2018-01-01, as of 2018-02-01; val_mae ")
+    assert version.description.count("Guard: ") == 1
+    aliases = env.get_registered_model("kronos-lora-crypto").aliases
+    assert aliases.get("production" if crypto.promoted else "staging") == crypto.version
+
+
+def test_warm_start_prefers_the_class_then_pooled(jobs, env):
+    expected = "crypto" if jobs["crypto"].promoted else "pooled"
+    if jobs["pooled"].promoted:
+        assert default_warm_start("crypto", env) == f"models:/kronos-lora-{expected}@production"
+        assert default_warm_start("equity", env) == "models:/kronos-lora-pooled@production"
+    else:
+        assert default_warm_start("equity", env) is None
+
+
+def test_a_version_weighs_a_small_fraction_of_its_base_and_refers_to_it(jobs, env, tiny_base):
+    crypto = jobs["crypto"]
+    source = fetch_adapter(f"models:/kronos-lora-crypto/{crypto.version}", env)
+    assert source.metadata["base"]["predictor_digest"], "the base is referenced by digest"
+    assert not any(p.name == "model.safetensors" for p in source.bundle_dir.rglob("*")), "base weights copied"
+
+
+def test_the_registered_version_forecasts_as_a_pyfunc(jobs, env):
+    version = jobs["crypto"].version
+    model = mlflow.pyfunc.load_model(f"models:/kronos-lora-crypto/{version}")
+    bars = DataStore().load("BTCUSD").iloc[-64:].reset_index(drop=True)
+    bars["timestamp"] = bars["timestamp"].dt.tz_localize(None)
+    out = model.predict(bars, params={"pred_len": 5, "seed": 3})
+    assert list(out.columns[:5]) == ["timestamp", "open", "high", "low", "close"]
+    assert len(out) == 5 and np.isfinite(out[["open", "high", "low", "close"]].to_numpy()).all()
+    assert out["timestamp"].iloc[0] == bars["timestamp"].iloc[-1] + pd.Timedelta(hours=1)
+    again = model.predict(bars, params={"pred_len": 5, "seed": 3})
+    pd.testing.assert_frame_equal(out, again)
+    assert model.metadata.signature.params is not None
+
+
+def test_evaluation_is_deterministic_and_logged(jobs, env, home):
+    from click.testing import CliRunner
+
+    from kronos_rolling.cli.main import main
+
+    uri = f"models:/kronos-lora-crypto/{jobs['crypto'].version}"
+    args = ["evaluate", "--model", uri, "--asset-class", "crypto", "--as-of", "2018-02-01",
+            "--eval-samples", "1", "--eval-max-origins", "24", "--tracking-uri", env.tracking_uri]
+    first = CliRunner().invoke(main, args)
+    second = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+
+    def table(output):
+        return [line for line in output.splitlines() if line.split() and line.split()[0] in
+                ("model", "adapter", "pooled", "base", "persistence")]
+
+    assert table(first.output) == table(second.output)
+    assert [line.split()[0] for line in table(first.output)] == ["model", "adapter", "pooled", "base", "persistence"]
+    assert "pooled v1" in first.output
+    run_id = [line for line in first.output.splitlines() if line.startswith("logged to run")][0].split()[-1]
+    assert env.get_run(run_id).data.tags["kronos.evaluation_of"] == uri
+
+
+def test_an_unfinished_run_cannot_be_registered(jobs, env):
+    crypto = jobs["crypto"].outcome
+    mlflow.set_experiment("kronos-rolling/crypto")
+    with mlflow.start_run() as run:  # a training that died before its model was logged
+        mlflow.log_param("asset_class", "crypto")
+    before = len(env.search_model_versions("name='kronos-lora-crypto'"))
+    broken = TrainOutcome(run.info.run_id, "crypto", crypto.config, crypto.window, crypto.model_uri,
+                          crypto.figures, crypto.compared_versions, crypto.fit, crypto.warm_start)
+    with pytest.raises(RegistryError, match="did not finish"):
+        register_step(broken, env)
+    assert len(env.search_model_versions("name='kronos-lora-crypto'")) == before
+
+
+def test_a_second_training_with_no_wait_exits_75(env, tiny_base, tmp_path, monkeypatch):
+    monkeypatch.setenv("KRONOS_LOCK_DIR", str(tmp_path / "locks"))
+    with training_lock(job="a test holding the device"):
+        result = subprocess.run(
+            [sys.executable, "-m", "kronos_rolling.cli", "train", "rolling", "--asset-class", "crypto",
+             "--as-of", "2018-03-01", "--base-model", str(tiny_base), "--no-wait", "--no-progress",
+             "--epochs", "1", "--max-samples-per-epoch", "16", "--lookback", "16", "--horizon", "4"],
+            capture_output=True, text=True, timeout=300,
+        )
+    assert result.returncode == 75, result.stderr[-2000:]
+    assert "training lock" in result.stderr and "a test holding the device" in result.stderr
+
+
+def test_mlflow_models_serve_answers_with_the_production_version(jobs, env, tmp_path):
+    import os
+    import signal
+    import time
+
+    import requests
+
+    from kronos_rolling.tracking.server import free_port
+
+    alias = "production" if jobs["crypto"].promoted else "staging"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/kronos-lora-crypto@{alias}",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        # mlflow execs `uvicorn` by name: the interpreter's scripts folder must be on PATH.
+        env={**os.environ, "MLFLOW_TRACKING_URI": env.tracking_uri,
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}, start_new_session=True,
+        stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not come up"
+            time.sleep(0.5)
+        bars = DataStore().load("BTCUSD").iloc[-64:].reset_index(drop=True)
+        bars["timestamp"] = bars["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+        body = {"dataframe_split": bars.to_dict(orient="split"), "params": {"pred_len": 3, "seed": 1}}
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["predictions"]
+        assert len(rows) == 3 and all(np.isfinite(r["close"]) for r in rows)
+        assert rows[0]["timestamp"].startswith("2019-10-17T10:00")
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_a_version_of_kronos_base_weighs_under_5_percent_of_the_base(jobs, env, tmp_path):
+    """The LoRA bundle of a Kronos-base-sized model, plus the MLflow files around a version."""
+
+    from kronos_rolling.model.config import MODEL_SIZES
+    from kronos_rolling.model.events import EventEmbedding
+    from kronos_rolling.model.kronos import Kronos
+    from kronos_rolling.model.lora import LoraSettings, attach_lora, save_adapter_bundle
+
+    base = Kronos.from_config(MODEL_SIZES["base"].predictor)
+    base_bytes = sum(t.numel() * t.element_size() for t in base.state_dict().values())
+    bundle = save_adapter_bundle(attach_lora(base, LoraSettings()), EventEmbedding(8, base.d_model), {"fomc": 1},
+                                 tmp_path / "bundle")
+    bundle_bytes = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    # Everything else a registered version holds (MLmodel, environment files, signature,
+    # input example, metadata.json), measured on the tiny version registered above.
+    version_dir = Path(mlflow.artifacts.download_artifacts(f"models:/kronos-lora-crypto/{jobs['crypto'].version}",
+                                                           dst_path=str(tmp_path / "v")))
+    adapter_dir = next(version_dir.rglob("adapter_config.json")).parent
+    overhead = sum(p.stat().st_size for p in version_dir.rglob("*")
+                   if p.is_file() and adapter_dir not in p.parents)
+    ratio = (bundle_bytes + overhead) / base_bytes
+    assert base_bytes > 350e6, "not a Kronos-base-sized model"
+    assert ratio < 0.05, f"a version would weigh {ratio:.1%} of the base"
+
+
+def test_a_job_that_cannot_start_alerts_and_names_the_problem(env, tmp_path, monkeypatch):
+    from support.registry import Receiver
+
+    with Receiver() as receiver:
+        monkeypatch.setenv("KRONOS_ALERT_WEBHOOK", receiver.url)
+        result = subprocess.run(
+            [sys.executable, "-m", "kronos_rolling.cli", "run", "--asset-class", "crypto", "--as-of", "2018-03-01",
+             "--base-model", str(tmp_path / "no-such-base"), "--no-progress"],
+            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "no-such-base" in result.stderr and "Traceback" not in result.stderr
+    assert len(receiver.bodies) == 1
+    alert = receiver.bodies[0]["kronos"]
+    assert alert["event"] == "job_failed"
+    assert alert["fields"]["asset_class"] == "crypto" and alert["fields"]["as_of"] == "2018-03-01"
+    assert "no-such-base" in alert["fields"]["error"]
+
+
+def test_a_worse_candidate_is_refused_alerted_and_the_job_still_exits_0(jobs, env, home, tiny_base, tmp_path,
+                                                                        monkeypatch):
+    """The guard's refusal through the real command: a warm start with loud noise in its LoRA weights."""
+    from support.registry import Receiver
+
+    from kronos_rolling.pipeline.replay import sabotage
+
+    production_before = env.get_registered_model("kronos-lora-crypto").aliases.get("production")
+    bad = sabotage("models:/kronos-lora-pooled@production", env, tmp_path, seed=3)
+    with Receiver() as receiver:
+        monkeypatch.setenv("KRONOS_ALERT_WEBHOOK", receiver.url)
+        result = subprocess.run(
+            [sys.executable, "-m", "kronos_rolling.cli", "run", "--asset-class", "crypto", "--as-of", "2018-03-01",
+             "--base-model", str(tiny_base), "--warm-start", str(bad), "--epochs", "1", "--lookback", "16",
+             "--horizon", "4", "--max-samples-per-epoch", "32", "--eval-samples", "1", "--eval-max-origins", "24",
+             "--no-progress", "--tracking-uri", env.tracking_uri],
+            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]  # a refusal is a decision, not a failure
+    [new] = [v for v in env.search_model_versions("name='kronos-lora-crypto'") if v.tags.get("as_of") == "2018-03-01"]
+    assert new.tags["guard_decision"] == "refused" and "> pooled" in new.tags["guard_reason"]
+    aliases = env.get_registered_model("kronos-lora-crypto").aliases
+    assert aliases["staging"] == new.version and aliases.get("production") == production_before
+    assert "guard_refused" in {body["kronos"]["event"] for body in receiver.bodies}

@@ -1,0 +1,64 @@
+"""The replay of past months: its decisions on tables, and a short real replay."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+from mlflow import MlflowClient
+
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.pipeline.replay import (
+    SimulationSettings,
+    log_report,
+    simulate,
+)
+
+UNATTENDED, REFUSED, QUARTERLY = ("3 consecutive months without intervention", "guard refused a worse candidate",
+                                  "cadence switched to quarterly")
+
+
+EXACT, DELETED = "exactly the last 6 versions kept (plus aliased)", "retention deleted versions beyond the last 6"
+
+
+def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_base, kronos_home):
+    settings = SimulationSettings(epochs=1, pooled_epochs=1, max_samples_per_epoch=32, eval_max_origins=16,
+                                  lookback=16, horizon=4)
+    lines = []
+    started_ms = int(time.time() * 1000)
+    report = simulate(DataStore(), BaseModelRef.resolve(str(pretrained_base)), "2018-01", 2,
+                      classes=["crypto", "forex_commodity"], client=clean_registry, settings=settings,
+                      drill_months=("2018-02",), echo=lines.append)
+    frame = report.frame()
+    assert list(zip(frame["month"], frame["asset_class"])) == [
+        ("2018-01", "crypto"), ("2018-01", "forex_commodity"), ("2018-02", "crypto"), ("2018-02", "forex_commodity")]
+    crypto = frame[frame["asset_class"] == "crypto"]
+    assert set(crypto["outcome"]) <= {"promoted", "refused"} and list(crypto["version"]) == ["1", "2"]
+    assert crypto["val_mae"].notna().all() and crypto["pooled_val_mae"].notna().all()
+    assert list(crypto["versions_kept"]) == ["1", "1,2"]
+    assert crypto["aliased"].iloc[-1] in ("1,2", "2")  # v2 holds @staging or @production, v1 maybe @production
+    forex = frame[frame["asset_class"] == "forex_commodity"]
+    # EURUSD covers 2017 only: January 2018 is judged on December 2017; February has nothing to judge on.
+    assert forex["outcome"].iloc[0] in ("promoted", "refused") and forex["outcome"].iloc[1] == "no data"
+    assert any("pooled v1" in line for line in lines)
+    # The drill month warm-started crypto from a sabotaged copy of what the job would have used.
+    assert list(crypto["drill"]) == [False, True]
+    [february] = [r for r in mlflow.search_runs(experiment_names=["kronos-rolling/crypto"], output_format="list",
+                                                filter_string=f"attributes.start_time >= {started_ms}")
+                  if r.data.params.get("as_of") == "2018-02-01"]
+    assert february.data.params["warm_start"].endswith("sabotaged-adapter")
+    # The forex window is shorter than two years: allowed, and recorded on the run.
+    [forex_run] = mlflow.search_runs(experiment_names=["kronos-rolling/forex_commodity"], output_format="list",
+                                     filter_string=f"attributes.start_time >= {started_ms}")
+    assert forex_run.data.tags["window_shortfall"].startswith("EURUSD: covers ")
+    assert "window_shortfall.json" in {a.path for a in MlflowClient().list_artifacts(forex_run.info.run_id)}
+    # The base's pre-training ended before the validation month: recorded, and out-of-sample.
+    assert forex_run.data.tags["base_pretrained_until"].startswith("2017-01-01")
+    assert forex_run.data.tags["base_saw_validation_span"] == "false"
+
+    run_id = log_report(report, "2018-01", 2)
+    logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/simulation/criteria.json")
+    assert set(logged) == set(report.criteria())
+    names = {a.path for a in MlflowClient().list_artifacts(run_id, "simulation")}
+    assert names == {"simulation/rows.json", "simulation/criteria.json", "simulation/val_mae.png"}

@@ -1,0 +1,308 @@
+"""Staging, guard decisions, promotion, rollback and the audit trail on a real tracking server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import date, datetime, timezone
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from support.registry import (
+    FaultProxy,
+    Receiver,
+    figures,
+    promote_decision,
+    refuse_decision,
+    register_stand_in,
+)
+
+from kronos_rolling.errors import ConfigError, RegistryError, RegistryUnavailable
+from kronos_rolling.locks import registry_lock
+from kronos_rolling.registry import alerts, history
+from kronos_rolling.registry.guard import decide_promotion
+from kronos_rolling.registry.history import Actor
+from kronos_rolling.registry.lifecycle import conclude_retrain
+from kronos_rolling.registry.names import CADENCE_TAG
+from kronos_rolling.registry.promotion import (
+    alias_state,
+    apply_guard_decision,
+    mark_staging,
+    production_version,
+    promote,
+    rollback,
+)
+
+CRYPTO = "kronos-lora-crypto"
+
+
+OPERATOR = Actor(user="ops", host="cron-1", job="monthly-2024-03")
+
+
+AT = datetime(2024, 3, 1, 6, 0, tzinfo=timezone.utc)
+
+
+def candidate(client, asset_class="crypto"):
+    """Register a stand-in version and give it @staging, as the monthly job does."""
+    version = register_stand_in(client, asset_class)
+    mark_staging(client, version.name, version.version)
+    return version.version
+
+
+@pytest.fixture
+def fast_mlflow_http(monkeypatch):
+    """Let our own retries, not MLflow's minutes-long HTTP back-off, meet injected failures."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def test_first_version_is_promoted_against_pooled_with_an_audit_trail(clean_registry):
+    client = clean_registry
+    v1 = candidate(client)
+    assert alias_state(client, CRYPTO).staging == v1
+    decision = decide_promotion(figures(0.9, 0.6), figures(1.0, 0.4), None)
+    move = apply_guard_decision(client, CRYPTO, v1, decision, actor=OPERATOR, at=AT)
+
+    assert move.promoted and move.from_version is None and move.to_version == v1
+    state = alias_state(client, CRYPTO)
+    assert (state.production, state.staging, state.previous_production) == (v1, None, None)
+    version = client.get_model_version(CRYPTO, v1)
+    assert version.tags["guard_decision"] == "promoted"
+    assert version.tags["guard_reference"] == "pooled"
+    assert float(version.tags["val_mae"]) == 0.9 and float(version.tags["pooled_val_mae"]) == 1.0
+    assert version.description.startswith("Guard: Promoted to @production: val_mae 0.9 <= pooled 1")
+    (entry,) = history.read_history(client, CRYPTO)
+    assert (entry.action, entry.from_version, entry.to_version) == ("promote", None, v1)
+    assert (entry.user, entry.host, entry.job, entry.at) == (
+        "ops", "cron-1", "monthly-2024-03", "2024-03-01T06:00:00+00:00")
+    assert "pooled" in entry.reason
+    assert production_version(client, CRYPTO).version == v1
+
+
+def test_refused_version_keeps_staging_and_is_tagged_with_the_reason(clean_registry):
+    client = clean_registry
+    v1 = candidate(client)
+    apply_guard_decision(client, CRYPTO, v1, promote_decision())
+    v2 = candidate(client)
+    decision = decide_promotion(figures(1.3), figures(1.1), figures(1.0, version=v1))
+    move = apply_guard_decision(client, CRYPTO, v2, decision, actor=OPERATOR)
+
+    assert not move.promoted and move.action == "refuse"
+    state = alias_state(client, CRYPTO)
+    assert (state.production, state.staging) == (v1, v2)
+    tags = client.get_model_version(CRYPTO, v2).tags
+    assert tags["guard_decision"] == "refused" and tags["regression_alert"] == "true"
+    assert tags["guard_reason"] == "val_mae 1.3 > pooled 1.1"
+    assert tags["production_version"] == v1
+    assert client.get_model_version(CRYPTO, v2).description.startswith("Guard: Kept in @staging")
+    last = history.read_history(client, CRYPTO)[-1]
+    assert (last.action, last.from_version, last.to_version) == ("refuse", v1, v2)
+
+
+def test_rollback_walks_back_through_promotions(clean_registry, cli):
+    client = clean_registry
+    v1, v2, v3 = (candidate(client) for _ in range(3))
+    for version in (v1, v2, v3):
+        apply_guard_decision(client, CRYPTO, version, promote_decision())
+    assert alias_state(client, CRYPTO) == alias_state(client, CRYPTO).__class__(v3, None, v2)
+
+    result = cli("rollback", "--asset-class", "crypto", "--reason", "v3 spikes on weekends")
+    assert result.exit_code == 0, result.output
+    assert f"v{v3} -> v{v2}" in result.output and f"@previous_production: v{v1}" in result.output
+    assert client.get_model_version(CRYPTO, v3).tags["rolled_back_reason"] == "v3 spikes on weekends"
+
+    again = rollback(client, "crypto", reason="v2 too")
+    assert (again.from_version, again.to_version, again.previous_production) == (v2, v1, None)
+    nowhere = cli("rollback", "--asset-class", "crypto", "--reason", "more")
+    assert nowhere.exit_code == RegistryError.exit_code
+    assert "no @previous_production" in nowhere.output and "--to-version" in nowhere.output
+
+    explicit = cli("rollback", "--asset-class", "crypto", "--to-version", v3)  # the issue's command, as written
+    assert explicit.exit_code == 0, explicit.output
+    assert alias_state(client, CRYPTO).production == v3
+    assert history.read_history(client, CRYPTO)[-1].reason == "rolled back by an operator"
+
+    shown = cli("history", "--asset-class", "crypto")
+    assert shown.exit_code == 0
+    lines = shown.output.splitlines()
+    assert lines[0] == CRYPTO and lines[1].split()[:4] == ["#", "when", "(UTC)", "action"]
+    actions = [line.split()[2] for line in lines[2:]]
+    assert actions == ["promote", "promote", "promote", "rollback", "rollback", "rollback"]
+    assert "v3 spikes on weekends" in shown.output
+    as_json = cli("history", "--asset-class", "crypto", "--json", "--limit", "1")
+    assert as_json.exit_code == 0 and '"reason": "rolled back by an operator"' in as_json.output
+    assert len(as_json.output.strip().splitlines()) == 1
+
+
+def test_an_operator_promotes_a_refused_version_by_hand(clean_registry, cli):
+    client = clean_registry
+    v1, v2 = candidate(client), candidate(client)
+    apply_guard_decision(client, CRYPTO, v1, promote_decision())
+    apply_guard_decision(client, CRYPTO, v2, refuse_decision())
+    assert alias_state(client, CRYPTO).staging == v2
+
+    result = cli("promote", "--asset-class", "crypto", "--version", v2, "--reason", "reviewed by hand")
+    assert result.exit_code == 0, result.output
+    assert f"v{v1} -> v{v2}" in result.output and f"@previous_production: v{v1}" in result.output
+    state = alias_state(client, CRYPTO)
+    assert (state.production, state.staging, state.previous_production) == (v2, None, v1)
+    last = history.read_history(client, CRYPTO)[-1]
+    assert (last.action, last.from_version, last.to_version, last.reason) == ("promote", v1, v2, "reviewed by hand")
+
+    again = cli("promote", "--asset-class", "crypto", "--version", v2, "--reason", "twice")
+    assert again.exit_code == 0 and "already" in again.output
+    assert history.read_history(client, CRYPTO)[-1].reason == "reviewed by hand", "no audit entry for a no-op"
+    missing = cli("promote", "--asset-class", "crypto", "--version", 99, "--reason", "typo")
+    assert missing.exit_code == RegistryError.exit_code and "does not exist" in missing.output
+    assert alias_state(client, CRYPTO).production == v2
+
+
+def test_rollback_refuses_deleted_versions_and_missing_artifacts(clean_registry, cli):
+    client = clean_registry
+    v1, v2, v3 = (candidate(client) for _ in range(3))
+    apply_guard_decision(client, CRYPTO, v3, promote_decision())
+    client.delete_model_version(CRYPTO, v1)
+    before = client.get_registered_model(CRYPTO)
+
+    deleted = cli("rollback", "--asset-class", "crypto", "--to-version", v1, "--reason", "x")
+    assert deleted.exit_code == RegistryError.exit_code
+    assert f"v{v1} does not exist" in deleted.output and f"live versions: v{v3}, v{v2}" in deleted.output
+
+    source = client.get_model_version_download_uri(CRYPTO, v2)
+    get_artifact_repository(source).delete_artifacts()  # through the server, like a lost bucket
+    missing = cli("rollback", "--asset-class", "crypto", "--to-version", v2, "--reason", "x")
+    assert missing.exit_code == RegistryError.exit_code
+    assert f"artifacts of {CRYPTO} v{v2} are missing" in missing.output
+
+    after = client.get_registered_model(CRYPTO)
+    assert after.aliases == before.aliases and after.tags == before.tags  # nothing half-done
+
+
+def test_production_deleted_under_the_alias_is_explained(clean_registry, cli):
+    client = clean_registry
+    v1, v2 = candidate(client), candidate(client)
+    apply_guard_decision(client, CRYPTO, v1, promote_decision())
+    apply_guard_decision(client, CRYPTO, v2, promote_decision())
+    client.delete_model_version(CRYPTO, v2)  # MLflow drops the alias with the version
+    with pytest.raises(RegistryError, match=f"v{v2}, which held it last, has been deleted"):
+        production_version(client, CRYPTO)
+    fixed = cli("rollback", "--asset-class", "crypto", "--reason", "v2 deleted by hand")
+    assert fixed.exit_code == 0, fixed.output
+    assert production_version(client, CRYPTO).version == v1
+
+
+def test_transient_failures_are_retried(clean_registry, fast_mlflow_http):
+    v1 = candidate(clean_registry)
+    with FaultProxy(clean_registry.tracking_uri) as proxy:
+        flaky = proxy.fail("POST", "/registered-models/alias", failures=2)
+        through_proxy = MlflowClient(proxy.url)
+        move = apply_guard_decision(through_proxy, CRYPTO, v1, promote_decision())
+    assert move.promoted and flaky.hits == 3
+    assert alias_state(clean_registry, CRYPTO).production == v1
+
+
+def test_a_failed_promotion_restores_the_previous_state(clean_registry, fast_mlflow_http):
+    client = clean_registry
+    v1, v2 = candidate(client), candidate(client)
+    apply_guard_decision(client, CRYPTO, v1, promote_decision())
+    model_before = client.get_registered_model(CRYPTO)
+    version_before = client.get_model_version(CRYPTO, v2)
+
+    with FaultProxy(client.tracking_uri) as proxy:
+        broken = proxy.fail("POST", "/registered-models/set-tag", body_part="kronos.audit",
+                            failures=100)
+        with pytest.raises(RegistryUnavailable, match="write audit entry"):
+            apply_guard_decision(MlflowClient(proxy.url), CRYPTO, v2, promote_decision())
+    assert broken.hits == 3  # our three attempts at the last step
+
+    model_after = client.get_registered_model(CRYPTO)
+    version_after = client.get_model_version(CRYPTO, v2)
+    assert model_after.aliases == model_before.aliases == {"production": v1, "staging": v2}
+    assert model_after.tags == model_before.tags
+    assert version_after.tags == version_before.tags
+    assert version_after.description == version_before.description
+
+
+def test_concurrent_promotions_are_serialised(clean_registry, tracking_uri):
+    client = clean_registry
+    v1, v2, v3 = (candidate(client) for _ in range(3))
+    apply_guard_decision(client, CRYPTO, v1, promote_decision())
+    job = textwrap.dedent("""
+        import sys
+        from kronos_rolling.registry.client import connect
+        from kronos_rolling.registry.promotion import promote
+        client = connect()
+        print("promoting", flush=True)
+        promote(client, "kronos-lora-crypto", sys.argv[1], "job " + sys.argv[1])
+    """)
+    with registry_lock(CRYPTO, timeout=5):  # both jobs start while a third writer holds the model
+        jobs = [subprocess.Popen([sys.executable, "-c", job, v], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for v in (v2, v3)]
+        assert [j.stdout.readline().strip() for j in jobs] == ["promoting", "promoting"]
+        time.sleep(1.0)
+        assert all(j.poll() is None for j in jobs), "a job ran past the lock"
+        assert alias_state(client, CRYPTO).production == v1
+    for j in jobs:
+        assert j.wait(timeout=60) == 0, j.stderr.read()
+
+    entries = [e for e in history.read_history(client, CRYPTO) if e.action == "promote"]
+    assert len(entries) == 3
+    # each promotion saw the one before it: the trail is a chain, never a fork
+    assert [e.from_version for e in entries[1:]] == [e.to_version for e in entries[:-1]]
+    state = alias_state(client, CRYPTO)
+    assert state.production == entries[-1].to_version
+    assert state.previous_production == entries[-1].from_version
+
+
+def test_conclude_retrain_acts_records_and_alerts(clean_registry, monkeypatch):
+    client = clean_registry
+    v1 = candidate(client, "equity")
+    name = "kronos-lora-equity"
+    with Receiver() as receiver:
+        first = conclude_retrain(client, "equity", v1,
+                                 decide_promotion(figures(0.9, 0.5), figures(1.0), None),
+                                 as_of=date(2024, 1, 1), webhook=receiver.url)
+        v2 = candidate(client, "equity")
+        worse = decide_promotion(figures(1.2, 0.3), figures(1.0),
+                                 figures(0.9, 0.5, version=v1))
+        second = conclude_retrain(client, "equity", v2, worse, as_of=date(2024, 2, 1),
+                                  webhook=receiver.url)
+    assert first.move.promoted and first.deliveries == []
+    assert not second.move.promoted
+    assert [d.event for d in second.deliveries] == [alerts.REGRESSION, alerts.REFUSED]
+    assert all(d.delivered for d in second.deliveries)
+    assert [b["kronos"]["event"] for b in receiver.bodies] == ["regression", "guard_refused"]
+    assert alias_state(client, name).production == v1
+    stored = client.get_registered_model(name).tags[CADENCE_TAG]
+    assert '"sharpe_delta": -0.2' in stored and f'"version": "{v2}"' in stored
+
+
+def test_unknown_asset_class_and_missing_model_from_the_cli(clean_registry, cli):
+    unknown = cli("history", "--asset-class", "metals")
+    assert unknown.exit_code == ConfigError.exit_code
+    assert "unknown asset class 'metals'" in unknown.output and "Traceback" not in unknown.output
+    missing = cli("history", "--asset-class", "crypto")
+    assert missing.exit_code == RegistryError.exit_code
+    assert "registered model 'kronos-lora-crypto' does not exist" in missing.output
+    rollback_missing = cli("rollback", "--asset-class", "pooled", "--reason", "x")
+    assert rollback_missing.exit_code == RegistryError.exit_code
+    assert "kronos-lora-pooled" in rollback_missing.output
+
+
+def test_operator_promote_and_idempotence(clean_registry):
+    client = clean_registry
+    v1, v2 = candidate(client), candidate(client)
+    move = promote(client, CRYPTO, v2, "hand-picked", actor=OPERATOR)
+    assert move.promoted and alias_state(client, CRYPTO).production == v2
+    again = promote(client, CRYPTO, v2, "hand-picked")
+    assert again.audit_seq is None  # nothing moved, nothing recorded
+    assert len(history.read_history(client, CRYPTO)) == 1
+    with pytest.raises(RegistryError, match="v99 does not exist"):
+        promote(client, CRYPTO, "99", "typo")
+    assert alias_state(client, CRYPTO).production == v2
+    assert alias_state(client, CRYPTO).staging is None  # the promoted candidate left @staging
+    refuse = apply_guard_decision(client, CRYPTO, v1, refuse_decision())
+    assert refuse.action == "refuse" and alias_state(client, CRYPTO).staging == v1

@@ -1,0 +1,159 @@
+"""The MLflow Project: every -P value is checked by our code, `mlflow run` runs the monthly job
+into the run MLflow made (real tracking server, bundled data, tiny base), and the monthly
+script runs the classes one after another, keeps going after a failure and alerts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from support import REPO
+from support.registry import Receiver
+
+from kronos_rolling import project
+
+BIN = Path(sys.executable).parent
+
+
+AS_OF = "2018-06-01"
+
+
+# Small enough for a few seconds of CPU: 32 samples of 16+4 bars, 8 evaluation origins.
+SMALL = {"epochs": "1", "lookback": "16", "horizon": "4", "batch_size": "16", "max_samples_per_epoch": "32",
+         "stride": "8", "eval_samples": "1", "eval_max_origins": "8", "device": "cpu"}
+
+
+def minus_p(values: dict[str, str]) -> list[str]:
+    return [word for name, value in values.items() for word in ("-P", f"{name}={value}")]
+
+
+def job_env(tracking_url: str, home: Path, **extra: str) -> dict[str, str]:
+    """What cron gives the job: the tracking server, a home, the venv first on PATH."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT", "KRONOS_", "PYTEST_"))}
+    env.update(MLFLOW_TRACKING_URI=tracking_url, KRONOS_HOME=str(home), PATH=f"{BIN}{os.pathsep}{env['PATH']}",
+               PYTHON=sys.executable, OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def monthly_job(tracking_server, tiny_base, tmp_path_factory):
+    """The monthly cron job for forex_commodity then crypto, as of 2018-06-01, on the bundled data:
+    `deploy/monthly-job.sh` runs, for each class,
+        mlflow run <repo> -e main --env-manager local --experiment-name kronos-rolling/<class>
+            -P asset_class=<class> -P as_of=2018-06-01 -P base_model=<tiny base> -P epochs=1 ...
+    The bundled EURUSD series ends in 2017, so forex_commodity trains and then has nothing to be
+    evaluated on in May 2018: a real failure, which must not stop crypto."""
+    client = MlflowClient(tracking_server.url)
+    for model in client.search_registered_models(max_results=1000):
+        client.delete_registered_model(model.name)
+    before = {r.info.run_id for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], max_results=5000)}
+    home = tmp_path_factory.mktemp("project-home")
+    with Receiver() as receiver:
+        env = job_env(tracking_server.url, home, KRONOS_ALERT_WEBHOOK=receiver.url, KRONOS_AS_OF=AS_OF,
+                      KRONOS_ASSET_CLASSES="forex_commodity crypto")
+        done = subprocess.run(["bash", "deploy/monthly-job.sh", *minus_p({"base_model": str(tiny_base), **SMALL})],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    runs = {}
+    for label in ("crypto", "forex_commodity"):
+        experiment = client.get_experiment_by_name(f"kronos-rolling/{label}")
+        runs[label] = [] if experiment is None else [
+            r for r in client.search_runs([experiment.experiment_id], max_results=1000)
+            if r.info.run_id not in before]
+    return {"done": done, "runs": runs, "client": client, "home": home, "alerts": receiver.bodies}
+
+
+def test_the_job_logs_into_the_run_mlflow_made_only_when_it_is_in_the_class_experiment(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    stray = client.create_run(experiment_id="0")  # `mlflow run` without --experiment-name
+    environ = {"MLFLOW_RUN_ID": stray.info.run_id, "MLFLOW_EXPERIMENT_ID": "0"}
+    assert project.route_launcher_run("crypto", environ) == stray.info.run_id
+    assert environ == {"KRONOS_LAUNCHER_RUN_ID": stray.info.run_id}, "the job makes its own run in its experiment"
+    experiment = mlflow.set_experiment("kronos-rolling/crypto")
+    right = client.create_run(experiment_id=experiment.experiment_id)
+    environ = {"MLFLOW_RUN_ID": right.info.run_id}
+    assert project.route_launcher_run("crypto", environ) is None
+    assert environ == {"MLFLOW_RUN_ID": right.info.run_id}, "the job logs into the run mlflow made"
+    for run in (stray, right):
+        client.delete_run(run.info.run_id)
+
+
+def test_mlflow_run_trains_registers_and_guards_in_the_run_it_made(monthly_job):
+    done, client = monthly_job["done"], monthly_job["client"]
+    assert "crypto: v1 " in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    [run] = monthly_job["runs"]["crypto"]  # the run `mlflow run` made is the training run: no second one
+    assert run.data.tags["mlflow.source.type"] == "PROJECT"
+    assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert run.info.status == "FINISHED" and run.data.tags["kronos.complete"] == "true"
+    assert run.info.run_name == f"crypto-{AS_OF}"
+    params = run.data.params
+    assert params["asset_class"] == "crypto" and params["as_of"] == AS_OF and params["epochs"] == "1"
+    # -P values as typed stay; what our code resolved differently sits beside them
+    assert params["lr"] == "5e-5" and params["resolved.lr"] == "5e-05"
+    assert params["resolved.base_model"].endswith("/predictor")
+    assert params["train_end"] == params["val_start"] and "val_mae" in run.data.metrics
+
+    [version] = client.search_model_versions("name='kronos-lora-crypto'")
+    assert version.run_id == run.info.run_id
+    tags = version.tags
+    assert tags["guard_decision"] in ("promoted", "refused") and tags["guard_reason"]
+    assert tags["as_of"] == AS_OF and tags["train_window"] == "2016-05-01/2018-05-01"
+    aliases = client.get_registered_model("kronos-lora-crypto").aliases
+    assert aliases["production" if tags["guard_decision"] == "promoted" else "staging"] == version.version
+
+
+def test_the_monthly_script_keeps_going_after_a_failed_class_alerts_and_exits_1(monthly_job):
+    done, client = monthly_job["done"], monthly_job["client"]
+    out = done.stdout
+    assert done.returncode == 1, out[-3000:] + done.stderr[-3000:]
+    assert out.index(f"== forex_commodity, as of {AS_OF}") < out.index(f"== crypto, as of {AS_OF}")
+    assert "== forex_commodity FAILED" in done.stderr and "== crypto FAILED" not in done.stderr
+    [failed] = monthly_job["runs"]["forex_commodity"]
+    assert failed.info.status == "FAILED" and "kronos.complete" not in failed.data.tags
+    assert client.search_model_versions("name='kronos-lora-forex_commodity'") == [], "registry left as it was"
+    events = [(body["kronos"]["event"], body["kronos"]["fields"]) for body in monthly_job["alerts"]]
+    [crypto] = client.search_model_versions("name='kronos-lora-crypto'")
+    guard_alerts = [] if crypto.tags["guard_decision"] == "promoted" else ["guard_refused"]
+    assert [event for event, _ in events if event != "regression"] == ["job_failed", *guard_alerts, "job_failed"]
+    job, month = events[0][1], events[-1][1]
+    assert job["asset_class"] == "forex_commodity" and "no evaluation samples for EURUSD" in job["error"]
+    assert month == {"as_of": AS_OF, "failed_classes": "forex_commodity"}
+
+
+def test_not_due_exits_zero_saying_when_the_next_retrain_is(monthly_job, tiny_base, tracking_uri, monkeypatch,
+                                                            capsys):
+    monkeypatch.setenv("KRONOS_HOME", str(monthly_job["home"]))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        project.main(["main", "asset_class=crypto", "as_of=2018-06-20", f"base_model={tiny_base}"])
+    assert exited.value.code == 0
+    assert "crypto: not due (monthly cadence: last retrain on 2018-06-01; next one is due on or after " \
+           "2018-07-01)" in capsys.readouterr().out
+    assert len(monthly_job["client"].search_model_versions("name='kronos-lora-crypto'")) == 1
+
+
+def test_a_bare_mlflow_run_works_and_points_to_the_class_run(monthly_job, tracking_server, tiny_base):
+    """`mlflow run . -P asset_class=crypto --env-manager local`, as the issue writes it: no
+    --experiment-name, so MLflow's run lands in "Default" and the job's run in kronos-rolling/crypto."""
+    client = monthly_job["client"]
+    env = job_env(tracking_server.url, monthly_job["home"])
+    done = subprocess.run(
+        [str(BIN / "mlflow"), "run", ".", "-P", "asset_class=crypto", "--env-manager", "local",
+         *minus_p({"as_of": "2018-07-01", "base_model": str(tiny_base), **SMALL})],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    launcher = client.search_runs(["0"], "tags.`mlflow.project.entryPoint` = 'main'", max_results=10)[0]
+    assert launcher.info.status == "FINISHED"
+    experiment, run_id = launcher.data.tags["kronos.job_run"].rsplit("/", 1)
+    assert experiment == "kronos-rolling/crypto"
+    job_run = client.get_run(run_id)
+    assert client.get_experiment(job_run.info.experiment_id).name == "kronos-rolling/crypto"
+    assert job_run.data.tags["kronos.complete"] == "true" and job_run.data.params["as_of"] == "2018-07-01"
+    versions = {v.run_id: v for v in client.search_model_versions("name='kronos-lora-crypto'")}
+    assert run_id in versions and versions[run_id].tags["guard_decision"] in ("promoted", "refused")

@@ -1,0 +1,115 @@
+"""A newcomer's run of every README command, in order, in one shell (the test command excepted).
+
+Commands come from the README's ```bash blocks. Two things differ from a newcomer's
+machine, both so that the test cannot collide with anything else running here: the
+ports (the tracking server's and the predictor's) are free ones, and KRONOS_HOME is a
+fresh folder. A command marked `# runs until Ctrl-C` is started in the background and
+waited for on its port, as a person would leave it running in another terminal. A block
+right after `<!-- not run by the tests: ... -->` is skipped (it needs the Hugging Face hub).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import REPO
+
+from kronos_rolling.tracking.server import free_port
+
+SKIP_MARKER = "<!-- not run by the tests"
+
+
+TEST_COMMAND = "make test"
+
+
+BACKGROUND = "# runs until Ctrl-C"
+
+
+def readme_commands(text: str) -> list[str]:
+    """The README's shell commands in order, one per line, comments kept."""
+    commands, skip_next = [], False
+    for match in re.finditer(r"(<!--.*?-->)|```bash\n(.*?)```", text, flags=re.S):
+        if match.group(1):
+            skip_next = match.group(1).startswith(SKIP_MARKER)
+            continue
+        if skip_next:
+            skip_next = False
+            continue
+        for line in match.group(2).splitlines():
+            if line.strip() and not line.strip().startswith("#") and not line.startswith(TEST_COMMAND):
+                commands.append(line)
+    return commands
+
+
+def as_script(commands: list[str], serve_port: int) -> str:
+    lines = [
+        "set -euo pipefail",
+        "background=()",
+        'cleanup() { for pid in "${background[@]}"; do kill -- -"$pid" 2>/dev/null || true; done; '
+        "kronos-rolling demo --stop-server >/dev/null 2>&1 || true; }",
+        "trap cleanup EXIT",
+        "set -m  # background commands get their own process group, so cleanup stops their children",
+    ]
+    for command in commands:
+        command = command.replace("8080", str(serve_port))
+        lines.append(f"echo '+ {command}'")
+        if BACKGROUND in command:
+            lines.append(f"{command.split('#')[0].strip()} > \"$BACKGROUND_LOG\" 2>&1 &")
+            lines.append("background+=($!)")
+            port = re.search(r"--port (\d+)", command).group(1)
+            lines.append(f"for i in $(seq 600); do curl -sf http://127.0.0.1:{port}/health >/dev/null && break; "
+                         f"sleep 0.5; done")
+        else:
+            lines.append(command)
+    return "\n".join(lines) + "\n"
+
+
+def test_a_newcomer_runs_every_readme_command(tmp_path):
+    commands = readme_commands((REPO / "README.md").read_text())
+    tracking_port, serve_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KRONOS_", "PYTEST_"))}
+    env.update(KRONOS_HOME=str(tmp_path / "home"), KRONOS_MLFLOW_PORT=str(tracking_port),
+               BACKGROUND_LOG=str(tmp_path / "background.log"),
+               MLFLOW_TRACKING_URI=f"http://127.0.0.1:{tracking_port}", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    script = tmp_path / "newcomer.sh"
+    script.write_text(as_script(commands, serve_port))
+    shell = subprocess.Popen(["bash", str(script)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = shell.communicate(timeout=1500)
+    except subprocess.TimeoutExpired:
+        # The script's own cleanup never ran: stop it, its children and the demo's server here.
+        os.killpg(shell.pid, signal.SIGKILL)
+        subprocess.run(["kronos-rolling", "demo", "--stop-server"], env=env, cwd=REPO, timeout=120)
+        out, _ = shell.communicate()
+        pytest.fail("the README commands did not finish in 25 minutes:\n" + out[-6000:])
+    assert shell.returncode == 0, out[-6000:]
+    assert "[6/6] where to look" in out and "answered by" in out
+    assert "kronos-lora-crypto@production: v" in out and "-> v2" in out, "the operator's promote"
+    assert "-> v1 (" in out, "the rollback"
+    assert '"crypto"' in out, "the predictor's /models answer"
+    assert (tmp_path / "home" / "mlflow.db").exists()
+
+    # The demo is safe to run twice: everything is reused, nothing is trained or registered again.
+    try:
+        again = subprocess.run(["kronos-rolling", "demo"], cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=600)
+    finally:
+        subprocess.run(["kronos-rolling", "demo", "--stop-server"], cwd=REPO, env=env, capture_output=True,
+                       timeout=120)
+    second = again.stdout + again.stderr
+    assert again.returncode == 0, second[-4000:]
+    assert "already trained: kronos-lora-pooled v1," in second
+    monthly = second.split("[4/6]")[1].split("[5/6]")[0]
+    assert monthly.count(": not due (") == 3, monthly
+    assert "answered by" in second
+
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path / "home") not in ps, "a README command left a process running"

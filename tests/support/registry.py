@@ -1,0 +1,167 @@
+"""Real parts shared by the registry tests.
+
+- `register_stand_in`: a model version made the way training makes one: an MLflow run
+  that logs a file, a logged model holding a few KB of adapter bytes, registered by its
+  `models:/` URI. It stands in for the lead's pyfunc version; the registry lifecycle
+  never looks inside it.
+- `FaultProxy`: a real HTTP proxy in front of the tracking server that fails chosen
+  requests (503) a chosen number of times, to produce real transient failures.
+- `Receiver`: a real webhook receiver that records JSON bodies and can fail the first N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import mlflow
+import requests
+from mlflow import MlflowClient
+
+from kronos_rolling.registry.guard import EvalFigures, decide_promotion
+from kronos_rolling.registry.names import registered_model_name
+
+
+def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: int = 4096,
+                      experiment: str = "registry-tests"):
+    """Train-run stand-in: run + logged model with real bytes, registered as a new version."""
+    name = registered_model_name(asset_class)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as folder:
+        mlflow.log_text(json.dumps({"asset_class": asset_class}), "metadata.json")
+        model = mlflow.initialize_logged_model(name="adapter", source_run_id=run.info.run_id)
+        Path(folder, "adapter.bin").write_bytes(os.urandom(adapter_bytes))
+        Path(folder, "metadata.json").write_text(json.dumps({"asset_class": asset_class}))
+        client.log_model_artifacts(model.model_id, folder)
+        mlflow.finalize_logged_model(model.model_id, "READY")
+    return mlflow.register_model(f"models:/{model.model_id}", name)
+
+
+def figures(mae: float, sharpe: float = 0.5, version: str | None = None) -> EvalFigures:
+    return EvalFigures(val_mae=mae, val_sharpe=sharpe, version=version)
+
+
+def promote_decision(mae: float = 1.0, pooled_mae: float = 1.1):
+    return decide_promotion(figures(mae), figures(pooled_mae), None)
+
+
+def refuse_decision(mae: float = 1.2, pooled_mae: float = 1.1):
+    return decide_promotion(figures(mae), figures(pooled_mae), None)
+
+
+# ---- a proxy that fails chosen requests ------------------------------------------------
+
+@dataclass
+class FaultRule:
+    method: str
+    path_part: str
+    body_part: str = ""
+    failures: int = 1  # how many matching requests fail before they pass
+    status: int = 503
+    hits: int = 0  # matching requests seen (failed or passed)
+
+
+class FaultProxy:
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self.rules: list[FaultRule] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                for rule in proxy.rules:
+                    if (rule.method == self.command and rule.path_part in self.path
+                            and rule.body_part.encode() in body):
+                        rule.hits += 1
+                        if rule.hits <= rule.failures:
+                            self.send_response(rule.status)
+                            self.send_header("Content-Length", "0")
+                            self.end_headers()
+                            return
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "content-length", "connection")}
+                answer = requests.request(self.command, proxy.upstream + self.path,
+                                          data=body, headers=headers, timeout=30)
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection",
+                                           "content-encoding"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def fail(self, method: str, path_part: str, body_part: str = "", failures: int = 1,
+             status: int = 503) -> FaultRule:
+        rule = FaultRule(method, path_part, body_part, failures, status)
+        self.rules.append(rule)
+        return rule
+
+    def __enter__(self) -> "FaultProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ---- a webhook receiver -------------------------------------------------------------------
+
+@dataclass
+class Receiver:
+    fail_first: int = 0
+    fail_status: int = 503
+    bodies: list[dict] = field(default_factory=list)
+    requests_seen: int = 0
+
+    def __post_init__(self):
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                receiver.requests_seen += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if receiver.requests_seen <= receiver.fail_first:
+                    self.send_response(receiver.fail_status)
+                    self.end_headers()
+                    return
+                receiver.bodies.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/secret-token"
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> "Receiver":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,172 @@
+"""Hub folder format, loading errors, provenance digest, and the `model init` / `forecast` commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kronos_rolling.cli.main import main
+from kronos_rolling.errors import ModelError
+from kronos_rolling.model.config import MODEL_SIZES, KronosConfig
+from kronos_rolling.model.hub import model_source_digest
+from kronos_rolling.model.kronos import Kronos
+from kronos_rolling.model.tokenizer import KronosTokenizer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("init") / "tiny"
+    result = CliRunner().invoke(main, ["model", "init", "--size", "tiny", "--out", str(out), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def bars_csv(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    close = 30 * np.exp(np.cumsum(rng.normal(0, 0.01, 64)))
+    frame = pd.DataFrame({
+        "timestamp": pd.date_range("2024-02-01", periods=64, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
+        "open": close, "high": close * 1.01, "low": close * 0.99, "close": close,
+        "volume": rng.lognormal(6, 0.2, 64),
+    })
+    path = tmp_path_factory.mktemp("csv") / "bars.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def run_forecast(tiny_dir, csv, out, *extra):
+    return CliRunner().invoke(main, [
+        "forecast", "--model", str(tiny_dir / "predictor"), "--tokenizer", str(tiny_dir / "tokenizer"),
+        "--csv", str(csv), "--pred-len", "6", "--out", str(out), "--device", "cpu", *extra,
+    ])
+
+
+def test_model_init_writes_loadable_hub_folders(tiny_dir):
+    for name in ("tokenizer", "predictor"):
+        assert sorted(p.name for p in (tiny_dir / name).iterdir()) == ["config.json", "model.safetensors"]
+    predictor = Kronos.from_pretrained(tiny_dir / "predictor")
+    tokenizer = KronosTokenizer.from_pretrained(tiny_dir / "tokenizer")
+    assert predictor.config == MODEL_SIZES["tiny"].predictor
+    assert json.loads((tiny_dir / "predictor" / "config.json").read_text()) == MODEL_SIZES["tiny"].predictor.to_dict()
+    total = sum(p.numel() for p in predictor.parameters()) + sum(p.numel() for p in tokenizer.parameters())
+    assert 100_000 < total < 600_000  # "a few hundred thousand parameters"
+    # Same seed, same weights: the folder is reproducible.
+    assert not predictor.training and not tokenizer.training
+
+
+def test_model_init_refuses_to_overwrite(tiny_dir):
+    result = CliRunner().invoke(main, ["model", "init", "--size", "tiny", "--out", str(tiny_dir)])
+    assert result.exit_code == 2
+    assert "already exist" in result.output and "Traceback" not in result.output
+
+
+def test_save_load_round_trip_and_digest(tmp_path):
+    torch.manual_seed(1)
+    model = Kronos.from_config(MODEL_SIZES["tiny"].predictor)
+    model.save_pretrained(tmp_path / "a")
+    loaded = Kronos.from_pretrained(tmp_path / "a")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert model_source_digest(tmp_path / "a") == model_source_digest(tmp_path / "b")
+    with torch.no_grad():
+        loaded.head.proj_s1.bias += 1
+    loaded.save_pretrained(tmp_path / "b")
+    assert model_source_digest(tmp_path / "a") != model_source_digest(tmp_path / "b")
+
+
+def test_loading_errors_are_clear(tiny_dir, tmp_path, monkeypatch):
+    with pytest.raises(ModelError, match="lacks model.safetensors"):
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        (empty / "config.json").write_text("{}")
+        Kronos.from_pretrained(empty)
+    with pytest.raises(ModelError, match="looks like a tokenizer config"):
+        Kronos.from_pretrained(tiny_dir / "tokenizer")
+    # Weights that do not fit the config (another size's config.json next to tiny weights).
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(tiny_dir / "predictor", mismatched)
+    (mismatched / "config.json").write_text(json.dumps(KronosConfig(n_layers=3, d_model=64, n_heads=4).to_dict()))
+    with pytest.raises(ModelError, match="missing transformer.2"):
+        Kronos.from_pretrained(mismatched)
+    # A hub id while offline: a clear message on what to do instead.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelError) as caught:
+        Kronos.from_pretrained("NeoQuasar/Kronos-small", revision="main")
+    message = str(caught.value)
+    assert "NeoQuasar/Kronos-small" in message and "offline" in message and "--local-dir" in message
+
+
+def test_a_hub_id_downloads_both_files_at_the_asked_revision(tiny_dir, monkeypatch):
+    """The hub itself cannot be reached here: a stand-in download hands out a local folder's files."""
+    import huggingface_hub
+
+    asked = []
+
+    def fake_download(repo_id, filename, revision=None, **_):
+        asked.append((repo_id, filename, revision))
+        return str(tiny_dir / "predictor" / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    model = Kronos.from_pretrained("NeoQuasar/Kronos-small", revision="abc123")
+    assert asked == [("NeoQuasar/Kronos-small", "config.json", "abc123"),
+                     ("NeoQuasar/Kronos-small", "model.safetensors", "abc123")]
+    want = Kronos.from_pretrained(tiny_dir / "predictor").state_dict()
+    assert all(torch.equal(value, want[key]) for key, value in model.state_dict().items())
+
+
+def test_the_default_context_follows_the_architecture_not_training_settings():
+    from dataclasses import replace
+
+    from kronos_rolling.model.config import default_max_context
+
+    mini = MODEL_SIZES["mini"].predictor
+    assert default_max_context(mini) == 2048
+    assert default_max_context(replace(mini, ffn_dropout_p=0.0, resid_dropout_p=0.1)) == 2048
+    assert default_max_context(MODEL_SIZES["base"].predictor) == 512
+    assert default_max_context(replace(mini, n_layers=5)) == 512  # an unknown architecture: the safe default
+
+
+def test_forecast_command_greedy_is_deterministic(tiny_dir, bars_csv, tmp_path):
+    first = run_forecast(tiny_dir, bars_csv, tmp_path / "a.csv", "--top-k", "1")
+    second = run_forecast(tiny_dir, bars_csv, tmp_path / "b.csv", "--top-k", "1")
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    out = pd.read_csv(tmp_path / "a.csv")
+    assert list(out.columns) == ["timestamp", "open", "high", "low", "close", "volume", "amount"]
+    assert list(pd.to_datetime(out["timestamp"])) == list(pd.date_range("2024-02-03 16:00", periods=6, freq="h"))
+    assert np.isfinite(out.drop(columns="timestamp").to_numpy()).all()
+
+
+def test_forecast_command_sampling_quantiles_and_seed(tiny_dir, bars_csv, tmp_path):
+    args = ["--samples", "4", "--seed", "7", "--temperature", "0.8", "--top-p", "0.95", "--quantiles"]
+    assert run_forecast(tiny_dir, bars_csv, tmp_path / "a.csv", *args).exit_code == 0
+    assert run_forecast(tiny_dir, bars_csv, tmp_path / "b.csv", *args).exit_code == 0
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    out = pd.read_csv(tmp_path / "a.csv")
+    assert {"close_p10", "close_p50", "close_p90"} <= set(out.columns)
+    assert (out["close_p10"] <= out["close_p90"]).all()
+
+
+def test_forecast_command_reports_bad_input_without_traceback(tiny_dir, bars_csv, tmp_path):
+    broken = tmp_path / "broken.csv"
+    pd.read_csv(bars_csv).drop(columns=["low"]).to_csv(broken, index=False)
+    result = run_forecast(tiny_dir, broken, tmp_path / "out.csv")
+    assert result.exit_code == 2
+    assert "missing column(s) ['low']" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out.csv").exists()
+    swapped = CliRunner().invoke(main, [
+        "forecast", "--model", str(tiny_dir / "tokenizer"), "--tokenizer", str(tiny_dir / "predictor"),
+        "--csv", str(bars_csv), "--pred-len", "3", "--out", str(tmp_path / "out.csv"),
+    ])
+    assert swapped.exit_code == 2 and "swapped" in swapped.output
