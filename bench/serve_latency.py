@@ -78,7 +78,7 @@ def memory_probe(labels: list[str]) -> None:
     import psutil
 
     from kronos_rolling.serve.service import PredictorService
-    from kronos_rolling.serve.settings import ServeSettings
+    from kronos_rolling.settings import ServeSettings
 
     service = PredictorService(ServeSettings.from_env(labels=tuple(labels)), watch=False).start()
     gc.collect()
@@ -198,8 +198,8 @@ def main() -> None:
     from mlflow import MlflowClient
     from serve_support import bars_json, register_version, sample_frame, set_production
 
+    from kronos_rolling.model.config import LoraSettings
     from kronos_rolling.model.forecast import Forecaster
-    from kronos_rolling.model.lora import LoraSettings
     from kronos_rolling.registry.promotion import rollback
     from kronos_rolling.serve.schemas import Bar, series_of
     from kronos_rolling.tracking.adapters import fetch_adapter, load_forecast_model

@@ -44,11 +44,11 @@ from kronos_rolling import TRAINING_PRECISIONS
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.data.store import DataStore
-from kronos_rolling.model.config import MODEL_SIZES
+from kronos_rolling.model.config import MODEL_SIZES, LoraSettings
 from kronos_rolling.model.device import resolve_device
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.kronos import Kronos
-from kronos_rolling.model.lora import LoraSettings, attach_lora
+from kronos_rolling.model.lora import attach_lora
 from kronos_rolling.model.tokenizer import KronosTokenizer
 from kronos_rolling.training.config import TrainConfig
 from kronos_rolling.training.loop import ConditionedKronos, _step_loss

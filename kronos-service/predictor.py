@@ -16,8 +16,9 @@ from __future__ import annotations
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.serve.selection import Choice
 from kronos_rolling.serve.service import registry_choice
-from kronos_rolling.serve.settings import ServeSettings
 from kronos_rolling.serve.source import RegistrySource
+from kronos_rolling.settings import ServeSettings, load_settings
+from kronos_rolling.tracking.context import Tracking
 
 
 def get_lora_checkpoint(symbol: str, settings: ServeSettings | None = None) -> Choice:
@@ -27,9 +28,9 @@ def get_lora_checkpoint(symbol: str, settings: ServeSettings | None = None) -> C
     production version does not answer. Settings default to the environment (MLFLOW_TRACKING_URI,
     KRONOS_DATA_DIR for asset-class overrides, KRONOS_SERVE_INFERENCE_GUARD).
     """
-    settings = settings or ServeSettings.from_env()
+    settings = settings or load_settings().serve
     guard_ratio = settings.guard_ratio if settings.inference_guard else None
-    return registry_choice(symbol, RegistrySource(settings.resolved_tracking_uri()),
+    return registry_choice(symbol, RegistrySource(Tracking.connect(settings.tracking_uri, check=False)),
                            DataStore(settings.data_dir).overrides(), guard_ratio)
 
 

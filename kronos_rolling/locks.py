@@ -1,7 +1,7 @@
 """Machine-wide locks: one training job on the device at a time, one registry writer per model.
 
-The training lock is a file lock under `KRONOS_LOCK_DIR` (default
-`$KRONOS_HOME/locks`, i.e. `~/.kronos-rolling/locks`). Training holds it for the whole
+Locks are files in one folder, `Settings.lock_dir` (KRONOS_LOCK_DIR, default
+`$KRONOS_HOME/locks`), which every caller passes in. Training holds the training lock for the whole
 fine-tune; the predictor asks `device_busy()` to know a fine-tune shares the device.
 The registry lock serialises alias moves, audit entries and deletions on one
 registered model, so two jobs on this machine never interleave them. Jobs on
@@ -29,28 +29,21 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from kronos_rolling.errors import LockBusy
-from kronos_rolling.tracking.server import default_data_dir
 
 log = logging.getLogger(__name__)
 
 TRAINING_LOCK = "training"
 
 
-def lock_dir() -> Path:
-    configured = os.environ.get("KRONOS_LOCK_DIR")
-    path = Path(configured).expanduser() if configured else default_data_dir() / "locks"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def lock_path(lock_dir: Path, name: str) -> Path:
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    return Path(lock_dir) / f"{name}.lock"
 
 
-def lock_path(name: str) -> Path:
-    return lock_dir() / f"{name}.lock"
-
-
-def holder(name: str = TRAINING_LOCK) -> dict | None:
+def holder(lock_dir: Path, name: str = TRAINING_LOCK) -> dict | None:
     """Who holds (or last held, if it died) the named lock, as the holder wrote it."""
     try:
-        return json.loads(_holder_path(lock_path(name)).read_text())
+        return json.loads(_holder_path(lock_path(lock_dir, name)).read_text())
     except (OSError, ValueError):
         return None
 
@@ -59,7 +52,7 @@ NO_WAIT_GRACE_S = 0.5
 
 
 @contextmanager
-def training_lock(wait: bool = True, poll_message_every: float = 30.0,
+def training_lock(lock_dir: Path, wait: bool = True, poll_message_every: float = 30.0,
                   timeout: float | None = None, job: str | None = None) -> Iterator[Path]:
     """Hold the machine's training lock for the duration of the block.
 
@@ -67,14 +60,14 @@ def training_lock(wait: bool = True, poll_message_every: float = 30.0,
     every `poll_message_every` seconds. wait=False: raise LockBusy when it is still taken
     after NO_WAIT_GRACE_S (a momentary holder, such as the predictor's probe, is waited out).
     """
-    with _hold(TRAINING_LOCK, "the training lock", wait=wait,
+    with _hold(lock_dir, TRAINING_LOCK, "the training lock", wait=wait,
                poll_message_every=poll_message_every, timeout=timeout, job=job) as path:
         yield path
 
 
-def device_busy() -> bool:
+def device_busy(lock_dir: Path) -> bool:
     """True while any process (this one included) holds the training lock."""
-    lock = FileLock(lock_path(TRAINING_LOCK))
+    lock = FileLock(lock_path(lock_dir, TRAINING_LOCK))
     try:
         lock.acquire(blocking=False)
     except Timeout:
@@ -84,17 +77,17 @@ def device_busy() -> bool:
 
 
 @contextmanager
-def registry_lock(model_name: str, timeout: float) -> Iterator[Path]:
+def registry_lock(lock_dir: Path, model_name: str, timeout: float) -> Iterator[Path]:
     """Serialise writers of one registered model on this machine (wait up to `timeout` s)."""
-    with _hold(f"registry-{model_name}", f"the registry lock of {model_name}", wait=True,
+    with _hold(lock_dir, f"registry-{model_name}", f"the registry lock of {model_name}", wait=True,
                poll_message_every=min(timeout, 10.0), timeout=timeout, job=None) as path:
         yield path
 
 
 @contextmanager
-def _hold(name: str, what: str, *, wait: bool, poll_message_every: float,
+def _hold(lock_dir: Path, name: str, what: str, *, wait: bool, poll_message_every: float,
           timeout: float | None, job: str | None) -> Iterator[Path]:
-    path = lock_path(name)
+    path = lock_path(lock_dir, name)
     lock = FileLock(path)
     started = time.monotonic()
     while True:
@@ -110,7 +103,7 @@ def _hold(name: str, what: str, *, wait: bool, poll_message_every: float,
                 lock.acquire(timeout=step)
             break
         except Timeout:
-            who = _describe(holder(name))
+            who = _describe(holder(lock_dir, name))
             if not wait or (remaining is not None and remaining <= poll_message_every):
                 waited = "" if not wait else f" after waiting {time.monotonic() - started:.0f}s"
                 raise LockBusy(f"{what} ({path}) is held by {who}{waited}; wait for that job to "
@@ -120,7 +113,7 @@ def _hold(name: str, what: str, *, wait: bool, poll_message_every: float,
     try:
         holder_file.write_text(json.dumps({
             "pid": os.getpid(), "user": current_user(), "host": socket.gethostname(),
-            "job": job or os.environ.get("KRONOS_JOB") or "",
+            "job": job or "",
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }))
         yield path

@@ -1,7 +1,7 @@
 """`kronos-rolling data ...`: import, list, validate and classify market data.
 
-The data folder is `--data DIR` (on `data` or on any of its commands), else
-`$KRONOS_DATA_DIR`, else the bundled sample data. Problems raise `DataError`, which the
+The data folder is `--data DIR` (on `data` or on any of its commands), else the
+`KRONOS_DATA_DIR` setting, else the bundled sample data. Problems raise `DataError`, which the
 top-level group prints as one message with a non-zero exit.
 """
 
@@ -12,13 +12,14 @@ from pathlib import Path
 import click
 
 from kronos_rolling import ASSET_CLASSES
+from kronos_rolling.cli.options import settings_of
 from kronos_rolling.data.assets import classify_asset
 from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, format_spacing
-from kronos_rolling.data.store import DATA_DIR_ENV, DataStore
+from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.validate import validate_path
 from kronos_rolling.errors import DataError
 
-_DATA_HELP = f"Data folder (default: ${DATA_DIR_ENV}, else the bundled sample data)."
+_DATA_HELP = "Data folder [env KRONOS_DATA_DIR; default: the bundled sample data]."
 
 
 def _data_option(command):
@@ -27,17 +28,17 @@ def _data_option(command):
 
 
 def _store(ctx: click.Context, data_dir: Path | None) -> DataStore:
-    """The command's --data, else the group's --data (which falls back to the env var)."""
-    return DataStore(data_dir if data_dir is not None else (ctx.obj or {}).get("data_dir"))
+    """The command's --data, else the group's --data, else the setting."""
+    chosen = data_dir if data_dir is not None else ctx.find_object(dict).get("data_dir")
+    return DataStore(settings_of(ctx, data_dir=chosen).data_dir)
 
 
 @click.group()
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), envvar=DATA_DIR_ENV, default=None,
-              help=_DATA_HELP)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help=_DATA_HELP)
 @click.pass_context
 def data(ctx: click.Context, data_dir: Path | None) -> None:
     """Import, list, validate and classify market data."""
-    ctx.ensure_object(dict)["data_dir"] = data_dir
+    ctx.obj = {"data_dir": data_dir}  # the commands' --data wins over it
 
 
 @data.command("import")

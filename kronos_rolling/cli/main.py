@@ -1,7 +1,8 @@
-"""`kronos-rolling` command line.
+"""`kronos-rolling` command line: the top-level group, with each group's commands attached.
 
-The top-level group lives here; each area keeps its commands beside its code
-(`model/cli.py`, `data/cli.py`, ...) and is attached below.
+One module per command group: data.py, model.py, pipeline.py (train, run, run-all,
+evaluate, simulate, demo), registry.py (history, promote, rollback, retention, due,
+cadence), serve.py (serve, predict), server.py; shared options in options.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ import sys
 import click
 
 from kronos_rolling import __version__
+from kronos_rolling.cli.data import data
+from kronos_rolling.cli.model import forecast, model, pretrain
+from kronos_rolling.cli.options import configure_mlflow
+from kronos_rolling.cli.pipeline import COMMANDS as PIPELINE_COMMANDS
+from kronos_rolling.cli.registry import COMMANDS as REGISTRY_COMMANDS
+from kronos_rolling.cli.serve import COMMANDS as SERVE_COMMANDS
+from kronos_rolling.cli.server import server
 from kronos_rolling.errors import KronosError
+from kronos_rolling.settings import load_settings
 
 
 class KronosGroup(click.Group):
@@ -29,9 +38,12 @@ class KronosGroup(click.Group):
 @click.group(cls=KronosGroup)
 @click.version_option(__version__, prog_name="kronos-rolling")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Keep a Kronos forecasting model current: monthly LoRA fine-tunes per asset class,
     tracked, guarded and served through MLflow."""
+    ctx.obj = load_settings()
+    configure_mlflow()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -39,18 +51,7 @@ def main(verbose: bool) -> None:
     )
 
 
-def _attach_commands() -> None:
-    from kronos_rolling.cli.data import data
-    from kronos_rolling.cli.model import forecast, model, pretrain
-    from kronos_rolling.cli.pipeline import COMMANDS as PIPELINE_COMMANDS
-    from kronos_rolling.cli.registry import COMMANDS as REGISTRY_COMMANDS
-    from kronos_rolling.cli.serve import COMMANDS as SERVE_COMMANDS
-    from kronos_rolling.cli.server import server
-
-    model.add_command(pretrain)
-    for command in (model, forecast, data, *PIPELINE_COMMANDS, *REGISTRY_COMMANDS, *SERVE_COMMANDS, server):
-        main.add_command(command)
-
-
-_attach_commands()
+model.add_command(pretrain)
+for command in (model, forecast, data, *PIPELINE_COMMANDS, *REGISTRY_COMMANDS, *SERVE_COMMANDS, server):
+    main.add_command(command)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
-from kronos_rolling.data.store import DATA_DIR_ENV, DataStore
+from kronos_rolling.cli.options import data_option, settings_of
+from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import ModelError
 from kronos_rolling.model.config import MODEL_SIZES
 from kronos_rolling.training.pretrain.config import DEFAULT_UNTIL, PretrainConfig
-from kronos_rolling.training.pretrain.run import pretrain_base
 
 
 @click.group()
@@ -111,8 +111,7 @@ def forecast(model_source, tokenizer_source, csv_path, pred_len, top_k, top_p, t
               help="Model size to build (tiny: trains in about a minute on two cores).")
 @click.option("--until", default=DEFAULT_UNTIL, show_default=True,
               help="Train on bars strictly before this date (UTC); evaluate the base only after it.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-              help=f"Data folder (default: ${DATA_DIR_ENV}, else the bundled sample data).")
+@data_option
 @click.option("--symbol", "symbols", multiple=True,
               help="Train on this symbol only (repeatable; default: every symbol with bars before --until).")
 @click.option("--tokenizer-steps", type=int, default=PretrainConfig.tokenizer_steps, show_default=True)
@@ -127,8 +126,10 @@ def forecast(model_source, tokenizer_source, csv_path, pred_len, top_k, top_p, t
 def pretrain(out_dir, size, until, data_dir, symbols, tokenizer_steps, predictor_steps, batch_size, lookback,
              horizon, seed, force, quiet):
     """Pre-train a small Kronos base (tokenizer, then predictor) on history before --until."""
+    from kronos_rolling.training.pretrain.run import pretrain_base
+
     report = pretrain_base(
-        DataStore(data_dir), out_dir, until=until, size=size, symbols=list(symbols) or None,
+        DataStore(settings_of(data_dir=data_dir).data_dir), out_dir, until=until, size=size, symbols=list(symbols) or None,
         tokenizer_steps=tokenizer_steps, predictor_steps=predictor_steps, batch_size=batch_size,
         lookback=lookback, horizon=horizon, seed=seed, force=force, progress=not quiet,
     )

@@ -1,28 +1,39 @@
-"""`kronos-rolling train pooled|rolling`, `evaluate`, `run` and `run-all`.
+"""`kronos-rolling train pooled|rolling`, `run`, `run-all`, `evaluate`, `simulate` and `demo`.
 
 `train` is one training step (an MLflow run ending with a logged model) plus, unless
 `--no-register`, the registration, guard and retention that follow it; `run` is the
 monthly job for one class (first: is a retrain due?); `run-all` runs every class, one
-after another, and keeps going when one fails.
+after another, and keeps going when one fails. Option defaults come from the settings
+dataclasses (`TrainConfig`, `LoraSettings`, `EvalSettings`), so they are written once.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import shutil
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
+from kronos_rolling.cli.options import (
+    connect,
+    data_option,
+    settings_of,
+    tracking_uri_option,
+)
 from kronos_rolling.errors import ConfigError, KronosError
+from kronos_rolling.evaluation.config import EvalSettings
+from kronos_rolling.model.config import LoraSettings
+from kronos_rolling.settings import DEFAULT_PORT
+from kronos_rolling.training.config import MODE_DEFAULTS, TrainConfig
 
 log = logging.getLogger(__name__)
 
-# MLflow's artifact progress bars and run links flood cron logs; our own output says enough.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+_EVAL = EvalSettings(lookback=TrainConfig.lookback, horizon=TrainConfig.horizon)  # the evaluation's defaults
 
 
 def _today() -> str:
@@ -34,44 +45,51 @@ def training_options(fn):
     options = [
         click.option("--as-of", default=None, help="Decision date YYYY-MM-DD (default: today, UTC); "
                                                      "the window ends here."),
-        click.option("--data", "data_dir", type=click.Path(path_type=Path), envvar="KRONOS_DATA_DIR",
-                     default=None, help="Data folder (default: KRONOS_DATA_DIR, else the bundled sample data)."),
-        click.option("--base-model", default=None, envvar="KRONOS_BASE_MODEL",
-                     help="Frozen base: hub id (NeoQuasar/Kronos-base) or a folder with predictor/ and tokenizer/."),
+        data_option,
+        click.option("--base-model", default=None,
+                     help="Frozen base: hub id (NeoQuasar/Kronos-base) or a folder with predictor/ and tokenizer/ "
+                          "[env KRONOS_BASE_MODEL; default: this machine's recorded base, else NeoQuasar/Kronos-base]."),
         click.option("--tokenizer", default=None, help="Tokenizer hub id or folder (default: the base's own)."),
         click.option("--base-revision", default=None, help="Hub revision of the base predictor."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: 10 pooled, 5 rolling."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help=f"Default: {MODE_DEFAULTS['pooled']['epochs']} pooled, "
+                          f"{MODE_DEFAULTS['rolling']['epochs']} rolling."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Peak learning rate. Default: 1e-4 pooled, 5e-5 rolling."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-        click.option("--lookback", type=click.IntRange(min=1), default=128, show_default=True),
-        click.option("--horizon", type=click.IntRange(min=1), default=16, show_default=True),
-        click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
+                     help=f"Peak learning rate. Default: {MODE_DEFAULTS['pooled']['lr']:g} pooled, "
+                          f"{MODE_DEFAULTS['rolling']['lr']:g} rolling."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True),
+        click.option("--lookback", type=click.IntRange(min=1), default=TrainConfig.lookback, show_default=True),
+        click.option("--horizon", type=click.IntRange(min=1), default=TrainConfig.horizon, show_default=True),
+        click.option("--stride", type=click.IntRange(min=1), default=TrainConfig.stride, show_default=True,
                      help="Bars between training samples."),
         click.option("--max-samples-per-epoch", type=click.IntRange(min=1), default=None,
                      help="Cap on samples per epoch (a seeded subset)."),
-        click.option("--years", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True),
-        click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True),
-        click.option("--lora-alpha", type=click.IntRange(min=1), default=16, show_default=True),
-        click.option("--seed", type=int, default=42, show_default=True),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--precision", type=click.Choice(TRAINING_PRECISIONS), default="float32", show_default=True,
+        click.option("--years", type=click.FloatRange(min=0, min_open=True), default=TrainConfig.years,
+                     show_default=True),
+        click.option("--lora-rank", type=click.IntRange(min=1), default=LoraSettings.rank, show_default=True),
+        click.option("--lora-alpha", type=click.IntRange(min=1), default=LoraSettings.alpha, show_default=True),
+        click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=TrainConfig.device,
+                     show_default=True),
+        click.option("--precision", type=click.Choice(TRAINING_PRECISIONS), default=TrainConfig.precision,
+                     show_default=True,
                      help="Training forward precision (bf16 autocast; weights and optimiser stay float32)."),
         click.option("--warm-start", default="auto", show_default=True,
                      help="Adapter to continue from: a folder, runs:/ID/adapter, models:/NAME@ALIAS, 'auto' "
                           "(rolling: the class's production adapter, else the pooled one) or 'none'."),
-        click.option("--eval-samples", type=click.IntRange(min=1), default=4, show_default=True,
+        click.option("--eval-samples", type=click.IntRange(min=1), default=_EVAL.samples, show_default=True,
                      help="Sample paths per forecast in the evaluation."),
-        click.option("--eval-hold", type=click.IntRange(min=1), default=1, show_default=True,
+        click.option("--eval-hold", type=click.IntRange(min=1), default=_EVAL.hold, show_default=True,
                      help="Bars between evaluation origins = holding period of the sign rule."),
         click.option("--eval-max-origins", type=click.IntRange(min=1), default=None,
                      help="Cap on evaluation origins (a seeded subset)."),
-        click.option("--eval-cost", type=click.FloatRange(min=0), default=0.0005, show_default=True,
+        click.option("--eval-cost", type=click.FloatRange(min=0), default=_EVAL.cost, show_default=True,
                      help="Trading cost per unit of position change."),
         click.option("--no-wait", is_flag=True, help="Exit with code 75 at once if another training holds the lock."),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
-        click.option("--tracking-uri", default=None, help="MLflow tracking server (default: MLFLOW_TRACKING_URI, "
-                                                          "else the local `kronos-rolling server`)."),
+        tracking_uri_option,
+        click.option("--mlflow-run-id", default=None, hidden=True,
+                     help="The run `mlflow run` made (the MLflow Project bridge passes it)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -79,14 +97,14 @@ def training_options(fn):
 
 
 def _build(mode: str, asset_class: str | None, kw: dict):
-    """TrainConfig, EvalSettings and the store from the shared options."""
+    """The job's context, TrainConfig and EvalSettings from the shared options and the settings."""
     from kronos_rolling.data.store import DataStore
-    from kronos_rolling.evaluation.samples import EvalSettings
-    from kronos_rolling.model.base import BaseModelRef
-    from kronos_rolling.model.lora import LoraSettings
-    from kronos_rolling.training.config import TrainConfig
+    from kronos_rolling.model.base import BaseModelRef, default_base_model
+    from kronos_rolling.pipeline.context import JobContext
 
-    base = BaseModelRef.resolve(kw["base_model"], kw["tokenizer"], kw["base_revision"])
+    settings = settings_of(data_dir=kw["data_dir"], base_model=kw["base_model"])
+    base = BaseModelRef.resolve(default_base_model(settings.base_model, settings.home), kw["tokenizer"],
+                                kw["base_revision"])
     config = TrainConfig(
         mode=mode, as_of=kw["as_of"] or _today(), asset_class=asset_class, base=base, epochs=kw["epochs"],
         lr=kw["lr"], years=kw["years"], batch_size=kw["batch_size"], lookback=kw["lookback"],
@@ -96,23 +114,14 @@ def _build(mode: str, asset_class: str | None, kw: dict):
     )
     if kw["eval_hold"] > kw["horizon"]:
         raise ConfigError(f"--eval-hold {kw['eval_hold']} must not exceed --horizon {kw['horizon']}")
-    settings = EvalSettings(lookback=kw["lookback"], horizon=kw["horizon"], hold=kw["eval_hold"],
+    eval_settings = replace(_EVAL, lookback=kw["lookback"], horizon=kw["horizon"], hold=kw["eval_hold"],
                             samples=kw["eval_samples"], cost=kw["eval_cost"], max_origins=kw["eval_max_origins"])
-    return config, settings, DataStore(kw["data_dir"])
+    ctx = JobContext.from_settings(settings, connect(kw["tracking_uri"], settings), DataStore(settings.data_dir))
+    return ctx, config, eval_settings
 
 
 def _warm_start(value: str) -> str | None:
     return None if value.lower() == "none" else value
-
-
-def _client(tracking_uri: str | None):
-    import mlflow
-
-    from kronos_rolling.registry.client import connect
-
-    client = connect(tracking_uri)
-    mlflow.set_tracking_uri(client.tracking_uri)
-    return client
 
 
 def _print_result(result) -> None:
@@ -139,24 +148,22 @@ def _print_result(result) -> None:
 def _job(mode: str, asset_class: str | None, kw: dict, *, check_due: bool, register: bool):
     from kronos_rolling.pipeline.job import alert_job_failed, monthly_job
     from kronos_rolling.pipeline.steps import train_step
-    from kronos_rolling.registry.cleanup import gc_from_environment
 
     try:
-        config, settings, store = _build(mode, asset_class, kw)
-        client = _client(kw["tracking_uri"])
+        ctx, config, eval_settings = _build(mode, asset_class, kw)
     except KronosError as exc:  # the job could not even start: say so where operators look
-        alert_job_failed(asset_class or "pooled", kw["as_of"] or _today(), exc)
+        alert_job_failed(asset_class or "pooled", kw["as_of"] or _today(), exc, settings_of().alert_webhook)
         raise
+    options = dict(warm_start=_warm_start(kw["warm_start"]), eval_settings=eval_settings,
+                   progress=not kw["no_progress"], wait_for_lock=not kw["no_wait"],
+                   launcher_run_id=kw["mlflow_run_id"])
     if not register:
-        outcome = train_step(config, store, warm_start=_warm_start(kw["warm_start"]), eval_settings=settings,
-                             client=client, progress=not kw["no_progress"], wait_for_lock=not kw["no_wait"])
+        outcome = train_step(config, ctx, **options)
         if outcome is not None:
             click.echo(f"run {outcome.run_id}: val_mae {outcome.figures['candidate'].val_mae:.6f}, "
                        f"model {outcome.model_uri}")
         return None
-    return monthly_job(config, store, client=client, warm_start=_warm_start(kw["warm_start"]),
-                       eval_settings=settings, gc=gc_from_environment(client.tracking_uri), check_due=check_due,
-                       progress=not kw["no_progress"], wait_for_lock=not kw["no_wait"])
+    return monthly_job(config, ctx, check_due=check_due, **options)
 
 
 @click.group()
@@ -234,24 +241,26 @@ def run_all(ctx, classes, **kw):
               help="Adapter to evaluate: models:/NAME@ALIAS, models:/NAME/N, runs:/ID/adapter or a folder.")
 @click.option("--asset-class", required=True, type=click.Choice(ASSET_CLASSES))
 @click.option("--as-of", required=True, help="The validation span is the month before this date.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), envvar="KRONOS_DATA_DIR", default=None)
+@data_option
 @click.option("--lookback", type=click.IntRange(min=1), default=None, help="Default: the adapter's own.")
 @click.option("--horizon", type=click.IntRange(min=1), default=None, help="Default: the adapter's own.")
-@click.option("--eval-samples", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--eval-hold", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--eval-samples", type=click.IntRange(min=1), default=_EVAL.samples, show_default=True)
+@click.option("--eval-hold", type=click.IntRange(min=1), default=_EVAL.hold, show_default=True)
 @click.option("--eval-max-origins", type=click.IntRange(min=1), default=None)
-@click.option("--eval-cost", type=click.FloatRange(min=0), default=0.0005, show_default=True)
-@click.option("--tracking-uri", default=None)
+@click.option("--eval-cost", type=click.FloatRange(min=0), default=_EVAL.cost, show_default=True)
+@tracking_uri_option
 def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_samples, eval_hold,
              eval_max_origins, eval_cost, tracking_uri):
     """Evaluate an adapter on a class's validation span against the pooled adapter, the bare
     base and persistence; print the table and log it as an MLflow run."""
+    from kronos_rolling.data.store import DataStore
     from kronos_rolling.pipeline.evaluate import evaluate_adapter
 
-    client = _client(tracking_uri)
-    table, run_id = evaluate_adapter(model_uri, asset_class, as_of, data_dir=data_dir, lookback=lookback,
-                                     horizon=horizon, samples=eval_samples, hold=eval_hold,
-                                     max_origins=eval_max_origins, cost=eval_cost, client=client)
+    settings = settings_of(data_dir=data_dir)
+    table, run_id = evaluate_adapter(model_uri, asset_class, as_of, connect(tracking_uri, settings),
+                                     DataStore(settings.data_dir), lookback=lookback, horizon=horizon,
+                                     samples=eval_samples, hold=eval_hold, max_origins=eval_max_origins,
+                                     cost=eval_cost)
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.6f}"))
     click.echo(f"logged to run {run_id}")
 
@@ -261,11 +270,10 @@ def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_sa
 @click.option("--months", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option("--asset-class", "classes", multiple=True, type=click.Choice(ASSET_CLASSES),
               help="Classes to replay (default: all).")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), envvar="KRONOS_DATA_DIR", default=None)
+@data_option
 @click.option("--base-model", default=None,
               help="Frozen base (default: the tiny base, pre-trained on the data before the first validation span).")
-@click.option("--tracking-uri", default=None,
-              help="Replay against this server (default: a fresh embedded server in the work folder).")
+@tracking_uri_option
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Where the embedded server and the pre-trained base live (default: KRONOS_HOME/simulation).")
 @click.option("--drill-bad-candidate", "drills", multiple=True, metavar="YYYY-MM",
@@ -274,42 +282,35 @@ def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_sa
 def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir, drills, no_progress):
     """Replay the monthly cron on bundled history, one month at a time, and report each
     class and month: version, figures, guard decision, alerts, cadence, versions kept."""
-    import shutil
-
-    import mlflow
-    import pandas as pd
-
     from kronos_rolling.data.store import DataStore
     from kronos_rolling.model.base import BaseModelRef
+    from kronos_rolling.pipeline.context import JobContext
     from kronos_rolling.pipeline.replay import (
         log_report,
         months_from,
         offline_tiny_base,
         tracking_for_simulation,
     )
-    from kronos_rolling.pipeline.replay import (
-        simulate as replay,
-    )
-    from kronos_rolling.tracking.server import default_data_dir
+    from kronos_rolling.pipeline.replay import simulate as replay
 
+    settings = settings_of(data_dir=data_dir)
     first = months_from(start, months)[0]
-    workdir = Path(workdir or default_data_dir() / "simulation")
-    store = DataStore(data_dir)
+    workdir = Path(workdir or settings.home.simulation)
+    store = DataStore(settings.data_dir)
     if base_model:
         base = BaseModelRef.resolve(base_model)
     else:
         until = first - pd.DateOffset(months=1)  # the first validation month stays unseen
         click.echo(f"tiny base pre-trained on bars before {until:%Y-%m-%d} or earlier (reused when present) ...")
-        base = offline_tiny_base(store, default_data_dir(), until.tz_localize("UTC"), not no_progress)
+        base = offline_tiny_base(store, settings.home.root, until.tz_localize("UTC"), not no_progress)
     server_dir = workdir / f"server-{start}-{months}m"
     if not tracking_uri and server_dir.exists():
         shutil.rmtree(server_dir)  # a replay starts from an empty registry
-    with tracking_for_simulation(tracking_uri, server_dir) as (client, gc):
-        mlflow.set_tracking_uri(client.tracking_uri)
-        os.environ["MLFLOW_TRACKING_URI"] = client.tracking_uri
-        report = replay(store, base, start, months, classes=list(classes) or None, client=client, gc=gc,
-                        drill_months=tuple(drills), progress=not no_progress, echo=click.echo)
-        report.run_id = log_report(report, start, months)
+    with tracking_for_simulation(tracking_uri, server_dir) as (tracking, stores):
+        ctx = replace(JobContext.from_settings(settings, tracking, store), server_stores=stores)
+        report = replay(ctx, base, start, months, classes=list(classes) or None, drill_months=tuple(drills),
+                        progress=not no_progress, echo=click.echo)
+        report.run_id = log_report(report, start, months, tracking)
         frame = report.frame()
         shown = frame[["month", "asset_class", "outcome", "version", "val_mae", "production_val_mae",
                        "pooled_val_mae", "base_val_mae", "persistence_val_mae", "val_sharpe", "alerts", "cadence",
@@ -323,8 +324,9 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir
 
 
 @click.command("demo")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, envvar="KRONOS_MLFLOW_PORT",
-              help="Port of the local tracking server, reused when one answers there [env KRONOS_MLFLOW_PORT].")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help=f"Port of the local tracking server, reused when one answers there "
+                   f"[env KRONOS_MLFLOW_PORT; default {DEFAULT_PORT}].")
 @click.option("--stop-server", is_flag=True, help="Stop the tracking server an earlier demo started, and exit.")
 @click.option("--no-progress", is_flag=True)
 def demo(port, stop_server, no_progress):
@@ -332,13 +334,13 @@ def demo(port, stop_server, no_progress):
     pooled adapter, one monthly cycle for every class, one forecast per class."""
     from kronos_rolling.pipeline.demo import run_demo
     from kronos_rolling.pipeline.demo import stop_server as stop
-    from kronos_rolling.tracking.server import default_data_dir
 
-    home = default_data_dir()
+    settings = settings_of()
     if stop_server:
-        click.echo("stopped the demo's tracking server" if stop(home) else "no tracking server started by a demo")
+        click.echo("stopped the demo's tracking server" if stop(settings.home.root)
+                   else "no tracking server started by a demo")
         return
-    run_demo(home, port, echo=click.echo, progress=not no_progress)
+    run_demo(settings, port or settings.server.port, echo=click.echo, progress=not no_progress)
 
 
 COMMANDS = [train, run, run_all, evaluate, simulate, demo]

@@ -1,6 +1,6 @@
 """`kronos-rolling history | rollback | retention | due | cadence`.
 
-The commands are attached to the top-level group from `kronos_rolling/cli.py`
+The commands are attached to the top-level group in `cli/main.py`
 (`COMMANDS`). Errors are `KronosError`s, which the group prints without a traceback
 and turns into their exit code; `due` exits 0 when a retrain is due and 1 when not.
 MLflow is imported inside the commands, so `kronos-rolling --help` stays quick.
@@ -15,21 +15,16 @@ from datetime import date, datetime, timezone
 
 import click
 
+from kronos_rolling.cli.options import connect, settings_of, tracking_uri_option
 from kronos_rolling.errors import ConfigError, RegistryError
 from kronos_rolling.registry.cadence import MODES
 from kronos_rolling.registry.names import model_targets, registered_model_name
-from kronos_rolling.registry.settings import Thresholds
+from kronos_rolling.settings import ServerStores
 
 
 def _asset_class_option(fn):
     return click.option("--asset-class", "asset_class", required=True,
                         help=f"One of: {', '.join(model_targets())}.")(fn)
-
-
-def _tracking_uri_option(fn):
-    return click.option("--tracking-uri", default=None,
-                        help="MLflow tracking server (default: MLFLOW_TRACKING_URI, else the "
-                             "local `kronos-rolling server`).")(fn)
 
 
 def _as_of_option(fn):
@@ -58,15 +53,14 @@ def _day(as_of: datetime | None) -> date:
 @_asset_class_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Newest N entries only.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@_tracking_uri_option
+@tracking_uri_option
 @_registry_errors
 def history(asset_class: str, limit: int | None, as_json: bool, tracking_uri: str | None) -> None:
     """Audit trail of a class: promotions, refusals, rollbacks, cadence changes, retention."""
     from kronos_rolling.registry import history as audit
-    from kronos_rolling.registry.client import connect
 
     name = registered_model_name(asset_class)
-    entries = audit.read_history(connect(tracking_uri), name)
+    entries = audit.read_history(connect(tracking_uri).client, name)
     if limit:
         entries = entries[-limit:]
     if as_json:
@@ -81,15 +75,16 @@ def history(asset_class: str, limit: int | None, as_json: bool, tracking_uri: st
 @click.option("--version", "version", type=click.IntRange(min=1), required=True, help="Version to serve.")
 @click.option("--reason", default="promoted by an operator", show_default=True,
               help="Why; recorded in the audit trail (with who and when).")
-@_tracking_uri_option
+@tracking_uri_option
 @_registry_errors
 def promote(asset_class: str, version: int, reason: str, tracking_uri: str | None) -> None:
     """Move @production to a version by hand (outside the guard); the predictor follows."""
-    from kronos_rolling.registry.client import connect
-    from kronos_rolling.registry.names import registered_model_name as name_of
+    from kronos_rolling.registry.history import Actor
     from kronos_rolling.registry.promotion import promote as promote_version
 
-    move = promote_version(connect(tracking_uri), name_of(asset_class), version, reason)
+    settings = settings_of()
+    move = promote_version(connect(tracking_uri, settings).client, registered_model_name(asset_class), version,
+                           reason, lock_dir=settings.lock_dir, actor=Actor.current(settings.job))
     if move.audit_seq is None:
         click.echo(f"{move.name}@production is already v{version}; nothing to do")
         return
@@ -104,15 +99,17 @@ def promote(asset_class: str, version: int, reason: str, tracking_uri: str | Non
               help="Version to serve (default: @previous_production).")
 @click.option("--reason", default="rolled back by an operator", show_default=True,
               help="Why; recorded in the audit trail (with who and when).")
-@_tracking_uri_option
+@tracking_uri_option
 @_registry_errors
 def rollback(asset_class: str, to_version: int | None, reason: str,
              tracking_uri: str | None) -> None:
     """Point @production back at an earlier version."""
-    from kronos_rolling.registry.client import connect
+    from kronos_rolling.registry.history import Actor
     from kronos_rolling.registry.promotion import rollback as rollback_production
 
-    move = rollback_production(connect(tracking_uri), asset_class, to_version, reason=reason)
+    settings = settings_of()
+    move = rollback_production(connect(tracking_uri, settings).client, asset_class, to_version, reason=reason,
+                               lock_dir=settings.lock_dir, actor=Actor.current(settings.job))
     previous = f"v{move.previous_production}" if move.previous_production else "none"
     click.echo(f"{move.name}@production: v{move.from_version or '-'} -> v{move.to_version} "
                f"(@previous_production: {previous}); audit entry {move.audit_seq}")
@@ -123,57 +120,55 @@ def rollback(asset_class: str, to_version: int | None, reason: str,
 @click.option("--keep", type=click.IntRange(min=1), default=None,
               help="Newest versions to keep (default 6, or KRONOS_KEEP_VERSIONS).")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; change nothing.")
-@click.option("--backend-store-uri", envvar="KRONOS_MLFLOW_BACKEND_URI", default=None,
+@click.option("--backend-store-uri", default=None,
               help="The tracking server's --backend-store-uri, for `mlflow gc` "
                    "[env KRONOS_MLFLOW_BACKEND_URI; default: the local embedded server's].")
-@click.option("--artifacts-destination", envvar="KRONOS_MLFLOW_ARTIFACTS", default=None,
+@click.option("--artifacts-destination", default=None,
               help="The tracking server's --artifacts-destination "
                    "[env KRONOS_MLFLOW_ARTIFACTS].")
 @click.option("--skip-gc", is_flag=True,
               help="Delete versions and runs but leave their files for a later `mlflow gc`.")
-@_tracking_uri_option
+@tracking_uri_option
 @_registry_errors
 def retention(asset_class: str, keep: int | None, dry_run: bool, backend_store_uri: str | None,
               artifacts_destination: str | None, skip_gc: bool, tracking_uri: str | None) -> None:
     """Keep the newest versions plus aliased ones; delete the rest and reclaim their storage."""
-    from kronos_rolling.registry.cleanup import (
-        GarbageCollection,
-        apply_retention,
-        gc_from_environment,
-    )
-    from kronos_rolling.registry.client import connect
+    from kronos_rolling.registry.cleanup import apply_retention
+    from kronos_rolling.registry.history import Actor
 
     registered_model_name(asset_class)  # a bad class is reported before anything else
-    keep = keep or Thresholds.from_env().keep_versions
-    client = connect(tracking_uri)
+    settings = settings_of()
+    keep = keep or settings.thresholds.keep_versions
+    tracking = connect(tracking_uri, settings)
     gc = None
     if not (dry_run or skip_gc):
-        gc = (GarbageCollection(backend_store_uri, artifacts_destination) if backend_store_uri
-              else gc_from_environment(client.tracking_uri))
+        gc = (ServerStores(backend_store_uri, artifacts_destination) if backend_store_uri
+              else settings.stores_for(tracking.uri))
         if gc is None:
             raise ConfigError(
                 "retention reclaims storage with `mlflow gc`, which needs the tracking server's "
                 "database: pass --backend-store-uri (the server's --backend-store-uri, e.g. "
                 "sqlite:////data/mlflow.db) or set KRONOS_MLFLOW_BACKEND_URI; or --skip-gc")
-    report = apply_retention(client, asset_class, keep, gc=gc, dry_run=dry_run)
+    report = apply_retention(tracking.client, asset_class, keep, gc=gc, lock_dir=settings.lock_dir, dry_run=dry_run,
+                             actor=Actor.current(settings.job))
     click.echo(report.summary())
 
 
 @click.command()
 @_asset_class_option
 @_as_of_option
-@_tracking_uri_option
+@tracking_uri_option
 @_registry_errors
 @click.pass_context
 def due(ctx: click.Context, asset_class: str, as_of: datetime | None,
         tracking_uri: str | None) -> None:
     """Is a retrain due? Exit 0 (due) or 1 (not due), saying why / when."""
     from kronos_rolling.registry import schedule
-    from kronos_rolling.registry.client import connect
 
     registered_model_name(asset_class)
-    decision = schedule.retrain_due(connect(tracking_uri), asset_class, _day(as_of),
-                                    Thresholds.from_env())
+    settings = settings_of()
+    decision = schedule.retrain_due(connect(tracking_uri, settings).client, asset_class, _day(as_of),
+                                    settings.thresholds)
     if decision.due:
         click.echo(f"due: {decision.reason}")
         return
@@ -187,19 +182,21 @@ def due(ctx: click.Context, asset_class: str, as_of: datetime | None,
               help="Switch the cadence (an operator's override).")
 @click.option("--reason", default="set by an operator", show_default=True)
 @_as_of_option
-@_tracking_uri_option
+@tracking_uri_option
 @_registry_errors
 def cadence(asset_class: str, mode: str | None, reason: str, as_of: datetime | None,
             tracking_uri: str | None) -> None:
     """Show a class's retrain cadence, or set it with --set monthly|quarterly."""
     from kronos_rolling.registry import schedule
-    from kronos_rolling.registry.client import connect
+    from kronos_rolling.registry.history import Actor
 
-    client = connect(tracking_uri)
+    settings = settings_of()
+    client = connect(tracking_uri, settings).client
     if mode is None:
         state = schedule.read_cadence(client, asset_class)
     else:
-        state = schedule.set_cadence(client, asset_class, mode, _day(as_of), reason).after
+        state = schedule.set_cadence(client, asset_class, mode, _day(as_of), reason, lock_dir=settings.lock_dir,
+                                     actor=Actor.current(settings.job)).after
     since = f" since {state.since}" if state.since else ""
     click.echo(f"{registered_model_name(asset_class)}: {state.mode}{since} ({state.reason})")
     for record in state.retrains:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
+from kronos_rolling.cli.options import configure_mlflow, settings_of
 from kronos_rolling.errors import DataError
-from kronos_rolling.serve.settings import DEFAULT_SERVE_PORT
+from kronos_rolling.settings import DEFAULT_SERVE_PORT, ServeSettings
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,8 @@ def _settings_options(command):
     """Options shared by serve and predict (each falls back to the environment, then the default)."""
     options = [
         click.option("--base-model", default=None,
-                     help="Base model: a folder with predictor/ and tokenizer/, or a hub id "
-                          "[env KRONOS_BASE_MODEL; default NeoQuasar/Kronos-base]."),
+                     help="Base model: a folder with predictor/ and tokenizer/, or a hub id [env KRONOS_BASE_MODEL; "
+                          "default: this machine's recorded base, else NeoQuasar/Kronos-base]."),
         click.option("--tracking-uri", default=None,
                      help="MLflow tracking server [env MLFLOW_TRACKING_URI; default http://127.0.0.1:5000]."),
         click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -42,20 +44,16 @@ def _settings_options(command):
     return command
 
 
-def _configure_registry_client(timeout_s: float) -> None:
-    """Fail fast when the registry is down: MLflow's defaults retry for minutes."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout_s))))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+def _settings(data_dir=None, base_model=None, **flags) -> ServeSettings:
+    """The service's settings (environment, then defaults) with the flags given applied."""
+    from kronos_rolling.model.base import default_base_model
 
-
-def _settings(**options):
-    from kronos_rolling.serve.settings import ServeSettings
-
-    settings = ServeSettings.from_env(**options)
-    _configure_registry_client(settings.registry_timeout_s)
-    return settings
+    settings = settings_of(data_dir=data_dir, base_model=base_model)
+    home_base = default_base_model(settings.base_model, settings.home)
+    serve = replace(settings.serve, base_model=home_base, data_dir=settings.data_dir,
+                    **{k: v for k, v in flags.items() if v is not None})
+    configure_mlflow(serve.registry_timeout_s)
+    return serve
 
 
 @click.command()
@@ -125,7 +123,7 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
         bars = pd.read_csv(csv_path)
     except (ValueError, OSError) as exc:
         raise DataError(f"cannot read {csv_path} as CSV: {exc}") from exc
-    asset_class = classify_asset(symbol, DataStore(data_dir).overrides())
+    asset_class = classify_asset(symbol, DataStore(settings_of(data_dir=data_dir).data_dir).overrides())
     settings = _settings(base_model=base_model, tracking_uri=tracking_uri, data_dir=data_dir, cache_dir=cache_dir,
                          device=device, inference_guard=inference_guard, labels=(asset_class, POOLED))
     service = PredictorService(settings, watch=False).start()

@@ -46,18 +46,11 @@ from kronos_rolling.data.validate import (
 )
 from kronos_rolling.data.windows import SeriesCoverage
 from kronos_rolling.errors import DataError
+from kronos_rolling.settings import BUNDLED_DATA_DIR
 
-DATA_DIR_ENV = "KRONOS_DATA_DIR"
-BUNDLED_DATA_DIR = Path(__file__).resolve().parents[1] / "sample_data"
 BAR_COLUMNS = ["timestamp"] + FEATURE_COLUMNS
 _FILE_SAFE_SYMBOL = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9^=._\-]{0,63}$")
 MAX_ISSUES_IN_ERROR = 8
-
-
-def default_data_dir() -> Path:
-    """`$KRONOS_DATA_DIR` when set, else the bundled sample data."""
-    configured = os.environ.get(DATA_DIR_ENV, "").strip()
-    return Path(configured).expanduser() if configured else BUNDLED_DATA_DIR
 
 
 @dataclass(frozen=True)
@@ -115,7 +108,7 @@ class DataStore:
     """Bars, asset classes and events of one data folder."""
 
     def __init__(self, root: str | Path | None = None):
-        self.root = Path(root).expanduser() if root is not None else default_data_dir()
+        self.root = Path(root).expanduser() if root is not None else BUNDLED_DATA_DIR
         self._cache: dict[Path, tuple[tuple[int, int], pd.DataFrame]] = {}
 
     def __repr__(self) -> str:
@@ -124,7 +117,7 @@ class DataStore:
     # --- reading -----------------------------------------------------------------
     def _files(self) -> dict[str, list[Path]]:
         if not self.root.is_dir():
-            raise DataError(f"data folder {self.root} does not exist; pass --data DIR or set {DATA_DIR_ENV} "
+            raise DataError(f"data folder {self.root} does not exist; pass --data DIR or set KRONOS_DATA_DIR "
                             "to a folder of SYMBOL.parquet / SYMBOL.csv files")
         files: dict[str, list[Path]] = {}
         for path in sorted(self.root.iterdir()):
@@ -219,7 +212,7 @@ class DataStore:
         problem raises DataError and leaves the folder exactly as it was."""
         if self.root.resolve() == BUNDLED_DATA_DIR.resolve():
             raise DataError(f"the bundled sample data ({self.root}) is read-only; import into your own "
-                            f"folder with --data DIR or {DATA_DIR_ENV}=DIR")
+                            "folder with --data DIR or KRONOS_DATA_DIR=DIR")
         symbol = str(symbol).strip()
         _check_symbol_name(symbol)
         existing = self._files().get(normalise_symbol(symbol), []) if self.root.is_dir() else []

@@ -9,12 +9,9 @@ import numpy as np
 
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import DataError
+from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.evaluation.forecasts import ForecastModel, forecast_closes
-from kronos_rolling.evaluation.samples import (
-    EvalSettings,
-    EvaluationSamples,
-    build_samples,
-)
+from kronos_rolling.evaluation.samples import EvaluationSamples, build_samples
 from kronos_rolling.evaluation.score import (
     annualized_sharpe,
     cumulative_returns,

@@ -16,30 +16,12 @@ from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import DataError
+from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.evaluation.score import (
     bars_per_year,
 )
 
 CLOSE = 3  # index of `close` in FEATURE_COLUMNS
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    lookback: int = 128
-    horizon: int = 16
-    hold: int = 1  # bars between forecast origins, and how long the sign rule holds a position
-    samples: int = 4
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.9
-    cost: float = 0.0005  # per unit of position change (5 bp)
-    seed: int = 1234
-    batch_size: int = 64
-    max_origins: int | None = None  # None: every origin in the span; else a seeded subsample
-
-    def __post_init__(self):
-        if not 1 <= self.hold <= self.horizon:
-            raise ValueError(f"hold must be between 1 and the horizon ({self.horizon}), got {self.hold}")
 
 
 @dataclass

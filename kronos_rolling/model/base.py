@@ -10,17 +10,17 @@ a version's artifacts stay a small fraction of the base.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kronos_rolling.errors import ConfigError, ModelError
+from kronos_rolling.files import write_atomic
 from kronos_rolling.model.hub import model_source_digest
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer
+from kronos_rolling.settings import Home
 
 DEFAULT_BASE_MODEL = "NeoQuasar/Kronos-base"
-BASE_MODEL_ENV = "KRONOS_BASE_MODEL"
 # The tokenizer each released predictor was trained with, and its context length.
 HUB_TOKENIZERS = {
     "NeoQuasar/Kronos-mini": "NeoQuasar/Kronos-Tokenizer-2k",
@@ -31,21 +31,15 @@ HUB_MAX_CONTEXT = {"NeoQuasar/Kronos-mini": 2048}
 DEFAULT_MAX_CONTEXT = 512
 
 
-HOME_CONFIG = "config.json"  # in KRONOS_HOME: settings this machine remembers
+def default_base_model(setting: str | None, home: Home) -> str:
+    """The base a command uses: the setting (flag or KRONOS_BASE_MODEL), else the base recorded
+    in $KRONOS_HOME/config.json (the demo records its pre-trained tiny base there), else the
+    released Kronos-base."""
+    return setting or str(home_config(home).get("base_model") or DEFAULT_BASE_MODEL)
 
 
-def default_base_model() -> str:
-    """KRONOS_BASE_MODEL, else the base recorded in $KRONOS_HOME/config.json (the demo records
-    its pre-trained tiny base there), else the released Kronos-base."""
-    if os.environ.get(BASE_MODEL_ENV):
-        return os.environ[BASE_MODEL_ENV]
-    return str(home_config().get("base_model") or DEFAULT_BASE_MODEL)
-
-
-def home_config() -> dict:
-    from kronos_rolling.tracking.server import default_data_dir
-
-    path = default_data_dir() / HOME_CONFIG
+def home_config(home: Home) -> dict:
+    path = home.config_file
     try:
         values = json.loads(path.read_text())
     except FileNotFoundError:
@@ -57,16 +51,12 @@ def home_config() -> dict:
     return values
 
 
-def remember_base_model(base_model: str) -> bool:
+def remember_base_model(home: Home, base_model: str) -> bool:
     """Record the default base of this KRONOS_HOME unless one is recorded already; True if written."""
-    from kronos_rolling.tracking.server import default_data_dir
-
-    values = home_config()
+    values = home_config(home)
     if values.get("base_model"):
         return False
-    path = default_data_dir() / HOME_CONFIG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**values, "base_model": base_model}, indent=2) + "\n")
+    write_atomic(home.config_file, json.dumps({**values, "base_model": base_model}, indent=2) + "\n")
     return True
 
 
@@ -83,11 +73,11 @@ class BaseModelRef:
     max_context: int = DEFAULT_MAX_CONTEXT
 
     @classmethod
-    def resolve(cls, base_model: str | None = None, tokenizer: str | None = None,
+    def resolve(cls, base_model: str, tokenizer: str | None = None,
                 revision: str | None = None, tokenizer_revision: str | None = None,
                 max_context: int | None = None) -> "BaseModelRef":
         """Interpret what a user passed: a combined folder, a predictor folder or a hub id."""
-        base_model = str(base_model or default_base_model())
+        base_model = str(base_model)
         folder = Path(base_model).expanduser()
         if folder.is_dir() and (folder / "predictor").is_dir():
             predictor = str((folder / "predictor").resolve())

@@ -7,6 +7,7 @@ of their `config.json`, so a hub folder's config maps onto these dataclasses one
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -195,3 +196,43 @@ def default_max_context(predictor: KronosConfig) -> int:
 def _architecture(predictor: KronosConfig) -> tuple:
     return (predictor.s1_bits, predictor.s2_bits, predictor.n_layers, predictor.d_model, predictor.n_heads,
             predictor.ff_dim)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters. target_modules are leaf names inside the predictor's
+    transformer blocks (attention projections and SwiGLU linears); the tokenizer, the
+    embeddings, the dependency layer and the heads are never adapted."""
+
+    rank: int = 8
+    alpha: int = 16
+    # No LoRA dropout by default (peft's default too): the base's own dropout already
+    # regularises in training mode, and on CPU the extra masks made a step 1.3x slower and
+    # kept a dropped copy of every adapted layer's input (bench/train_speed.py).
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "w1", "w2", "w3")
+
+    def __post_init__(self):
+        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ModelError(
+                f"LoRA settings need rank >= 1, alpha > 0 and 0 <= dropout < 1 "
+                f"(got rank={self.rank}, alpha={self.alpha}, dropout={self.dropout})"
+            )
+        allowed = {"q_proj", "k_proj", "v_proj", "out_proj", "w1", "w2", "w3"}
+        unknown = sorted(set(self.target_modules) - allowed)
+        if unknown or not self.target_modules:
+            raise ModelError(f"LoRA target_modules must be a non-empty subset of {sorted(allowed)}; got {unknown or '[]'}")
+
+    def target_pattern(self) -> str:
+        """Regex (full match, as peft applies it) for the targeted linears of transformer blocks only."""
+        names = "|".join(re.escape(name) for name in self.target_modules)
+        return rf"transformer\.\d+\.(?:self_attn|ffn)\.(?:{names})"
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a forecast samples tokens: the released predictor's defaults. top_k=1 is greedy."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 0.9

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -21,6 +19,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 
 from kronos_rolling.errors import ModelError
+from kronos_rolling.model.config import LoraSettings
 from kronos_rolling.model.events import NO_EVENT, EventEmbedding
 from kronos_rolling.model.kronos import Kronos
 
@@ -31,44 +30,14 @@ EVENT_VOCAB = "event_vocab.json"
 BUNDLE_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, EVENT_EMBEDDING, EVENT_VOCAB)
 
 
-@dataclass
-class LoraSettings:
-    """LoRA hyper-parameters. target_modules are leaf names inside the predictor's
-    transformer blocks (attention projections and SwiGLU linears); the tokenizer, the
-    embeddings, the dependency layer and the heads are never adapted."""
-
-    rank: int = 8
-    alpha: int = 16
-    # No LoRA dropout by default (peft's default too): the base's own dropout already
-    # regularises in training mode, and on CPU the extra masks made a step 1.3x slower and
-    # kept a dropped copy of every adapted layer's input (bench/train_speed.py).
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj", "w1", "w2", "w3")
-
-    def __post_init__(self):
-        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ModelError(
-                f"LoRA settings need rank >= 1, alpha > 0 and 0 <= dropout < 1 "
-                f"(got rank={self.rank}, alpha={self.alpha}, dropout={self.dropout})"
-            )
-        allowed = {"q_proj", "k_proj", "v_proj", "out_proj", "w1", "w2", "w3"}
-        unknown = sorted(set(self.target_modules) - allowed)
-        if unknown or not self.target_modules:
-            raise ModelError(f"LoRA target_modules must be a non-empty subset of {sorted(allowed)}; got {unknown or '[]'}")
-
-    def target_pattern(self) -> str:
-        """Regex (full match, as peft applies it) for the targeted linears of transformer blocks only."""
-        names = "|".join(re.escape(name) for name in self.target_modules)
-        return rf"transformer\.\d+\.(?:self_attn|ffn)\.(?:{names})"
-
-    def to_peft_config(self) -> LoraConfig:
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=self.target_pattern(),
-            bias="none",
-        )
+def peft_config(settings: LoraSettings) -> LoraConfig:
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_pattern(),
+        bias="none",
+    )
 
 
 def attach_lora(model: Kronos, settings: LoraSettings | None = None) -> PeftModel:
@@ -78,7 +47,7 @@ def attach_lora(model: Kronos, settings: LoraSettings | None = None) -> PeftMode
     """
     if not isinstance(model, Kronos):
         raise ModelError(f"LoRA attaches to a Kronos predictor, got {type(model).__name__}")
-    return get_peft_model(model, (settings or LoraSettings()).to_peft_config())
+    return get_peft_model(model, peft_config(settings or LoraSettings()))
 
 
 def _check_vocab(event_vocab: dict, event_embedding: EventEmbedding) -> dict[str, int]:

@@ -14,20 +14,30 @@ monthly jobs find they are not due again.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES
-from kronos_rolling.errors import RegistryUnavailable
-from kronos_rolling.model.base import HOME_CONFIG, remember_base_model
-from kronos_rolling.tracking.server import DEFAULT_HOST, is_healthy
+from kronos_rolling.data.assets import classify_asset
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.model.base import BaseModelRef, remember_base_model
+from kronos_rolling.pipeline.context import JobContext
+from kronos_rolling.pipeline.job import monthly_job
+from kronos_rolling.pipeline.replay import SimulationSettings, offline_tiny_base
+from kronos_rolling.registry.names import POOLED
+from kronos_rolling.serve.service import ForecastOptions, PredictorService, SeriesInput
+from kronos_rolling.settings import DEFAULT_HOST, DEFAULT_PORT, ServerStores, Settings
+from kronos_rolling.tracking.context import Tracking
+from kronos_rolling.tracking.server import (
+    is_healthy,
+    stop_process_tree,
+    wait_until_healthy,
+)
 
 POOLED_AS_OF = "2017-12-01"
 MONTH_AS_OF = "2018-01-01"
@@ -56,13 +66,7 @@ def ensure_server(home: Path, port: int, echo) -> tuple[str, bool]:
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     (home / SERVER_PID_FILE).write_text(f"{process.pid}\n")
-    deadline = time.monotonic() + 120
-    while not is_healthy(url):
-        if process.poll() is not None:
-            raise RegistryUnavailable(f"the tracking server stopped while starting; see {home / 'server.log'}")
-        if time.monotonic() > deadline:
-            raise RegistryUnavailable(f"the tracking server did not answer at {url}; see {home / 'server.log'}")
-        time.sleep(0.3)
+    wait_until_healthy(process, url, 120, f"see {home / 'server.log'}")
     echo(f"      started the tracking server at {url} (pid {process.pid}, data in {home})")
     return url, True
 
@@ -74,18 +78,7 @@ def stop_server(home: Path) -> bool:
         return False
     pid = int(pid_file.read_text().strip())
     pid_file.unlink()
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    for _ in range(100):
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    os.killpg(pid, signal.SIGKILL)
-    return True
+    return stop_process_tree(pid, timeout=10)
 
 
 def _pooled_done(client):
@@ -103,31 +96,25 @@ def _pooled_done(client):
     return max(done, key=lambda v: int(v.version), default=None)
 
 
-def run_demo(home: Path, port: int = 5000, *, echo=print, progress: bool = True) -> DemoReport:
-    import mlflow
-    from mlflow import MlflowClient
-
-    from kronos_rolling.data.store import DataStore
-    from kronos_rolling.pipeline.job import monthly_job
-    from kronos_rolling.pipeline.replay import SimulationSettings, offline_tiny_base
-    from kronos_rolling.registry.cleanup import GarbageCollection
-
+def run_demo(settings: Settings, port: int = DEFAULT_PORT, *, echo=print, progress: bool = True) -> DemoReport:
+    home = settings.home
     started = time.monotonic()
     store = DataStore()
-    settings = SimulationSettings()
+    replay = SimulationSettings()
     echo("[1/6] tracking server")
-    url, server_started = ensure_server(home, port, echo)
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    mlflow.set_tracking_uri(url)
-    client = MlflowClient(url)
+    url, server_started = ensure_server(home.server_data, port, echo)
+    tracking = Tracking.connect(url)
+    client = tracking.client
+    ctx = replace(JobContext.from_settings(settings, tracking, store),
+                  server_stores=ServerStores(f"sqlite:///{home.server_data / 'mlflow.db'}",
+                                             str(home.server_data / "artifacts")))
     report = DemoReport(url, server_started)
-    gc = GarbageCollection(f"sqlite:///{home / 'mlflow.db'}", str(home / "artifacts"))
 
     echo(f"[2/6] tiny base pre-trained on bundled history before {BASE_UNTIL}")
-    base = offline_tiny_base(store, home, pd.Timestamp(BASE_UNTIL, tz="UTC"), progress)
+    base = offline_tiny_base(store, home.root, pd.Timestamp(BASE_UNTIL, tz="UTC"), progress)
     base_dir = str(Path(base.predictor).parent)
-    if remember_base_model(base_dir):
-        echo(f"      {base_dir} (now this machine's default base: {home / HOME_CONFIG})")
+    if remember_base_model(home, base_dir):
+        echo(f"      {base_dir} (now this machine's default base: {home.config_file})")
     else:
         echo(f"      {base_dir}")
 
@@ -137,15 +124,15 @@ def run_demo(home: Path, port: int = 5000, *, echo=print, progress: bool = True)
         echo(f"      already trained: kronos-lora-pooled v{pooled.version}, "
              f"{pooled.tags['guard_decision']} by the guard")
     else:
-        result = monthly_job(settings.train_config("pooled", POOLED_AS_OF, None, base), store, client=client,
-                             warm_start=None, eval_settings=settings.eval_settings(), gc=gc, check_due=False,
+        result = monthly_job(replay.train_config("pooled", POOLED_AS_OF, None, base), ctx,
+                             warm_start=None, eval_settings=replay.eval_settings(), check_due=False,
                              progress=progress)
         echo(f"      kronos-lora-pooled v{result.version}: {_verdict(result)}")
 
     echo(f"[4/6] monthly cycle as of {MONTH_AS_OF}: {', '.join(ASSET_CLASSES)}, one after another")
     for asset_class in ASSET_CLASSES:
-        result = monthly_job(settings.train_config("rolling", MONTH_AS_OF, asset_class, base), store,
-                             client=client, eval_settings=settings.eval_settings(), gc=gc, progress=progress)
+        result = monthly_job(replay.train_config("rolling", MONTH_AS_OF, asset_class, base), ctx,
+                             eval_settings=replay.eval_settings(), progress=progress)
         line = (f"      {asset_class}: v{result.version} {_verdict(result)}" if result.due
                 else f"      {asset_class}: not due ({result.reason})")
         echo(line)
@@ -153,7 +140,7 @@ def run_demo(home: Path, port: int = 5000, *, echo=print, progress: bool = True)
 
     echo("[5/6] one forecast per class through the predictor's selection")
     for asset_class, symbol in DEMO_SYMBOLS.items():
-        echo("      " + forecast_line(symbol, store, base, url, home))
+        echo("      " + forecast_line(symbol, store, base, settings, url))
 
     echo("[6/6] where to look")
     for line in where_to_look(url):
@@ -169,22 +156,13 @@ def _verdict(result) -> str:
     return f"{verb} ({result.decision.reason})"
 
 
-def forecast_line(symbol: str, store, base, url: str, home: Path) -> str:
-    from kronos_rolling.data.assets import classify_asset
-    from kronos_rolling.registry.names import POOLED
-    from kronos_rolling.serve.service import (
-        ForecastOptions,
-        PredictorService,
-        SeriesInput,
-    )
-    from kronos_rolling.serve.settings import ServeSettings
-
+def forecast_line(symbol: str, store: DataStore, base: BaseModelRef, settings: Settings, url: str) -> str:
     asset_class = classify_asset(symbol)
     bars = store.load(symbol)
     bars = bars[bars["timestamp"] < pd.Timestamp(MONTH_AS_OF, tz="UTC")].tail(64).reset_index(drop=True)
-    settings = ServeSettings.from_env(base_model=str(Path(base.predictor).parent), tracking_uri=url,
-                                      cache_dir=home / "serve-cache", labels=(asset_class, POOLED))
-    service = PredictorService(settings, watch=False).start()
+    serving = replace(settings.serve, base_model=str(Path(base.predictor).parent), tracking_uri=url,
+                      cache_dir=settings.home.root / "serve-cache", labels=(asset_class, POOLED))
+    service = PredictorService(serving, watch=False).start()
     try:
         answer = service.forecast([SeriesInput(symbol, bars)], ForecastOptions(pred_len=4, seed=0))[0]
     finally:

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import mlflow
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from mlflow import MlflowClient
@@ -34,16 +34,20 @@ from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import select_training_window
 from kronos_rolling.errors import ConfigError, KronosError
-from kronos_rolling.evaluation.samples import EvalSettings
+from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.job import JobResult, monthly_job
-from kronos_rolling.registry.cleanup import GarbageCollection
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.schedule import read_cadence
-from kronos_rolling.registry.settings import Thresholds
-from kronos_rolling.tracking.adapters import default_warm_start
+from kronos_rolling.settings import ServerStores, Thresholds
+from kronos_rolling.tracking.adapters import default_warm_start, fetch_adapter
+from kronos_rolling.tracking.context import Tracking
+from kronos_rolling.tracking.runs import start_run
 from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 from kronos_rolling.training.config import TrainConfig
+from kronos_rolling.training.pretrain.config import read_pretrain_report
+from kronos_rolling.training.pretrain.run import pretrain_base
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +175,9 @@ def has_validation_data(store: DataStore, asset_class: str, as_of: pd.Timestamp,
     return False
 
 
-def sabotage(bundle_source: str, client: MlflowClient, out_dir: Path, seed: int) -> Path:
+def sabotage(bundle_source: str, tracking: Tracking, out_dir: Path, seed: int) -> Path:
     """A copy of an adapter with loud noise in its LoRA weights: a bad warm start for a drill."""
-    from kronos_rolling.tracking.adapters import fetch_adapter
-
-    source = fetch_adapter(bundle_source, client)
+    source = fetch_adapter(bundle_source, tracking)
     target = out_dir / "sabotaged-adapter"
     shutil.copytree(source.bundle_dir, target)
     weights = load_file(str(target / "adapter_model.safetensors"))
@@ -227,11 +229,11 @@ def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, 
     return row
 
 
-def simulate(store: DataStore, base: BaseModelRef, start: str, months: int, *,
-             classes: list[str] | None = None, client: MlflowClient, settings: SimulationSettings | None = None,
-             gc: GarbageCollection | None = None, drill_months: tuple[str, ...] = (), webhook: str | None = None,
-             progress: bool = False, echo=print) -> SimulationReport:
-    """Run the replay against `client`'s tracking server; returns one row per class and month."""
+def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
+             classes: list[str] | None = None, settings: SimulationSettings | None = None,
+             drill_months: tuple[str, ...] = (), progress: bool = False, echo=print) -> SimulationReport:
+    """Run the replay against the context's tracking server; returns one row per class and month."""
+    store, client = ctx.store, ctx.client
     settings = settings or SimulationSettings()
     classes = list(classes or ASSET_CLASSES)
     unknown = sorted(set(classes) - set(ASSET_CLASSES))
@@ -239,15 +241,14 @@ def simulate(store: DataStore, base: BaseModelRef, start: str, months: int, *,
         raise ConfigError(f"unknown asset class(es) {', '.join(unknown)}; use {', '.join(ASSET_CLASSES)}")
     schedule = months_from(start, months)
     drills = {months_from(m, 1)[0] for m in drill_months}
-    report = SimulationReport(tracking_uri=client.tracking_uri, keep_versions=Thresholds.from_env().keep_versions)
+    report = SimulationReport(tracking_uri=ctx.tracking.uri, keep_versions=ctx.thresholds.keep_versions)
     eval_settings = settings.eval_settings()
 
     started = time.monotonic()
     pooled_as_of = schedule[0].strftime("%Y-%m-%d")
     echo(f"pooled adapter as of {pooled_as_of} ...")
-    pooled = monthly_job(settings.train_config("pooled", pooled_as_of, None, base), store, client=client,
-                         warm_start=None, eval_settings=eval_settings, gc=gc, check_due=False, webhook=webhook,
-                         progress=progress)
+    pooled = monthly_job(settings.train_config("pooled", pooled_as_of, None, base), ctx,
+                         warm_start=None, eval_settings=eval_settings, check_due=False, progress=progress)
     echo(f"  pooled v{pooled.version}: {'promoted' if pooled.promoted else 'refused'} ({pooled.decision.reason})")
     for month in schedule:
         as_of = month.strftime("%Y-%m-%d")
@@ -269,10 +270,9 @@ def simulate(store: DataStore, base: BaseModelRef, start: str, months: int, *,
                     if drill:  # sabotage what the job would warm-start from: class, else pooled production
                         source = (default_warm_start(asset_class, client)
                                   or f"models:/{registered_model_name(POOLED)}@{PRODUCTION}")
-                        warm_start = str(sabotage(source, client, Path(tmp), settings.seed))
-                    result = monthly_job(settings.train_config("rolling", as_of, asset_class, base), store,
-                                         client=client, warm_start=warm_start, eval_settings=eval_settings, gc=gc,
-                                         webhook=webhook, progress=progress)
+                        warm_start = str(sabotage(source, ctx.tracking, Path(tmp), settings.seed))
+                    result = monthly_job(settings.train_config("rolling", as_of, asset_class, base), ctx,
+                                         warm_start=warm_start, eval_settings=eval_settings, progress=progress)
                 row = _row(label, asset_class, result, client, time.monotonic() - tick, drill)
             except KronosError as exc:
                 row = MonthRow(label, asset_class, "failed", reason=str(exc), drill=drill,
@@ -297,19 +297,13 @@ def _describe(row: MonthRow) -> str:
     return text
 
 
-def log_report(report: SimulationReport, start: str, months: int) -> str:
+def log_report(report: SimulationReport, start: str, months: int, tracking: Tracking) -> str:
     """The table and a plot of val_mae per class and month, as one MLflow run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     frame = report.frame()
-    mlflow.set_experiment("kronos-rolling/simulation")
-    with mlflow.start_run(run_name=f"simulate-{start}-{months}m") as run:
-        mlflow.log_params({"start": start, "months": months})
-        mlflow.log_table(frame, "simulation/rows.json")
-        mlflow.log_dict({k: bool(v) for k, v in report.criteria().items()}, "simulation/criteria.json")
+    with start_run(tracking, "kronos-rolling/simulation", run_name=f"simulate-{start}-{months}m") as run:
+        run.log_params({"start": start, "months": months})
+        run.log_table(frame, "simulation/rows.json")
+        run.log_dict({k: bool(v) for k, v in report.criteria().items()}, "simulation/criteria.json")
         fig, ax = plt.subplots(figsize=(10, 4))
         for asset_class, rows in frame[frame["val_mae"].notna()].groupby("asset_class"):
             months = pd.to_datetime(rows["month"])
@@ -319,20 +313,19 @@ def log_report(report: SimulationReport, start: str, months: int) -> str:
         ax.set_title("Monthly retrains: candidate vs pooled, same validation span")
         ax.legend(fontsize=8)
         fig.autofmt_xdate()
-        mlflow.log_figure(fig, "simulation/val_mae.png")
-        plt.close(fig)
-    return run.info.run_id
+        run.log_figure(fig, "simulation/val_mae.png")
+    return run.run_id
 
 
 @contextlib.contextmanager
 def tracking_for_simulation(tracking_uri: str | None, data_dir: Path):
     """Use the given server, or start an embedded one in `data_dir` for the replay."""
     if tracking_uri:
-        yield MlflowClient(tracking_uri), None
+        yield Tracking.connect(tracking_uri), None
         return
     config = ServerConfig.embedded(data_dir, port=free_port())
     with TrackingServer(config) as server:
-        yield MlflowClient(server.url), GarbageCollection(config.backend_store_uri, config.artifacts_destination)
+        yield Tracking.connect(server.url), ServerStores(config.backend_store_uri, config.artifacts_destination)
 
 
 def offline_tiny_base(store: DataStore, home: Path, latest_until: pd.Timestamp, progress: bool) -> BaseModelRef:
@@ -342,9 +335,6 @@ def offline_tiny_base(store: DataStore, home: Path, latest_until: pd.Timestamp, 
     fits (same data folder, pre-training cut at or before `latest_until`) is reused, else one
     is pre-trained up to `latest_until`.
     """
-    from kronos_rolling.training.pretrain.config import read_pretrain_report
-    from kronos_rolling.training.pretrain.run import pretrain_base
-
     folder = home / "bases"
     fitting = []
     for candidate in sorted(folder.glob("tiny-until-*")):

@@ -16,31 +16,27 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from kronos_rolling import ASSET_CLASSES, __version__
 from kronos_rolling.data.dataset import BarWindowDataset
-from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import TrainingWindow, coverage_shortfall
-from kronos_rolling.errors import RegistryError
+from kronos_rolling.errors import ConfigError, RegistryError
 from kronos_rolling.evaluation.compare import EvalResult, compare_on_span
+from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.evaluation.forecasts import ForecastModel
-from kronos_rolling.evaluation.samples import (
-    EvalSettings,
-)
+from kronos_rolling.evaluation.report import log_evaluation
 from kronos_rolling.locks import training_lock
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.device import resolve_device
+from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.registry.cleanup import (
-    GarbageCollection,
     RetentionReport,
     apply_retention,
 )
@@ -48,7 +44,6 @@ from kronos_rolling.registry.guard import EvalFigures, GuardDecision, decide_pro
 from kronos_rolling.registry.lifecycle import RetrainConclusion, conclude_retrain
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.promotion import mark_staging
-from kronos_rolling.registry.settings import Thresholds
 from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,
@@ -58,22 +53,20 @@ from kronos_rolling.tracking.adapters import (
     load_base_forecast_model,
     load_forecast_model,
 )
+from kronos_rolling.tracking.context import Tracking
+from kronos_rolling.tracking.pyfunc import log_adapter_model, register_adapter_model
 from kronos_rolling.tracking.runs import (
     COMPLETE_TAG,
-    LAUNCHER_RUN_ENV,
-    MODEL_NAME,
-    _log_evaluation,
-    _log_run_inputs,
+    JOB_RUN_TAG,
     experiment_name,
     git_commit,
-    window_frame,
+    log_training_inputs,
+    start_run,
+    training_dataset,
 )
-from kronos_rolling.tracking.server import default_data_dir
 from kronos_rolling.training.checkpoint import Checkpoint, config_fingerprint
 from kronos_rolling.training.config import TrainConfig
 from kronos_rolling.training.distributed import (
-    Distributed,
-    distributed_from_env,
     init_distributed,
 )
 from kronos_rolling.training.loop import (
@@ -105,42 +98,47 @@ def _figures(result: EvalResult, window: TrainingWindow, version: str | None = N
     return EvalFigures(result.val_mae, result.val_sharpe, window.val_start.date(), window.val_end.date(), version)
 
 
-def _production_source(client: MlflowClient, label: str) -> AdapterSource | None:
+def _production_source(tracking: Tracking, label: str) -> AdapterSource | None:
     name = registered_model_name(label)
     try:
-        client.get_model_version_by_alias(name, PRODUCTION)
+        tracking.client.get_model_version_by_alias(name, PRODUCTION)
     except MlflowException:
         return None
-    return fetch_adapter(f"models:/{name}@{PRODUCTION}", client)
+    return fetch_adapter(f"models:/{name}@{PRODUCTION}", tracking)
 
 
 def evaluation_classes(config: TrainConfig) -> list[str]:
     return [config.asset_class] if config.mode == "rolling" else list(ASSET_CLASSES)
 
 
-def train_step(config: TrainConfig, store: DataStore, *, warm_start: str | None = "auto",
-               eval_settings: EvalSettings | None = None, client: MlflowClient | None = None,
-               checkpoint_root: Path | None = None, progress: bool = True, wait_for_lock: bool = True,
-               dist_info: Distributed | None = None) -> TrainOutcome | None:
-    """Train and evaluate in one MLflow run; returns None on ranks other than 0."""
-    dist_info = dist_info or distributed_from_env()
-    client = client or MlflowClient()
+def train_step(config: TrainConfig, ctx: JobContext, *, warm_start: str | None = "auto",
+               eval_settings: EvalSettings | None = None, progress: bool = True, wait_for_lock: bool = True,
+               launcher_run_id: str | None = None) -> TrainOutcome | None:
+    """Train and evaluate in one MLflow run; returns None on ranks other than 0.
+
+    launcher_run_id: the run `mlflow run` made in another experiment; it gets a pointer to
+    this run (`kronos.job_run`)."""
+    dist_info = ctx.distributed
     # The device lock comes first: a second job waits before it does any work at all.
-    lock = (training_lock(wait=wait_for_lock, job=f"train {config.label} {config.as_of}")
+    lock = (training_lock(ctx.lock_dir, wait=wait_for_lock, job=f"train {config.label} {config.as_of}")
             if dist_info.is_main else contextlib.nullcontext())
     with lock:
-        return _train_locked(config, store, warm_start, eval_settings, client, checkpoint_root, progress, dist_info)
+        return _train_locked(config, ctx, warm_start, eval_settings, progress, dist_info, launcher_run_id)
 
 
-def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_root, progress,
-                  dist_info) -> TrainOutcome | None:
+def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, dist_info,
+                  launcher_run_id) -> TrainOutcome | None:
+    store, tracking = ctx.store, ctx.tracking
     eval_settings = eval_settings or EvalSettings(lookback=config.lookback, horizon=config.horizon)
     window = config.window()
     symbols = training_symbols(config, store)
     shortfalls = coverage_shortfall(store.coverage(symbols), window)
     for shortfall in shortfalls:
         log.warning("window shortfall: %s", shortfall)
-    base = config.base or BaseModelRef.resolve()
+    base = config.base
+    if base is None:
+        raise ConfigError("no base model to train on: TrainConfig.base must name one (the command resolves "
+                          "--base-model / KRONOS_BASE_MODEL)")
     base_seen_until = pretrained_until(base)
     if base_seen_until is not None and base_seen_until > window.val_start:
         # A base that saw the validation month flatters every model evaluated on it.
@@ -152,11 +150,11 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
     if config.mode == "pooled" and warm_start == "auto":
         warm_start = None
     if warm_start == "auto":
-        warm_start = default_warm_start(config.asset_class, client)
+        warm_start = default_warm_start(config.asset_class, tracking.client)
         if warm_start is None:
             log.warning("no production adapter for %s or pooled: the rolling fine-tune starts from a fresh adapter",
                         config.asset_class)
-    warm_source = fetch_adapter(warm_start, client) if warm_start else None
+    warm_source = fetch_adapter(warm_start, tracking) if warm_start else None
 
     device = resolve_device(config.device)
     if device.type == "cuda" and dist_info.enabled:
@@ -173,12 +171,10 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
     inner_set = BarWindowDataset(store, symbols, *inner_span, config.lookback, config.horizon, trainee.vocabulary,
                                  stride=config.stride, seed=config.seed, calendar=calendar,
                                  max_samples=config.max_inner_val_samples)
-    training_bars = window_frame(store, symbols, window.train_start, window.train_end)
-    dataset = mlflow.data.from_pandas(training_bars, name=f"{config.label}-{window.train_start:%Y-%m-%d}"
-                                      f"-{window.train_end:%Y-%m-%d}", source=str(store.root))
+    dataset = training_dataset(store, symbols, window.train_start, window.train_end,
+                               name=f"{config.label}-{window.train_start:%Y-%m-%d}-{window.train_end:%Y-%m-%d}")
     fingerprint = config_fingerprint(config, base, dataset.digest, warm_source.describe() if warm_source else None)
-    root = Path(checkpoint_root or default_data_dir() / "checkpoints")
-    checkpoint = Checkpoint(root / f"{config.label}-{config.as_of}-{fingerprint}", fingerprint)
+    checkpoint = Checkpoint(ctx.home.checkpoints / f"{config.label}-{config.as_of}-{fingerprint}", fingerprint)
 
     if not dist_info.is_main:
         # Same checkpoint as rank 0 (read only: fit saves on rank 0), so a resumed job starts
@@ -188,28 +184,29 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
         return None
 
     resumed = checkpoint.load()
-    mlflow.set_experiment(experiment_name(config.label))
-    run_kwargs = {"run_id": resumed["run_id"]} if resumed and resumed.get("run_id") else {
-        "run_name": f"{config.label}-{config.as_of}"}
-    with mlflow.start_run(log_system_metrics=True, **run_kwargs) as run:
+    run_id = resumed.get("run_id") if resumed else None
+    if run_id is None and launcher_run_id and _in_experiment(tracking, launcher_run_id, experiment_name(config.label)):
+        run_id = launcher_run_id  # `mlflow run` made this run in our experiment: log into it
+    with start_run(tracking, experiment_name(config.label), run_id=run_id, run_name=f"{config.label}-{config.as_of}",
+                   system_metrics=True) as run:
         if not resumed:
-            _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_set, inner_set)
+            log_training_inputs(run, config, base, window, symbols, warm_source, dataset, train_set, inner_set)
             if base_seen_until is not None:
-                mlflow.set_tags({"base_pretrained_until": base_seen_until.isoformat(),
-                                 "base_saw_validation_span": str(base_seen_until > window.val_start).lower()})
+                run.set_tags({"base_pretrained_until": base_seen_until.isoformat(),
+                              "base_saw_validation_span": str(base_seen_until > window.val_start).lower()})
             if shortfalls:  # a window shorter than asked is allowed, and said where operators look
-                mlflow.set_tag("window_shortfall", "; ".join(str(s) for s in shortfalls)[:4000])
-                mlflow.log_dict({"shortfalls": [str(s) for s in shortfalls]}, "window_shortfall.json")
+                run.set_tags({"window_shortfall": "; ".join(str(s) for s in shortfalls)[:4000]})
+                run.log_dict({"shortfalls": [str(s) for s in shortfalls]}, "window_shortfall.json")
 
         def on_epoch(record: EpochRecord) -> None:
-            mlflow.log_metrics({"train_loss": record.train_loss, "val_loss": record.val_loss, "lr": record.lr,
-                                "bars_per_second": record.bars_per_second}, step=record.epoch)
+            run.log_metrics({"train_loss": record.train_loss, "val_loss": record.val_loss, "lr": record.lr,
+                             "bars_per_second": record.bars_per_second}, step=record.epoch)
 
         fitted = fit(trainee, train_set, inner_set, config, device=device, dist_info=dist_info,
                      checkpoint=checkpoint, on_epoch=on_epoch, progress=progress,
-                     state_extra={"run_id": run.info.run_id})
-        mlflow.log_metrics({"best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val_loss,
-                            "train_seconds": fitted.seconds, "stopped_early": float(fitted.stopped_early)})
+                     state_extra={"run_id": run.run_id})
+        run.log_metrics({"best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val_loss,
+                         "train_seconds": fitted.seconds, "stopped_early": float(fitted.stopped_early)})
         log.info("%s: trained %d epoch(s) on %d samples in %.0fs; best epoch %d (inner val loss %.4f)",
                  config.label, len(fitted.history), fitted.samples, fitted.seconds, fitted.best_epoch,
                  fitted.best_val_loss)
@@ -217,14 +214,14 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
         trainee.model.eval()
         candidate = ForecastModel(trainee.model, trainee.tokenizer, trainee.event_embedding.eval(),
                                   trainee.vocabulary, base.max_context)
-        references, compared = reference_models(client, config.label, base)
+        references, compared = reference_models(tracking, config.label, base)
         classes = [c for c in evaluation_classes(config) if store.symbols_for(c)]
         figures, per_class, samples, closes = compare_on_span(
             store, classes, window.val_span, candidate, references, eval_settings)
-        _log_evaluation(figures, samples, closes)
+        log_evaluation(run, figures, samples, closes)
         if len(per_class) > 1:
             for asset_class, results in per_class.items():
-                mlflow.log_metrics({f"{name}_val_mae_{asset_class}": r.val_mae for name, r in results.items()})
+                run.log_metrics({f"{name}_val_mae_{asset_class}": r.val_mae for name, r in results.items()})
 
         with tempfile.TemporaryDirectory(prefix="kronos-bundle-") as tmp:
             bundle_dir = Path(tmp) / ADAPTER_ARTIFACT
@@ -236,26 +233,28 @@ def _train_locked(config, store, warm_start, eval_settings, client, checkpoint_r
                 "figures": {name: {"val_mae": f.val_mae, "val_sharpe": f.val_sharpe} for name, f in figures.items()},
                 "compared_versions": compared, "base": base.to_dict(), "symbols": symbols,
                 "warm_start": warm_source.describe() if warm_source else None,
-                "run_id": run.info.run_id, "code_version": git_commit(), "kronos_rolling": __version__,
+                "run_id": run.run_id, "code_version": git_commit(), "kronos_rolling": __version__,
                 "eval": asdict(eval_settings), "lookback": config.lookback, "horizon": config.horizon,
             }
             (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
-            mlflow.log_artifacts(str(bundle_dir), ADAPTER_ARTIFACT)
-            mlflow.log_dict(metadata, METADATA_FILE)
-            from kronos_rolling.tracking.pyfunc import log_adapter_model
-
+            run.log_artifacts(bundle_dir, ADAPTER_ARTIFACT)
+            run.log_dict(metadata, METADATA_FILE)
             example = store.load(symbols[0]).tail(max(config.lookback, 32)).reset_index(drop=True)
-            info = log_adapter_model(bundle_dir, example, name=MODEL_NAME)
-        mlflow.set_tag(COMPLETE_TAG, "true")
+            model_uri = log_adapter_model(run, bundle_dir, example)
+        run.set_tags({COMPLETE_TAG: "true"})
     checkpoint.clear()
-    launcher = os.environ.get(LAUNCHER_RUN_ENV)
-    if launcher:  # started by `mlflow run` in another experiment: point there to this run
-        client.set_tag(launcher, "kronos.job_run", f"{experiment_name(config.label)}/{run.info.run_id}")
-    return TrainOutcome(run.info.run_id, config.label, config, window, info.model_uri, figures, compared,
+    if launcher_run_id and launcher_run_id != run.run_id:  # `mlflow run` made a run elsewhere: point it here
+        tracking.client.set_tag(launcher_run_id, JOB_RUN_TAG, f"{experiment_name(config.label)}/{run.run_id}")
+    return TrainOutcome(run.run_id, config.label, config, window, model_uri, figures, compared,
                         fitted, warm_source.describe() if warm_source else None)
 
 
-def reference_models(client: MlflowClient, label: str, base: BaseModelRef) -> tuple[dict, dict[str, str]]:
+def _in_experiment(tracking: Tracking, run_id: str, experiment: str) -> bool:
+    run = tracking.client.get_run(run_id)
+    return tracking.client.get_experiment(run.info.experiment_id).name == experiment
+
+
+def reference_models(tracking: Tracking, label: str, base: BaseModelRef) -> tuple[dict, dict[str, str]]:
     """The models a candidate of `label` is compared with, and their registry versions.
 
     pooled: the pooled production adapter; production: the label's own production
@@ -263,8 +262,8 @@ def reference_models(client: MlflowClient, label: str, base: BaseModelRef) -> tu
     """
     compared: dict[str, str] = {}
     references: dict[str, ForecastModel | None] = {}
-    pooled = _production_source(client, POOLED)
-    production = pooled if label == POOLED else _production_source(client, label)
+    pooled = _production_source(tracking, POOLED)
+    production = pooled if label == POOLED else _production_source(tracking, label)
     if pooled is not None:
         compared["pooled"] = pooled.version
         references["pooled"] = load_forecast_model(pooled)
@@ -275,9 +274,9 @@ def reference_models(client: MlflowClient, label: str, base: BaseModelRef) -> tu
     return references, compared
 
 
-def register_step(outcome: TrainOutcome, client: MlflowClient | None = None) -> str:
+def register_step(outcome: TrainOutcome, ctx: JobContext) -> str:
     """Register the run's model as a new version with @staging; all of it or none of it."""
-    client = client or MlflowClient()
+    client = ctx.client
     run = client.get_run(outcome.run_id)
     if run.data.tags.get(COMPLETE_TAG) != "true" or run.info.status != "FINISHED":
         raise RegistryError(f"run {outcome.run_id} did not finish training and evaluation; it cannot be registered")
@@ -291,20 +290,14 @@ def register_step(outcome: TrainOutcome, client: MlflowClient | None = None) -> 
         "val_mae": f"{candidate.val_mae:.6g}", "val_sharpe": f"{candidate.val_sharpe:.6g}",
         "warm_start": outcome.warm_start or "none",
     }
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(
-            name, description=f"LoRA adapter + event embedding of Kronos for {outcome.label}, retrained by kronos-rolling")
-    version = mlflow.register_model(outcome.model_uri, name, tags=tags, await_registration_for=120)
+    version = register_adapter_model(
+        client, name, outcome.model_uri, outcome.run_id, tags=tags,
+        description=f"Trained on {tags['train_window']}, as of {outcome.config.as_of}; "
+                    f"val_mae {tags['val_mae']}, val_sharpe {tags['val_sharpe']}.")
     try:
         if version.status != "READY":
             raise RegistryError(f"{name} v{version.version} did not become READY (status {version.status})")
-        client.update_model_version(
-            name, version.version,
-            description=f"Trained on {tags['train_window']}, as of {outcome.config.as_of}; "
-                        f"val_mae {tags['val_mae']}, val_sharpe {tags['val_sharpe']}.")
-        mark_staging(client, name, version.version)
+        mark_staging(client, name, version.version, lock_dir=ctx.lock_dir)
     except Exception:
         client.delete_model_version(name, version.version)  # never leave a half-registered version
         raise
@@ -312,12 +305,10 @@ def register_step(outcome: TrainOutcome, client: MlflowClient | None = None) -> 
     return version.version
 
 
-def guard_step(outcome: TrainOutcome, version: str, *, as_of: date, client: MlflowClient | None = None,
-               thresholds: Thresholds | None = None,
-               webhook: str | None = None) -> tuple[GuardDecision, RetrainConclusion]:
+def guard_step(outcome: TrainOutcome, version: str, ctx: JobContext, *, as_of: date
+               ) -> tuple[GuardDecision, RetrainConclusion]:
     """Decide from the figures of one span, then move aliases, record cadence and alert."""
-    client = client or MlflowClient()
-    thresholds = thresholds or Thresholds.from_env()
+    client, thresholds = ctx.client, ctx.thresholds
     window, figures = outcome.window, outcome.figures
     name = registered_model_name(outcome.label)
     current = _production_version_number(client, name)
@@ -335,8 +326,8 @@ def guard_step(outcome: TrainOutcome, version: str, *, as_of: date, client: Mlfl
 
     pooled = figure("pooled") if outcome.label != POOLED else figure("production")
     decision = decide_promotion(figure("candidate"), pooled, figure("production"), thresholds, base=figure("base"))
-    conclusion = conclude_retrain(client, outcome.label, version, decision, as_of=as_of,
-                                  thresholds=thresholds, webhook=webhook)
+    conclusion = conclude_retrain(client, outcome.label, version, decision, as_of=as_of, lock_dir=ctx.lock_dir,
+                                  thresholds=thresholds, webhook=ctx.webhook, actor=ctx.actor)
     log.info("%s v%s: %s", name, version, decision.describe())
     return decision, conclusion
 
@@ -348,10 +339,8 @@ def _production_version_number(client: MlflowClient, name: str) -> str | None:
         return None
 
 
-def retention_step(label: str, *, keep: int | None = None, gc: GarbageCollection | None = None,
-                   client: MlflowClient | None = None, thresholds: Thresholds | None = None) -> RetentionReport:
-    client = client or MlflowClient()
-    keep = keep or (thresholds or Thresholds.from_env()).keep_versions
-    report = apply_retention(client, label, keep, gc=gc)
+def retention_step(label: str, ctx: JobContext) -> RetentionReport:
+    report = apply_retention(ctx.client, label, ctx.thresholds.keep_versions, gc=ctx.server_stores,
+                             lock_dir=ctx.lock_dir, actor=ctx.actor)
     log.info(report.summary())
     return report

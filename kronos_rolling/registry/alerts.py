@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import time
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import requests
+import tenacity
 
+from kronos_rolling.registry.client import retrying
 from kronos_rolling.registry.guard import GuardDecision
-from kronos_rolling.registry.settings import ALERT_RETRY, ALERT_TIMEOUT_S, RetryPolicy
+from kronos_rolling.settings import ALERT_RETRY, ALERT_TIMEOUT_S, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -60,37 +60,46 @@ def payload(alert: Alert) -> dict:
     }
 
 
-def send_alert(event: str, text: str, fields: dict, webhook: str | None = None, *,
+class _Undelivered(Exception):
+    """One failed delivery; `retry` says whether another attempt may succeed."""
+
+    def __init__(self, error: str, status: int | None, retry: bool):
+        super().__init__(error)
+        self.status, self.retry = status, retry
+
+
+def _post(webhook: str, body: dict, timeout_s: float) -> int:
+    try:
+        response = requests.post(webhook, data=json.dumps(body, default=str),
+                                 headers={"Content-Type": "application/json"}, timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise _Undelivered(f"{type(exc).__name__}: {exc}", None, retry=True) from exc
+    if not 200 <= response.status_code < 300:
+        # 429 and 5xx may pass later; any other refusal will not change by repeating it.
+        retry = response.status_code == 429 or response.status_code >= 500
+        raise _Undelivered(f"HTTP {response.status_code}: {response.text[:200]}", response.status_code, retry)
+    return response.status_code
+
+
+def send_alert(event: str, text: str, fields: dict, webhook: str | None, *,
                retry: RetryPolicy = ALERT_RETRY, timeout_s: float = ALERT_TIMEOUT_S
                ) -> DeliveryResult:
-    """POST one alert; never raises. Without a webhook it is logged and skipped."""
-    webhook = webhook or os.environ.get(WEBHOOK_ENV)
+    """POST one alert to `webhook` (KRONOS_ALERT_WEBHOOK); never raises. Without one it is logged."""
     if not webhook:
         log.warning("alert %s not sent (%s is not set): %s", event, WEBHOOK_ENV, text)
         return DeliveryResult(event, False, 0, error=f"{WEBHOOK_ENV} is not set", skipped=True)
     body = payload(Alert(event, text, fields))
-    delays = retry.delays()
-    status = error = None
-    for attempt in range(1, retry.attempts + 1):
-        try:
-            response = requests.post(webhook, data=json.dumps(body, default=str),
-                                     headers={"Content-Type": "application/json"},
-                                     timeout=timeout_s)
-            status = response.status_code
-            if 200 <= status < 300:
-                return DeliveryResult(event, True, attempt, status)
-            error = f"HTTP {status}: {response.text[:200]}"
-            if status != 429 and status < 500:
-                break  # the webhook refuses this request; repeating it will not help
-        except requests.RequestException as exc:
-            status, error = None, f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # noqa: BLE001 - an alert must never raise into its caller
-            status, error = None, f"{type(exc).__name__}: {exc}"
-            break
-        if attempt < retry.attempts:
-            time.sleep(delays[attempt - 1])
+    attempts = retrying(retry, tenacity.retry_if_exception(lambda exc: isinstance(exc, _Undelivered) and exc.retry))
+    try:
+        status = attempts(_post, webhook, body, timeout_s)
+        return DeliveryResult(event, True, attempts.statistics["attempt_number"], status)
+    except _Undelivered as exc:
+        status, error = exc.status, str(exc)
+    except Exception as exc:  # noqa: BLE001 - an alert must never raise into its caller
+        status, error = None, f"{type(exc).__name__}: {exc}"
+    attempt = attempts.statistics.get("attempt_number", 1)
     secret = urlparse(webhook).path
-    if error and len(secret) > 1:  # exception texts repeat the URL; keep its secret out
+    if len(secret) > 1:  # exception texts repeat the URL; keep its secret out
         error = error.replace(secret, "/...")
     log.error("ALERT NOT DELIVERED after %d attempt(s) to %s: %s | event=%s | %s",
               attempt, _redact(webhook), error, event, text)
@@ -121,7 +130,7 @@ def guard_alerts(decision: GuardDecision, name: str, version: str | int) -> list
 
 
 def send_guard_alerts(decision: GuardDecision, name: str, version: str | int,
-                      webhook: str | None = None, *, retry: RetryPolicy = ALERT_RETRY
+                      webhook: str | None, *, retry: RetryPolicy = ALERT_RETRY
                       ) -> list[DeliveryResult]:
     return [send_alert(a.event, a.text, a.fields, webhook, retry=retry)
             for a in guard_alerts(decision, name, version)]

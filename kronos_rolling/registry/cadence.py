@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, replace
 from datetime import date
 
-from kronos_rolling.registry.settings import CADENCE_RECORDS_KEPT, Thresholds
+from kronos_rolling.settings import CADENCE_RECORDS_KEPT, Thresholds
 
 MONTHLY = "monthly"
 QUARTERLY = "quarterly"

@@ -40,47 +40,12 @@ from kronos_rolling.registry.client import (
 from kronos_rolling.registry.history import Actor
 from kronos_rolling.registry.names import registered_model_name
 from kronos_rolling.registry.retention import VersionInfo, choose_versions_to_delete
-from kronos_rolling.registry.settings import REGISTRY_LOCK_TIMEOUT_S, Thresholds
+from kronos_rolling.settings import REGISTRY_LOCK_TIMEOUT_S, ServerStores, Thresholds
 from kronos_rolling.tracking.server import redact
 
 log = logging.getLogger(__name__)
 
 _MODEL_ID = re.compile(r"(?:^models:/|/models/)(m-[0-9a-f]+)")
-
-
-@dataclass(frozen=True)
-class GarbageCollection:
-    """Where `mlflow gc` finds what the tracking server stores (the server's own options)."""
-
-    backend_store_uri: str
-    artifacts_destination: str | None = None
-
-
-BACKEND_ENV = "KRONOS_MLFLOW_BACKEND_URI"  # the same variables `kronos-rolling server` reads
-ARTIFACTS_ENV = "KRONOS_MLFLOW_ARTIFACTS"
-
-
-def gc_from_environment(tracking_uri: str, environ=None) -> GarbageCollection | None:
-    """Where `mlflow gc` finds the tracking server's stores, when this job can know it.
-
-    KRONOS_MLFLOW_BACKEND_URI (+ KRONOS_MLFLOW_ARTIFACTS), as given to the server; else,
-    when the job talks to the local embedded server (`kronos-rolling server` defaults),
-    that server's SQLite database and artifact folder. None: storage is not reclaimed.
-    """
-    from kronos_rolling.tracking.server import (
-        DEFAULT_HOST,
-        DEFAULT_PORT,
-        default_data_dir,
-    )
-
-    environ = os.environ if environ is None else environ
-    if environ.get(BACKEND_ENV):
-        return GarbageCollection(environ[BACKEND_ENV], environ.get(ARTIFACTS_ENV) or None)
-    local = tracking_uri.rstrip("/") in (f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", f"http://localhost:{DEFAULT_PORT}")
-    database = default_data_dir() / "mlflow.db"
-    if local and database.exists():
-        return GarbageCollection(f"sqlite:///{database}", str(default_data_dir() / "artifacts"))
-    return None
 
 
 @dataclass
@@ -107,12 +72,12 @@ class RetentionReport:
 
 
 def apply_retention(client: MlflowClient, asset_class: str, keep: int = Thresholds.keep_versions, *,
-                    gc: GarbageCollection | None, dry_run: bool = False,
+                    gc: ServerStores | None, lock_dir: Path, dry_run: bool = False,
                     actor: Actor | None = None, at: datetime | None = None) -> RetentionReport:
     name = registered_model_name(asset_class)
     if keep < 1:
         raise RegistryError(f"--keep {keep}: retention keeps at least 1 version")
-    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+    with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         model = get_registered_model(client, name)
         aliases_of: dict[int, list[str]] = {}
         for alias, version in (model.aliases or {}).items():
@@ -199,7 +164,7 @@ def _soft_delete(what: str, fn, item_id: str) -> None:
             raise
 
 
-def collect_garbage(tracking_uri: str, gc: GarbageCollection, run_ids: list[str],
+def collect_garbage(tracking_uri: str, gc: ServerStores, run_ids: list[str],
                     logged_model_ids: list[str]) -> None:
     """Run `mlflow gc` for exactly these deleted runs and logged models."""
     command = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", gc.backend_store_uri,

@@ -1,28 +1,26 @@
-"""Talking to the registry: connect, retry transient failures, say clearly what is missing.
+"""Talking to the registry: retry transient failures, say clearly what is missing.
 
 MLflow's own HTTP layer already retries some failures (MLFLOW_HTTP_REQUEST_MAX_RETRIES);
-`call` adds a short retry of our own around each registry write so that one dropped
-request does not abort a promotion, and turns an exhausted retry into
-`RegistryUnavailable` naming the server and what we were doing.
+`call` adds a short retry of our own (tenacity) around each registry call so that one
+dropped request does not abort a promotion, and turns an exhausted retry into
+`RegistryUnavailable` naming the server and what we were doing. The client is always
+the tracking context's (tracking/context.py), passed in.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import mlflow
 import requests
+import tenacity
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException, RestException
-from mlflow.tracking import is_tracking_uri_set
 
 from kronos_rolling.errors import RegistryError, RegistryUnavailable
-from kronos_rolling.registry.settings import REGISTRY_RETRY, RetryPolicy
-from kronos_rolling.tracking.server import DEFAULT_HOST, DEFAULT_PORT, is_healthy
+from kronos_rolling.settings import REGISTRY_RETRY, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +28,6 @@ T = TypeVar("T")
 
 _TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
 _MISSING_CODES = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
-
-
-def connect(tracking_uri: str | None = None) -> MlflowClient:
-    """A client for the tracking server, checked to answer before we rely on it.
-
-    Without an explicit URI (argument, MLFLOW_TRACKING_URI or mlflow.set_tracking_uri) we
-    use the local server that `kronos-rolling server` starts, never MLflow's fallback of a
-    fresh ./mlflow.db, which would look like an empty registry.
-    """
-    if tracking_uri:
-        uri = tracking_uri
-    elif is_tracking_uri_set():
-        uri = mlflow.get_tracking_uri()
-    else:
-        uri = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
-    if uri.startswith(("http://", "https://")) and not is_healthy(uri):
-        raise RegistryUnavailable(
-            f"the MLflow tracking server at {uri} does not answer; start it "
-            "(kronos-rolling server) or point MLFLOW_TRACKING_URI at a running one"
-        )
-    return MlflowClient(uri)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -69,6 +46,16 @@ def is_missing(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code in _MISSING_CODES
 
 
+def retrying(policy: RetryPolicy, retry_if, before_sleep=None) -> tenacity.Retrying:
+    """tenacity's loop for a RetryPolicy: exponential back-off, the last error re-raised."""
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=tenacity.wait_exponential(multiplier=policy.first_delay_s, exp_base=policy.factor,
+                                       max=policy.max_delay_s),
+        retry=retry_if, before_sleep=before_sleep, reraise=True,
+    )
+
+
 def call(what: str, fn: Callable[..., T], *args, retry: RetryPolicy = REGISTRY_RETRY,
          **kwargs) -> T:
     """Run one registry call, retrying transient failures with back-off.
@@ -76,22 +63,19 @@ def call(what: str, fn: Callable[..., T], *args, retry: RetryPolicy = REGISTRY_R
     `what` completes "could not ..." in the message when every attempt failed.
     Non-transient MLflow errors (missing model, bad argument) propagate unchanged.
     """
-    delays = retry.delays()
-    for attempt in range(retry.attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - classified right below
-            if not is_transient(exc):
-                raise
-            if attempt == retry.attempts - 1:
-                raise RegistryUnavailable(
-                    f"could not {what}: the tracking server failed {retry.attempts} times "
-                    f"({_short(exc)}); check that it runs and retry"
-                ) from exc
-            log.warning("could not %s (attempt %d of %d, retrying in %.1fs): %s",
-                        what, attempt + 1, retry.attempts, delays[attempt], _short(exc))
-            time.sleep(delays[attempt])
-    raise AssertionError("unreachable")
+    def note(state: tenacity.RetryCallState) -> None:
+        log.warning("could not %s (attempt %d of %d, retrying in %.1fs): %s", what, state.attempt_number,
+                    retry.attempts, state.next_action.sleep, _short(state.outcome.exception()))
+
+    try:
+        return retrying(retry, tenacity.retry_if_exception(is_transient), note)(fn, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - only an exhausted transient failure is ours to word
+        if not is_transient(exc):
+            raise
+        raise RegistryUnavailable(
+            f"could not {what}: the tracking server failed {retry.attempts} times "
+            f"({_short(exc)}); check that it runs and retry"
+        ) from exc
 
 
 def _short(exc: BaseException) -> str:

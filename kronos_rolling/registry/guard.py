@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from datetime import date
 
-from kronos_rolling.registry.settings import Thresholds
+from kronos_rolling.settings import Thresholds
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,8 @@ class Actor:
 
     @classmethod
     def current(cls, job: str | None = None) -> "Actor":
-        job = (job or os.environ.get("KRONOS_JOB") or
-               (f"mlflow-run:{os.environ['MLFLOW_RUN_ID']}" if os.environ.get("MLFLOW_RUN_ID")
-                else f"pid:{os.getpid()}"))
-        return cls(user=current_user(), host=socket.gethostname(), job=job)
+        """This process; `job` names it (Settings.job: KRONOS_JOB or the `mlflow run` run), else its pid."""
+        return cls(user=current_user(), host=socket.gethostname(), job=job or f"pid:{os.getpid()}")
 
 
 @dataclass(frozen=True)

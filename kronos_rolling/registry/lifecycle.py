@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -23,7 +24,7 @@ from kronos_rolling.registry.history import Actor
 from kronos_rolling.registry.names import registered_model_name
 from kronos_rolling.registry.promotion import AliasMove, apply_guard_decision
 from kronos_rolling.registry.schedule import CadenceUpdate, record_retrain
-from kronos_rolling.registry.settings import Thresholds
+from kronos_rolling.settings import Thresholds
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,13 @@ class RetrainConclusion:
 
 
 def conclude_retrain(client: MlflowClient, asset_class: str, version: str | int,
-                     decision: GuardDecision, *, as_of: date,
-                     thresholds: Thresholds = Thresholds(), webhook: str | None = None,
+                     decision: GuardDecision, *, as_of: date, lock_dir: Path, webhook: str | None,
+                     thresholds: Thresholds = Thresholds(),
                      actor: Actor | None = None, at: datetime | None = None) -> RetrainConclusion:
     name = registered_model_name(asset_class)
     actor = actor or Actor.current()
-    move = apply_guard_decision(client, name, version, decision, actor=actor, at=at)
-    update = record_retrain(client, asset_class, version, as_of, decision.sharpe_delta,
+    move = apply_guard_decision(client, name, version, decision, lock_dir=lock_dir, actor=actor, at=at)
+    update = record_retrain(client, asset_class, version, as_of, decision.sharpe_delta, lock_dir=lock_dir,
                             thresholds=thresholds, actor=actor, at=at)
     deliveries = alerts.send_guard_alerts(decision, name, version, webhook)
     if update.switched:

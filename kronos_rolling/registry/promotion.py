@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -44,7 +45,7 @@ from kronos_rolling.registry.names import (
     STAGING,
     registered_model_name,
 )
-from kronos_rolling.registry.settings import REGISTRY_LOCK_TIMEOUT_S
+from kronos_rolling.settings import REGISTRY_LOCK_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 GUARD_PREFIX = "Guard: "  # starts the decision in a version's description
@@ -129,9 +130,9 @@ def check_version_usable(client: MlflowClient, name: str, version: str | int) ->
     return found
 
 
-def mark_staging(client: MlflowClient, name: str, version: str | int) -> None:
+def mark_staging(client: MlflowClient, name: str, version: str | int, *, lock_dir: Path) -> None:
     """Give a newly registered version @staging (the previous holder loses it)."""
-    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+    with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         if find_version(client, name, version) is None:
             raise RegistryError(f"{name} v{version} does not exist; register it first")
         call(f"set @{STAGING} of {name} to v{version}", client.set_registered_model_alias,
@@ -139,7 +140,7 @@ def mark_staging(client: MlflowClient, name: str, version: str | int) -> None:
 
 
 def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
-                         decision: GuardDecision, *, actor: Actor | None = None,
+                         decision: GuardDecision, *, lock_dir: Path, actor: Actor | None = None,
                          at: datetime | None = None) -> AliasMove:
     """Write the decision onto the version (tags, description), then act on it.
 
@@ -149,7 +150,7 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
     """
     version = str(version)
     actor = actor or Actor.current()
-    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+    with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         target = (check_version_usable(client, name, version) if decision.promote
                   else find_version(client, name, version))
         if target is None:
@@ -176,11 +177,11 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
                              state.previous_production, decision.reason, entry.seq)
 
 
-def promote(client: MlflowClient, name: str, version: str | int, reason: str, *,
+def promote(client: MlflowClient, name: str, version: str | int, reason: str, *, lock_dir: Path,
             actor: Actor | None = None, at: datetime | None = None) -> AliasMove:
     """Move @production to a version outside the guard (an operator's explicit choice)."""
     version = str(version)
-    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+    with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         check_version_usable(client, name, version)
         model = get_registered_model(client, name)
         state, model_tags = _aliases(model), model.tags
@@ -191,12 +192,12 @@ def promote(client: MlflowClient, name: str, version: str | int, reason: str, *,
 
 
 def rollback(client: MlflowClient, asset_class: str, to_version: str | int | None = None, *,
-             reason: str, actor: Actor | None = None, at: datetime | None = None) -> AliasMove:
+             reason: str, lock_dir: Path, actor: Actor | None = None, at: datetime | None = None) -> AliasMove:
     """Point @production back at `to_version` (default: @previous_production) and say why."""
     name = registered_model_name(asset_class)
     if not reason.strip():
         raise RegistryError("a rollback needs a reason (--reason), it goes into the audit trail")
-    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+    with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         model = get_registered_model(client, name)
         state = _aliases(model)
         target = str(to_version) if to_version is not None else state.previous_production

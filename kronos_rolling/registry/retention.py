@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from kronos_rolling.registry.settings import Thresholds
+from kronos_rolling.settings import Thresholds
 
 
 @dataclass(frozen=True)

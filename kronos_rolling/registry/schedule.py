@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -20,7 +21,7 @@ from kronos_rolling.registry.cadence import CadenceState, DueDecision
 from kronos_rolling.registry.client import call, get_registered_model, is_missing
 from kronos_rolling.registry.history import Actor
 from kronos_rolling.registry.names import CADENCE_TAG, registered_model_name
-from kronos_rolling.registry.settings import REGISTRY_LOCK_TIMEOUT_S, Thresholds
+from kronos_rolling.settings import REGISTRY_LOCK_TIMEOUT_S, Thresholds
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,11 @@ def retrain_due(client: MlflowClient, asset_class: str, as_of: date,
 
 
 def record_retrain(client: MlflowClient, asset_class: str, version: str | int, on: date,
-                   sharpe_delta: float | None, *, thresholds: Thresholds = Thresholds(),
+                   sharpe_delta: float | None, *, lock_dir: Path, thresholds: Thresholds = Thresholds(),
                    actor: Actor | None = None, at: datetime | None = None) -> CadenceUpdate:
     """Record a finished retrain (its Sharpe delta vs the previous production, same span)."""
     name = registered_model_name(asset_class)
-    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+    with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         tags = get_registered_model(client, name).tags
         before = _parse(name, tags)
         after = cadence.after_retrain(before, on, sharpe_delta, str(version), thresholds)
@@ -63,13 +64,13 @@ def record_retrain(client: MlflowClient, asset_class: str, version: str | int, o
         return CadenceUpdate(before, after)
 
 
-def set_cadence(client: MlflowClient, asset_class: str, mode: str, on: date, reason: str, *,
+def set_cadence(client: MlflowClient, asset_class: str, mode: str, on: date, reason: str, *, lock_dir: Path,
                 actor: Actor | None = None, at: datetime | None = None) -> CadenceUpdate:
     """An operator's choice of cadence."""
     if mode not in cadence.MODES:
         raise ConfigError(f"cadence {mode!r} is not one of: {', '.join(cadence.MODES)}")
     name = registered_model_name(asset_class)
-    with registry_lock(name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+    with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         tags = get_registered_model(client, name).tags
         try:
             before = _parse(name, tags)

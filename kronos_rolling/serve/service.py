@@ -35,7 +35,12 @@ import torch
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.data.features import FEATURE_COLUMNS
 from kronos_rolling.data.store import DataStore
-from kronos_rolling.errors import DataError, ModelError, RegistryUnavailable
+from kronos_rolling.errors import (
+    ConfigError,
+    DataError,
+    ModelError,
+    RegistryUnavailable,
+)
 from kronos_rolling.locks import device_busy
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.forecast import (
@@ -55,9 +60,10 @@ from kronos_rolling.serve.selection import (
     registry_freshness,
     same_base,
 )
-from kronos_rolling.serve.settings import ServeSettings
 from kronos_rolling.serve.source import RegistrySource, VersionRef
+from kronos_rolling.settings import ServeSettings
 from kronos_rolling.tracking.adapters import METADATA_FILE
+from kronos_rolling.tracking.context import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +148,12 @@ class PredictorService:
     def __init__(self, settings: ServeSettings, *, watch: bool = True):
         self.settings = settings
         self.watch = watch
+        if settings.base_model is None or settings.cache_dir is None:
+            raise ConfigError("the predictor needs a base model and a cache folder (ServeSettings.base_model, "
+                              ".cache_dir; `kronos-rolling serve` resolves both from the settings)")
         self.base = BaseModelRef.resolve(settings.base_model)
-        self.source = RegistrySource(settings.resolved_tracking_uri())
-        self.cache = VersionCache(settings.resolved_cache_dir(), keep=settings.cache_keep)
+        self.source = RegistrySource(Tracking.connect(settings.tracking_uri, check=False))
+        self.cache = VersionCache(settings.cache_dir, keep=settings.cache_keep)
         store = DataStore(settings.data_dir)
         self.overrides = store.overrides()
         self.calendar = store.events()
@@ -230,7 +239,7 @@ class PredictorService:
         return min(19, self.default_nice + self.settings.busy_nice) if self.device_busy else self.default_nice
 
     def check_device(self) -> bool:
-        busy = device_busy()
+        busy = device_busy(self.settings.lock_dir) if self.settings.lock_dir else False
         changed = busy != self.device_busy
         self.device_busy = busy
         if changed:

@@ -17,9 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
 import requests
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from kronos_rolling.errors import RegistryError, RegistryUnavailable
@@ -33,7 +31,7 @@ from kronos_rolling.serve.integrity import (
     file_manifest,
 )
 from kronos_rolling.tracking.adapters import fetch_adapter
-from kronos_rolling.tracking.server import redact
+from kronos_rolling.tracking.context import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +56,12 @@ class VersionRef:
 
 
 class RegistrySource:
-    def __init__(self, tracking_uri: str):
-        self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    def __init__(self, tracking: Tracking):
+        self.tracking = tracking
+        self.client = tracking.client
 
     def describe(self) -> str:
-        return redact(self.tracking_uri)
+        return self.tracking.describe()
 
     def resolve(self, labels, alias: str = PRODUCTION) -> dict[str, VersionRef | None]:
         return {label: self._resolve_one(label, alias) for label in labels}
@@ -102,12 +100,10 @@ class RegistrySource:
         what = f"{ref.describe()} from {self.describe()}"
         dst = Path(tempfile.mkdtemp(prefix=f"download-{ref.version}-", dir=scratch))
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst),
-                                                        tracking_uri=self.tracking_uri,
-                                                        registry_uri=self.tracking_uri)
+            local = self.tracking.download(ref.uri, dst)
         except (MlflowException, requests.RequestException, OSError) as exc:
             raise RegistryUnavailable(f"cannot download {what}: {exc}") from exc  # try again at the next poll
-        source = fetch_adapter(local)  # the bundle inside the pyfunc model; ModelError when files are missing
+        source = fetch_adapter(str(local), None)  # the bundle inside the pyfunc model; ModelError when files are missing
         bundle = source.bundle_dir
         check_sizes(bundle, self._listed_sizes(ref, bundle.relative_to(Path(local).resolve()).as_posix()), what)
         if expected_digest is not None:
@@ -125,8 +121,7 @@ class RegistrySource:
             pending = [relative]
             while pending:
                 folder = pending.pop()
-                for info in mlflow.artifacts.list_artifacts(artifact_uri=f"{root.rstrip('/')}/{folder}",
-                                                            tracking_uri=self.tracking_uri):
+                for info in self.tracking.list_artifacts(f"{root.rstrip('/')}/{folder}"):
                     name = info.path.rsplit("/", 1)[-1]
                     inner = f"{folder}/{name}"
                     if info.is_dir:

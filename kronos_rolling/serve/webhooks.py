@@ -10,7 +10,7 @@ A delivery never tells the service what to load: it only wakes the watcher, whic
 the registry itself. So a forged or replayed delivery can at worst cause one extra read.
 Register one with
 
-    MlflowClient().create_webhook(name="kronos-predictor", url="https://HOST/webhooks/mlflow",
+    MlflowClient("https://MLFLOW-HOST").create_webhook(name="kronos-predictor", url="https://HOST/webhooks/mlflow",
         events=["model_version_alias.created", "model_version_alias.deleted"], secret=SECRET)
 """
 

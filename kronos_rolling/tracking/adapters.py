@@ -15,7 +15,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
@@ -26,6 +25,7 @@ from kronos_rolling.evaluation.forecasts import ForecastModel
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.lora import load_adapter_bundle
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.tracking.context import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,20 @@ def _bundle_in(local: Path) -> Path:
     return local
 
 
-def fetch_adapter(uri: str, client: MlflowClient | None = None, dst: Path | None = None) -> AdapterSource:
-    """Download (if needed) and identify the adapter at a folder, `runs:/` or `models:/` URI."""
-    client = client or MlflowClient()
+def fetch_adapter(uri: str, tracking: Tracking | None, dst: Path | None = None) -> AdapterSource:
+    """Download (if needed) and identify the adapter at a folder, `runs:/` or `models:/` URI.
+
+    A folder needs no tracking context (None); an MLflow URI is resolved through it."""
     source = AdapterSource(uri=uri, bundle_dir=Path(uri))
     folder = Path(uri).expanduser()
     if folder.is_dir():
         source.bundle_dir = _bundle_in(folder.resolve())
     else:
+        if tracking is None:
+            raise ModelError(f"adapter {uri!r} is not a folder here; an MLflow URI needs a tracking server")
         if uri.startswith("models:/"):
-            source.registered_model, source.version, source.run_id = _resolve_model_uri(uri, client)
+            version, _ = tracking.model_version(uri)
+            source.registered_model, source.version, source.run_id = version.name, version.version, version.run_id
             uri = f"models:/{source.registered_model}/{source.version}"  # pin: an alias may move meanwhile
         elif uri.startswith("runs:/"):
             source.run_id = uri[len("runs:/"):].split("/", 1)[0]
@@ -81,7 +85,7 @@ def fetch_adapter(uri: str, client: MlflowClient | None = None, dst: Path | None
             )
         dst = Path(dst or tempfile.mkdtemp(prefix="kronos-adapter-"))
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+            local = tracking.download(uri, dst)
         except MlflowException as exc:
             raise RegistryError(f"cannot download adapter {uri}: {exc.message}") from exc
         source.bundle_dir = _bundle_in(local)
@@ -92,22 +96,6 @@ def fetch_adapter(uri: str, client: MlflowClient | None = None, dst: Path | None
     if metadata_path.exists():
         source.metadata = json.loads(metadata_path.read_text())
     return source
-
-
-def _resolve_model_uri(uri: str, client: MlflowClient) -> tuple[str, str, str | None]:
-    body = uri[len("models:/"):].strip("/")
-    try:
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = body.split("/", 1)
-            version = client.get_model_version(name, number)
-    except MlflowException as exc:
-        raise RegistryError(f"cannot resolve {uri}: {exc.message}") from exc
-    except ValueError as exc:
-        raise RegistryError(f"{uri} is not models:/NAME@ALIAS or models:/NAME/VERSION") from exc
-    return version.name, version.version, version.run_id
 
 
 def alias_exists(client: MlflowClient, name: str, alias: str) -> bool:

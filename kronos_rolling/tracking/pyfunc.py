@@ -17,11 +17,16 @@ carry naive datetimes, so they travel without a time zone.
 from __future__ import annotations
 
 import json
+import tempfile
 from importlib import metadata as package_metadata
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from kronos_rolling.errors import DataError
@@ -32,6 +37,7 @@ from kronos_rolling.tracking.adapters import (
     AdapterSource,
     load_forecast_model,
 )
+from kronos_rolling.tracking.runs import MODEL_NAME, TrackedRun
 
 DEFAULT_PARAMS = {
     "pred_len": 16,
@@ -42,6 +48,7 @@ DEFAULT_PARAMS = {
     "seed": 0,  # -1: unseeded
     "quantiles": False,
 }
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # what MLflow runs to rebuild the model
 QUANTILE_COLUMNS = {"p10": "close_p10", "p50": "close_p50", "p90": "close_p90"}
 
 
@@ -101,8 +108,8 @@ def pip_requirements() -> list[str]:
     return pins + [f"kronos-rolling=={package_metadata.version('kronos-rolling')}"]
 
 
-def log_adapter_model(bundle_dir: Path, input_example: pd.DataFrame, name: str = "model"):
-    """Log the bundle as a pyfunc model in the active run; returns MLflow's ModelInfo.
+def save_adapter_model(bundle_dir: Path, input_example: pd.DataFrame, out_dir: Path) -> Path:
+    """Write the bundle as a pyfunc model folder (models from code: no pickle) at `out_dir`.
 
     The signature's output schema comes from a real forecast of `input_example`.
     """
@@ -112,14 +119,45 @@ def log_adapter_model(bundle_dir: Path, input_example: pd.DataFrame, name: str =
     example_params = {**DEFAULT_PARAMS, "pred_len": 4}
     output_example = model.predict(None, input_example, example_params)
     signature = infer_signature(input_example, output_example, params=DEFAULT_PARAMS)
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=KronosAdapterModel(),
+    mlflow.pyfunc.save_model(
+        path=str(out_dir),
+        python_model=str(MODEL_CODE),
         artifacts={ADAPTER_ARTIFACT: str(bundle_dir)},
         signature=signature,
         input_example=input_example,
         pip_requirements=pip_requirements(),
     )
+    return out_dir
+
+
+def log_adapter_model(run: TrackedRun, bundle_dir: Path, input_example: pd.DataFrame, name: str = MODEL_NAME) -> str:
+    """Log the bundle as a pyfunc model of the run (an MLflow logged model, the run's output);
+    returns its `models:/<model_id>` URI. A model whose files did not all arrive is FAILED."""
+    client = run.client
+    experiment_id = client.get_run(run.run_id).info.experiment_id
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run.run_id, model_type="pyfunc")
+    try:
+        client.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step=0)])
+        with tempfile.TemporaryDirectory(prefix="kronos-model-") as tmp:
+            folder = save_adapter_model(bundle_dir, input_example, Path(tmp) / name)
+            client.log_model_artifacts(model.model_id, str(folder))
+    except BaseException:
+        client.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(model.model_id, "READY")
+    return f"models:/{model.model_id}"
+
+
+def register_adapter_model(client: MlflowClient, name: str, model_uri: str, run_id: str, *, tags: dict[str, str],
+                           description: str, await_s: int = 120) -> ModelVersion:
+    """A new version of the registered model `name` (created when missing) from a logged adapter model."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="LoRA adapter + event embedding of Kronos, retrained "
+                                                          "by kronos-rolling")
+    return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_uri.removeprefix("models:/"),
+                                       tags=tags, description=description, await_creation_for=await_s)
 
 
 class _LocalContext:

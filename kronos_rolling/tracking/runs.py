@@ -1,34 +1,126 @@
-"""What a training run records in MLflow: inputs, evaluation figures, plots, completeness.
+"""MLflow runs, written through the tracking context's client, and what a training run records.
 
-A run gets the `kronos.complete` tag last; only a complete run may be registered.
+`start_run` opens (or resumes) a run in an experiment and ends it FINISHED, or FAILED
+when the block raises; `TrackedRun` logs params, metrics, tags, artifacts, tables,
+figures and dataset inputs to it. No fluent API and no global tracking URI: every call
+names the run and goes through `Tracking.client`.
+
+A training run gets the `kronos.complete` tag last; only a complete run may be registered.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from kronos_rolling import __version__
 from kronos_rolling.data.store import DataStore
-from kronos_rolling.evaluation.compare import EvalResult
-from kronos_rolling.evaluation.samples import (
-    EvaluationSamples,
-)
+from kronos_rolling.tracking.context import Tracking
+
+log = logging.getLogger(__name__)
 
 COMPLETE_TAG = "kronos.complete"  # set last: only a finished run may be registered
-
-
-LAUNCHER_RUN_ENV = "KRONOS_LAUNCHER_RUN_ID"  # see kronos_rolling.project.route_launcher_run
-
-
-MODEL_NAME = "model"  # the logged pyfunc model inside the run
+JOB_RUN_TAG = "kronos.job_run"  # on a launcher's run (`mlflow run`): where the job logged
+MODEL_NAME = "model"  # the pyfunc model inside a training run's artifacts
+_BATCH = 100  # MLflow accepts at most 100 params or tags per batch
 
 
 def experiment_name(label: str) -> str:
     return f"kronos-rolling/{label}"
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    tracking: Tracking
+    run_id: str
+
+    @property
+    def client(self):
+        return self.tracking.client
+
+    @property
+    def artifact_uri(self) -> str:
+        return self.client.get_run(self.run_id).info.artifact_uri
+
+    def params(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.params)
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        items = [Param(str(k), str(v)) for k, v in params.items()]
+        for start in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[start:start + _BATCH])
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        for start in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, tags=items[start:start + _BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(str(k), float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
+
+    def log_dict(self, data: dict, path: str) -> None:
+        self.client.log_dict(self.run_id, data, path)
+
+    def log_table(self, frame: pd.DataFrame, path: str) -> None:
+        self.client.log_table(self.run_id, frame, path)
+
+    def log_figure(self, figure, path: str) -> None:
+        """Log a matplotlib figure and close it."""
+        try:
+            self.client.log_figure(self.run_id, figure, path)
+        finally:
+            plt.close(figure)
+
+    def log_artifacts(self, folder: Path, path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), path)
+
+    def log_input(self, dataset, context: str) -> None:
+        """A dataset (mlflow.data) as an input of the run, e.g. the training window."""
+        entity = dataset._to_mlflow_entity()  # what mlflow.log_input sends; no client-level builder exists
+        self.client.log_inputs(self.run_id, [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+
+@contextmanager
+def start_run(tracking: Tracking, experiment: str, *, run_name: str | None = None, run_id: str | None = None,
+              system_metrics: bool = False) -> Iterator[TrackedRun]:
+    """A run of `experiment` (resumed when `run_id` is given), ended when the block ends."""
+    client = tracking.client
+    if run_id:
+        client.update_run(run_id, status="RUNNING", name=run_name)
+    else:  # with the tags MLflow's own runs carry: user, source name and type, git commit
+        run_id = client.create_run(tracking.experiment_id(experiment), run_name=run_name,
+                                   tags=resolve_tags()).info.run_id
+    monitor = None
+    if system_metrics:  # CPU, memory, GPU when present, sampled in a thread of this process
+        monitor = SystemMetricsMonitor(run_id, resume_logging=False, tracking_uri=tracking.uri)
+        monitor.start()
+    status = "FAILED"
+    try:
+        yield TrackedRun(tracking, run_id)
+        status = "FINISHED"
+    finally:
+        if monitor is not None:
+            monitor.finish()
+        client.set_terminated(run_id, status)
 
 
 def git_commit() -> str:
@@ -51,7 +143,19 @@ def window_frame(store: DataStore, symbols: list[str], start, end) -> pd.DataFra
     return frame[["symbol"] + [c for c in frame.columns if c != "symbol"]]
 
 
-def _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_set, inner_set) -> None:
+def training_dataset(store: DataStore, symbols: list[str], start, end, name: str):
+    """The training window as an mlflow dataset (its digest lets the UI compare months)."""
+    frame = window_frame(store, symbols, start, end)
+    # The source named explicitly (a bare path matches two of MLflow's source types and warns), and
+    # the digest ours: MLflow's hashes object columns with pandas calls that pandas 3 deprecates or
+    # breaks on empty frames. Same bars, same digest, across months and machines.
+    source = get_dataset_source_from_json(json.dumps({"uri": str(store.root)}), source_type="local")
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:8]
+    return mlflow.data.from_pandas(frame, name=name, source=source, digest=digest)
+
+
+def log_training_inputs(run: TrackedRun, config, base, window, symbols, warm_source, dataset, train_set,
+                        inner_set) -> None:
     params = {
         "mode": config.mode, "asset_class": config.label, "as_of": config.as_of,
         "train_start": window.train_start.isoformat(), "train_end": window.train_end.isoformat(),
@@ -73,35 +177,8 @@ def _log_run_inputs(config, base, window, symbols, warm_source, dataset, train_s
     }
     # A run made by `mlflow run` already holds the -P values as typed (lr 5e-5, as_of '', a base
     # folder); MLflow never changes a logged param, so a resolved value that differs goes beside it.
-    launched = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({(f"resolved.{key}" if key in launched and launched[key] != str(value) else key): value
-                       for key, value in params.items()})
-    mlflow.set_tags({"asset_class": config.label, "as_of": config.as_of, "mode": config.mode})
-    mlflow.log_input(dataset, context="training")
-
-
-def _log_evaluation(figures: dict[str, EvalResult], samples: EvaluationSamples, closes: dict,
-                    candidate_name: str = "candidate") -> None:
-    from kronos_rolling.evaluation import plots
-
-    candidate = figures[candidate_name]
-    metrics = {"val_mae": candidate.val_mae, "val_sharpe": candidate.val_sharpe,
-               "val_origins": candidate.origins}
-    for name, result in figures.items():
-        if name != candidate_name:
-            metrics[f"{name}_val_mae"] = result.val_mae
-            metrics[f"{name}_val_sharpe"] = result.val_sharpe
-    mlflow.log_metrics(metrics)
-    rows = [{"model": name, "symbol": s.symbol, "origins": s.origins, "val_mae": s.val_mae,
-             "val_sharpe": s.val_sharpe} for name, result in figures.items() for s in result.series]
-    mlflow.log_table(pd.DataFrame(rows), "evaluation/per_series.json")
-    shown = {name: closes[name] for name in (candidate_name, "pooled", "base") if name in closes}
-    fig = plots.forecast_vs_actual(samples, shown)
-    mlflow.log_figure(fig, "plots/forecast_vs_actual.png")
-    equity = {**{name: closes[name] for name in closes}, "persistence": None}
-    fig2 = plots.equity_curves(samples, equity)
-    mlflow.log_figure(fig2, "plots/equity_curve.png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    plt.close(fig2)
+    launched = run.params()
+    run.log_params({(f"resolved.{key}" if key in launched and launched[key] != str(value) else key): value
+                    for key, value in params.items()})
+    run.set_tags({"asset_class": config.label, "as_of": config.as_of, "mode": config.mode})
+    run.log_input(dataset, context="training")

@@ -11,37 +11,34 @@ allowed Host headers through the same config (see `ServerConfig.from_options` an
 from __future__ import annotations
 
 import configparser
+import contextlib
 import io
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+import psutil
 import requests
+import tenacity
 
 from kronos_rolling.errors import ConfigError, RegistryUnavailable
+from kronos_rolling.files import write_atomic
+from kronos_rolling.settings import DEFAULT_HOST, DEFAULT_PORT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 5000
 
 AUTH_CONFIG_FILE = "basic_auth.ini"  # written into the data dir, mode 0600
 AUTH_DB_FILE = "basic_auth.db"  # users and permissions when the backend is SQLite
 SECRET_KEY_FILE = "flask_secret_key"  # CSRF key of the auth app, kept across restarts
 MIN_ADMIN_PASSWORD_LENGTH = 12  # MLflow refuses shorter passwords
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("KRONOS_HOME", Path.home() / ".kronos-rolling")).expanduser()
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -117,9 +114,9 @@ class ServerConfig:
     console_output: bool = False  # server log to our stdout/stderr instead of log_file
 
     @classmethod
-    def embedded(cls, data_dir: Path | str | None = None, host: str = DEFAULT_HOST,
+    def embedded(cls, data_dir: Path | str, host: str = DEFAULT_HOST,
                  port: int = DEFAULT_PORT) -> "ServerConfig":
-        data_dir = Path(data_dir or default_data_dir()).expanduser().resolve()
+        data_dir = Path(data_dir).expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         return cls(
             backend_store_uri=f"sqlite:///{data_dir / 'mlflow.db'}",
@@ -133,7 +130,7 @@ class ServerConfig:
     @classmethod
     def from_options(
         cls,
-        data_dir: Path | str | None = None,
+        data_dir: Path | str,
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         workers: int = 1,
@@ -146,13 +143,13 @@ class ServerConfig:
     ) -> "ServerConfig":
         """The embedded default with any production option swapped in.
 
-        Basic-auth credentials come from `environ` (MLflow's own names,
+        Basic-auth credentials come from `environ` (the command passes its environment; MLflow's own names,
         MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD). Users and permissions are
         kept in `auth_db_uri`, by default the tracking database itself when that is a
         database server (its tables and migration history are separate from the tracking
         schema), else a SQLite file beside the tracking data.
         """
-        environ = os.environ if environ is None else environ
+        environ = environ or {}
         config = cls.embedded(data_dir, host=host, port=port)
         config.workers = workers
         if backend_store_uri:
@@ -216,16 +213,6 @@ class ServerConfig:
         return env
 
 
-def write_private_file(path: Path, text: str) -> None:
-    """Write a file only its owner can read, replacing any old one atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
-
-
 def write_auth_config(config: ServerConfig, env: Mapping[str, str]) -> dict[str, str]:
     """Write the basic-auth ini that MLflow reads (MLFLOW_AUTH_CONFIG_PATH) and return what
     the server's environment needs besides: a CSRF secret key that every worker and every
@@ -247,13 +234,13 @@ def write_auth_config(config: ServerConfig, env: Mapping[str, str]) -> dict[str,
     text = io.StringIO()
     text.write("# Written by kronos-rolling server from its options and environment; edits are lost.\n")
     ini.write(text)
-    write_private_file(path, text.getvalue())
+    write_atomic(path, text.getvalue(), mode=0o600)
 
     secret = env.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
     if not secret:
         key_file = path.parent / SECRET_KEY_FILE
         if not key_file.exists():
-            write_private_file(key_file, secrets.token_hex(32))
+            write_atomic(key_file, secrets.token_hex(32), mode=0o600)
         secret = key_file.read_text().strip()
     return {"MLFLOW_FLASK_SERVER_SECRET_KEY": secret}
 
@@ -281,20 +268,21 @@ def check_database(uri: str, wait: float = 30.0) -> None:
             f"the driver for {redact(uri)} is not installed ({exc}); for PostgreSQL: "
             "pip install 'kronos-rolling[postgres]'"
         ) from None
-    deadline = time.monotonic() + wait
+    def connect() -> None:
+        with engine.connect():
+            pass
+
+    attempts = tenacity.Retrying(stop=tenacity.stop_after_delay(wait), wait=tenacity.wait_fixed(1.0),
+                                 retry=tenacity.retry_if_exception_type(sqlalchemy.exc.SQLAlchemyError),
+                                 reraise=True)
     try:
-        while True:
-            try:
-                with engine.connect():
-                    return
-            except sqlalchemy.exc.SQLAlchemyError as exc:
-                if time.monotonic() >= deadline:
-                    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-                    raise ConfigError(
-                        f"cannot connect to the tracking database {redact(uri)}: {reason}; start it or fix "
-                        "--backend-store-uri / KRONOS_MLFLOW_BACKEND_URI (tests: bash scripts/test-services.sh)"
-                    ) from None
-                time.sleep(1.0)
+        attempts(connect)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise ConfigError(
+            f"cannot connect to the tracking database {redact(uri)}: {reason}; start it or fix "
+            "--backend-store-uri / KRONOS_MLFLOW_BACKEND_URI (tests: bash scripts/test-services.sh)"
+        ) from None
     finally:
         engine.dispose()
 
@@ -369,6 +357,47 @@ def is_healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def wait_until_healthy(process: subprocess.Popen, url: str, timeout: float, where: str) -> None:
+    """Poll `url` until the server answers; RegistryUnavailable when it exits or takes too long."""
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RegistryUnavailable(f"mlflow server exited with code {process.returncode} while starting; {where}")
+        return is_healthy(url)
+
+    polling = tenacity.Retrying(stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_fixed(0.3),
+                                retry=tenacity.retry_if_result(lambda ok: not ok))
+    try:
+        polling(answers)
+    except tenacity.RetryError:
+        raise RegistryUnavailable(f"mlflow server did not answer at {url} within {timeout:.0f}s; {where}") from None
+
+
+def stop_process_tree(pid: int, timeout: float = 15.0) -> bool:
+    """SIGTERM a process, its descendants and the rest of the process group it leads, then SIGKILL
+    what is left after `timeout`; False when none of them was running.
+
+    The group catches workers whose parent already died (they are no longer its children)."""
+    tree = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        leader = psutil.Process(pid)
+        tree = [leader, *leader.children(recursive=True)]
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            if os.getpgid(process.pid) == pid and process not in tree:
+                tree.append(process)
+    if not tree:
+        return False
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return True
+
+
 class TrackingServer:
     """A `mlflow server` child process, in its own process group so stop() ends all of it."""
 
@@ -404,37 +433,22 @@ class TrackingServer:
             self.config.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                where = ("; see its output above" if self.config.console_output
-                         else f"; see {self.config.log_file}" if self.config.log_file else "")
-                raise RegistryUnavailable(
-                    f"mlflow server exited with code {self.process.returncode} while starting{where}"
-                )
-            if is_healthy(self.url):
-                log.info("tracking server ready at %s", self.url)
-                return self
-            time.sleep(0.3)
-        self.stop()
-        raise RegistryUnavailable(f"mlflow server did not answer at {self.url} within {timeout:.0f}s")
+        where = ("see its output above" if self.config.console_output
+                 else f"see {self.config.log_file}" if self.config.log_file else "its output was discarded")
+        try:
+            wait_until_healthy(self.process, self.url, timeout, where)
+        except RegistryUnavailable:
+            self.stop()
+            raise
+        log.info("tracking server ready at %s", self.url)
+        return self
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server and every process it started (uvicorn workers included)."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # children may outlive the leader; the group id still names them
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_process_tree(self.process.pid, timeout)
+        self.process.wait()  # reap it
         self.process = None
 
     def __enter__(self) -> "TrackingServer":

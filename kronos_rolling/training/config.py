@@ -9,16 +9,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
 from kronos_rolling.data.windows import TrainingWindow, select_training_window, to_utc
 from kronos_rolling.errors import ConfigError
-from kronos_rolling.model.base import BaseModelRef
-from kronos_rolling.model.lora import (
-    LoraSettings,
-)
+from kronos_rolling.model.config import LoraSettings
+
+if TYPE_CHECKING:  # torch-free at run time: the command line takes its defaults from here
+    from kronos_rolling.model.base import BaseModelRef
 
 MODES = ("pooled", "rolling")
 
@@ -32,7 +33,7 @@ class TrainConfig:
     mode: str
     as_of: str
     asset_class: str | None = None  # rolling: the class; pooled: None (all classes)
-    base: BaseModelRef | None = None  # None: BaseModelRef.resolve() (KRONOS_BASE_MODEL)
+    base: BaseModelRef | None = None  # the frozen base, resolved by the command (needed to train)
     epochs: int | None = None  # None: the mode's default
     lr: float | None = None
     years: float = 2.0

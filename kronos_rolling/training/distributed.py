@@ -1,38 +1,15 @@
 """Running the same training under `torchrun --nproc-per-node N` (DistributedDataParallel).
 
-NCCL on GPU, gloo on CPU; only rank 0 writes checkpoints and talks to MLflow.
+NCCL on GPU, gloo on CPU; only rank 0 writes checkpoints and talks to MLflow. Which rank
+this process is comes from torchrun's variables through the settings (`Distributed`).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def distributed_from_env() -> Distributed:
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; a plain run is rank 0 of 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
-    return Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+from kronos_rolling.settings import Distributed
 
 
 def init_distributed(dist_info: Distributed, device: torch.device) -> None:

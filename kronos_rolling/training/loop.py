@@ -29,17 +29,18 @@ from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import DataError
+from kronos_rolling.model.config import LoraSettings
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.kronos import Kronos, token_loss
 from kronos_rolling.model.lora import (
-    LoraSettings,
     attach_lora,
     load_adapter_bundle,
     save_adapter_bundle,
 )
+from kronos_rolling.settings import Distributed
 from kronos_rolling.training.checkpoint import Checkpoint
 from kronos_rolling.training.config import TrainConfig
-from kronos_rolling.training.distributed import Distributed, _all_mean
+from kronos_rolling.training.distributed import _all_mean
 
 log = logging.getLogger(__name__)
 

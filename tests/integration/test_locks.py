@@ -13,7 +13,6 @@ from kronos_rolling.errors import LockBusy
 from kronos_rolling.locks import (
     device_busy,
     holder,
-    lock_dir,
     training_lock,
 )
 
@@ -22,8 +21,9 @@ HOLDER = textwrap.dedent("""
     import logging, sys, time
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from kronos_rolling.locks import training_lock
+    from kronos_rolling.settings import load_settings
     wait = sys.argv[1] == "wait"
-    with training_lock(wait=wait, poll_message_every=0.2, job=sys.argv[2]):
+    with training_lock(load_settings().lock_dir, wait=wait, poll_message_every=0.2, job=sys.argv[2]):
         print(f"locked {time.time()}", flush=True)
         sys.stdin.readline()
         print(f"released {time.time()}", flush=True)
@@ -46,17 +46,12 @@ def wait_for_line(process, prefix, timeout=30):
     raise AssertionError(f"no {prefix!r} within {timeout}s")
 
 
-@pytest.fixture(autouse=True)
-def own_lock_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("KRONOS_LOCK_DIR", str(tmp_path / "locks"))
-
-
-def test_second_job_waits_with_a_message_then_runs(tmp_path):
+def test_second_job_waits_with_a_message_then_runs(tmp_path, lock_dir):
     first = start_holder("monthly-crypto")
     try:
         wait_for_line(first, "locked")
-        assert device_busy()
-        assert holder()["job"] == "monthly-crypto" and holder()["pid"] == first.pid
+        assert device_busy(lock_dir)
+        assert holder(lock_dir)["job"] == "monthly-crypto" and holder(lock_dir)["pid"] == first.pid
         second = start_holder("monthly-equity")
         time.sleep(1.0)  # long enough for a few "waiting" messages
         assert second.poll() is None
@@ -76,17 +71,17 @@ def test_second_job_waits_with_a_message_then_runs(tmp_path):
             if process and process.poll() is None:
                 process.kill()
                 process.wait()
-    assert not device_busy()
-    assert (tmp_path / "locks" / "training.lock").parent == lock_dir()
+    assert not device_busy(lock_dir)
+    assert (tmp_path / "locks" / "training.lock").parent == lock_dir
 
 
-def test_no_wait_raises_lock_busy_with_exit_code_75():
+def test_no_wait_raises_lock_busy_with_exit_code_75(lock_dir):
     first = start_holder("pooled")
     try:
         wait_for_line(first, "locked")
         started = time.monotonic()
         with pytest.raises(LockBusy, match=f"held by pid {first.pid}.*job pooled") as info:
-            with training_lock(wait=False):
+            with training_lock(lock_dir, wait=False):
                 pass
         assert time.monotonic() - started < 1.0
         assert info.value.exit_code == 75
@@ -95,10 +90,11 @@ def test_no_wait_raises_lock_busy_with_exit_code_75():
             import click
             from kronos_rolling.cli.main import KronosGroup
             from kronos_rolling.locks import training_lock
+            from kronos_rolling.settings import load_settings
             group = KronosGroup("k")
             @group.command()
             def train():
-                with training_lock(wait=False):
+                with training_lock(load_settings().lock_dir, wait=False):
                     pass
             group()
         """)

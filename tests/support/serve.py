@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import requests
 import torch
@@ -29,12 +28,16 @@ from mlflow import MlflowClient
 
 from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
 from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.model.config import LoraSettings
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.kronos import Kronos
-from kronos_rolling.model.lora import LoraSettings, attach_lora, save_adapter_bundle
+from kronos_rolling.model.lora import attach_lora, save_adapter_bundle
 from kronos_rolling.registry.names import registered_model_name
 from kronos_rolling.serve.integrity import BUNDLE_DIGEST_TAG, bundle_digest
+from kronos_rolling.settings import load_settings
 from kronos_rolling.tracking.adapters import ADAPTER_ARTIFACT, METADATA_FILE
+from kronos_rolling.tracking.context import Tracking
+from kronos_rolling.tracking.runs import start_run
 from kronos_rolling.tracking.server import free_port
 from support import REPO as REPO_ROOT
 
@@ -68,31 +71,26 @@ def register_version(client: MlflowClient, base_dir: Path, label: str, seed: int
                      val_mae: float = 0.02, digest_tag: bool = True, example: pd.DataFrame | None = None,
                      lora: LoraSettings | None = None, experiment: str = "serve-tests") -> str:
     """Register a new version of kronos-lora-<label>; returns its version number."""
+    from kronos_rolling.tracking.pyfunc import log_adapter_model, register_adapter_model
+
     name = registered_model_name(label)
-    mlflow.set_tracking_uri(client.tracking_uri)
-    mlflow.set_experiment(experiment)
+    tracking = Tracking.connect(client.tracking_uri, check=False)
     with tempfile.TemporaryDirectory(prefix="serve-bundle-") as folder:
         bundle = build_bundle(base_dir, Path(folder) / ADAPTER_ARTIFACT, seed, val_mae=val_mae, label=label,
                               lora=lora)
         tags = {"asset_class": label, "val_mae": f"{val_mae:.6g}"}
         if digest_tag:
             tags[BUNDLE_DIGEST_TAG] = bundle_digest(bundle)
-        from kronos_rolling.tracking.pyfunc import log_adapter_model
-
-        with mlflow.start_run():
-            info = log_adapter_model(bundle, example if example is not None else sample_frame("BTCUSD", 48))
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name)
-    version = mlflow.register_model(info.model_uri, name, tags=tags, await_registration_for=60)
-    return version.version
+        with start_run(tracking, experiment) as run:
+            model_uri = log_adapter_model(run, bundle, example if example is not None else sample_frame("BTCUSD", 48))
+    return register_adapter_model(client, name, model_uri, run.run_id, tags=tags, description="a serve test's",
+                                  await_s=60).version
 
 
 def set_production(client: MlflowClient, label: str, version: str) -> None:
     from kronos_rolling.registry.promotion import promote
 
-    promote(client, registered_model_name(label), version, reason="serve test")
+    promote(client, registered_model_name(label), version, reason="serve test", lock_dir=load_settings().lock_dir)
 
 
 def sample_frame(symbol: str, bars: int, end: int | None = None) -> pd.DataFrame:
@@ -207,9 +205,7 @@ class InProcessService:
 
         from kronos_rolling.serve.app import create_app
         from kronos_rolling.serve.service import PredictorService
-        from kronos_rolling.serve.settings import ServeSettings
-
-        self.service = PredictorService(ServeSettings.from_env(environ))
+        self.service = PredictorService(load_settings(environ).serve)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port,

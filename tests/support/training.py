@@ -6,7 +6,7 @@ import torch
 
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.store import DataStore
-from kronos_rolling.evaluation.samples import EvalSettings
+from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.training.config import TrainConfig
 from kronos_rolling.training.loop import build_trainee
@@ -24,6 +24,19 @@ def small_config(base_dir, mode="rolling", asset_class="crypto", as_of="2018-06-
 
 def small_eval() -> EvalSettings:
     return EvalSettings(lookback=LOOKBACK, horizon=HORIZON, samples=1, max_origins=24, batch_size=32)
+
+
+def job_context(tracking_uri: str, **environ):
+    """What a job gets from its command: the settings of `environ` (KRONOS_HOME, KRONOS_LOCK_DIR, ...,
+    else this process's), a tracking context for `tracking_uri` and the data folder."""
+    import os
+
+    from kronos_rolling.pipeline.context import JobContext
+    from kronos_rolling.settings import load_settings
+    from kronos_rolling.tracking.context import Tracking
+
+    settings = load_settings({**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, **environ})
+    return JobContext.from_settings(settings, Tracking.connect(tracking_uri))
 
 
 def trainee_and_sets(config: TrainConfig, store: DataStore, warm_start_dir=None):

@@ -25,8 +25,9 @@ HOLDER = textwrap.dedent("""
     import logging, sys, time
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from kronos_rolling.locks import training_lock
+    from kronos_rolling.settings import load_settings
     wait = sys.argv[1] == "wait"
-    with training_lock(wait=wait, poll_message_every=0.2, job=sys.argv[2]):
+    with training_lock(load_settings().lock_dir, wait=wait, poll_message_every=0.2, job=sys.argv[2]):
         print(f"locked {time.time()}", flush=True)
         sys.stdin.readline()
         print(f"released {time.time()}", flush=True)
@@ -49,12 +50,7 @@ def wait_for_line(process, prefix, timeout=30):
     raise AssertionError(f"no {prefix!r} within {timeout}s")
 
 
-@pytest.fixture(autouse=True)
-def own_lock_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("KRONOS_LOCK_DIR", str(tmp_path / "locks"))
-
-
-def test_no_wait_waits_out_a_momentary_holder_like_the_predictors_probe():
+def test_no_wait_waits_out_a_momentary_holder_like_the_predictors_probe(lock_dir):
     import threading
 
     first = start_holder("probe")
@@ -62,21 +58,21 @@ def test_no_wait_waits_out_a_momentary_holder_like_the_predictors_probe():
         wait_for_line(first, "locked")
         release = threading.Timer(0.2, lambda: (first.stdin.write("go\n"), first.stdin.flush()))
         release.start()
-        with training_lock(wait=False, job="cron") as path:  # taken once the holder lets go
-            assert holder()["job"] == "cron" and path.exists()
+        with training_lock(lock_dir, wait=False, job="cron") as path:  # taken once the holder lets go
+            assert holder(lock_dir)["job"] == "cron" and path.exists()
         release.join()
     finally:
         first.kill()
         first.wait()
 
 
-def test_waiting_with_a_timeout_gives_up():
+def test_waiting_with_a_timeout_gives_up(lock_dir):
     first = start_holder("pooled")
     try:
         wait_for_line(first, "locked")
         started = time.monotonic()
         with pytest.raises(LockBusy, match="after waiting"):
-            with training_lock(wait=True, poll_message_every=0.1, timeout=0.5):
+            with training_lock(lock_dir, wait=True, poll_message_every=0.1, timeout=0.5):
                 pass
         assert 0.4 <= time.monotonic() - started < 3
     finally:
@@ -84,31 +80,31 @@ def test_waiting_with_a_timeout_gives_up():
         first.wait()
 
 
-def test_a_crashed_holder_frees_the_lock():
+def test_a_crashed_holder_frees_the_lock(lock_dir):
     first = start_holder("doomed")
     wait_for_line(first, "locked")
-    assert device_busy()
+    assert device_busy(lock_dir)
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    assert not device_busy()
-    with training_lock(wait=False, job="next") as path:
+    assert not device_busy(lock_dir)
+    with training_lock(lock_dir, wait=False, job="next") as path:
         assert json.loads(path.with_name(path.name + ".holder.json").read_text())["job"] == "next"
 
 
-def test_this_process_holding_the_lock_counts_as_busy():
-    assert not device_busy()
-    with training_lock(wait=False):
-        assert device_busy()
+def test_this_process_holding_the_lock_counts_as_busy(lock_dir):
+    assert not device_busy(lock_dir)
+    with training_lock(lock_dir, wait=False):
+        assert device_busy(lock_dir)
         with pytest.raises(LockBusy):
-            with training_lock(wait=False):
+            with training_lock(lock_dir, wait=False):
                 pass
-    assert not device_busy() and holder() is None
+    assert not device_busy(lock_dir) and holder(lock_dir) is None
 
 
-def test_registry_lock_times_out_with_a_clear_message():
-    with registry_lock("kronos-lora-crypto", timeout=5):
+def test_registry_lock_times_out_with_a_clear_message(lock_dir):
+    with registry_lock(lock_dir, "kronos-lora-crypto", timeout=5):
         with pytest.raises(LockBusy, match="registry lock of kronos-lora-crypto"):
-            with registry_lock("kronos-lora-crypto", timeout=0.2):
+            with registry_lock(lock_dir, "kronos-lora-crypto", timeout=0.2):
                 pass
-        with registry_lock("kronos-lora-equity", timeout=0.2):  # other models are independent
+        with registry_lock(lock_dir, "kronos-lora-equity", timeout=0.2):  # other models are independent
             pass

@@ -1,6 +1,5 @@
-"""The MLflow Project: every -P value is checked by our code, `mlflow run` runs the monthly job
-into the run MLflow made (real tracking server, bundled data, tiny base), and the monthly
-script runs the classes one after another, keeps going after a failure and alerts."""
+"""The MLflow Project: MLproject is generated from the entry points, each -P value becomes the
+option of the command an operator runs (which checks it), and a value it refuses alerts."""
 
 from __future__ import annotations
 
@@ -15,20 +14,22 @@ from kronos_rolling import project
 from kronos_rolling.cli.main import main as kronos_rolling
 from kronos_rolling.errors import ConfigError
 from kronos_rolling.project import ENTRY_POINTS, command_for
+from kronos_rolling.training.config import MODE_DEFAULTS, TrainConfig
 
 
-def test_every_parameter_of_mlproject_is_checked_by_our_code():
+def test_mlproject_is_generated_from_the_entry_points_with_the_settings_defaults():
+    assert (REPO / "MLproject").read_text() == project.mlproject(), \
+        "MLproject is stale: run python -m kronos_rolling.project --write-mlproject"
+    assert (REPO / "deploy" / "kubernetes" / "MLproject").read_text() == project.mlproject(cluster=True)
     spec = load_project(str(REPO))
     assert set(spec._entry_points) == set(ENTRY_POINTS)
     for name, entry in spec._entry_points.items():
-        ours = [p.name for p in ENTRY_POINTS[name].parameters]
-        assert list(entry.parameters) == ours, name
-        for parameter in ours:  # each value reaches our code under its own name
-            assert f" {parameter}={{{parameter}}}" in f" {entry.command}", (name, parameter)
+        assert list(entry.parameters) == [p.name for p in ENTRY_POINTS[name].parameters], name
         assert entry.command.startswith(f"python -m kronos_rolling.project {name} ")
-        # every default passes our checks (asset_class, the one required value, aside)
-        values = {p: "crypto" if v.default is None else str(v.default) for p, v in entry.parameters.items()}
-        command_for(name, values)
+    main = spec._entry_points["main"].parameters
+    assert main["epochs"].default == MODE_DEFAULTS["rolling"]["epochs"] and main["lr"].default == 5e-5
+    assert main["lookback"].default == TrainConfig.lookback and main["horizon"].default == TrainConfig.horizon
+    assert spec._entry_points["pooled"].parameters["epochs"].default == MODE_DEFAULTS["pooled"]["epochs"]
 
 
 def test_the_cluster_variant_has_the_same_entry_points_in_docker():
@@ -76,40 +77,35 @@ def test_parameters_become_options_the_command_accepts(entry, values):
 
 
 @pytest.mark.parametrize("name, text, words", [
-    ("epochs", "abc", "whole number >= 1"),
-    ("epochs", "0", "whole number >= 1"),
-    ("lr", "-1e-4", "positive number"),
-    ("lr", "nan", "positive number"),
-    ("as_of", "2018-13-01", "YYYY-MM-DD"),
-    ("asset_class", "stocks", "crypto, forex_commodity, equity"),
-    ("data", "/no/such/folder", "there is no folder"),
-    ("base_model", "./missing-base", "neither an existing folder nor a hub id"),
-    ("max_samples_per_epoch", "-5", "or empty for no cap"),
-    ("device", "tpu", "auto, cpu, cuda"),
-    ("precision", "fp16", "float32, bf16"),
-    ("force", "maybe", "true or false"),
-    ("warm_start", "latest", "models:/NAME@ALIAS"),
+    ("epochs", "abc", "--epochs"),
+    ("epochs", "0", "--epochs"),
+    ("lr", "-1e-4", "--lr"),
+    ("asset_class", "stocks", "--asset-class"),
+    ("data", "/no/such/folder", "--data"),
+    ("max_samples_per_epoch", "-5", "--max-samples-per-epoch"),
+    ("device", "tpu", "--device"),
+    ("precision", "fp16", "--precision"),
+    ("force", "maybe", "-P force='maybe' is not a boolean"),
 ])
-def test_a_bad_value_is_named_with_a_valid_example(name, text, words):
-    values = {"asset_class": "crypto", name: text}
-    with pytest.raises(ConfigError) as caught:
-        command_for("main", values)
-    message = str(caught.value)
-    assert f"-P {name}={text!r}" in message and words in message
-    assert f"(e.g. -P {name}=" in message
-    assert f"-P {name}={ENTRY_POINTS['main'].parameter(name).example}" in message
+def test_a_bad_value_is_refused_by_the_command_exits_2_and_alerts(name, text, words, monkeypatch, capsys):
+    with Receiver() as receiver:
+        monkeypatch.setenv("KRONOS_ALERT_WEBHOOK", receiver.url)
+        monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+        with pytest.raises(SystemExit) as exited:
+            project.main(["main", *(["asset_class=crypto"] if name != "asset_class" else []), "as_of=2018-06-01",
+                          f"{name}={text}"])
+    assert exited.value.code == 2
+    assert words in capsys.readouterr().err
+    [alert] = receiver.bodies
+    assert alert["kronos"]["event"] == "job_failed" and words in alert["kronos"]["fields"]["error"]
 
 
-def test_a_bad_drill_month_is_named():
-    with pytest.raises(ConfigError, match="2018-6x is not a month"):
-        command_for("simulate", {"drill": "2018-05,2018-6x"})
-    assert "--drill-bad-candidate" not in command_for("simulate", {"drill": ""})
-
-
-def test_every_bad_value_is_named_at_once_and_unknown_names_are_refused():
-    with pytest.raises(ConfigError) as caught:
-        command_for("main", {"asset_class": "crypto", "epochs": "five", "lookback": "1.5"})
-    assert "-P epochs='five'" in str(caught.value) and "-P lookback='1.5'" in str(caught.value)
+def test_lists_and_switches_become_options_and_unknown_names_are_refused():
+    assert command_for("simulate", {"drill": "2018-05, 2018-06", "asset_class": ""}) == \
+        ["simulate", "--drill-bad-candidate", "2018-05", "--drill-bad-candidate", "2018-06"]
+    assert command_for("pooled", {"register": "no"}) == ["train", "pooled", "--no-register"]
+    assert command_for("main", {"asset_class": "crypto", "force": "false", "as_of": ""}) == \
+        ["run", "--asset-class", "crypto"]
     # MLflow appends -P names MLproject does not declare as `--name value`
     with pytest.raises(ConfigError, match="no parameter learning_rate; it takes: asset_class, as_of"):
         command_for("main", project.parse_arguments(["asset_class=crypto", "--learning_rate", "1e-3"]))
@@ -117,17 +113,12 @@ def test_every_bad_value_is_named_at_once_and_unknown_names_are_refused():
         command_for("train", {})
 
 
-def test_a_failure_before_the_job_starts_exits_non_zero_and_alerts(monkeypatch, capsys):
-    with Receiver() as receiver:
-        monkeypatch.setenv("KRONOS_ALERT_WEBHOOK", receiver.url)
-        monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-        with pytest.raises(SystemExit) as exited:
-            project.main(["main", "asset_class=crypto", "as_of=2018-06-01", "epochs=abc"])
-    assert exited.value.code == 2
-    assert "-P epochs='abc'" in capsys.readouterr().err
-    [alert] = receiver.bodies
-    assert alert["kronos"]["event"] == "job_failed"
-    assert alert["kronos"]["fields"]["asset_class"] == "crypto" and "epochs" in alert["kronos"]["fields"]["error"]
+def test_the_run_mlflow_made_goes_to_jobs_that_log_into_it_and_not_to_the_replay():
+    assert command_for("main", {"asset_class": "equity"}, run_id="0123abcd")[-2:] == ["--mlflow-run-id", "0123abcd"]
+    assert "--mlflow-run-id" in command_for("pooled", {}, run_id="0123abcd")
+    assert "--mlflow-run-id" not in command_for("simulate", {}, run_id="0123abcd")
+    assert project.experiment_label("main", {"asset_class": "equity"}) == "equity"
+    assert project.experiment_label("simulate", {}) is None
 
 
 def test_conda_env_is_python_3_11_with_this_project_and_cpu_torch():
@@ -139,10 +130,3 @@ def test_conda_env_is_python_3_11_with_this_project_and_cpu_torch():
     # what MLflow itself makes of it for --env-manager virtualenv/uv
     env = _PythonEnv.from_conda_yaml(str(REPO / "conda.yaml"))
     assert env.python == "3.11" and ".[postgres]" in env.dependencies
-
-
-def test_the_replay_leaves_the_run_mlflow_made_alone():
-    environ = {"MLFLOW_RUN_ID": "0123abcd", "MLFLOW_EXPERIMENT_ID": "3", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
-    assert project.experiment_label("simulate", {}) is None
-    assert project.route_launcher_run(None, environ) == "0123abcd"
-    assert environ == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "KRONOS_LAUNCHER_RUN_ID": "0123abcd"}

@@ -10,15 +10,17 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
 
 from kronos_rolling import __version__
 from kronos_rolling.data.windows import to_utc
 from kronos_rolling.errors import ConfigError
-from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.config import MODEL_SIZES
+
+if TYPE_CHECKING:  # torch-free at run time: the command line reads the defaults here
+    from kronos_rolling.model.base import BaseModelRef
 
 REPORT_NAME = "pretrain.json"
 
@@ -114,6 +116,9 @@ class PretrainReport:
     tokenizer: StageResult
     predictor: StageResult
     seconds: float
+    # Same seed and data give the same weights bit for bit with the same torch and thread count.
+    torch_version: str
+    torch_threads: int
 
     def to_dict(self) -> dict:
         return {
@@ -133,9 +138,8 @@ class PretrainReport:
             "predictor": asdict(self.predictor),
             "seconds": self.seconds,
             "code_version": __version__,
-            # Same seed and data give the same weights bit for bit with the same torch and thread count.
-            "torch_version": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
+            "torch_version": self.torch_version,
+            "torch_threads": self.torch_threads,
         }
 
     def summary(self) -> str:

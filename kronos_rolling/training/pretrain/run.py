@@ -115,6 +115,8 @@ def run_pretraining(store: DataStore, out_dir: Path, config: PretrainConfig, *, 
         tokenizer=tokenizer_result,
         predictor=predictor_result,
         seconds=time.monotonic() - started,
+        torch_version=torch.__version__,
+        torch_threads=torch.get_num_threads(),
     )
     _write_output(out_dir, tokenizer, predictor, report, force)
     return report

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from support.training import small_config, small_eval
+from support.training import job_context, small_config, small_eval
 
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import RegistryError
@@ -21,6 +21,7 @@ from kronos_rolling.locks import training_lock
 from kronos_rolling.pipeline.job import monthly_job
 from kronos_rolling.pipeline.steps import TrainOutcome, register_step
 from kronos_rolling.tracking.adapters import default_warm_start, fetch_adapter
+from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.runs import COMPLETE_TAG
 from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 
@@ -53,15 +54,13 @@ def jobs(server, home, tiny_base):
     mp.setenv("KRONOS_HOME", str(home))
     # These runs last seconds; MLflow samples system metrics every 10 s by default.
     mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
-    mlflow.set_tracking_uri(server.url)
-    client = MlflowClient(server.url)
+    ctx = job_context(server.url, KRONOS_HOME=str(home))
     try:
-        pooled = monthly_job(small_config(tiny_base, mode="pooled", as_of="2018-01-01"), DataStore(),
-                             client=client, eval_settings=small_eval(), progress=False)
-        crypto = monthly_job(small_config(tiny_base, as_of="2018-02-01"), DataStore(), client=client,
+        pooled = monthly_job(small_config(tiny_base, mode="pooled", as_of="2018-01-01"), ctx,
                              eval_settings=small_eval(), progress=False)
+        crypto = monthly_job(small_config(tiny_base, as_of="2018-02-01"), ctx, eval_settings=small_eval(),
+                             progress=False)
     finally:
-        mlflow.set_tracking_uri(None)
         mp.undo()
     return {"pooled": pooled, "crypto": crypto}
 
@@ -148,7 +147,7 @@ def test_warm_start_prefers_the_class_then_pooled(jobs, env):
 
 def test_a_version_weighs_a_small_fraction_of_its_base_and_refers_to_it(jobs, env, tiny_base):
     crypto = jobs["crypto"]
-    source = fetch_adapter(f"models:/kronos-lora-crypto/{crypto.version}", env)
+    source = fetch_adapter(f"models:/kronos-lora-crypto/{crypto.version}", Tracking.connect(env.tracking_uri))
     assert source.metadata["base"]["predictor_digest"], "the base is referenced by digest"
     assert not any(p.name == "model.safetensors" for p in source.bundle_dir.rglob("*")), "base weights copied"
 
@@ -199,13 +198,13 @@ def test_an_unfinished_run_cannot_be_registered(jobs, env):
     broken = TrainOutcome(run.info.run_id, "crypto", crypto.config, crypto.window, crypto.model_uri,
                           crypto.figures, crypto.compared_versions, crypto.fit, crypto.warm_start)
     with pytest.raises(RegistryError, match="did not finish"):
-        register_step(broken, env)
+        register_step(broken, job_context(env.tracking_uri))
     assert len(env.search_model_versions("name='kronos-lora-crypto'")) == before
 
 
 def test_a_second_training_with_no_wait_exits_75(env, tiny_base, tmp_path, monkeypatch):
     monkeypatch.setenv("KRONOS_LOCK_DIR", str(tmp_path / "locks"))
-    with training_lock(job="a test holding the device"):
+    with training_lock(tmp_path / "locks", job="a test holding the device"):
         result = subprocess.run(
             [sys.executable, "-m", "kronos_rolling.cli", "train", "rolling", "--asset-class", "crypto",
              "--as-of", "2018-03-01", "--base-model", str(tiny_base), "--no-wait", "--no-progress",
@@ -262,10 +261,10 @@ def test_mlflow_models_serve_answers_with_the_production_version(jobs, env, tmp_
 def test_a_version_of_kronos_base_weighs_under_5_percent_of_the_base(jobs, env, tmp_path):
     """The LoRA bundle of a Kronos-base-sized model, plus the MLflow files around a version."""
 
-    from kronos_rolling.model.config import MODEL_SIZES
+    from kronos_rolling.model.config import MODEL_SIZES, LoraSettings
     from kronos_rolling.model.events import EventEmbedding
     from kronos_rolling.model.kronos import Kronos
-    from kronos_rolling.model.lora import LoraSettings, attach_lora, save_adapter_bundle
+    from kronos_rolling.model.lora import attach_lora, save_adapter_bundle
 
     base = Kronos.from_config(MODEL_SIZES["base"].predictor)
     base_bytes = sum(t.numel() * t.element_size() for t in base.state_dict().values())
@@ -310,7 +309,7 @@ def test_a_worse_candidate_is_refused_alerted_and_the_job_still_exits_0(jobs, en
     from kronos_rolling.pipeline.replay import sabotage
 
     production_before = env.get_registered_model("kronos-lora-crypto").aliases.get("production")
-    bad = sabotage("models:/kronos-lora-pooled@production", env, tmp_path, seed=3)
+    bad = sabotage("models:/kronos-lora-pooled@production", Tracking.connect(env.tracking_uri), tmp_path, seed=3)
     with Receiver() as receiver:
         monkeypatch.setenv("KRONOS_ALERT_WEBHOOK", receiver.url)
         result = subprocess.run(

@@ -6,8 +6,8 @@ import time
 
 import mlflow
 from mlflow import MlflowClient
+from support.training import job_context
 
-from kronos_rolling.data.store import DataStore
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.pipeline.replay import (
     SimulationSettings,
@@ -27,9 +27,10 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
                                   lookback=16, horizon=4)
     lines = []
     started_ms = int(time.time() * 1000)
-    report = simulate(DataStore(), BaseModelRef.resolve(str(pretrained_base)), "2018-01", 2,
-                      classes=["crypto", "forex_commodity"], client=clean_registry, settings=settings,
-                      drill_months=("2018-02",), echo=lines.append)
+    ctx = job_context(tracking_uri)
+    report = simulate(ctx, BaseModelRef.resolve(str(pretrained_base)), "2018-01", 2,
+                      classes=["crypto", "forex_commodity"], settings=settings, drill_months=("2018-02",),
+                      echo=lines.append)
     frame = report.frame()
     assert list(zip(frame["month"], frame["asset_class"])) == [
         ("2018-01", "crypto"), ("2018-01", "forex_commodity"), ("2018-02", "crypto"), ("2018-02", "forex_commodity")]
@@ -57,7 +58,7 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     assert forex_run.data.tags["base_pretrained_until"].startswith("2017-01-01")
     assert forex_run.data.tags["base_saw_validation_span"] == "false"
 
-    run_id = log_report(report, "2018-01", 2)
+    run_id = log_report(report, "2018-01", 2, ctx.tracking)
     logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/simulation/criteria.json")
     assert set(logged) == set(report.criteria())
     names = {a.path for a in MlflowClient().list_artifacts(run_id, "simulation")}

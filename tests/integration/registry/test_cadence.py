@@ -18,7 +18,7 @@ from kronos_rolling.registry.names import CADENCE_TAG
 D = date.fromisoformat
 
 
-def test_cadence_lives_on_the_registered_model(clean_registry, cli):
+def test_cadence_lives_on_the_registered_model(clean_registry, cli, lock_dir):
     client = clean_registry
     # before any version: due, and nothing stored
     assert schedule.read_cadence(client, "equity") == CadenceState()
@@ -27,7 +27,7 @@ def test_cadence_lives_on_the_registered_model(clean_registry, cli):
 
     register_stand_in(client, "equity")
     updates = [schedule.record_retrain(client, "equity", str(i + 1), D(f"2024-0{i + 1}-01"),
-                                       delta) for i, delta in enumerate([0.01, 0.02, 0.03])]
+                                       delta, lock_dir=lock_dir) for i, delta in enumerate([0.01, 0.02, 0.03])]
     assert [u.switched for u in updates] == [False, False, True]
     stored = client.get_registered_model("kronos-lora-equity").tags[CADENCE_TAG]
     assert cadence.from_json(stored).mode == QUARTERLY
@@ -54,7 +54,7 @@ def test_cadence_lives_on_the_registered_model(clean_registry, cli):
     assert entries[-1].action == history.CADENCE and "earnings season" in entries[-1].reason
 
 
-def test_unreadable_cadence_is_reported_and_reset_by_an_operator(clean_registry, cli):
+def test_unreadable_cadence_is_reported_and_reset_by_an_operator(clean_registry, cli, lock_dir):
     register_stand_in(clean_registry, "forex_commodity")
     clean_registry.set_registered_model_tag("kronos-lora-forex_commodity", CADENCE_TAG, "{oops")
     result = cli("due", "--asset-class", "forex_commodity", "--as-of", "2024-01-01")
@@ -62,7 +62,7 @@ def test_unreadable_cadence_is_reported_and_reset_by_an_operator(clean_registry,
     assert "unreadable" in result.output and "--set monthly" in result.output
     assert "Traceback" not in result.output
     with pytest.raises(RegistryError):
-        schedule.record_retrain(clean_registry, "forex_commodity", "1", D("2024-01-01"), 0.1)
+        schedule.record_retrain(clean_registry, "forex_commodity", "1", D("2024-01-01"), 0.1, lock_dir=lock_dir)
     fixed = cli("cadence", "--asset-class", "forex_commodity", "--set", "monthly")
     assert fixed.exit_code == 0, fixed.output
     assert cli("due", "--asset-class", "forex_commodity", "--as-of", "2024-01-01").exit_code == 0

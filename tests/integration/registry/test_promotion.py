@@ -35,6 +35,7 @@ from kronos_rolling.registry.promotion import (
     promote,
     rollback,
 )
+from kronos_rolling.settings import load_settings
 
 CRYPTO = "kronos-lora-crypto"
 
@@ -48,7 +49,7 @@ AT = datetime(2024, 3, 1, 6, 0, tzinfo=timezone.utc)
 def candidate(client, asset_class="crypto"):
     """Register a stand-in version and give it @staging, as the monthly job does."""
     version = register_stand_in(client, asset_class)
-    mark_staging(client, version.name, version.version)
+    mark_staging(client, version.name, version.version, lock_dir=load_settings().lock_dir)
     return version.version
 
 
@@ -59,12 +60,12 @@ def fast_mlflow_http(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
-def test_first_version_is_promoted_against_pooled_with_an_audit_trail(clean_registry):
+def test_first_version_is_promoted_against_pooled_with_an_audit_trail(clean_registry, lock_dir):
     client = clean_registry
     v1 = candidate(client)
     assert alias_state(client, CRYPTO).staging == v1
     decision = decide_promotion(figures(0.9, 0.6), figures(1.0, 0.4), None)
-    move = apply_guard_decision(client, CRYPTO, v1, decision, actor=OPERATOR, at=AT)
+    move = apply_guard_decision(client, CRYPTO, v1, decision, actor=OPERATOR, at=AT, lock_dir=lock_dir)
 
     assert move.promoted and move.from_version is None and move.to_version == v1
     state = alias_state(client, CRYPTO)
@@ -82,13 +83,13 @@ def test_first_version_is_promoted_against_pooled_with_an_audit_trail(clean_regi
     assert production_version(client, CRYPTO).version == v1
 
 
-def test_refused_version_keeps_staging_and_is_tagged_with_the_reason(clean_registry):
+def test_refused_version_keeps_staging_and_is_tagged_with_the_reason(clean_registry, lock_dir):
     client = clean_registry
     v1 = candidate(client)
-    apply_guard_decision(client, CRYPTO, v1, promote_decision())
+    apply_guard_decision(client, CRYPTO, v1, promote_decision(), lock_dir=lock_dir)
     v2 = candidate(client)
     decision = decide_promotion(figures(1.3), figures(1.1), figures(1.0, version=v1))
-    move = apply_guard_decision(client, CRYPTO, v2, decision, actor=OPERATOR)
+    move = apply_guard_decision(client, CRYPTO, v2, decision, actor=OPERATOR, lock_dir=lock_dir)
 
     assert not move.promoted and move.action == "refuse"
     state = alias_state(client, CRYPTO)
@@ -102,11 +103,11 @@ def test_refused_version_keeps_staging_and_is_tagged_with_the_reason(clean_regis
     assert (last.action, last.from_version, last.to_version) == ("refuse", v1, v2)
 
 
-def test_rollback_walks_back_through_promotions(clean_registry, cli):
+def test_rollback_walks_back_through_promotions(clean_registry, cli, lock_dir):
     client = clean_registry
     v1, v2, v3 = (candidate(client) for _ in range(3))
     for version in (v1, v2, v3):
-        apply_guard_decision(client, CRYPTO, version, promote_decision())
+        apply_guard_decision(client, CRYPTO, version, promote_decision(), lock_dir=lock_dir)
     assert alias_state(client, CRYPTO) == alias_state(client, CRYPTO).__class__(v3, None, v2)
 
     result = cli("rollback", "--asset-class", "crypto", "--reason", "v3 spikes on weekends")
@@ -114,7 +115,7 @@ def test_rollback_walks_back_through_promotions(clean_registry, cli):
     assert f"v{v3} -> v{v2}" in result.output and f"@previous_production: v{v1}" in result.output
     assert client.get_model_version(CRYPTO, v3).tags["rolled_back_reason"] == "v3 spikes on weekends"
 
-    again = rollback(client, "crypto", reason="v2 too")
+    again = rollback(client, "crypto", reason="v2 too", lock_dir=lock_dir)
     assert (again.from_version, again.to_version, again.previous_production) == (v2, v1, None)
     nowhere = cli("rollback", "--asset-class", "crypto", "--reason", "more")
     assert nowhere.exit_code == RegistryError.exit_code
@@ -137,11 +138,11 @@ def test_rollback_walks_back_through_promotions(clean_registry, cli):
     assert len(as_json.output.strip().splitlines()) == 1
 
 
-def test_an_operator_promotes_a_refused_version_by_hand(clean_registry, cli):
+def test_an_operator_promotes_a_refused_version_by_hand(clean_registry, cli, lock_dir):
     client = clean_registry
     v1, v2 = candidate(client), candidate(client)
-    apply_guard_decision(client, CRYPTO, v1, promote_decision())
-    apply_guard_decision(client, CRYPTO, v2, refuse_decision())
+    apply_guard_decision(client, CRYPTO, v1, promote_decision(), lock_dir=lock_dir)
+    apply_guard_decision(client, CRYPTO, v2, refuse_decision(), lock_dir=lock_dir)
     assert alias_state(client, CRYPTO).staging == v2
 
     result = cli("promote", "--asset-class", "crypto", "--version", v2, "--reason", "reviewed by hand")
@@ -160,10 +161,10 @@ def test_an_operator_promotes_a_refused_version_by_hand(clean_registry, cli):
     assert alias_state(client, CRYPTO).production == v2
 
 
-def test_rollback_refuses_deleted_versions_and_missing_artifacts(clean_registry, cli):
+def test_rollback_refuses_deleted_versions_and_missing_artifacts(clean_registry, cli, lock_dir):
     client = clean_registry
     v1, v2, v3 = (candidate(client) for _ in range(3))
-    apply_guard_decision(client, CRYPTO, v3, promote_decision())
+    apply_guard_decision(client, CRYPTO, v3, promote_decision(), lock_dir=lock_dir)
     client.delete_model_version(CRYPTO, v1)
     before = client.get_registered_model(CRYPTO)
 
@@ -181,11 +182,11 @@ def test_rollback_refuses_deleted_versions_and_missing_artifacts(clean_registry,
     assert after.aliases == before.aliases and after.tags == before.tags  # nothing half-done
 
 
-def test_production_deleted_under_the_alias_is_explained(clean_registry, cli):
+def test_production_deleted_under_the_alias_is_explained(clean_registry, cli, lock_dir):
     client = clean_registry
     v1, v2 = candidate(client), candidate(client)
-    apply_guard_decision(client, CRYPTO, v1, promote_decision())
-    apply_guard_decision(client, CRYPTO, v2, promote_decision())
+    apply_guard_decision(client, CRYPTO, v1, promote_decision(), lock_dir=lock_dir)
+    apply_guard_decision(client, CRYPTO, v2, promote_decision(), lock_dir=lock_dir)
     client.delete_model_version(CRYPTO, v2)  # MLflow drops the alias with the version
     with pytest.raises(RegistryError, match=f"v{v2}, which held it last, has been deleted"):
         production_version(client, CRYPTO)
@@ -194,20 +195,20 @@ def test_production_deleted_under_the_alias_is_explained(clean_registry, cli):
     assert production_version(client, CRYPTO).version == v1
 
 
-def test_transient_failures_are_retried(clean_registry, fast_mlflow_http):
+def test_transient_failures_are_retried(clean_registry, fast_mlflow_http, lock_dir):
     v1 = candidate(clean_registry)
     with FaultProxy(clean_registry.tracking_uri) as proxy:
         flaky = proxy.fail("POST", "/registered-models/alias", failures=2)
         through_proxy = MlflowClient(proxy.url)
-        move = apply_guard_decision(through_proxy, CRYPTO, v1, promote_decision())
+        move = apply_guard_decision(through_proxy, CRYPTO, v1, promote_decision(), lock_dir=lock_dir)
     assert move.promoted and flaky.hits == 3
     assert alias_state(clean_registry, CRYPTO).production == v1
 
 
-def test_a_failed_promotion_restores_the_previous_state(clean_registry, fast_mlflow_http):
+def test_a_failed_promotion_restores_the_previous_state(clean_registry, fast_mlflow_http, lock_dir):
     client = clean_registry
     v1, v2 = candidate(client), candidate(client)
-    apply_guard_decision(client, CRYPTO, v1, promote_decision())
+    apply_guard_decision(client, CRYPTO, v1, promote_decision(), lock_dir=lock_dir)
     model_before = client.get_registered_model(CRYPTO)
     version_before = client.get_model_version(CRYPTO, v2)
 
@@ -215,7 +216,7 @@ def test_a_failed_promotion_restores_the_previous_state(clean_registry, fast_mlf
         broken = proxy.fail("POST", "/registered-models/set-tag", body_part="kronos.audit",
                             failures=100)
         with pytest.raises(RegistryUnavailable, match="write audit entry"):
-            apply_guard_decision(MlflowClient(proxy.url), CRYPTO, v2, promote_decision())
+            apply_guard_decision(MlflowClient(proxy.url), CRYPTO, v2, promote_decision(), lock_dir=lock_dir)
     assert broken.hits == 3  # our three attempts at the last step
 
     model_after = client.get_registered_model(CRYPTO)
@@ -226,19 +227,21 @@ def test_a_failed_promotion_restores_the_previous_state(clean_registry, fast_mlf
     assert version_after.description == version_before.description
 
 
-def test_concurrent_promotions_are_serialised(clean_registry, tracking_uri):
+def test_concurrent_promotions_are_serialised(clean_registry, tracking_uri, lock_dir):
     client = clean_registry
     v1, v2, v3 = (candidate(client) for _ in range(3))
-    apply_guard_decision(client, CRYPTO, v1, promote_decision())
+    apply_guard_decision(client, CRYPTO, v1, promote_decision(), lock_dir=lock_dir)
     job = textwrap.dedent("""
         import sys
-        from kronos_rolling.registry.client import connect
         from kronos_rolling.registry.promotion import promote
-        client = connect()
+        from kronos_rolling.settings import load_settings
+        from kronos_rolling.tracking.context import Tracking
+        settings = load_settings()
+        client = Tracking.connect(settings.tracking_uri).client
         print("promoting", flush=True)
-        promote(client, "kronos-lora-crypto", sys.argv[1], "job " + sys.argv[1])
+        promote(client, "kronos-lora-crypto", sys.argv[1], "job " + sys.argv[1], lock_dir=settings.lock_dir)
     """)
-    with registry_lock(CRYPTO, timeout=5):  # both jobs start while a third writer holds the model
+    with registry_lock(lock_dir, CRYPTO, timeout=5):  # both jobs start while a third writer holds the model
         jobs = [subprocess.Popen([sys.executable, "-c", job, v], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for v in (v2, v3)]
         assert [j.stdout.readline().strip() for j in jobs] == ["promoting", "promoting"]
@@ -257,19 +260,19 @@ def test_concurrent_promotions_are_serialised(clean_registry, tracking_uri):
     assert state.previous_production == entries[-1].from_version
 
 
-def test_conclude_retrain_acts_records_and_alerts(clean_registry, monkeypatch):
+def test_conclude_retrain_acts_records_and_alerts(clean_registry, monkeypatch, lock_dir):
     client = clean_registry
     v1 = candidate(client, "equity")
     name = "kronos-lora-equity"
     with Receiver() as receiver:
         first = conclude_retrain(client, "equity", v1,
                                  decide_promotion(figures(0.9, 0.5), figures(1.0), None),
-                                 as_of=date(2024, 1, 1), webhook=receiver.url)
+                                 as_of=date(2024, 1, 1), webhook=receiver.url, lock_dir=lock_dir)
         v2 = candidate(client, "equity")
         worse = decide_promotion(figures(1.2, 0.3), figures(1.0),
                                  figures(0.9, 0.5, version=v1))
         second = conclude_retrain(client, "equity", v2, worse, as_of=date(2024, 2, 1),
-                                  webhook=receiver.url)
+                                  webhook=receiver.url, lock_dir=lock_dir)
     assert first.move.promoted and first.deliveries == []
     assert not second.move.promoted
     assert [d.event for d in second.deliveries] == [alerts.REGRESSION, alerts.REFUSED]
@@ -292,17 +295,17 @@ def test_unknown_asset_class_and_missing_model_from_the_cli(clean_registry, cli)
     assert "kronos-lora-pooled" in rollback_missing.output
 
 
-def test_operator_promote_and_idempotence(clean_registry):
+def test_operator_promote_and_idempotence(clean_registry, lock_dir):
     client = clean_registry
     v1, v2 = candidate(client), candidate(client)
-    move = promote(client, CRYPTO, v2, "hand-picked", actor=OPERATOR)
+    move = promote(client, CRYPTO, v2, "hand-picked", actor=OPERATOR, lock_dir=lock_dir)
     assert move.promoted and alias_state(client, CRYPTO).production == v2
-    again = promote(client, CRYPTO, v2, "hand-picked")
+    again = promote(client, CRYPTO, v2, "hand-picked", lock_dir=lock_dir)
     assert again.audit_seq is None  # nothing moved, nothing recorded
     assert len(history.read_history(client, CRYPTO)) == 1
     with pytest.raises(RegistryError, match="v99 does not exist"):
-        promote(client, CRYPTO, "99", "typo")
+        promote(client, CRYPTO, "99", "typo", lock_dir=lock_dir)
     assert alias_state(client, CRYPTO).production == v2
     assert alias_state(client, CRYPTO).staging is None  # the promoted candidate left @staging
-    refuse = apply_guard_decision(client, CRYPTO, v1, refuse_decision())
+    refuse = apply_guard_decision(client, CRYPTO, v1, refuse_decision(), lock_dir=lock_dir)
     assert refuse.action == "refuse" and alias_state(client, CRYPTO).staging == v1

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from support.registry import promote_decision, register_stand_in
 
 from kronos_rolling.registry import history
-from kronos_rolling.registry.cleanup import GarbageCollection, apply_retention
+from kronos_rolling.registry.cleanup import apply_retention
 from kronos_rolling.registry.promotion import (
     alias_state,
     apply_guard_decision,
@@ -18,6 +18,7 @@ from kronos_rolling.registry.promotion import (
     promote,
 )
 from kronos_rolling.registry.retention import VersionInfo
+from kronos_rolling.settings import ServerStores
 from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 
 
@@ -29,12 +30,12 @@ def _bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def test_dry_run_and_aliased_versions_on_the_registry(clean_registry, cli):
+def test_dry_run_and_aliased_versions_on_the_registry(clean_registry, cli, lock_dir):
     client = clean_registry
     numbers = [register_stand_in(client, "forex_commodity").version for _ in range(4)]
     name = "kronos-lora-forex_commodity"
-    apply_guard_decision(client, name, numbers[0], promote_decision())  # v1 @production
-    mark_staging(client, name, numbers[3])
+    apply_guard_decision(client, name, numbers[0], promote_decision(), lock_dir=lock_dir)  # v1 @production
+    mark_staging(client, name, numbers[3], lock_dir=lock_dir)
 
     dry = cli("retention", "--asset-class", "forex_commodity", "--keep", "1", "--dry-run")
     assert dry.exit_code == 0, dry.output
@@ -54,11 +55,11 @@ def test_dry_run_and_aliased_versions_on_the_registry(clean_registry, cli):
     assert history.read_history(client, name)[-1].action == "retention"
 
 
-def test_ten_monthly_versions_keep_six_and_storage_stops_growing(tmp_path, monkeypatch):
+def test_ten_monthly_versions_keep_six_and_storage_stops_growing(tmp_path, monkeypatch, lock_dir):
     """Ten monthly retrains with retention after each: 6 versions stay, the bytes stop growing."""
     config = ServerConfig.embedded(tmp_path / "server", port=free_port())
     artifacts = Path(config.artifacts_destination)
-    gc = GarbageCollection(config.backend_store_uri, config.artifacts_destination)
+    gc = ServerStores(config.backend_store_uri, config.artifacts_destination)
     with TrackingServer(config) as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         client = MlflowClient(server.url)
@@ -66,10 +67,10 @@ def test_ten_monthly_versions_keep_six_and_storage_stops_growing(tmp_path, monke
         try:
             for month in range(1, 11):
                 version = register_stand_in(client, "crypto", adapter_bytes=64_000).version
-                mark_staging(client, "kronos-lora-crypto", version)
+                mark_staging(client, "kronos-lora-crypto", version, lock_dir=lock_dir)
                 if month % 3:  # every third candidate is refused and keeps @staging
-                    promote(client, "kronos-lora-crypto", version, f"month {month}")
-                report = apply_retention(client, "crypto", keep=6, gc=gc)
+                    promote(client, "kronos-lora-crypto", version, f"month {month}", lock_dir=lock_dir)
+                report = apply_retention(client, "crypto", keep=6, gc=gc, lock_dir=lock_dir)
                 deleted_runs += report.runs_deleted
                 assert report.reclaimed == bool(report.deleted)
                 sizes.append(_bytes(artifacts))

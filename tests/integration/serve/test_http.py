@@ -38,13 +38,13 @@ from kronos_rolling.cli.main import KronosGroup
 from kronos_rolling.cli.serve import COMMANDS
 from kronos_rolling.locks import training_lock
 from kronos_rolling.registry.promotion import rollback
-from kronos_rolling.serve.settings import ServeSettings
 from kronos_rolling.serve.webhooks import (
     DELIVERY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     signature,
 )
+from kronos_rolling.settings import ServeSettings
 from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -197,7 +197,7 @@ def test_each_class_is_served_by_its_production_version_and_equity_falls_back_to
 
 
 def test_alias_flip_promotion_and_rollback_is_served_within_a_poll_with_no_failed_request(
-        service, registry, tiny_base, data_dir):
+        service, registry, tiny_base, data_dir, lock_dir):
     _, client, _ = registry
     want = {"1": expected(tiny_base, data_dir, "BTCUSD", 11, "crypto"),
             "2": expected(tiny_base, data_dir, "BTCUSD", 12, "crypto")}
@@ -225,7 +225,7 @@ def test_alias_flip_promotion_and_rollback_is_served_within_a_poll_with_no_faile
         wait_for(lambda: any(s[1] == "2" for s in seen[mark:]), 10, "v2 to be served")
         promotion_delay = time.monotonic() - flipped
         flipped = time.monotonic()
-        rollback(client, "crypto", reason="serve test: roll back")
+        rollback(client, "crypto", reason="serve test: roll back", lock_dir=lock_dir)
         mark = len(seen)
         wait_for(lambda: any(s[1] == "1" for s in seen[mark:]), 10, "v1 to be served again")
         rollback_delay = time.monotonic() - flipped
@@ -346,8 +346,7 @@ def test_inference_keeps_working_while_a_training_job_holds_the_device(service, 
         return requests.get(service.url + "/health", timeout=10).json()["device"]
 
     assert device()["training_busy"] is False and device()["inference_threads"] == 2
-    monkeypatch.setenv("KRONOS_LOCK_DIR", str(home / "locks"))  # the service's lock folder
-    with training_lock(wait=False, job="serve-test-training"):
+    with training_lock(home / "locks", wait=False, job="serve-test-training"):  # the service's lock folder
         wait_for(lambda: device()["training_busy"], 10, "the service to see the training job")
         assert device()["inference_threads"] == 1 and device()["inference_nice"] >= 10
         response = ask(service, "BTCUSD")
@@ -361,7 +360,7 @@ def test_inference_keeps_working_while_a_training_job_holds_the_device(service, 
     assert device()["inference_threads"] == 2
 
 
-def test_a_corrupt_download_is_refused_and_the_previous_version_kept(service, registry, tiny_base, data_dir):
+def test_a_corrupt_download_is_refused_and_the_previous_version_kept(service, registry, tiny_base, data_dir, lock_dir):
     _, client, server_dir = registry
     source = client.get_model_version("kronos-lora-crypto", "3").source  # models:/m-<id>
     model_id = source.rsplit("/", 1)[-1]
@@ -382,7 +381,7 @@ def test_a_corrupt_download_is_refused_and_the_previous_version_kept(service, re
     answer = ask(service, "BTCUSD").json()
     assert answer["model"]["version"] == "1"
     np.testing.assert_allclose(closes(answer), expected(tiny_base, data_dir, "BTCUSD", 11, "crypto"), rtol=1e-5)
-    rollback(client, "crypto", to_version="1", reason="serve test: v3 is corrupt")
+    rollback(client, "crypto", to_version="1", reason="serve test: v3 is corrupt", lock_dir=lock_dir)
     wait_for(lambda: not refused(), 10, "the refusal to clear once production points at v1 again")
 
 
@@ -437,7 +436,7 @@ def test_predict_answers_one_request_through_the_same_selection(registry, tiny_b
 
 
 def test_registry_outage_keeps_serving_then_a_cold_start_uses_the_verified_cache(
-        service, registry, tiny_base, data_dir, home):
+        service, registry, tiny_base, data_dir, home, lock_dir):
     server, client, _ = registry
     # A second service (on a thread here) that reads the registry only when a webhook says so.
     pushed_env = service_env(registry, tiny_base, data_dir, home.parent / "pushed-home",
@@ -449,7 +448,7 @@ def test_registry_outage_keeps_serving_then_a_cold_start_uses_the_verified_cache
         set_production(client, "crypto", "2")
         wait_for(lambda: ask(pushed, "BTCUSD").json()["model"]["version"] == "2", 15,
                  "the webhook to make the service load the new version")
-    rollback(client, "crypto", to_version="1", reason="serve test: back to v1")
+    rollback(client, "crypto", to_version="1", reason="serve test: back to v1", lock_dir=lock_dir)
     wait_for(lambda: ask(service, "BTCUSD").json()["model"]["version"] == "1", 10, "v1 again")
 
     server.stop()

@@ -175,8 +175,8 @@ def test_a_warm_start_continues_from_the_bundle_and_keeps_its_shape_and_event_ro
     from safetensors.torch import load_file
     from support.serve import EVENT_VOCAB, build_bundle
 
+    from kronos_rolling.model.config import LoraSettings
     from kronos_rolling.model.kronos import Kronos
-    from kronos_rolling.model.lora import LoraSettings
     from kronos_rolling.model.tokenizer import KronosTokenizer
     from kronos_rolling.training.loop import build_trainee
 

@@ -11,13 +11,9 @@ from click.testing import CliRunner
 
 from kronos_rolling.cli.main import main
 from kronos_rolling.data.features import FEATURE_COLUMNS
-from kronos_rolling.data.store import (
-    BUNDLED_DATA_DIR,
-    DataStore,
-    default_data_dir,
-    prepare_bars,
-)
+from kronos_rolling.data.store import DataStore, prepare_bars
 from kronos_rolling.errors import DataError
+from kronos_rolling.settings import BUNDLED_DATA_DIR, load_settings
 
 BUNDLED = ["AAPL", "BTCUSD", "BTCUSD-1D", "ETHUSD", "EURUSD", "GOOG", "IBM", "LTCUSD", "MSFT", "^GSPC", "^IXIC"]
 
@@ -31,12 +27,10 @@ def _write(path, text):
     return path
 
 
-def test_default_dir_is_env_else_bundled(monkeypatch, tmp_path):
-    monkeypatch.delenv("KRONOS_DATA_DIR", raising=False)
-    assert default_data_dir() == BUNDLED_DATA_DIR
-    assert DataStore().root == BUNDLED_DATA_DIR
-    monkeypatch.setenv("KRONOS_DATA_DIR", str(tmp_path))
-    assert DataStore().root == tmp_path
+def test_the_data_folder_is_the_setting_else_the_bundled_data(tmp_path):
+    assert load_settings({}).data_dir is None
+    assert DataStore(load_settings({}).data_dir).root == BUNDLED_DATA_DIR
+    assert DataStore(load_settings({"KRONOS_DATA_DIR": str(tmp_path)}).data_dir).root == tmp_path
 
 
 def test_bundled_store_loads_every_symbol_as_utc_bars():

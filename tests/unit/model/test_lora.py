@@ -11,12 +11,11 @@ import torch
 from peft import PeftModel
 
 from kronos_rolling.errors import DataError, ModelError
-from kronos_rolling.model.config import MODEL_SIZES
+from kronos_rolling.model.config import MODEL_SIZES, LoraSettings
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.model.kronos import Kronos, token_loss
 from kronos_rolling.model.lora import (
-    LoraSettings,
     attach_lora,
     load_adapter_bundle,
     save_adapter_bundle,

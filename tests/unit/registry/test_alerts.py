@@ -11,7 +11,7 @@ from support.registry import Receiver, figures
 from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import send_alert, send_guard_alerts
 from kronos_rolling.registry.guard import decide_promotion
-from kronos_rolling.registry.settings import RetryPolicy
+from kronos_rolling.settings import RetryPolicy, load_settings
 from kronos_rolling.tracking.server import free_port
 
 FAST = RetryPolicy(attempts=4, first_delay_s=0.1, factor=2.0)
@@ -64,13 +64,12 @@ def test_client_error_is_not_retried():
     assert receiver.requests_seen == 1
 
 
-def test_webhook_from_environment_and_skipped_without_one(monkeypatch):
-    monkeypatch.delenv(alerts.WEBHOOK_ENV, raising=False)
-    skipped = send_alert("regression", "worse", {})
+def test_webhook_from_the_environment_through_the_settings_and_skipped_without_one():
+    skipped = send_alert("regression", "worse", {}, load_settings({}).alert_webhook)
     assert skipped.skipped and not skipped.delivered and alerts.WEBHOOK_ENV in skipped.error
     with Receiver() as receiver:
-        monkeypatch.setenv(alerts.WEBHOOK_ENV, receiver.url)
-        assert send_alert("regression", "worse", {}, retry=FAST).delivered
+        webhook = load_settings({alerts.WEBHOOK_ENV: receiver.url}).alert_webhook
+        assert send_alert("regression", "worse", {}, webhook, retry=FAST).delivered
     assert len(receiver.bodies) == 1
 
 

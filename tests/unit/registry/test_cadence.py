@@ -16,7 +16,7 @@ from kronos_rolling.registry.cadence import (
     is_retrain_due,
     with_mode,
 )
-from kronos_rolling.registry.settings import Thresholds
+from kronos_rolling.settings import Thresholds
 
 D = date.fromisoformat
 

@@ -9,7 +9,7 @@ import pytest
 
 from kronos_rolling.errors import ConfigError
 from kronos_rolling.registry.guard import EvalFigures, decide_promotion
-from kronos_rolling.registry.settings import Thresholds
+from kronos_rolling.settings import Thresholds
 
 NAN = float("nan")
 
@@ -113,12 +113,3 @@ def test_figures_from_different_spans_are_a_bug_not_a_verdict():
 def test_bad_thresholds_are_refused(overrides):
     with pytest.raises(ConfigError, match=list(overrides)[0]):
         Thresholds(**overrides)
-
-
-def test_thresholds_from_environment():
-    t = Thresholds.from_env({"KRONOS_PROMOTE_MAE_TOLERANCE": "0.02", "KRONOS_KEEP_VERSIONS": "4",
-                             "KRONOS_REFUSE_ON_REGRESSION": "true", "UNRELATED": "x"})
-    assert (t.promote_mae_tolerance, t.keep_versions, t.refuse_on_regression) == (0.02, 4, True)
-    assert t.stall_sharpe_delta == 0.05  # untouched defaults stay
-    with pytest.raises(ConfigError, match="KRONOS_KEEP_VERSIONS='six'"):
-        Thresholds.from_env({"KRONOS_KEEP_VERSIONS": "six"})

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from kronos_rolling.errors import ConfigError, RegistryUnavailable
-from kronos_rolling.registry.client import connect
 from kronos_rolling.registry.names import registered_model_name
+from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.server import free_port
 
 
@@ -27,7 +27,7 @@ def test_registry_unreachable(cli, monkeypatch):
     down = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(RegistryUnavailable, match=f"{down} does not answer"):
-        connect(down)
+        Tracking.connect(down)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
     for args in (["history"], ["rollback", "--reason", "x"], ["due"], ["cadence"],
                  ["retention", "--dry-run"]):

@@ -43,20 +43,3 @@ def test_choice_goes_by_version_number_not_input_order():
 def test_choice_refuses_nonsense(bad, match):
     with pytest.raises(ValueError, match=match):
         choose_versions_to_delete(*bad)
-
-
-def test_gc_finds_the_server_stores_from_the_environment_or_the_local_default(tmp_path, monkeypatch):
-    from kronos_rolling.registry.cleanup import gc_from_environment
-
-    monkeypatch.setenv("KRONOS_HOME", str(tmp_path))
-    env = {"KRONOS_MLFLOW_BACKEND_URI": "postgresql://u:p@db/mlflow", "KRONOS_MLFLOW_ARTIFACTS": "s3://b/m"}
-    got = gc_from_environment("http://mlflow.internal:5000", env)
-    assert (got.backend_store_uri, got.artifacts_destination) == ("postgresql://u:p@db/mlflow", "s3://b/m")
-    # The local embedded server: its own database, but only once it exists.
-    assert gc_from_environment("http://127.0.0.1:5000", {}) is None
-    (tmp_path / "mlflow.db").write_bytes(b"")
-    local = gc_from_environment("http://127.0.0.1:5000", {})
-    assert local.backend_store_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert local.artifacts_destination == str(tmp_path / "artifacts")
-    # Any other server: we cannot know its stores, so nothing is guessed.
-    assert gc_from_environment("http://mlflow.internal:5000", {}) is None

@@ -31,7 +31,7 @@ from kronos_rolling.serve.app import create_app
 from kronos_rolling.serve.integrity import bundle_digest
 from kronos_rolling.serve.pool import AdapterPool
 from kronos_rolling.serve.service import PredictorService
-from kronos_rolling.serve.settings import ServeSettings
+from kronos_rolling.settings import ServeSettings
 from kronos_rolling.tracking.server import free_port
 
 torch.set_num_threads(1)

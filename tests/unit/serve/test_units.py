@@ -27,7 +27,6 @@ from kronos_rolling.serve.selection import (
     registry_freshness,
     same_base,
 )
-from kronos_rolling.serve.settings import RequestLimits, ServeSettings
 from kronos_rolling.serve.webhooks import (
     DELIVERY_ID_HEADER,
     SIGNATURE_HEADER,
@@ -37,6 +36,7 @@ from kronos_rolling.serve.webhooks import (
     relevant_model,
     signature,
 )
+from kronos_rolling.settings import RequestLimits
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -139,24 +139,6 @@ def test_request_limits_name_the_limit_and_the_fix():
         limits.check_options(4, 9)
     with pytest.raises(ConfigError, match="split the batch"):
         limits.check_batch(5)
-
-
-def test_settings_come_from_the_environment_then_options(tmp_path):
-    environ = {"KRONOS_HOME": str(tmp_path), "KRONOS_SERVE_POLL_INTERVAL_S": "5", "KRONOS_SERVE_MAX_PRED_LEN": "12",
-               "KRONOS_SERVE_INFERENCE_GUARD": "true", "KRONOS_API_TOKEN": "t0ken", "KRONOS_BASE_MODEL": "/models/b",
-               "MLFLOW_TRACKING_URI": "http://registry:5000"}
-    settings = ServeSettings.from_env(environ, poll_interval_s=2.0, device=None)
-    assert settings.poll_interval_s == 2.0 and settings.inference_guard and settings.limits.max_pred_len == 12
-    assert settings.api_token == "t0ken" and "t0ken" not in repr(settings)
-    assert settings.resolved_cache_dir() == tmp_path / "predictor-cache"
-    assert settings.base_model == "/models/b" and settings.resolved_tracking_uri() == "http://registry:5000"
-    assert ServeSettings.from_env({}).resolved_tracking_uri() == "http://127.0.0.1:5000"
-    with pytest.raises(ConfigError, match="KRONOS_SERVE_POLL_INTERVAL_S='soon'"):
-        ServeSettings.from_env({"KRONOS_SERVE_POLL_INTERVAL_S": "soon"})
-    with pytest.raises(ConfigError, match="poll_interval_s"):
-        ServeSettings(poll_interval_s=0)
-    with pytest.raises(ConfigError, match="labels"):
-        ServeSettings(labels=("bonds",))
 
 
 def test_webhook_signatures_follow_mlflow_and_reject_forgery_and_replay():

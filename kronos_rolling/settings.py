@@ -1,0 +1,385 @@
+"""Every setting kronos-rolling reads, with its default, in one place, and the one loader.
+
+Three layers, each overriding the one before: the defaults written below; the
+environment; a command's flags (applied with `dataclasses.replace`). Only
+`load_settings` reads the environment: a command calls it once and hands each part to
+the code that needs it, as an argument. Nothing below the command line reads or writes
+`os.environ`.
+
+    variable                   setting                                    default
+    KRONOS_HOME                Settings.home (laid out by `Home`)         ~/.kronos-rolling
+    KRONOS_DATA_DIR            Settings.data_dir (market data)            the bundled sample data
+    KRONOS_LOCK_DIR            Settings.lock_dir (training/registry)      $KRONOS_HOME/locks
+    KRONOS_BASE_MODEL          Settings.base_model (hub id or folder)     $KRONOS_HOME/config.json's, else
+                                                                          NeoQuasar/Kronos-base
+    MLFLOW_TRACKING_URI        Settings.tracking_uri                      http://127.0.0.1:5000, the server
+                                                                          `kronos-rolling server` starts
+    KRONOS_ALERT_WEBHOOK       Settings.alert_webhook                     none: alerts are logged only
+    KRONOS_JOB                 Settings.job (names the job in the audit)  mlflow-run:<MLFLOW_RUN_ID> under
+                                                                          `mlflow run`, else pid:<pid>
+    KRONOS_MLFLOW_<FIELD>      any field of `ServerSettings` (`kronos-rolling server`'s options); its
+                               BACKEND_URI and ARTIFACTS also tell retention where to reclaim storage
+    KRONOS_<FIELD>             any field of `Thresholds`, e.g. KRONOS_PROMOTE_MAE_TOLERANCE=0.01
+    KRONOS_SERVE_<FIELD>       any field of `ServeSettings` / `RequestLimits`, e.g. KRONOS_SERVE_POLL_INTERVAL_S=10
+    KRONOS_SERVE_DEVICE, KRONOS_API_TOKEN, KRONOS_WEBHOOK_SECRET   the predictor service's device and secrets
+    RANK, WORLD_SIZE, LOCAL_RANK   set by torchrun: which process of a distributed training this is
+    MLFLOW_RUN_ID              set by `mlflow run`: the run it made for the job
+
+Booleans are true/false, yes/no, on/off or 1/0, in any case. Training and evaluation
+settings are the dataclasses `TrainConfig` and `EvalSettings` beside the code that uses
+them; the command-line options and the MLflow Project take their defaults from there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from kronos_rolling.errors import ConfigError, DataError
+from kronos_rolling.registry.names import model_targets
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5000  # of the tracking server
+DEFAULT_SERVE_PORT = 8080  # of the predictor service
+DEFAULT_TRACKING_URI = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
+
+
+# -- parsing, one dialect for every variable ---------------------------------------------
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def _parse(name: str, raw: str, kind: type, example) -> object:
+    if kind is bool:
+        return parse_bool(name, raw)
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}; unset it or give e.g. {example}") from None
+
+
+def _from_environ(cls, environ: Mapping[str, str], prefix: str, skip=()) -> dict[str, object]:
+    """`{field: value}` for every simple field of the dataclass `cls` set as PREFIX<FIELD>
+    (a field that defaults to None is text)."""
+    defaults = cls()
+    values = {}
+    for f in fields(cls):
+        default = getattr(defaults, f.name)
+        if f.name in skip or not (default is None or isinstance(default, (bool, int, float, str))):
+            continue
+        name = f"{prefix}{f.name.upper()}"
+        if environ.get(name) is not None and (default is not None or environ[name].strip()):
+            values[f.name] = _parse(name, environ[name], str if default is None else type(default), default)
+    return values
+
+
+# -- the home folder ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Home:
+    """KRONOS_HOME, and where everything lives inside it (spelled out here only)."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:  # what this machine remembers, e.g. the demo's base
+        return self.root / "config.json"
+
+    @property
+    def server_data(self) -> Path:  # the embedded tracking server: mlflow.db, artifacts/, server.log
+        return self.root
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def checkpoints(self) -> Path:  # epoch checkpoints of running trainings
+        return self.root / "checkpoints"
+
+    @property
+    def predictor_cache(self) -> Path:  # verified versions the predictor can start from
+        return self.root / "predictor-cache"
+
+    @property
+    def token_cache(self) -> Path:  # tokenizer tokens of training windows
+        return self.root / "token-cache"
+
+    @property
+    def simulation(self) -> Path:  # replays' servers and pre-trained bases
+        return self.root / "simulation"
+
+
+# -- decisions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every number the registry lifecycle decides or waits by; the pure decisions take one."""
+
+    # Guard: promote when candidate val_mae <= reference val_mae * (1 + tolerance).
+    promote_mae_tolerance: float = 0.0
+    # Alert when candidate val_mae > prior production val_mae * (1 + ratio), same span.
+    regression_alert_ratio: float = 0.10
+    # Also refuse a candidate that triggers the regression alert (off: the issue's guard
+    # compares with the pooled adapter only; the alert still fires).
+    refuse_on_regression: bool = False
+    # Cadence: switch monthly -> quarterly after `stall_retrains` monthly retrains in a
+    # row each improved val_sharpe by less than `stall_sharpe_delta`.
+    stall_sharpe_delta: float = 0.05
+    stall_retrains: int = 3
+    # Cadence: back to monthly when a quarterly retrain moves val_sharpe by at least this
+    # much either way (a large change means the market drifts faster than quarterly).
+    resume_monthly_sharpe_change: float = 0.15
+    quarterly_interval_months: int = 3
+    # Retention: newest versions kept per registered model (plus every aliased version).
+    keep_versions: int = 6
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, bool):
+                ok = isinstance(value, bool)
+                want = "true or false"
+            elif isinstance(f.default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                want = "a whole number >= 1"
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                    and value >= 0
+                want = "a finite number >= 0"
+            if not ok:
+                raise ConfigError(f"threshold {f.name}={value!r} must be {want} "
+                                  f"(set KRONOS_{f.name.upper()} to e.g. {f.default})")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off: wait first_delay_s, then x factor each time, capped at max_delay_s."""
+
+    attempts: int = 3
+    first_delay_s: float = 0.5
+    factor: float = 2.0
+    max_delay_s: float = 30.0
+
+
+REGISTRY_RETRY = RetryPolicy(attempts=3, first_delay_s=0.5)
+ALERT_RETRY = RetryPolicy(attempts=5, first_delay_s=1.0)
+ALERT_TIMEOUT_S = 5.0
+# How long a job waits for another job's promotion/rollback/retention on the same model.
+REGISTRY_LOCK_TIMEOUT_S = 120.0
+# Cadence records kept on the registered model (the decision needs the last few only).
+CADENCE_RECORDS_KEPT = 12
+
+
+# -- the predictor service -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask for; everything larger is a 4xx with the limit named."""
+
+    min_bars: int = 16  # fewer gives the normaliser too little history to mean anything
+    max_bars: int = 2048  # further capped by the base's context at start-up
+    max_pred_len: int = 128
+    max_samples: int = 32
+    max_batch_items: int = 32
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_symbol_length: int = 64
+
+    def check_options(self, pred_len: int, samples: int) -> None:
+        if pred_len > self.max_pred_len:
+            raise ConfigError(f"pred_len {pred_len} is over this service's limit of {self.max_pred_len} bars; "
+                              f"ask for at most {self.max_pred_len} (or forecast in several steps)")
+        if samples > self.max_samples:
+            raise ConfigError(f"samples {samples} is over this service's limit of {self.max_samples}; "
+                              f"ask for at most {self.max_samples} sample paths")
+
+    def check_bars(self, symbol: str, n_bars: int) -> None:
+        if n_bars < self.min_bars:
+            raise DataError(f"{symbol}: {n_bars} bar(s) sent but at least {self.min_bars} are needed; "
+                            "send more history")
+        if n_bars > self.max_bars:
+            raise DataError(f"{symbol}: {n_bars} bars sent but at most {self.max_bars} are used (the model's "
+                            f"context); send only the last {self.max_bars}")
+
+    def check_batch(self, n_items: int) -> None:
+        if n_items > self.max_batch_items:
+            raise ConfigError(f"{n_items} series in one batch but at most {self.max_batch_items} are allowed; "
+                              "split the batch")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    base_model: str | None = None  # None: the base the settings resolve (KRONOS_BASE_MODEL, ...)
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    data_dir: Path | None = None  # None: the bundled sample data
+    cache_dir: Path | None = None  # verified versions (load_settings: $KRONOS_HOME/predictor-cache); None: none
+    lock_dir: Path | None = None  # where training jobs take the device lock (load_settings: Settings.lock_dir)
+    device: str = "auto"
+    labels: tuple[str, ...] = field(default_factory=model_targets)  # registered models to follow
+    poll_interval_s: float = 30.0
+    inference_guard: bool = False  # serve pooled when a class's val_mae is > guard_ratio x pooled's
+    guard_ratio: float = 1.10
+    # CPU threads for a forecast's window passes (0: torch's default, one per core; the
+    # single-bar decode steps always run on one, see model/generate.py). One: concurrent
+    # requests on one adapter run side by side, each on a core of its own, instead of
+    # competing for the same cores.
+    inference_threads: int = 1
+    busy_threads: int = 1  # CPU threads for inference while a training job holds the device
+    busy_nice: int = 10  # niceness of inference threads meanwhile (Linux; 0: same priority as training)
+    busy_check_s: float = 2.0
+    registry_timeout_s: float = 10.0  # one registry request, before it counts as unreachable
+    webhook_tolerance_s: float = 300.0  # accepted age of a signed webhook delivery
+    refused_retry_s: float = 300.0  # a refused version is fetched again after this (or on a push)
+    cache_keep: int = 3  # cached versions kept per registered model (besides the served one)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    api_token: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.labels) - set(model_targets()))
+        if unknown or not self.labels:
+            raise ConfigError(f"labels must be a non-empty subset of {', '.join(model_targets())}; got {unknown}")
+        positive = ("poll_interval_s", "guard_ratio", "busy_check_s", "registry_timeout_s", "webhook_tolerance_s",
+                    "refused_retry_s")
+        for name in positive:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value!r} must be a number > 0 (KRONOS_SERVE_{name.upper()})")
+        if not 0 <= self.busy_nice <= 19:
+            raise ConfigError(f"busy_nice must be between 0 and 19 (KRONOS_SERVE_BUSY_NICE), got {self.busy_nice}")
+        if self.inference_threads < 0:
+            raise ConfigError("inference_threads must be >= 0 (0: one per core) (KRONOS_SERVE_INFERENCE_THREADS)")
+        for name in ("busy_threads", "cache_keep"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (KRONOS_SERVE_{name.upper()})")
+        for f in fields(RequestLimits):
+            if getattr(self.limits, f.name) < 1:
+                raise ConfigError(f"{f.name} must be >= 1 (KRONOS_SERVE_{f.name.upper()})")
+        if self.limits.min_bars > self.limits.max_bars:
+            raise ConfigError(f"min_bars {self.limits.min_bars} is above max_bars {self.limits.max_bars}")
+
+
+# -- the tracking server -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """`kronos-rolling server`'s options; KRONOS_MLFLOW_<FIELD> (e.g. KRONOS_MLFLOW_BACKEND_URI)."""
+
+    host: str = DEFAULT_HOST  # 0.0.0.0 in a container
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    backend_uri: str | None = None  # None: sqlite:///$KRONOS_HOME/mlflow.db
+    artifacts: str | None = None  # None: $KRONOS_HOME/artifacts
+    basic_auth: bool = False
+    auth_db_uri: str | None = None  # None: the tracking database, or a SQLite file beside it
+    allowed_hosts: str | None = None  # None: MLflow's default (localhost and private IPs)
+
+
+@dataclass(frozen=True)
+class ServerStores:
+    """Where the tracking server keeps metadata and files, so retention can reclaim storage there."""
+
+    backend_store_uri: str
+    artifacts_destination: str | None = None
+
+
+# -- this process ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Which process of a `torchrun` job this is (RANK, WORLD_SIZE, LOCAL_RANK); a plain run is 0 of 1."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+# -- everything ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Home
+    data_dir: Path | None  # None: the bundled sample data
+    lock_dir: Path
+    base_model: str | None  # None: $KRONOS_HOME/config.json's, else the released Kronos-base
+    tracking_uri: str
+    alert_webhook: str | None
+    job: str | None  # KRONOS_JOB (or the run `mlflow run` made): names the job in the audit trail
+    mlflow_run_id: str | None  # MLFLOW_RUN_ID: the run `mlflow run` made for this process
+    thresholds: Thresholds
+    serve: ServeSettings
+    server: ServerSettings
+    distributed: Distributed
+
+    def stores_for(self, tracking_uri: str) -> ServerStores | None:
+        """Where the server at `tracking_uri` keeps its data, when this machine can reach it: the
+        server's configured stores, else for the default local server the embedded SQLite file and folder."""
+        if self.server.backend_uri:
+            return ServerStores(self.server.backend_uri, self.server.artifacts)
+        local = tracking_uri.rstrip("/") in (DEFAULT_TRACKING_URI, f"http://localhost:{DEFAULT_PORT}")
+        database = self.home.server_data / "mlflow.db"
+        if local and database.exists():  # the embedded server of this home, once it has run
+            return ServerStores(f"sqlite:///{database}", str(self.home.server_data / "artifacts"))
+        return None  # another server: its stores are not known here, so nothing is guessed
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The defaults, overridden by the environment: the only place that reads it."""
+    environ = os.environ if environ is None else environ
+
+    def path(name: str) -> Path | None:
+        value = (environ.get(name) or "").strip()
+        return Path(value).expanduser() if value else None
+
+    home = Home(path("KRONOS_HOME") or Path.home() / ".kronos-rolling")
+    tracking_uri = (environ.get("MLFLOW_TRACKING_URI") or "").strip() or DEFAULT_TRACKING_URI
+    lock_dir = path("KRONOS_LOCK_DIR") or home.locks
+    data_dir = path("KRONOS_DATA_DIR")
+    base_model = (environ.get("KRONOS_BASE_MODEL") or "").strip() or None
+    job = (environ.get("KRONOS_JOB") or "").strip() or (
+        f"mlflow-run:{environ['MLFLOW_RUN_ID']}" if environ.get("MLFLOW_RUN_ID") else None)
+
+    limits = replace(RequestLimits(), **_from_environ(RequestLimits, environ, "KRONOS_SERVE_"))
+    serve = ServeSettings(
+        base_model=base_model, tracking_uri=tracking_uri, data_dir=data_dir, cache_dir=home.predictor_cache,
+        lock_dir=lock_dir, limits=limits, device=(environ.get("KRONOS_SERVE_DEVICE") or "").strip() or "auto",
+        api_token=environ.get("KRONOS_API_TOKEN") or None, webhook_secret=environ.get("KRONOS_WEBHOOK_SECRET") or None,
+        **_from_environ(ServeSettings, environ, "KRONOS_SERVE_", skip=("base_model", "tracking_uri", "device")),
+    )
+    world = int(_parse("WORLD_SIZE", environ.get("WORLD_SIZE") or "1", int, 1))
+    distributed = Distributed() if world <= 1 else Distributed(
+        int(_parse("RANK", environ.get("RANK", ""), int, 0)), world,
+        int(_parse("LOCAL_RANK", environ.get("LOCAL_RANK") or "0", int, 0)))
+    return Settings(
+        home=home, data_dir=data_dir, lock_dir=lock_dir, base_model=base_model, tracking_uri=tracking_uri,
+        alert_webhook=(environ.get("KRONOS_ALERT_WEBHOOK") or "").strip() or None,
+        job=job, mlflow_run_id=(environ.get("MLFLOW_RUN_ID") or "").strip() or None, thresholds=Thresholds(**_from_environ(Thresholds, environ, "KRONOS_")), serve=serve,
+        server=ServerSettings(**_from_environ(ServerSettings, environ, "KRONOS_MLFLOW_")), distributed=distributed,
+    )
