@@ -38,11 +38,7 @@ from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import DataError, ModelError, RegistryUnavailable
 from kronos_rolling.locks import device_busy
 from kronos_rolling.model.base import BaseModelRef
-from kronos_rolling.model.forecast import (
-    ForecastResult,
-    infer_future_timestamps,
-    prepare_series,
-)
+from kronos_rolling.model.forecast import ForecastResult, prepare_series
 from kronos_rolling.registry.names import POOLED, PRODUCTION
 from kronos_rolling.serve.cache import CachedVersion, VersionCache
 from kronos_rolling.serve.pool import AdapterPool, LoadedAdapter
@@ -426,7 +422,8 @@ class PredictorService:
             return adapter, forecaster.forecast(
                 [item.bars for item in items], options.pred_len, temperature=options.temperature,
                 top_k=options.top_k, top_p=options.top_p, samples=options.samples, seed=options.seed,
-                quantiles=options.quantiles, event_ids=events if any(e is not None for e in events) else None)
+                quantiles=options.quantiles, event_ids=events if any(e is not None for e in events) else None,
+                asset_class=asset_class)
 
         adapter, results = self.pool.run(pick, work)
         return chosen[0], adapter, results
@@ -436,14 +433,8 @@ class PredictorService:
         """Event ids of the bars and the horizon from the data folder's events (None: no events)."""
         if adapter is None or len(self.calendar) == 0:
             return None
-        try:
-            stamps = pd.Series(pd.to_datetime(item.bars["timestamp"], utc=True))
-            future = infer_future_timestamps(stamps, pred_len)
-            spacing = stamps.diff().dropna().mode().iloc[0]
-            everything = pd.concat([stamps, pd.Series(pd.to_datetime(future, utc=True))], ignore_index=True)
-            return self.calendar.event_ids(item.symbol, asset_class, everything, spacing, adapter.vocabulary)
-        except (ValueError, TypeError, IndexError, KeyError):
-            return None  # malformed bars: the forecaster's own validation names the problem
+        return self.calendar.forecast_event_ids(item.symbol, asset_class, item.bars["timestamp"], pred_len,
+                                                adapter.vocabulary)
 
     # -- reports ----------------------------------------------------------------------------
 

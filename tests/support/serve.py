@@ -179,24 +179,22 @@ def expected_forecast(base_dir: Path, version_seed: int | None, frame: pd.DataFr
                       asset_class: str, data_dir: Path, label: str = "crypto", **sampling) -> pd.DataFrame:
     """The forecast the version built from `version_seed` (None: the bare base) gives, computed here."""
     from kronos_rolling.data.events import EventVocabulary
-    from kronos_rolling.model.forecast import Forecaster, infer_future_timestamps
+    from kronos_rolling.model.forecast import Forecaster
     from kronos_rolling.model.lora import load_adapter_bundle
     from kronos_rolling.model.tokenizer import KronosTokenizer
 
     tokenizer = KronosTokenizer.from_pretrained(Path(base_dir) / "tokenizer")
     model = Kronos.from_pretrained(Path(base_dir) / "predictor")
     if version_seed is None:
-        return Forecaster(model, tokenizer, device="cpu").forecast(frame, pred_len, **sampling).mean
+        return Forecaster(model, tokenizer, device="cpu").forecast(frame, pred_len, asset_class=asset_class,
+                                                                   **sampling).mean
     with tempfile.TemporaryDirectory() as folder:
         bundle = build_bundle(base_dir, Path(folder) / "bundle", version_seed, label=label)
         peft_model, events, vocab = load_adapter_bundle(model, bundle)
-    stamps = pd.Series(pd.to_datetime(frame["timestamp"], utc=True))
-    future = infer_future_timestamps(stamps, pred_len)
-    everything = pd.concat([stamps, pd.Series(pd.to_datetime(future, utc=True))], ignore_index=True)
-    ids = DataStore(data_dir).events().event_ids(symbol, asset_class, everything, stamps.diff().mode().iloc[0],
-                                                 EventVocabulary.from_dict(vocab))
+    ids = DataStore(data_dir).events().forecast_event_ids(symbol, asset_class, frame["timestamp"], pred_len,
+                                                          EventVocabulary.from_dict(vocab))
     forecaster = Forecaster(peft_model, tokenizer, device="cpu", event_embedding=events)
-    return forecaster.forecast(frame, pred_len, event_ids=ids, **sampling).mean
+    return forecaster.forecast(frame, pred_len, event_ids=ids, asset_class=asset_class, **sampling).mean
 
 
 class InProcessService:

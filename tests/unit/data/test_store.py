@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from kronos_rolling.cli.main import main
+from kronos_rolling.data.bars import clean_bars
 from kronos_rolling.data.features import FEATURE_COLUMNS
 from kronos_rolling.data.store import (
     BUNDLED_DATA_DIR,
     DataStore,
     default_data_dir,
-    prepare_bars,
 )
 from kronos_rolling.errors import DataError
 
@@ -179,10 +179,10 @@ def test_import_reports_gaps_without_failing(tmp_path):
     assert len(report.gaps) == 1 and "14 missing bars" in report.gaps[0].problem
 
 
-def test_prepare_bars_accepts_frames_from_code():
+def test_clean_bars_accepts_frames_from_code():
     frame = pd.DataFrame({"Timestamp": pd.date_range("2021-01-01", periods=3, freq="D"),
                           "Open": [1, 2, 3], "High": [2, 3, 4], "Low": [0.5, 1, 2], "Close": [1.5, 2, 3]})
-    bars = prepare_bars(frame, "mine")
+    bars = clean_bars(frame, "mine")
     assert str(bars["timestamp"].dtype) == "datetime64[ns, UTC]"
     assert (bars["volume"] == 0).all() and (bars["amount"] == 0).all()
 
