@@ -8,6 +8,7 @@
 - `ServiceProcess`: the real HTTP service (`python -m kronos_rolling.serve serve`) as a
   child process on a free port; `stop()` ends it and its children.
 - `sample_bars`: a window of the bundled real sample data as request rows.
+- `mlflow_model_server`: `mlflow models serve` as a child process, waited for and stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -229,3 +231,31 @@ class InProcessService:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+@contextmanager
+def mlflow_model_server(command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
+                        timeout: float = 180.0):
+    """Run `command` (an `mlflow models serve ... --port port`) until /ping answers; stop it and its children after.
+
+    mlflow execs `uvicorn` by name: the interpreter's scripts folder goes on PATH, as after `export PATH`.
+    """
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert server.poll() is None, Path(log_path).read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not come up"
+            time.sleep(0.5)
+        yield server
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -5,21 +5,15 @@ lines run as written (only the ports differ: the test's own tracking server and 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import requests
 from support import REPO
-from support.serve import register_version, set_production
+from support.serve import mlflow_model_server, register_version, set_production
 
 from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
 from kronos_rolling.errors import DataError
@@ -106,33 +100,13 @@ def test_the_readme_mlflow_models_serve_and_curl_lines_run_as_written(production
     serve_line, curl_line = readme_block("bash", after="mlflow models serve` answers").strip().splitlines()
     assert serve_line.startswith(f"MLFLOW_TRACKING_URI={DEMO_TRACKING} mlflow models serve -m "
                                  "models:/kronos-lora-crypto@production")
-    port = str(free_port())
-    serve_line = serve_line.split("#")[0].replace(DEMO_TRACKING, tracking_uri).replace("5001", port)
-    curl_line = curl_line.replace("5001", port)
-    # mlflow execs `uvicorn` by name: the interpreter's scripts folder must be on PATH, as after `export PATH`.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as output:
-        server = subprocess.Popen(["bash", "-c", f"exec env {serve_line}"], env=env, start_new_session=True,
-                                  stdout=output, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not come up"
-            time.sleep(0.5)
-        answer = subprocess.run(["bash", "-c", curl_line], env=env, capture_output=True, text=True, timeout=120)
-        assert answer.returncode == 0, answer.stderr
-        rows = json.loads(answer.stdout)["predictions"]
-        assert len(rows) == 3 and all(np.isfinite(r["close"]) for r in rows)
-        assert [pd.Timestamp(r["timestamp"]) for r in rows] == [
-            pd.Timestamp(f"2019-10-17 {h}:00", tz="UTC") for h in (10, 11, 12)]
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    port = free_port()
+    serve_line = serve_line.split("#")[0].replace(DEMO_TRACKING, tracking_uri).replace("5001", str(port))
+    curl_line = curl_line.replace("5001", str(port))
+    with mlflow_model_server(["bash", "-c", f"exec env {serve_line}"], port, tmp_path / "serve.log"):
+        answer = subprocess.run(["bash", "-c", curl_line], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    rows = json.loads(answer.stdout)["predictions"]
+    assert len(rows) == 3 and all(np.isfinite(r["close"]) for r in rows)
+    assert [pd.Timestamp(r["timestamp"]) for r in rows] == [
+        pd.Timestamp(f"2019-10-17 {h}:00", tz="UTC") for h in (10, 11, 12)]
