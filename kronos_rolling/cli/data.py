@@ -15,9 +15,10 @@ from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.cli.options import settings_of
 from kronos_rolling.data.assets import classify_asset
 from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, format_spacing
+from kronos_rolling.data.issues import listing, summary, write_report
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.validate import validate_path
-from kronos_rolling.errors import DataError
+from kronos_rolling.errors import ConfigError, DataError
 
 _DATA_HELP = "Data folder [env KRONOS_DATA_DIR; default: the bundled sample data]."
 
@@ -51,22 +52,33 @@ def data(ctx: click.Context, data_dir: Path | None) -> None:
 @click.option("--replace", is_flag=True, help="Overwrite the symbol if it already exists.")
 @click.option("--max-gap", type=click.IntRange(min=0), default=DEFAULT_MAX_GAP, show_default=True,
               help="Missing bars tolerated before a gap is reported.")
+@click.option("--drop-invalid", is_flag=True,
+              help="Leave out duplicate timestamps (the later row is kept), all-zero or non-positive bars, "
+                   "inconsistent OHLC and unreadable rows; they go to SYMBOL.dropped.csv with a reason.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every problem found (file, row, column, problem, detail) to this CSV.")
 @_data_option
 @click.pass_context
-def import_(ctx, src, symbol, asset_class, time_format, tz, replace, max_gap, data_dir):
+def import_(ctx, src, symbol, asset_class, time_format, tz, replace, max_gap, drop_invalid, report_path, data_dir):
     """Convert a CSV (or parquet) of bars into the data folder as SYMBOL.parquet.
 
     Columns may be named in any case: timestamp/date/datetime/time (or date + time),
     open, high, low, close, optional volume and amount. Timestamps may be text, unix
-    seconds or milliseconds; they are stored in UTC. A failed import writes nothing.
+    seconds or milliseconds; they are stored in UTC. A failed import writes nothing and
+    counts every kind of problem; --report FILE lists every offending row.
     """
     store = _store(ctx, data_dir)
     report = store.import_csv(src, symbol, asset_class, time_format=time_format, tz=tz, replace=replace,
-                              max_gap=max_gap)
+                              max_gap=max_gap, drop_invalid_rows=drop_invalid, report=report_path)
+    for temp in report.removed_temps:
+        click.echo(f"note: removed {temp.name}, left by an import that was stopped", err=True)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     for gap in report.gaps:
         click.echo(f"warning: {gap}", err=True)
+    if report.dropped:
+        counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(report.dropped.items()))
+        click.echo(f"dropped {sum(report.dropped.values())} row(s) ({counts}) -> {report.dropped_path}", err=True)
     click.echo(f"imported {report.symbol} ({report.asset_class}): {report.rows} bars of "
                f"{format_spacing(report.bar_spacing)} from {report.first} to {report.last} -> {report.path}")
 
@@ -96,18 +108,38 @@ def _stamp(moment) -> str:
 
 @data.command("validate")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--symbol", default=None,
+              help="The series a single FILE holds (default: its file name), for its asset class and known gaps.")
 @click.option("--max-gap", type=click.IntRange(min=0), default=DEFAULT_MAX_GAP, show_default=True,
               help="Missing bars tolerated before a gap is a problem.")
+@click.option("--time-format", default=None, help="strftime pattern of the time column, e.g. '%d.%m.%Y %H:%M'.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every problem found (file, row, column, problem, detail) to this CSV.")
 @_data_option
 @click.pass_context
-def validate(ctx, paths, max_gap, data_dir):
-    """Check bar files or folders (default: the data folder); exit non-zero on any problem."""
+def validate(ctx, paths, symbol, max_gap, time_format, report_path, data_dir):
+    """Check bar files or folders (default: the data folder); exit non-zero on any problem.
+
+    A FILE may hold any series: when its name (or --symbol) is no symbol the rules can
+    classify, its content is checked all the same and the class is only a warning.
+    The first rows of each kind of problem are listed and every kind is counted;
+    --report FILE lists every row.
+    """
+    if symbol is not None and (len(paths) != 1 or Path(paths[0]).is_dir()):
+        raise ConfigError("--symbol names the series of one FILE; pass exactly one file with it")
     targets = list(paths) or [_store(ctx, data_dir).root]
-    issues = [issue for target in targets for issue in validate_path(target, max_gap=max_gap)]
-    for issue in issues:
-        click.echo(str(issue))
+    found = [issue for target in targets
+             for issue in validate_path(target, max_gap=max_gap, symbol=symbol, time_format=time_format)]
+    warnings = [i for i in found if i.warning]
+    issues = [i for i in found if not i.warning]
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for line in listing(issues):
+        click.echo(line)
+    if report_path is not None:
+        write_report(report_path, found)
     if issues:
-        raise DataError(f"{len(issues)} problem(s) in {', '.join(map(str, targets))}")
+        raise DataError(f"{summary(issues)} in {', '.join(map(str, targets))}")
     click.echo(f"ok: {', '.join(map(str, targets))}")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.cli.options import data_option, settings_of
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import ModelError
@@ -64,16 +65,22 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
 @click.option("--model", "model_source", required=True, help="Predictor folder or hub id.")
 @click.option("--tokenizer", "tokenizer_source", required=True, help="Tokenizer folder or hub id.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Bars: timestamp, open, high, low, close (volume, amount optional).")
-@click.option("--pred-len", type=int, required=True, help="Number of future bars to forecast.")
-@click.option("--top-k", type=int, default=0, show_default=True, help="Keep the k most likely tokens (1 = greedy).")
-@click.option("--top-p", type=float, default=0.9, show_default=True, help="Nucleus sampling mass (when top-k is 0).")
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--samples", type=int, default=1, show_default=True, help="Sample paths to average.")
-@click.option("--seed", type=int, default=None, help="Seed that makes sampling reproducible.")
-@click.option("--max-context", type=int, default=None,
+              help="Bars: timestamp, open, high, low, close (volume, amount optional); read and checked as "
+                   "`data import` reads them (any case, unix seconds or ms, UTC offsets).")
+@click.option("--pred-len", type=click.IntRange(min=1), required=True, help="Number of future bars to forecast.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Keep the k most likely tokens (1 = greedy).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="Nucleus sampling mass (when top-k is 0).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Sample paths to average.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed that makes sampling reproducible.")
+@click.option("--max-context", type=click.IntRange(min=1), default=None,
               help="Context of the predictor in bars [default: 2048 for Kronos-mini, else 512].")
-@click.option("--lookback", type=int, default=None, help="Use only the last N bars [default: all].")
+@click.option("--lookback", type=click.IntRange(min=2), default=None, help="Use only the last N bars [default: all].")
+@click.option("--asset-class", type=click.Choice(ASSET_CLASSES), default=None,
+              help="Market hours and holidays of the forecast's timestamps [default: the series' own calendar "
+                   "only].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--precision", type=click.Choice(["float32", "bf16", "fp16"]), default="float32", show_default=True,
               help="Autocast precision (bf16/fp16 need CUDA).")
@@ -82,20 +89,18 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV to write: timestamp + open..amount of the mean forecast.")
 def forecast(model_source, tokenizer_source, csv_path, pred_len, top_k, top_p, temperature, samples, seed,
-             max_context, lookback, device, precision, quantiles, revision, out_path):
+             max_context, lookback, asset_class, device, precision, quantiles, revision, out_path):
     """Forecast the next bars of a CSV of candles."""
-    from kronos_rolling.data.parse import read_bars_csv
     from kronos_rolling.model.forecast import Forecaster
     from kronos_rolling.model.kronos import Kronos
     from kronos_rolling.model.tokenizer import KronosTokenizer
 
-    bars = read_bars_csv(csv_path)
     predictor = Kronos.from_pretrained(model_source, revision=revision)
     tokenizer = KronosTokenizer.from_pretrained(tokenizer_source, revision=revision)
     forecaster = Forecaster(predictor, tokenizer, device=device, max_context=max_context, precision=precision)
     result = forecaster.forecast(
-        bars, pred_len, temperature=temperature, top_k=top_k, top_p=top_p, samples=samples, seed=seed,
-        quantiles=quantiles, lookback=lookback,
+        csv_path, pred_len, temperature=temperature, top_k=top_k, top_p=top_p, samples=samples, seed=seed,
+        quantiles=quantiles, lookback=lookback, asset_class=asset_class,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.name}.partial")

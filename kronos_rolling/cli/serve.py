@@ -14,7 +14,6 @@ from pathlib import Path
 import click
 
 from kronos_rolling.cli.options import configure_mlflow, settings_of
-from kronos_rolling.errors import DataError
 from kronos_rolling.settings import DEFAULT_SERVE_PORT, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -89,13 +88,14 @@ def serve(host, port, poll_interval_s, log_level, base_model, tracking_uri, data
 @click.command()
 @click.option("--symbol", required=True, help="Symbol whose asset class picks the adapter, e.g. BTCUSDT.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Bars: timestamp, open, high, low, close (volume, amount optional), oldest first.")
-@click.option("--pred-len", type=int, required=True, help="Number of future bars to forecast.")
-@click.option("--samples", type=int, default=1, show_default=True)
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int, default=0, show_default=True, help="1 = greedy.")
-@click.option("--top-p", type=float, default=0.9, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="-1: unseeded.")
+              help="Bars: timestamp, open, high, low, close (volume, amount optional); read and checked as "
+                   "`data import` reads them.")
+@click.option("--pred-len", type=click.IntRange(min=1), required=True, help="Number of future bars to forecast.")
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="1 = greedy.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
+@click.option("--seed", type=click.IntRange(min=-1), default=0, show_default=True, help="-1: unseeded.")
 @click.option("--quantiles", is_flag=True, help="Add p10/p50/p90 columns.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV to write [default: standard output].")
@@ -106,9 +106,8 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
 
     The CSV goes to standard output (or --out); which model answered goes to standard error.
     """
-    import pandas as pd
-
     from kronos_rolling.data.assets import classify_asset
+    from kronos_rolling.data.bars import read_bars_file
     from kronos_rolling.data.store import DataStore
     from kronos_rolling.registry.names import POOLED
     from kronos_rolling.serve.service import (
@@ -117,12 +116,7 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
         SeriesInput,
     )
 
-    if not csv_path.is_file():
-        raise DataError(f"--csv {csv_path} does not exist")
-    try:
-        bars = pd.read_csv(csv_path)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read {csv_path} as CSV: {exc}") from exc
+    bars = read_bars_file(csv_path)
     asset_class = classify_asset(symbol, DataStore(settings_of(data_dir=data_dir).data_dir).overrides())
     settings = _settings(base_model=base_model, tracking_uri=tracking_uri, data_dir=data_dir, cache_dir=cache_dir,
                          device=device, inference_guard=inference_guard, labels=(asset_class, POOLED))

@@ -11,6 +11,10 @@ the market was open but no bar exists.
   for other exchanges: their own holidays show up as short gaps, well inside the
   default limit). Intraday equity bars are counted per session, so the overnight break
   is not a gap and a missing trading day counts as a whole session.
+
+`future_bar_times` continues a series into the future on the same calendar: the asset
+class's open market, and what the series itself shows (no weekend bars in, none out;
+intraday bars only within the session the series trades).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pandas.tseries.holiday import (
 )
 
 from kronos_rolling import ASSET_CLASSES
+from kronos_rolling.errors import DataError
 
 CRYPTO, FOREX_COMMODITY, EQUITY = ASSET_CLASSES
 DEFAULT_MAX_GAP = 5
@@ -201,3 +206,93 @@ def format_spacing(spacing: pd.Timedelta | None) -> str:
         if spacing >= unit and spacing % unit == pd.Timedelta(0):
             return f"{spacing // unit}{label}"
     return str(spacing)
+
+
+DAY = pd.Timedelta(days=1)
+MAX_FUTURE_SEARCH = pd.Timedelta(days=400)
+"""How far ahead `future_bar_times` looks for open slots before it gives up."""
+
+
+def market_time_zone(asset_class: str | None, spacing: pd.Timedelta) -> str:
+    """Where a market's days and sessions are told: New York for intraday forex and
+    equities, UTC otherwise (crypto, and daily bars, which are labelled by UTC date)."""
+    return FOREX_TZ if asset_class in (FOREX_COMMODITY, EQUITY) and spacing < DAY else "UTC"
+
+
+def market_open(slots: pd.DatetimeIndex, spacing: pd.Timedelta, asset_class: str | None) -> np.ndarray:
+    """Whether the asset class's market trades at each bar slot (UTC); None: it never closes.
+
+    Equities: NYSE trading days (their sessions come from the series itself).
+    """
+    if asset_class in (None, CRYPTO):
+        return np.ones(len(slots), dtype=bool)
+    if asset_class == FOREX_COMMODITY:
+        return forex_open(slots, spacing)
+    if asset_class == EQUITY:
+        local = slots.tz_convert(market_time_zone(asset_class, spacing)).tz_localize(None)
+        return np.is_busday(local.to_numpy().astype("datetime64[D]"), holidays=nyse_holidays())
+    raise ValueError(f"unknown asset class {asset_class!r}; expected one of {ASSET_CLASSES}")
+
+
+def future_bar_times(timestamps, count: int, asset_class: str | None = None) -> pd.DatetimeIndex:
+    """The next `count` bar times (UTC) after a series, on the series' own calendar.
+
+    Steps of the bar spacing, keeping a slot only when
+    - the asset class's market is open then (`market_open`);
+    - it is not a Saturday (or Sunday) when the series spans one without a bar on it:
+      no weekend bars in, no weekend bars out;
+    - for intraday bars, its time of day lies within the series' session (its earliest
+      to latest bar time of day), so after a session's last bar the next session's
+      open follows.
+    Days and times of day are told in the market's time zone (`market_time_zone`), so a
+    session keeps its local hours across daylight-saving changes. Bars a day or more
+    apart that are not daily (weekly, monthly) simply step on.
+    """
+    stamps = pd.DatetimeIndex(pd.to_datetime(timestamps, utc=True)).as_unit("ns")
+    spacing = infer_spacing(stamps)
+    if spacing is None:
+        raise DataError("future bar times need at least two bars with different timestamps")
+    last = stamps[-1]
+    if spacing > DAY:
+        return pd.DatetimeIndex([last + spacing * (i + 1) for i in range(count)])
+    allowed = _series_calendar(stamps, spacing, asset_class)
+    found: list[pd.DatetimeIndex] = []
+    start, chunk, have = last + spacing, max(64, 4 * count), 0
+    while have < count:
+        if start - last > max(MAX_FUTURE_SEARCH, spacing * count * 4):
+            raise DataError(f"no open market slot within {MAX_FUTURE_SEARCH.days} days after {last}; the series' "
+                            "calendar (its weekdays and session hours) leaves none")
+        slots = pd.date_range(start, periods=chunk, freq=spacing)
+        kept = slots[allowed(slots)]
+        found.append(kept)
+        have += len(kept)
+        start, chunk = slots[-1] + spacing, chunk * 2
+    return found[0].append(found[1:])[:count] if len(found) > 1 else found[0][:count]
+
+
+def _series_calendar(stamps: pd.DatetimeIndex, spacing: pd.Timedelta, asset_class: str | None):
+    """A function telling which future slots the series would have a bar at."""
+    local = stamps.tz_convert(market_time_zone(asset_class, spacing)).tz_localize(None)
+    days = local.to_numpy().astype("datetime64[D]")
+    spanned = np.arange(days[0], days[-1] + 1)
+    spanned_weekdays = set(((spanned.astype("int64") + 3) % 7).tolist())  # 1970-01-01 was a Thursday
+    seen_weekdays = set(local.day_of_week)
+    skipped = {d for d in (5, 6) if d in spanned_weekdays and d not in seen_weekdays}
+    session = None
+    if spacing < DAY and len(np.unique(days)) >= 2:
+        time_of_day = (local - local.normalize()).asi8
+        earliest, latest = int(time_of_day.min()), int(time_of_day.max())
+        if latest - earliest + spacing.value < DAY.value:
+            session = (earliest, latest)
+
+    def allowed(slots: pd.DatetimeIndex) -> np.ndarray:
+        keep = market_open(slots, spacing, asset_class)
+        slot_local = slots.tz_convert(market_time_zone(asset_class, spacing)).tz_localize(None)
+        if skipped:
+            keep &= ~np.isin(slot_local.day_of_week, list(skipped))
+        if session is not None:
+            time_of_day = (slot_local - slot_local.normalize()).asi8
+            keep &= (time_of_day >= session[0]) & (time_of_day <= session[1])
+        return keep
+
+    return allowed

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kronos_rolling.data.assets import classify_asset
+from kronos_rolling.data.bars import clean_bars
 from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing, missing_bars
 from kronos_rolling.data.events import EventCalendar, EventVocabulary
 from kronos_rolling.data.features import (
@@ -29,7 +30,7 @@ from kronos_rolling.data.features import (
     normalize_window,
     time_features,
 )
-from kronos_rolling.data.store import DataStore, prepare_bars
+from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import to_utc
 from kronos_rolling.errors import ConfigError, DataError
 
@@ -96,7 +97,7 @@ class BarWindowDataset(Dataset):
             else:
                 if symbol not in source:
                     raise DataError(f"no bars given for symbol {symbol!r} (have {', '.join(source)})")
-                bars = prepare_bars(source[symbol], symbol)
+                bars = clean_bars(source[symbol], symbol)
                 asset_class = (asset_classes or {}).get(symbol) or classify_asset(symbol)
             series, origins = self._prepare(symbol, bars, asset_class, calendar, stride, max_gap)
             self._series.append(series)

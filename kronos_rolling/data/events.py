@@ -28,6 +28,7 @@ import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.data.assets import normalise_symbol
+from kronos_rolling.data.calendars import future_bar_times, infer_spacing
 from kronos_rolling.errors import DataError
 
 NO_EVENT = 0
@@ -183,6 +184,14 @@ class EventCalendar:
         first_bars, first = np.unique(bar, return_index=True)
         ids[first_bars] = [vocabulary.id_of(t) for t in types[first]]
         return ids
+
+    def forecast_event_ids(self, symbol: str, asset_class: str | None, timestamps, pred_len: int,
+                           vocabulary: EventVocabulary) -> np.ndarray:
+        """Event ids of the bars at `timestamps` and of the `pred_len` bars a forecast adds, at the
+        future times the forecaster gives them (`calendars.future_bar_times`)."""
+        stamps = pd.DatetimeIndex(pd.to_datetime(timestamps, utc=True))
+        future = future_bar_times(stamps, pred_len, asset_class)
+        return self.event_ids(symbol, asset_class, stamps.append(future), infer_spacing(stamps), vocabulary)
 
 
 def _event_record(row: dict, where: str) -> dict:

@@ -1,21 +1,32 @@
-"""One problem found in a data file, named precisely enough to fix it."""
+"""One problem found in bar data, named precisely enough to fix it, and how lists of them
+are shown: every problem is kept; a message lists the first rows of each kind and counts
+the rest, and a report file holds every one."""
 
 from __future__ import annotations
 
+import csv
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Issue:
-    """A problem in `file` at data row `row` (1-based, header not counted) of `column`.
+    """A problem in `file` at data row `row` of `column`.
 
+    `row` is the source's own row label: 1-based data rows (header not counted) for a
+    file, positions (0-based, as `iloc`) for a DataFrame or a request's list of bars.
     `row` and `column` are None when the problem concerns the whole file or column.
+    `problem` names the kind (the same text for every row with that problem); `detail`
+    adds this row's values. A `warning` is worth knowing but leaves the data usable.
     """
 
     file: str
     row: int | None
     column: str | None
     problem: str
+    detail: str = ""
+    warning: bool = False
 
     def __str__(self) -> str:
         where = [self.file]
@@ -23,25 +34,59 @@ class Issue:
             where.append(f"row {self.row}")
         if self.column is not None:
             where.append(f"column '{self.column}'")
-        return f"{', '.join(where)}: {self.problem}"
+        return f"{', '.join(where)}: {self.problem}{self.detail}"
+
+    @property
+    def kind(self) -> tuple[str, str | None, str]:
+        return self.file, self.column, self.problem
 
 
 MAX_ROWS_PER_PROBLEM = 10
-"""Rows listed for one kind of problem in one column; the rest are counted in one issue."""
+"""Rows a message lists for one kind of problem; the rest are counted (a report lists all)."""
 
 
 def row_issues(file: str, rows, column: str | None, problem: str, details=None) -> list[Issue]:
-    """Issues for the first few `rows` with the same problem, plus a count of the rest.
-
-    `details`, one string per row, is appended to the problem of the listed rows.
-    """
+    """One issue per row in `rows` with the same problem; `details` (one string per row) adds values."""
     rows = [int(r) for r in rows]
-    shown = rows[:MAX_ROWS_PER_PROBLEM]
-    texts = [f"{problem}{details[i]}" if details is not None else problem for i in range(len(shown))]
-    issues = [Issue(file, r, column, text) for r, text in zip(shown, texts)]
-    if len(rows) > MAX_ROWS_PER_PROBLEM:
-        issues.append(
-            Issue(file, None, column, f"{problem}: {len(rows) - MAX_ROWS_PER_PROBLEM} more rows "
-                  f"({len(rows)} in all)")
-        )
-    return issues
+    return [Issue(file, r, column, problem, details[i] if details is not None else "") for i, r in enumerate(rows)]
+
+
+def counts_by_kind(issues: list[Issue]) -> Counter:
+    """How many issues of each kind (file, column, problem), in order of first appearance."""
+    return Counter(i.kind for i in issues)
+
+
+def listing(issues: list[Issue], per_kind: int = MAX_ROWS_PER_PROBLEM) -> list[str]:
+    """The first `per_kind` issues of each kind in row order, then one line per kind with more, counting them all."""
+    seen: Counter = Counter()
+    lines = []
+    for issue in sorted(issues, key=lambda i: (i.row is not None, i.row or 0)):
+        seen[issue.kind] += 1
+        if seen[issue.kind] <= per_kind:
+            lines.append(str(issue))
+    for (file, column, problem), count in counts_by_kind(issues).items():
+        if count > per_kind:
+            where = f"{file}, column '{column}'" if column else file
+            lines.append(f"{where}: {problem}: {count - per_kind} more rows ({count} in all)")
+    return lines
+
+
+def summary(issues: list[Issue]) -> str:
+    """`N problem(s)` and the count of every kind, e.g. for an error's first lines."""
+    kinds = counts_by_kind(issues)
+    parts = [f"{problem}{f' (column {column!r})' if column else ''}: {count}"
+             for (_, column, problem), count in kinds.items()]
+    return f"{len(issues)} problem(s): " + "; ".join(parts)
+
+
+def write_report(path: str | Path, issues: list[Issue]) -> Path:
+    """Every issue as a CSV row: file, row, column, problem, detail."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "row", "column", "problem", "detail"])
+        for issue in issues:
+            writer.writerow([issue.file, "" if issue.row is None else issue.row, issue.column or "",
+                             issue.problem, issue.detail.strip(" :()")])
+    return path

@@ -8,7 +8,7 @@ row: rows it cannot read become `Issue`s, and everything it changed on purpose
 
 from __future__ import annotations
 
-import os
+import gzip
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kronos_rolling.data.features import FEATURE_COLUMNS
-from kronos_rolling.data.issues import MAX_ROWS_PER_PROBLEM, Issue, row_issues
+from kronos_rolling.data.issues import Issue, row_issues
 from kronos_rolling.errors import DataError
 
 TIMESTAMP_NAMES = ("timestamp", "datetime", "date_time", "date", "time", "ts", "open_time", "time_stamp", "unix")
@@ -32,6 +32,9 @@ COLUMN_ALIASES = {
 _CLOCK_TIME = re.compile(r"^\s*\d{1,2}:\d{2}")
 _DIGITS = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _MIDNIGHT_TEXT = re.compile(r"^\s*\d{4}-\d{2}-\d{2}([T ]00:00(:00(\.0+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?\s*$")
+# Exports that name volume by currency ("Volume BTC", "Volume USD"): the quote currency's is the amount.
+_VOLUME_IN = re.compile(r"^volume_([a-z]{3,5})$")
+QUOTE_CURRENCIES = ("usd", "usdt", "usdc", "busd", "eur", "gbp", "jpy", "krw", "btc")
 
 
 @dataclass
@@ -52,27 +55,42 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if name.endswith(".parquet"):
             return pd.read_parquet(path)
         if name.endswith((".csv", ".csv.gz", ".txt")):
-            return pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False, na_values=[""])
+            banner = _banner_lines(path)
+            table = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False, na_values=[""],
+                                skiprows=banner)
+            if banner:
+                table.attrs["notes"] = ["skipped the banner line above the header"]
+            return table
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the file ({exc}); expected a CSV with a header line "
                         "or a parquet file") from exc
     raise DataError(f"{path}: unsupported file type; use .csv, .csv.gz or .parquet")
 
 
+def _banner_lines(path: Path) -> int:
+    """1 when the first line is a banner (a vendor's URL or note, no comma) above a CSV header."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", errors="replace") as handle:
+        first, second = handle.readline(), handle.readline()
+    return int("," not in first and second.count(",") >= 4)
+
+
 def _canonical_name(name) -> str:
     return re.sub(r"[\s\-]+", "_", str(name).strip().strip("<>").strip().lower())
 
 
-def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None, tz: str = "UTC") -> ParsedBars:
-    """Map columns, read timestamps into UTC and prices into floats.
+def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None, tz: str = "UTC",
+               first_row: int = 1) -> ParsedBars:
+    """Map columns (any case), read timestamps into UTC and prices into floats.
 
     `tz` is the zone of timestamps that carry no offset; `time_format` a strftime
-    pattern for timestamps pandas cannot infer. Raises DataError when a required
-    column is missing (nothing else can be checked without it).
+    pattern for timestamps pandas cannot infer. Rows are numbered from `first_row`
+    (1 for a file's data rows, 0 for a DataFrame's positions). Raises DataError when a
+    required column is missing (nothing else can be checked without it).
     """
     _check_time_zone(tz)
     names = {_canonical_name(c): c for c in reversed(list(table.columns))}
-    notes: list[str] = []
+    notes: list[str] = list(table.attrs.get("notes", []))
     issues: list[Issue] = []
 
     used: dict[str, str] = {}
@@ -81,21 +99,24 @@ def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None,
             if alias in names:
                 used[target] = names[alias]
                 break
+    notes += _volume_by_currency(names, used)
     time_source = _timestamp_source(table, names)
     missing = [c for c in ("open", "high", "low", "close") if c not in used]
     if time_source is None:
         missing.insert(0, "timestamp")
     if missing:
+        index_hint = (" (the timestamps are the index: call reset_index() first)"
+                      if "timestamp" in missing and isinstance(table.index, pd.DatetimeIndex) else "")
         raise DataError(
             f"{source}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, table.columns))}. "
-            "A bar file needs timestamp (or date/datetime/time), open, high, low, close "
-            "and may add volume and amount; names are matched in any case."
+            "Bars need timestamp (or date/datetime/time), open, high, low, close "
+            f"and may add volume and amount; names are matched in any case{index_hint}."
         )
     ignored = [str(c) for c in table.columns if c not in used.values() and c not in time_source[1]]
     if ignored:
         notes.append(f"ignored column(s): {', '.join(ignored)}")
 
-    rows = np.arange(1, len(table) + 1)
+    rows = np.arange(first_row, first_row + len(table))
     timestamps, time_notes, unreadable, not_local = _parse_timestamps(time_source[0], time_format, tz)
     notes += time_notes
     issues += row_issues(source, rows[unreadable], "timestamp", "missing or unreadable timestamp"
@@ -113,14 +134,31 @@ def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None,
         values = pd.to_numeric(raw, errors="coerce").astype("float64")
         unreadable = np.flatnonzero(values.isna().to_numpy() & raw.notna().to_numpy())
         issues += row_issues(source, rows[unreadable], target, "not a number",
-                             [f": {raw.iloc[r]!r}" for r in unreadable[:MAX_ROWS_PER_PROBLEM]])
+                             [f": {raw.iloc[r]!r}" for r in unreadable])
         frame[target] = values.to_numpy()
 
-    valid = pd.DatetimeIndex(frame["timestamp"].dropna()).asi8
-    if len(valid) >= 2 and (np.diff(valid) < 0).all():
+    steps = np.diff(pd.DatetimeIndex(frame["timestamp"].dropna()).asi8)
+    if len(steps) and (steps <= 0).all() and (steps < 0).any():  # repeated bars do not hide the order
         frame, rows = frame.iloc[::-1].reset_index(drop=True), rows[::-1].copy()
         notes.append("rows were newest-first; stored oldest-first")
     return ParsedBars(frame.reset_index(drop=True), rows, notes, issues)
+
+
+def _volume_by_currency(names: dict[str, str], used: dict[str, str]) -> list[str]:
+    """Map `Volume BTC` / `Volume USD` style columns: the quote currency's is the amount."""
+    by_currency = {m.group(1): names[n] for n in names if (m := _VOLUME_IN.match(n))}
+    if "volume" in used or not by_currency:
+        return []
+    quote = next((c for c in QUOTE_CURRENCIES if c in by_currency and len(by_currency) == 2), None)
+    base = [c for c in by_currency if c != quote]
+    if len(base) != 1:
+        return []
+    used["volume"] = by_currency[base[0]]
+    mapped = [f"{by_currency[base[0]]} -> volume"]
+    if quote is not None and "amount" not in used:
+        used["amount"] = by_currency[quote]
+        mapped.append(f"{by_currency[quote]} -> amount")
+    return [f"volume columns by currency: {', '.join(mapped)}"]
 
 
 def _timestamp_source(table: pd.DataFrame, names: dict[str, str]) -> tuple[pd.Series, tuple[str, ...]] | None:
@@ -203,14 +241,3 @@ def _parse_epoch(numbers: pd.Series, notes: list[str]):
     notes.append(f"timestamps read as unix {names[unit]}")
     parsed = pd.DatetimeIndex(pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce")).as_unit("ns")
     return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool)
-
-
-def read_bars_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """A CSV of bars (timestamp, open, high, low, close[, volume, amount]) as a DataFrame."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such CSV file of bars")
-    try:
-        return pd.read_csv(path)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read {path} as CSV: {exc}") from exc

@@ -2,6 +2,7 @@
 
     DATA_DIR/
       SYMBOL.parquet | SYMBOL.csv   timestamp, open, high, low, close[, volume, amount]
+      SYMBOL.dropped.csv            rows an import with --drop-invalid left out, with a `reason`
       events.csv                    optional, see `events`
       asset_classes.csv             optional overrides, see `assets`
       known_gaps.csv                optional understood gaps, see `validate`
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,28 +31,28 @@ from kronos_rolling.data.assets import (
     read_overrides,
     write_overrides,
 )
+from kronos_rolling.data.bars import bars_error, check_bars, clean_bars, drop_invalid
 from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing
 from kronos_rolling.data.events import EventCalendar
-from kronos_rolling.data.features import FEATURE_COLUMNS, fill_volume_amount
-from kronos_rolling.data.issues import Issue
-from kronos_rolling.data.parse import parse_bars, read_table
+from kronos_rolling.data.issues import Issue, write_report
+from kronos_rolling.data.parse import read_table
 from kronos_rolling.data.validate import (
+    DROPPED_SUFFIX,
     EVENTS_FILE,
     KNOWN_GAPS_FILE,
     SIDE_FILES,
     KnownGap,
+    gap_issues,
     is_bar_file,
     read_known_gaps,
     symbol_of,
-    validate_parsed,
 )
 from kronos_rolling.data.windows import SeriesCoverage
 from kronos_rolling.errors import DataError
 from kronos_rolling.settings import BUNDLED_DATA_DIR
 
-BAR_COLUMNS = ["timestamp"] + FEATURE_COLUMNS
 _FILE_SAFE_SYMBOL = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9^=._\-]{0,63}$")
-MAX_ISSUES_IN_ERROR = 8
+_TEMP_FILE = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")
 
 
 @dataclass(frozen=True)
@@ -79,29 +81,9 @@ class ImportReport:
     bar_spacing: pd.Timedelta | None
     notes: list[str] = field(default_factory=list)
     gaps: list[Issue] = field(default_factory=list)  # reported, not fatal: real data has outages
-
-
-def prepare_bars(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    """Our bar frame from any frame of bars: UTC ns timestamps, all six features float64.
-
-    Raises DataError naming the first problems when the bars are unusable (gaps are
-    fine here; the dataset skips samples across them).
-    """
-    parsed = parse_bars(frame, name)
-    issues = validate_parsed(parsed, name, max_gap=None)
-    if issues:
-        hint = f"run `kronos-rolling data validate {name}` for all of them"
-        raise DataError(_issues_message(name, issues, hint=hint))
-    bars = fill_volume_amount(parsed.frame)
-    bars = bars[BAR_COLUMNS].copy()
-    bars[FEATURE_COLUMNS] = bars[FEATURE_COLUMNS].astype("float64")
-    return bars
-
-
-def _issues_message(name: str, issues: list[Issue], hint: str) -> str:
-    shown = "\n  ".join(str(i) for i in issues[:MAX_ISSUES_IN_ERROR])
-    more = f"\n  ... and {len(issues) - MAX_ISSUES_IN_ERROR} more" if len(issues) > MAX_ISSUES_IN_ERROR else ""
-    return f"{name}: {len(issues)} problem(s):\n  {shown}{more}\n{hint}"
+    dropped: Counter = field(default_factory=Counter)  # reason -> rows left out (--drop-invalid)
+    dropped_path: Path | None = None  # SYMBOL.dropped.csv, when rows were left out
+    removed_temps: list[Path] = field(default_factory=list)  # left by an import that was killed
 
 
 class DataStore:
@@ -147,7 +129,8 @@ class DataStore:
         key = (stat.st_mtime_ns, stat.st_size)
         cached = self._cache.get(path)
         if cached is None or cached[0] != key:
-            cached = (key, prepare_bars(read_table(path), str(path)))
+            hint = f"Run `kronos-rolling data validate {path}` to list them."
+            cached = (key, clean_bars(read_table(path), str(path), first_row=1, hint=hint))
             self._cache[path] = cached
         return cached[1].copy()
 
@@ -207,9 +190,18 @@ class DataStore:
         tz: str = "UTC",
         replace: bool = False,
         max_gap: int | None = DEFAULT_MAX_GAP,
+        drop_invalid_rows: bool = False,
+        report: str | Path | None = None,
     ) -> ImportReport:
         """Convert a user's bar file into `SYMBOL.parquet` here. All or nothing: any
-        problem raises DataError and leaves the folder exactly as it was."""
+        problem raises DataError (counting every kind) and leaves the folder as it was.
+
+        `drop_invalid_rows`: leave out what a careful clean-up would (duplicate timestamps,
+        keeping the file's later row; all-zero or non-positive bars; inconsistent OHLC;
+        unreadable values) and write those rows with their `reason` to
+        `SYMBOL.dropped.csv`. `report`: a CSV of every problem found. Temporary files of an
+        import that was killed are removed first.
+        """
         if self.root.resolve() == BUNDLED_DATA_DIR.resolve():
             raise DataError(f"the bundled sample data ({self.root}) is read-only; import into your own "
                             "folder with --data DIR or KRONOS_DATA_DIR=DIR")
@@ -236,22 +228,37 @@ class DataStore:
                 raise DataError(f"{exc} Nothing was imported.") from exc
 
         name = str(src)
-        parsed = parse_bars(read_table(src), name, time_format=time_format, tz=tz)
-        problems = validate_parsed(parsed, name, max_gap=None)
-        if problems:
-            hint = "Nothing was imported; fix the file and import again."
-            raise DataError(_issues_message(name, problems, hint=hint))
-        gaps = [] if max_gap is None else validate_parsed(parsed, name, max_gap, asset_class, self.known_gaps(symbol))
+        table = read_table(src)
+        checked = check_bars(table, name, time_format=time_format, tz=tz)
+        dropped = table.iloc[:0]
+        if drop_invalid_rows:
+            checked, dropped = drop_invalid(checked, table)
+        if report is not None:
+            write_report(report, checked.issues)
+        if checked.issues:
+            listed = f" Every problem is listed in {report}." if report is not None else \
+                " --report FILE lists every problem."
+            fix = "" if drop_invalid_rows else " or pass --drop-invalid to leave the bad rows out"
+            raise bars_error(checked, f"Nothing was imported; fix the file{fix}.{listed}")
+        gaps = [] if max_gap is None else gap_issues(checked, max_gap, asset_class, self.known_gaps(symbol))
 
-        bars = parsed.frame
+        bars = checked.frame
         target = self.root / f"{symbol}.parquet"
+        dropped_path = self.root / f"{symbol}{DROPPED_SUFFIX}"
         created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale_temps(self.root)
         temps: list[Path] = []
         done = False
         try:
             temps.append(_temp_path(self.root, target.name))
             bars.to_parquet(temps[-1], index=False, compression="zstd")
+            if len(dropped):
+                temps.append(_temp_path(self.root, dropped_path.name))
+                dropped.to_csv(temps[-1], index=False)
+                os.replace(temps[-1], dropped_path)
+            elif drop_invalid_rows or replace:
+                dropped_path.unlink(missing_ok=True)  # an earlier import's left-outs no longer apply
             if write_override:
                 temps.append(_temp_path(self.root, OVERRIDES_FILE))
                 write_overrides(temps[-1], {**overrides, normalise_symbol(symbol): asset_class})
@@ -268,7 +275,8 @@ class DataStore:
                 old.unlink()
         stamps = bars["timestamp"]
         return ImportReport(symbol, target, asset_class, len(bars), stamps.iloc[0], stamps.iloc[-1],
-                            infer_spacing(stamps), parsed.notes, gaps)
+                            infer_spacing(stamps), checked.notes, gaps, Counter(dropped.get("reason", [])),
+                            dropped_path if len(dropped) else None, removed)
 
 
 def _check_symbol_name(symbol: str) -> None:
@@ -282,6 +290,28 @@ def _check_symbol_name(symbol: str) -> None:
 
 
 def _temp_path(folder: Path, name: str) -> Path:
-    handle, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    """A temporary file beside `name`, named with this process id so a later import can tell it is stale."""
+    handle, temp = tempfile.mkstemp(prefix=f".{name}.pid{os.getpid()}.", suffix=".tmp", dir=folder)
     os.close(handle)
     return Path(temp)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temporary files of imports whose process no longer runs (killed mid-write)."""
+    removed = []
+    for path in folder.iterdir():
+        match = _TEMP_FILE.match(path.name)
+        if match and not _process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

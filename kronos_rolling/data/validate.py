@@ -1,9 +1,11 @@
-"""Check bar data and say exactly where it is wrong.
+"""Check bar files and data folders and say exactly where they are wrong.
 
-`validate_frame` checks one frame of bars; `validate_path` checks files or a whole data
-folder (bar files plus `events.csv`, `asset_classes.csv` and `known_gaps.csv`). Every
-problem is an `Issue` naming file, row, column and what is wrong. Nothing is mended
-here: a clean-up, where one exists, happens elsewhere and reports what it changed.
+The bars themselves are checked by `bars.check_bars`, the one validator every entry
+point shares. Here: gaps, side files and folders. `validate_frame` checks one frame of
+bars; `validate_file` one file; `validate_path` files or a whole data folder (bar files
+plus `events.csv`, `asset_classes.csv` and `known_gaps.csv`). Every problem is an
+`Issue` naming file, row, column and what is wrong; an issue marked `warning` does not
+make the data unusable. Nothing is mended here.
 
 Gaps are counted in missing bars of the asset class's trading calendar (`calendars`),
 so weekends and exchange holidays are not gaps. A gap that is real and understood (an
@@ -26,6 +28,7 @@ from kronos_rolling.data.assets import (
     normalise_symbol,
     read_overrides,
 )
+from kronos_rolling.data.bars import CheckedBars, check_bars
 from kronos_rolling.data.calendars import (
     DEFAULT_MAX_GAP,
     format_spacing,
@@ -33,19 +36,21 @@ from kronos_rolling.data.calendars import (
     missing_bars,
 )
 from kronos_rolling.data.events import EventCalendar
-from kronos_rolling.data.features import PRICE_COLUMNS
 from kronos_rolling.data.issues import Issue, row_issues
-from kronos_rolling.data.parse import ParsedBars, parse_bars, read_table
+from kronos_rolling.data.parse import read_table
 from kronos_rolling.errors import DataError
 
-__all__ = ["Issue", "KnownGap", "validate_frame", "validate_parsed", "validate_file", "validate_path",
-           "read_known_gaps", "DEFAULT_MAX_GAP", "REQUIRED_COLUMNS", "KNOWN_GAPS_FILE", "EVENTS_FILE", "SIDE_FILES"]
+__all__ = ["Issue", "KnownGap", "validate_frame", "gap_issues", "validate_file", "validate_path",
+           "read_known_gaps", "DEFAULT_MAX_GAP", "REQUIRED_COLUMNS", "KNOWN_GAPS_FILE", "EVENTS_FILE", "SIDE_FILES",
+           "DROPPED_SUFFIX"]
 
 REQUIRED_COLUMNS = ("timestamp", "open", "high", "low", "close")
 KNOWN_GAPS_FILE = "known_gaps.csv"
 EVENTS_FILE = "events.csv"
 SIDE_FILES = (EVENTS_FILE, OVERRIDES_FILE, KNOWN_GAPS_FILE)
 BAR_FILE_SUFFIXES = (".parquet", ".csv")
+DROPPED_SUFFIX = ".dropped.csv"
+"""`SYMBOL.dropped.csv`: the rows an import with --drop-invalid left out, with their reason."""
 
 
 @dataclass(frozen=True)
@@ -64,89 +69,33 @@ def validate_frame(
     max_gap: int | None = DEFAULT_MAX_GAP,
     asset_class: str | None = None,
     known_gaps: list[KnownGap] | tuple = (),
-    rows: np.ndarray | None = None,
 ) -> list[Issue]:
     """All problems in a frame of bars (`timestamp`, open, high, low, close[, volume, amount]).
 
     `max_gap`: most missing bars tolerated between consecutive bars (None: no gap check).
-    `asset_class` selects the trading calendar (None: the market never closes).
-    `rows`: the source row number of each frame row (default 1, 2, ...).
+    `asset_class` selects the trading calendar (None: the market never closes). Rows are
+    numbered 1, 2, ... as in a file.
     """
-    rows = np.arange(1, len(frame) + 1) if rows is None else np.asarray(rows)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         return [Issue(source_name, None, c, "missing column (a bar file needs timestamp, open, high, low, "
                       "close and may add volume and amount)") for c in missing]
     if len(frame) == 0:
         return [Issue(source_name, None, None, "no bars")]
-    issues: list[Issue] = []
-    issues += _value_issues(frame, source_name, rows)
-    issues += _price_issues(frame, source_name, rows)
-
-    stamps = frame["timestamp"]
-    if not pd.api.types.is_datetime64_any_dtype(stamps):
-        issues.append(Issue(source_name, None, "timestamp", f"holds {stamps.dtype}, not timestamps"))
-        return issues
-    stamps = pd.DatetimeIndex(stamps)
-    stamps = (stamps.tz_localize("UTC") if stamps.tz is None else stamps.tz_convert("UTC")).as_unit("ns")
-    known = ~stamps.isna()
-    issues += row_issues(source_name, rows[~known], "timestamp", "missing timestamp")
-    order_issues = _order_issues(stamps[known], source_name, rows[known])
-    issues += order_issues
-    if order_issues or known.sum() < 2:
-        return issues
-    issues += _spacing_issues(stamps[known], source_name, rows[known], max_gap, asset_class, known_gaps)
-    return issues
+    checked = check_bars(frame, source_name)
+    return checked.issues + gap_issues(checked, max_gap, asset_class, known_gaps)
 
 
-def _value_issues(frame: pd.DataFrame, source: str, rows: np.ndarray) -> list[Issue]:
-    issues: list[Issue] = []
-    for column in PRICE_COLUMNS + [c for c in ("volume", "amount") if c in frame.columns]:
-        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
-        nan = np.isnan(values) & pd.notna(frame[column]).to_numpy()
-        issues += row_issues(source, rows[nan], column, "not a number")
-        issues += row_issues(source, rows[pd.isna(frame[column]).to_numpy()], column, "missing value (NaN)")
-        issues += row_issues(source, rows[np.isinf(values)], column, "infinite value")
-        if column in PRICE_COLUMNS:
-            bad = np.flatnonzero(values <= 0)
-            issues += row_issues(source, rows[bad], column, "price is not positive",
-                                 [f": {values[i]:g}" for i in bad[:10]])
-        else:
-            bad = np.flatnonzero(values < 0)
-            issues += row_issues(source, rows[bad], column, "negative value", [f": {values[i]:g}" for i in bad[:10]])
-    return issues
-
-
-def _price_issues(frame: pd.DataFrame, source: str, rows: np.ndarray) -> list[Issue]:
-    issues: list[Issue] = []
-    p = {c: pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype="float64") for c in PRICE_COLUMNS}
-    finite = np.all([np.isfinite(v) for v in p.values()], axis=0)  # bad values are reported already
-    checks = (
-        ("high", p["high"] < p["low"], "low"),
-        ("high", p["high"] < p["open"], "open"),
-        ("high", p["high"] < p["close"], "close"),
-        ("low", p["low"] > p["open"], "open"),
-        ("low", p["low"] > p["close"], "close"),
-    )
-    for column, bad, other in checks:
-        where = np.flatnonzero(bad & finite)
-        relation = "below" if column == "high" else "above"
-        issues += row_issues(source, rows[where], column, f"{column} is {relation} {other}",
-                             [f" ({p[column][i]:g} vs {p[other][i]:g})" for i in where[:10]])
-    return issues
-
-
-def _order_issues(stamps: pd.DatetimeIndex, source: str, rows: np.ndarray) -> list[Issue]:
-    values = stamps.asi8
-    issues: list[Issue] = []
-    duplicated = np.flatnonzero(pd.Index(values).duplicated())
-    issues += row_issues(source, rows[duplicated], "timestamp", "duplicate timestamp",
-                         [f" {stamps[i]} (seen in an earlier row)" for i in duplicated[:10]])
-    backwards = np.flatnonzero(np.diff(values) < 0) + 1
-    issues += row_issues(source, rows[backwards], "timestamp", "timestamp earlier than the row before; "
-                         "rows must be in ascending time order",
-                         [f" ({stamps[i]} after {stamps[i - 1]})" for i in backwards[:10]])
-    return issues
+def gap_issues(checked: CheckedBars, max_gap: int | None, asset_class: str | None,
+               known_gaps: list[KnownGap] | tuple = ()) -> list[Issue]:
+    """Mixed spacing and gaps among the usable bars (none when their order is wrong)."""
+    if any("ascending" in i.problem for i in checked.issues):
+        return []
+    usable = ~np.isin(checked.rows, list(checked.reasons))
+    stamps = pd.DatetimeIndex(checked.frame["timestamp"][usable]).as_unit("ns")
+    if len(stamps) < 2:
+        return []
+    return _spacing_issues(stamps, checked.source, checked.rows[usable], max_gap, asset_class, known_gaps)
 
 
 def _spacing_issues(stamps, source, rows, max_gap, asset_class, known_gaps) -> list[Issue]:
@@ -155,7 +104,7 @@ def _spacing_issues(stamps, source, rows, max_gap, asset_class, known_gaps) -> l
     off_grid = np.flatnonzero(steps % spacing.value != 0) + 1
     issues = row_issues(source, rows[off_grid], "timestamp",
                         f"mixed bar spacing: the bar spacing is {spacing} but this bar comes",
-                        [f" {pd.Timedelta(int(steps[i - 1]))} after the previous one" for i in off_grid[:10]])
+                        [f" {pd.Timedelta(int(steps[i - 1]))} after the previous one" for i in off_grid])
     if issues or max_gap is None:
         return issues
     missing = missing_bars(stamps, spacing, asset_class)
@@ -210,18 +159,27 @@ def validate_file(
     asset_class: str | None = None,
     known_gaps: list[KnownGap] | None = None,
     time_format: str | None = None,
+    symbol: str | None = None,
+    class_required: bool = True,
 ) -> list[Issue]:
-    """All problems in one bar file. The asset class and known gaps default to what the
-    file's folder says (overrides, rules, `known_gaps.csv`) for the symbol in its name."""
+    """All problems in one bar file.
+
+    `symbol` names the series (default: the file name without its suffix); the asset
+    class and known gaps default to what the file's folder says for it (overrides, rules,
+    `known_gaps.csv`). A symbol no rule classifies is a problem when `class_required`
+    (a file of the data folder), else a warning: the content is checked all the same,
+    gaps as if the market never closed.
+    """
     path = Path(path)
     name = str(path)
-    symbol = symbol_of(path)
+    symbol = symbol or symbol_of(path)
     issues: list[Issue] = []
     if asset_class is None:
         try:
             asset_class = classify_asset(symbol, read_overrides(path.parent / OVERRIDES_FILE))
         except DataError as exc:
-            issues.append(Issue(name, None, None, f"{exc} (gaps are checked as if the market never closed)"))
+            issues.append(Issue(name, None, None, f"{exc} (gaps are checked as if the market never closed)",
+                                warning=not class_required))
     if known_gaps is None:
         try:
             known_gaps = [g for g in read_known_gaps(path.parent / KNOWN_GAPS_FILE)
@@ -229,27 +187,19 @@ def validate_file(
         except DataError:
             known_gaps = []  # the side file's own problem is reported when it is checked
     try:
-        parsed = parse_bars(read_table(path), name, time_format=time_format)
+        checked = check_bars(read_table(path), name, time_format=time_format)
     except DataError as exc:
         return issues + [Issue(name, None, None, str(exc).removeprefix(f"{name}: "))]
-    return issues + validate_parsed(parsed, name, max_gap, asset_class, known_gaps)
+    return issues + checked.issues + gap_issues(checked, max_gap, asset_class, known_gaps)
 
 
-def validate_parsed(
-    parsed: ParsedBars,
-    source_name: str,
-    max_gap: int | None = DEFAULT_MAX_GAP,
-    asset_class: str | None = None,
-    known_gaps: list[KnownGap] | tuple = (),
-) -> list[Issue]:
-    """Conversion problems plus `validate_frame`'s, each cell reported once."""
-    already = {(i.row, i.column) for i in parsed.issues}  # cells conversion could not read
-    found = validate_frame(parsed.frame, source_name, max_gap, asset_class, known_gaps, parsed.rows)
-    return parsed.issues + [i for i in found if i.row is None or (i.row, i.column) not in already]
+def validate_path(path: str | Path, max_gap: int | None = DEFAULT_MAX_GAP, symbol: str | None = None,
+                  time_format: str | None = None) -> list[Issue]:
+    """All problems in a bar file, a side file or a whole data folder.
 
-
-def validate_path(path: str | Path, max_gap: int | None = DEFAULT_MAX_GAP) -> list[Issue]:
-    """All problems in a bar file, a side file or a whole data folder."""
+    A file named on its own may hold any series (`symbol` names it): an unknown asset
+    class is then only a warning. In a data folder every symbol needs a class.
+    """
     path = Path(path)
     if path.is_dir():
         issues = []
@@ -258,8 +208,10 @@ def validate_path(path: str | Path, max_gap: int | None = DEFAULT_MAX_GAP) -> li
             issues.append(Issue(str(path), None, None, f"symbol {stem} has more than one bar file "
                                 "(e.g. .csv and .parquet, or names differing in case); keep one"))
         for file in sorted(path.iterdir()):
-            if file.name in SIDE_FILES or is_bar_file(file):
+            if file.name in SIDE_FILES:
                 issues += validate_path(file, max_gap)
+            elif is_bar_file(file):
+                issues += validate_file(file, max_gap)
         if not any(is_bar_file(f) for f in path.iterdir()):
             issues.append(Issue(str(path), None, None, "no bar files (SYMBOL.parquet or SYMBOL.csv) in this folder"))
         return issues
@@ -277,11 +229,13 @@ def validate_path(path: str | Path, max_gap: int | None = DEFAULT_MAX_GAP) -> li
             return []
     except DataError as exc:
         return [Issue(str(path), None, None, str(exc).removeprefix(f"{path}: "))]
-    return validate_file(path, max_gap)
+    return validate_file(path, max_gap, symbol=symbol, time_format=time_format, class_required=False)
 
 
 def is_bar_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in BAR_FILE_SUFFIXES and path.name not in SIDE_FILES
+    """A series of the data folder: SYMBOL.parquet or SYMBOL.csv, not a side file or a dropped-rows file."""
+    return (path.is_file() and path.suffix.lower() in BAR_FILE_SUFFIXES and path.name not in SIDE_FILES
+            and not path.name.lower().endswith(DROPPED_SUFFIX))
 
 
 def symbol_of(path: Path) -> str:

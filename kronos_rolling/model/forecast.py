@@ -13,24 +13,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kronos_rolling.data.bars import MIN_BARS, clean_bars, read_bars_file
+from kronos_rolling.data.calendars import future_bar_times
 from kronos_rolling.data.features import (
     FEATURE_COLUMNS,
-    PRICE_COLUMNS,
     denormalize,
-    fill_volume_amount,
     normalize_window,
     time_features,
 )
-from kronos_rolling.data.parse import read_bars_csv
 from kronos_rolling.errors import ConfigError, DataError, ModelError
 from kronos_rolling.model.config import default_max_context
 from kronos_rolling.model.device import resolve_device
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.generate import _unwrap, check_pair, check_sampling, generate
 from kronos_rolling.model.tokenizer import KronosTokenizer
-
-MIN_BARS = 2  # a spread for the normaliser and a spacing for the future timestamps
-
 
 QUANTILES = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
 
@@ -73,88 +69,41 @@ class PreparedSeries:
     event_ids: np.ndarray | None = field(default=None)
 
 
-def infer_future_timestamps(timestamps: pd.Series, pred_len: int) -> pd.Series:
-    """The next `pred_len` timestamps at the series' most common bar spacing."""
-    spacing = timestamps.diff().dropna().mode().iloc[0]
-    last = timestamps.iloc[-1]
-    return pd.Series([last + spacing * (i + 1) for i in range(pred_len)], name="timestamp")
-
-
-def _check_timestamps(stamps: pd.Series, label: str, what: str) -> None:
-    steps = stamps.diff().iloc[1:]
-    bad = steps[steps <= pd.Timedelta(0)]
-    if len(bad):
-        row = bad.index[0]
-        position = stamps.index.get_loc(row)
-        problem = "duplicates" if steps.loc[row] == pd.Timedelta(0) else "comes before"
-        raise DataError(
-            f"{label}: {what} timestamp at row {position} ({stamps.loc[row]}) {problem} the previous one "
-            f"({stamps.iloc[position - 1]}); sort the bars by timestamp and drop duplicate bars"
-        )
+def _utc_times(values, label: str) -> pd.Series:
+    try:
+        return pd.Series(pd.to_datetime(pd.Series(list(values)), utc=True), name="timestamp")
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{label}: cannot read future_timestamps as dates ({exc})") from exc
 
 
 def prepare_series(bars: pd.DataFrame, pred_len: int, *, lookback: int | None = None,
-                   future_timestamps=None, event_ids=None, label: str = "bars") -> PreparedSeries:
-    """Validate one DataFrame of bars and turn it into model inputs (pure: no model needed)."""
-    if not isinstance(bars, pd.DataFrame):
-        raise DataError(f"{label}: expected a pandas DataFrame of bars, got {type(bars).__name__}")
-    missing = [c for c in ["timestamp", *PRICE_COLUMNS] if c not in bars.columns]
-    if missing:
-        hint = " (if timestamps are the index, call reset_index() first)" if "timestamp" in missing else ""
-        raise DataError(
-            f"{label}: missing column(s) {missing}; bars need timestamp, open, high, low, close "
-            f"(volume and amount optional){hint}"
-        )
-    n_bars = len(bars)
-    needed = max(MIN_BARS, lookback or 0)
-    if n_bars < needed:
-        raise DataError(
-            f"{label}: {n_bars} bar(s) but {needed} needed"
-            + (f" for a lookback of {lookback}" if lookback else "")
-            + "; pass more history" + (" or a shorter lookback" if lookback else "")
-        )
+                   future_timestamps=None, event_ids=None, label: str = "bars",
+                   asset_class: str | None = None) -> PreparedSeries:
+    """Check one DataFrame of bars (`bars.clean_bars`) and turn it into model inputs (pure: no model needed).
+
+    Future timestamps default to the series' own calendar (`calendars.future_bar_times`;
+    `asset_class` adds its market's hours and holidays).
+    """
     if lookback is not None and lookback < MIN_BARS:
         raise ConfigError(f"lookback must be >= {MIN_BARS}, got {lookback}")
-    frame = bars.reset_index(drop=True)
+    frame = clean_bars(bars, label)
+    n_bars = len(frame)
+    if lookback is not None and n_bars < lookback:
+        raise DataError(f"{label}: {n_bars} bar(s) but {lookback} needed for a lookback of {lookback}; "
+                        "pass more history or a shorter lookback")
     if lookback is not None:
         frame = frame.iloc[n_bars - lookback:].reset_index(drop=True)
-
-    try:
-        stamps = pd.Series(pd.to_datetime(frame["timestamp"]), name="timestamp")
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{label}: cannot read the timestamp column as dates ({exc}); use ISO dates like 2024-01-31 15:30") from exc
-    if stamps.isna().any():
-        row = int(stamps.isna().to_numpy().argmax())
-        raise DataError(f"{label}: timestamp missing at row {row}; drop or fill that bar")
-    _check_timestamps(stamps, label, "bar")
-
-    frame = frame.copy()
-    for column in [c for c in FEATURE_COLUMNS if c in frame.columns]:
-        try:
-            frame[column] = pd.to_numeric(frame[column]).astype(np.float64)
-        except (ValueError, TypeError) as exc:
-            raise DataError(f"{label}: column {column!r} is not numeric ({exc}); fix or drop those rows") from exc
-    values = fill_volume_amount(frame)[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
-    finite = np.isfinite(values)
-    if not finite.all():
-        row, col = np.argwhere(~finite)[0]
-        value = values[row, col]
-        kind = "NaN" if np.isnan(value) else "infinite"
-        raise DataError(
-            f"{label}: {kind} value in column {FEATURE_COLUMNS[col]!r} at row {row} "
-            f"({stamps.iloc[row]}); drop or fill such bars before forecasting"
-        )
+    stamps = frame["timestamp"]
 
     if future_timestamps is None:
-        future = infer_future_timestamps(stamps, pred_len)
+        future = pd.Series(future_bar_times(stamps, pred_len, asset_class), name="timestamp")
     else:
-        try:
-            future = pd.Series(pd.to_datetime(pd.Series(list(future_timestamps))), name="timestamp")
-        except (ValueError, TypeError) as exc:
-            raise DataError(f"{label}: cannot read future_timestamps as dates ({exc})") from exc
+        future = _utc_times(future_timestamps, label)
         if len(future) != pred_len:
             raise DataError(f"{label}: {len(future)} future timestamps for a horizon of {pred_len}; pass exactly {pred_len}")
-        _check_timestamps(future, label, "future")
+        steps = future.diff().iloc[1:]
+        if future.isna().any() or (steps <= pd.Timedelta(0)).any():
+            raise DataError(f"{label}: future timestamps must be distinct and ascending; got {list(future)}")
         if future.iloc[0] <= stamps.iloc[-1]:
             raise DataError(
                 f"{label}: first future timestamp {future.iloc[0]} is not after the last bar {stamps.iloc[-1]}"
@@ -170,6 +119,7 @@ def prepare_series(bars: pd.DataFrame, pred_len: int, *, lookback: int | None = 
             )
         events = events[n_bars - len(frame):].astype(np.int64)
 
+    values = frame[FEATURE_COLUMNS].to_numpy(dtype=np.float64)
     x_norm, mean, std = normalize_window(values, len(values))
     return PreparedSeries(
         x_norm=x_norm,
@@ -202,43 +152,49 @@ class Forecaster:
         self.model = model.to(self.device)
         self.tokenizer = tokenizer.to(self.device)
         self.event_embedding = event_embedding.to(self.device) if event_embedding is not None else None
-        self.max_context = max_context or default_max_context(kronos.config)
-        if self.max_context < 1:
-            raise ConfigError(f"max_context must be >= 1, got {max_context}")
+        if max_context is not None and max_context < 1:
+            raise ConfigError(f"max_context must be >= 1 bar, got {max_context}")
+        self.max_context = default_max_context(kronos.config) if max_context is None else max_context
         self.autocast_dtype = PRECISIONS[precision]
 
     def forecast(self, bars, pred_len: int, future_timestamps=None, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 0.9, samples: int = 1, seed: int | None = None, event_ids=None,
-                 quantiles: bool = False, return_paths: bool = False, lookback: int | None = None):
+                 quantiles: bool = False, return_paths: bool = False, lookback: int | None = None,
+                 asset_class=None):
         """Forecast `pred_len` bars after each series.
 
         bars: a DataFrame or the path of a CSV of bars (-> ForecastResult), or a list of
-        them of any lengths (-> list of ForecastResult). future_timestamps / event_ids: per
-        series (a list for a list of series); future timestamps default to the bars' usual spacing,
+        them of any lengths (-> list of ForecastResult); every series passes the one bar
+        validator (`bars.clean_bars`). future_timestamps / event_ids / asset_class: per
+        series (a list for a list of series; one asset class may stand for all); future
+        timestamps default to the series' own calendar and its asset class's market hours,
         event ids cover the bars plus the horizon. lookback: use only the last N bars
         (default: all). top_k=1 is greedy and deterministic; seed makes sampling
         reproducible.
         """
         if isinstance(bars, (str, os.PathLike)):
-            bars = read_bars_csv(bars)
+            bars = read_bars_file(bars)
         single = isinstance(bars, pd.DataFrame)
-        series = [bars] if single else [read_bars_csv(b) if isinstance(b, (str, os.PathLike)) else b for b in bars]
+        series = [bars] if single else [read_bars_file(b) if isinstance(b, (str, os.PathLike)) else b for b in bars]
         if not series:
             raise DataError("no series to forecast: pass a DataFrame or a non-empty list of DataFrames")
         futures = [future_timestamps] if single else (future_timestamps or [None] * len(series))
         events = [event_ids] if single else (event_ids or [None] * len(series))
-        if len(futures) != len(series) or len(events) != len(series):
+        classes = [asset_class] * len(series) if asset_class is None or isinstance(asset_class, str) else asset_class
+        if len(futures) != len(series) or len(events) != len(series) or len(classes) != len(series):
             raise DataError(
-                f"{len(series)} series but {len(futures)} future_timestamps / {len(events)} event_ids lists; "
-                f"pass one per series"
+                f"{len(series)} series but {len(futures)} future_timestamps / {len(events)} event_ids / "
+                f"{len(classes)} asset_class lists; pass one per series"
             )
         if any(e is not None for e in events) and self.event_embedding is None:
             raise ConfigError("event_ids given but this Forecaster has no event_embedding")
         check_sampling(temperature, top_k, top_p, samples)
+        if pred_len < 1:
+            raise ConfigError(f"pred_len must be >= 1 bar, got {pred_len}")
         prepared = [
             prepare_series(frame, pred_len, lookback=lookback, future_timestamps=future, event_ids=ev,
-                           label="bars" if single else f"series {i}")
-            for i, (frame, future, ev) in enumerate(zip(series, futures, events))
+                           label="bars" if single else f"series {i}", asset_class=cls)
+            for i, (frame, future, ev, cls) in enumerate(zip(series, futures, events, classes))
         ]
         if pred_len > self.max_context:
             raise ConfigError(
@@ -272,6 +228,10 @@ class Forecaster:
         ).numpy()
 
         results = [self._result(p, paths[i], quantiles, return_paths) for i, p in enumerate(prepared)]
+        for i, result in enumerate(results):
+            if not np.isfinite(result.mean[FEATURE_COLUMNS].to_numpy()).all():
+                raise DataError(f"{'bars' if single else f'series {i}'}: the forecast is not finite; the bars' "
+                                "values are too large or too spread to normalise (check the units)")
         return results[0] if single else results
 
     @staticmethod

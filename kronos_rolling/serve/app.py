@@ -1,7 +1,9 @@
 """The HTTP API of the predictor service (FastAPI; OpenAPI schema at /openapi.json, docs at /docs).
 
     POST /forecast          one symbol -> forecast rows (+ quantiles) and the model that answered
-    POST /forecast/batch    several symbols, same options; grouped by model under one lock
+    POST /forecast/batch    several symbols, same options; grouped by model under one lock. A result
+                            per item, in order: a forecast, or an error naming the item's fields
+                            (items[1].bars[3].high). 200 when any item is answered, else 422.
     GET  /health            served versions, registry freshness, device, warnings (no auth)
     GET  /models            label -> registered model, version, alias, loaded_at, source
     GET  /metrics           Prometheus text format
@@ -11,7 +13,9 @@
 With KRONOS_API_TOKEN set, every route but /health, /openapi.json and /docs needs
 `Authorization: Bearer <token>`; the webhook route instead accepts a delivery signed
 with KRONOS_WEBHOOK_SECRET. Input errors are 4xx with a message naming the field and
-the fix; unexpected errors are a 500 with a request id, the traceback stays in the log.
+the fix: bad bars are a 422 whose `errors` list names each field (`bars[3].high`), found
+by the same bar validator as every other entry point. Unexpected errors are a 500 with a
+request id, the traceback stays in the log.
 """
 
 from __future__ import annotations
@@ -38,10 +42,14 @@ from kronos_rolling.serve.schemas import (
     BatchResponse,
     ForecastRequest,
     ForecastResponse,
+    InvalidItem,
+    field_errors,
+    invalid_item_errors,
+    location,
     response_of,
     series_of,
 )
-from kronos_rolling.serve.service import PredictorService
+from kronos_rolling.serve.service import ItemError, PredictorService
 from kronos_rolling.serve.webhooks import (
     WebhookRejected,
     check_signature,
@@ -148,7 +156,7 @@ def create_app(service: PredictorService) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
-        errors = [{"field": "body" if e.get("type") == "json_invalid" else _field(e.get("loc", ())),
+        errors = [{"field": "body" if e.get("type") == "json_invalid" else location(e.get("loc", ())),
                    "message": e.get("msg", "invalid"),
                    **({"input": _short(e["input"])} if "input" in e and not isinstance(e["input"], (dict, list))
                       else {})}
@@ -173,21 +181,41 @@ def create_app(service: PredictorService) -> FastAPI:
                                        "details"}, status_code=500)
 
     @app.post("/forecast", response_model=ForecastResponse, dependencies=protected,
+              responses={422: {"description": "Invalid request or bars: `detail`, and `errors` naming each field"}},
               summary="Forecast one symbol with its asset class's production adapter")
     def forecast(request: ForecastRequest):
-        answer = service.forecast([series_of(request.symbol, request.bars)], request.to_options())[0]
-        metrics.count_forecast(answer.model)
-        return response_of(answer)
+        (outcome,) = service.forecast_each([series_of(request.symbol, request.bars)], request.to_options())
+        if isinstance(outcome, ItemError):
+            return JSONResponse(field_errors(outcome), status_code=422)
+        metrics.count_forecast(outcome.model)
+        return response_of(outcome)
 
     @app.post("/forecast/batch", response_model=BatchResponse, dependencies=protected,
-              summary="Forecast several symbols with the same options")
+              responses={422: {"description": "No item could be answered (each result says why), or the "
+                                              "request as a whole is invalid"}},
+              summary="Forecast several symbols with the same options; a result per item")
     def forecast_batch(request: BatchRequest):
+        """Each item is answered on its own: its result holds a forecast, or an error naming the item's
+        fields (`items[1].bars[3].high`). The answer is 200 when any item succeeds, else 422."""
         service.limits.check_batch(len(request.items))
-        answers = service.forecast([series_of(item.symbol, item.bars) for item in request.items],
-                                   request.to_options())
-        for answer in answers:
-            metrics.count_forecast(answer.model)
-        return {"results": [response_of(answer) for answer in answers]}
+        valid = [i for i, item in enumerate(request.items) if not isinstance(item, InvalidItem)]
+        outcomes = dict(zip(valid, service.forecast_each(
+            [series_of(request.items[i].symbol, request.items[i].bars) for i in valid], request.to_options())
+            if valid else []))
+        results = []
+        for index, item in enumerate(request.items):
+            prefix = f"items[{index}]."
+            outcome = outcomes.get(index)
+            if isinstance(item, InvalidItem):
+                results.append({"index": index, "symbol": item.symbol, "error": invalid_item_errors(item, prefix)})
+            elif isinstance(outcome, ItemError):
+                results.append({"index": index, "symbol": outcome.symbol, "error": field_errors(outcome, prefix)})
+            else:
+                metrics.count_forecast(outcome.model)
+                results.append({"index": index, **response_of(outcome), "error": None})
+        answered = any(r["error"] is None for r in results)
+        body = BatchResponse.model_validate({"results": results}).model_dump(mode="json")
+        return JSONResponse(body, status_code=200 if answered else 422)
 
     @app.get("/health", summary="Served versions, registry freshness, device and warnings")
     def health():
@@ -237,14 +265,6 @@ def create_app(service: PredictorService) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
-
-
-def _field(loc) -> str:
-    parts = [p for p in loc if p != "body"]
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "body"
 
 
 def _short(value) -> str:

@@ -1,14 +1,21 @@
-"""Request and response bodies of the HTTP API (they are also its OpenAPI schema)."""
+"""Request and response bodies of the HTTP API (they are also its OpenAPI schema).
+
+Bars are checked in two steps: their shape and types here (pydantic), then by the one bar
+validator every entry point shares (`data.bars`), in the service. Either way an error
+names the field: `bars[3].high`, and in a batch `items[1].bars[3].high`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
-from kronos_rolling.serve.service import Answer, ForecastOptions, SeriesInput
+from kronos_rolling.data.bars import BarsError
+from kronos_rolling.serve.service import Answer, ForecastOptions, ItemError, SeriesInput
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -16,7 +23,8 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 class Bar(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    timestamp: datetime = Field(description="Bar start; ISO 8601 (no offset: UTC) or unix seconds")
+    timestamp: datetime = Field(description="Bar start; ISO 8601 (any UTC offset, converted to UTC; none: UTC), "
+                                            "or unix seconds or milliseconds")
     open: FiniteFloat
     high: FiniteFloat
     low: FiniteFloat
@@ -53,8 +61,25 @@ class BatchItem(BaseModel):
     bars: list[Bar] = Field(min_length=1)
 
 
+@dataclass
+class InvalidItem:
+    """A batch item whose shape or types are wrong: pydantic's errors, kept to answer that item alone."""
+
+    symbol: str | None
+    errors: list[dict]
+
+
+def _item_or_errors(value: Any, handler) -> BatchItem | InvalidItem:
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        symbol = value.get("symbol") if isinstance(value, dict) else None
+        return InvalidItem(symbol if isinstance(symbol, str) else None, exc.errors())
+
+
 class BatchRequest(Options):
-    items: list[BatchItem] = Field(min_length=1, description="Series forecast with the same options")
+    items: list[Annotated[BatchItem, WrapValidator(_item_or_errors)]] = Field(
+        min_length=1, description="Series forecast with the same options; each is answered on its own")
 
 
 class ForecastRow(BaseModel):
@@ -85,8 +110,30 @@ class ForecastResponse(BaseModel):
     quantiles: dict[str, list[ForecastRow]] | None = None
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="e.g. bars[3].high, or items[1].bars[3].high in a batch")
+    message: str
+
+
+class ItemErrorBody(BaseModel):
+    detail: str
+    errors: list[FieldError]
+
+
+class BatchResult(BaseModel):
+    """One item's answer: a forecast (error null) or an error (model and forecast null)."""
+
+    index: int = Field(description="The item's position in `items`")
+    symbol: str | None
+    model: ModelBlock | None = None
+    warnings: list[str] = []
+    forecast: list[ForecastRow] | None = None
+    quantiles: dict[str, list[ForecastRow]] | None = None
+    error: ItemErrorBody | None = None
+
+
 class BatchResponse(BaseModel):
-    results: list[ForecastResponse]
+    results: list[BatchResult]
 
 
 def series_of(symbol: str, bars: list[Bar]) -> SeriesInput:
@@ -100,6 +147,35 @@ def series_of(symbol: str, bars: list[Bar]) -> SeriesInput:
         if any(v is not None for v in values):
             columns[name] = [float("nan") if v is None else v for v in values]
     return SeriesInput(symbol.strip(), pd.DataFrame(columns))
+
+
+def field_errors(error: ItemError, prefix: str = "") -> dict:
+    """{detail, errors: [{field, message}]} for a series the service refused; `prefix`: `items[i].`."""
+    if isinstance(error.error, BarsError):
+        errors = [{"field": prefix + _bar_field(issue.row, issue.column), "message": issue.problem + issue.detail}
+                  for issue in error.error.issues]
+    else:
+        errors = [{"field": prefix + error.field, "message": str(error.error)}]
+    return {"detail": str(error.error), "errors": errors}
+
+
+def invalid_item_errors(item: InvalidItem, prefix: str) -> dict:
+    errors = [{"field": prefix + location(e.get("loc", ())), "message": e.get("msg", "invalid")}
+              for e in item.errors]
+    return {"detail": "invalid item: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]),
+            "errors": errors}
+
+
+def _bar_field(row: int | None, column: str | None) -> str:
+    return "bars" + (f"[{row}]" if row is not None else "") + (f".{column}" if column and row is not None else "")
+
+
+def location(loc) -> str:
+    """pydantic's error location as a field path: ("bars", 3, "close") -> bars[3].close."""
+    text = ""
+    for part in (p for p in loc if p != "body"):
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
 
 
 def response_of(answer: Answer) -> dict:

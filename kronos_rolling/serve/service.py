@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from kronos_rolling import ASSET_CLASSES
-from kronos_rolling.data.features import FEATURE_COLUMNS
+from kronos_rolling.data.bars import clean_bars
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import (
     ConfigError,
@@ -43,11 +43,7 @@ from kronos_rolling.errors import (
 )
 from kronos_rolling.locks import device_busy
 from kronos_rolling.model.base import BaseModelRef
-from kronos_rolling.model.forecast import (
-    ForecastResult,
-    infer_future_timestamps,
-    prepare_series,
-)
+from kronos_rolling.model.forecast import ForecastResult
 from kronos_rolling.registry.names import POOLED, PRODUCTION
 from kronos_rolling.serve.cache import CachedVersion, VersionCache
 from kronos_rolling.serve.pool import AdapterPool, LoadedAdapter
@@ -109,6 +105,19 @@ class Answer:
     model: ModelInfo
     warnings: list[str]
     result: ForecastResult
+
+
+@dataclass
+class ItemError:
+    """Why one series of a request got no forecast: a DataError (a BarsError names rows and
+    columns) about the series' `field` ("bars" or "symbol")."""
+
+    symbol: str
+    error: DataError
+    field: str
+
+
+BARS_HINT = "Rows are positions in the series' bars (0-based)."
 
 
 @dataclass(frozen=True)
@@ -387,37 +396,51 @@ class PredictorService:
         return self.settings.guard_ratio if self.settings.inference_guard else None
 
     def forecast(self, series: list[SeriesInput], options: ForecastOptions) -> list[Answer]:
-        """Answer every series with the model that serves its symbol's class (one model per class)."""
+        """Answer every series, or raise the first item's error (for one-series callers)."""
+        outcomes = self.forecast_each(series, options)
+        for outcome in outcomes:
+            if isinstance(outcome, ItemError):
+                raise outcome.error
+        return outcomes
+
+    def forecast_each(self, series: list[SeriesInput], options: ForecastOptions) -> list[Answer | ItemError]:
+        """Per series an Answer, or the ItemError that kept it from one (bad bars, unknown symbol).
+
+        Each series is answered by the model that serves its symbol's class (one model per
+        class). Errors of the whole request (options over the limits, too many series) raise.
+        """
         if not series:
             raise DataError("no series to forecast: send at least one symbol with its bars")
         self.limits.check_options(options.pred_len, options.samples)
         self.limits.check_batch(len(series))
-        for item in series:
-            self.limits.check_bars(item.symbol, len(item.bars))
-            prepare_series(item.bars, options.pred_len, label=item.symbol)  # bad bars: a message naming the symbol
-        classes = [asset_class_of(item.symbol, self.overrides) for item in series]
-        unavailable = self.unavailable()
+        outcomes: list[Answer | ItemError | None] = [None] * len(series)
         groups: dict[str, list[int]] = {}
-        for index, asset_class in enumerate(classes):
-            groups.setdefault(asset_class, []).append(index)
-        choices: list[Choice] = [None] * len(series)  # type: ignore[list-item]
-        answered: list[tuple[ForecastResult, LoadedAdapter | None]] = [None] * len(series)  # type: ignore
-        for asset_class, indices in groups.items():
-            choice, adapter, results = self._forecast_class(asset_class, [series[i] for i in indices], options,
-                                                            unavailable)
-            for i, result in zip(indices, results):
-                if not np.isfinite(result.mean[FEATURE_COLUMNS].to_numpy()).all():
-                    raise DataError(f"{series[i].symbol}: the forecast is not finite; the bars' values are "
-                                    "too large or too spread to normalise (check the units)")
-                choices[i], answered[i] = choice, (result, adapter)
+        clean: dict[int, SeriesInput] = {}
+        for index, item in enumerate(series):
+            field = "bars"
+            try:
+                self.limits.check_bars(item.symbol, len(item.bars))
+                clean[index] = replace(item, bars=clean_bars(item.bars, item.symbol, hint=BARS_HINT))
+                field = "symbol"
+                groups.setdefault(asset_class_of(item.symbol, self.overrides), []).append(index)
+            except DataError as exc:
+                outcomes[index] = ItemError(item.symbol, exc, field)
+        unavailable = self.unavailable()
         stale = registry_freshness(self.last_success, self.last_failure, _now(), self.settings.poll_interval_s)
-        answers = []
-        for item, choice, (result, adapter) in zip(series, choices, answered):
-            warnings = [choice.warning] if choice.warning else []
-            if stale.stale:
-                warnings.append(f"registry stale: {stale.reason}; answered with the versions loaded")
-            answers.append(Answer(item.symbol, _model_info(choice, adapter), warnings, result))
-        return answers
+        for asset_class, indices in groups.items():
+            try:
+                choice, adapter, results = self._forecast_class(asset_class, [clean[i] for i in indices], options,
+                                                                unavailable)
+            except DataError as exc:  # the forecast of this class failed as a whole (say, not finite)
+                for i in indices:
+                    outcomes[i] = ItemError(series[i].symbol, exc, "bars")
+                continue
+            for i, result in zip(indices, results):
+                warnings = [choice.warning] if choice.warning else []
+                if stale.stale:
+                    warnings.append(f"registry stale: {stale.reason}; answered with the versions loaded")
+                outcomes[i] = Answer(series[i].symbol, _model_info(choice, adapter), warnings, result)
+        return outcomes
 
     def _forecast_class(self, asset_class: str, items: list[SeriesInput], options: ForecastOptions,
                         unavailable: dict[str, str]):
@@ -435,7 +458,8 @@ class PredictorService:
             return adapter, forecaster.forecast(
                 [item.bars for item in items], options.pred_len, temperature=options.temperature,
                 top_k=options.top_k, top_p=options.top_p, samples=options.samples, seed=options.seed,
-                quantiles=options.quantiles, event_ids=events if any(e is not None for e in events) else None)
+                quantiles=options.quantiles, event_ids=events if any(e is not None for e in events) else None,
+                asset_class=asset_class)
 
         adapter, results = self.pool.run(pick, work)
         return chosen[0], adapter, results
@@ -445,14 +469,8 @@ class PredictorService:
         """Event ids of the bars and the horizon from the data folder's events (None: no events)."""
         if adapter is None or len(self.calendar) == 0:
             return None
-        try:
-            stamps = pd.Series(pd.to_datetime(item.bars["timestamp"], utc=True))
-            future = infer_future_timestamps(stamps, pred_len)
-            spacing = stamps.diff().dropna().mode().iloc[0]
-            everything = pd.concat([stamps, pd.Series(pd.to_datetime(future, utc=True))], ignore_index=True)
-            return self.calendar.event_ids(item.symbol, asset_class, everything, spacing, adapter.vocabulary)
-        except (ValueError, TypeError, IndexError, KeyError):
-            return None  # malformed bars: the forecaster's own validation names the problem
+        return self.calendar.forecast_event_ids(item.symbol, asset_class, item.bars["timestamp"], pred_len,
+                                                adapter.vocabulary)
 
     # -- reports ----------------------------------------------------------------------------
 

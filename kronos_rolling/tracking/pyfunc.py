@@ -7,11 +7,20 @@ it (``mlflow.pyfunc.load_model("models:/kronos-lora-crypto@production")``) or se
 (``mlflow models serve -m ... --env-manager local``) loads that base and puts the adapter
 on top.
 
-Input: one row per bar, columns `timestamp, open, high, low, close` (optional `volume`,
-`amount`, and `symbol` to forecast several series in one call). Output: one row per
-forecast bar with the same columns (and `symbol` when given); with `quantiles=true`,
-`close_p10`, `close_p50` and `close_p90` as well. Timestamps are UTC; MLflow schemas only
-carry naive datetimes, so they travel without a time zone.
+Input (the README's table): one row per bar, `timestamp, open, high, low, close`,
+optional `volume` and `amount`, and an optional `symbol` to forecast several series in
+one call. Timestamps may be tz-aware (converted to UTC), naive (read as UTC), ISO text or
+unix seconds/milliseconds. The bars pass the one bar validator (`data.bars`); its errors
+name the symbol, the row (counted from 0 within the symbol's bars) and the column. The
+signature names the columns and which are optional; it leaves their values to that
+validator (type `any`), so MLflow's schema check refuses nothing the validator would
+accept and never answers with a dump of the input.
+
+Output: one row per forecast bar, `timestamp, open, high, low, close, volume, amount`
+(and `symbol` first when given; with `quantiles=true`, `close_p10`, `close_p50`,
+`close_p90`). Future timestamps follow each series' calendar (its symbol's asset class,
+else the adapter's). They are UTC: naive when the input's were naive datetimes, tz-aware
+otherwise.
 """
 
 from __future__ import annotations
@@ -27,8 +36,11 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
+from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
+from kronos_rolling.data.assets import classify_asset
+from kronos_rolling.data.bars import clean_bars
 from kronos_rolling.errors import DataError
 from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.tracking.adapters import (
@@ -50,6 +62,31 @@ DEFAULT_PARAMS = {
 }
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # what MLflow runs to rebuild the model
 QUANTILE_COLUMNS = {"p10": "close_p10", "p50": "close_p50", "p90": "close_p90"}
+EXAMPLE_BARS = 32
+
+
+def model_signature() -> ModelSignature:
+    """Columns in and out, which are optional, and the params with their defaults."""
+    values = ("open", "high", "low", "close")
+    inputs = Schema([ColSpec(AnyType(), "timestamp"), *[ColSpec(AnyType(), c) for c in values],
+                     ColSpec(AnyType(), "volume", required=False), ColSpec(AnyType(), "amount", required=False),
+                     ColSpec("string", "symbol", required=False)])
+    outputs = Schema([ColSpec("string", "symbol", required=False), ColSpec("datetime", "timestamp"),
+                      *[ColSpec("double", c) for c in (*values, "volume", "amount")],
+                      *[ColSpec("double", c, required=False) for c in QUANTILE_COLUMNS.values()]])
+    params = ParamSchema([ParamSpec(name, _param_type(value), value) for name, value in DEFAULT_PARAMS.items()])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def _param_type(value) -> str:
+    return {bool: "boolean", int: "long", float: "double"}[type(value)]
+
+
+def input_example(bars: pd.DataFrame) -> pd.DataFrame:
+    """The last bars of a series as a caller sends them: ISO timestamps with their UTC offset."""
+    example = bars.tail(EXAMPLE_BARS).reset_index(drop=True)
+    stamps = pd.to_datetime(example["timestamp"], utc=True)
+    return example.assign(timestamp=[t.isoformat() for t in stamps])
 
 
 class KronosAdapterModel(mlflow.pyfunc.PythonModel):
@@ -65,36 +102,49 @@ class KronosAdapterModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         settings = {**DEFAULT_PARAMS, **(params or {})}
-        if not isinstance(model_input, pd.DataFrame):
-            model_input = pd.DataFrame(model_input)
-        if "symbol" in model_input.columns:
-            groups = [(symbol, frame.drop(columns="symbol")) for symbol, frame in model_input.groupby("symbol", sort=False)]
-        else:
-            groups = [(None, model_input)]
-        if not groups or any(len(frame) == 0 for _, frame in groups):
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if len(frame) == 0:
             raise DataError("no bars to forecast: send rows of timestamp, open, high, low, close")
+        groups = _by_symbol(frame)
+        bars = [clean_bars(part, "bars" if symbol is None else f"symbol {symbol}") for symbol, part in groups]
         seed = int(settings["seed"])
         results = self.forecaster.forecast(
-            [frame.reset_index(drop=True) for _, frame in groups], int(settings["pred_len"]),
-            temperature=float(settings["temperature"]), top_k=int(settings["top_k"]),
-            top_p=float(settings["top_p"]), samples=int(settings["samples"]),
-            seed=None if seed < 0 else seed, quantiles=bool(settings["quantiles"]),
+            bars, int(settings["pred_len"]), temperature=float(settings["temperature"]), top_k=int(settings["top_k"]),
+            top_p=float(settings["top_p"]), samples=int(settings["samples"]), seed=None if seed < 0 else seed,
+            quantiles=bool(settings["quantiles"]), asset_class=[self._asset_class(symbol) for symbol, _ in groups],
         )
+        naive = pd.api.types.is_datetime64_any_dtype(frame["timestamp"]) and frame["timestamp"].dt.tz is None
         frames = []
         for (symbol, _), result in zip(groups, results):
-            frame = result.mean.copy()
-            frame["timestamp"] = naive_utc(frame["timestamp"])
+            out = result.mean.copy()
+            if naive:
+                out["timestamp"] = out["timestamp"].dt.tz_localize(None)
             if result.quantiles:
                 for name, column in QUANTILE_COLUMNS.items():
-                    frame[column] = result.quantiles[name]["close"].to_numpy()
+                    out[column] = result.quantiles[name]["close"].to_numpy()
             if symbol is not None:
-                frame.insert(0, "symbol", symbol)
-            frames.append(frame)
+                out.insert(0, "symbol", symbol)
+            frames.append(out)
         return pd.concat(frames, ignore_index=True)
 
+    def _asset_class(self, symbol: str | None) -> str | None:
+        """The symbol's asset class for its market calendar; else the adapter's own (None for pooled)."""
+        try:
+            return classify_asset(symbol) if symbol is not None else self.metadata.get("asset_class")
+        except DataError:
+            return self.metadata.get("asset_class")
 
-def naive_utc(timestamps: pd.Series) -> pd.Series:
-    return pd.to_datetime(timestamps, utc=True).dt.tz_localize(None)
+
+def _by_symbol(frame: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    """(symbol, its bars) in order of first appearance; one unnamed series without a `symbol` column."""
+    if "symbol" not in frame.columns:
+        return [(None, frame.reset_index(drop=True))]
+    missing = frame["symbol"].isna().to_numpy().nonzero()[0]
+    if len(missing):
+        raise DataError(f"symbol missing at row(s) {', '.join(map(str, missing[:10]))}; give every row its "
+                        "symbol, or leave the column out for a single series")
+    return [(str(symbol), part.drop(columns="symbol").reset_index(drop=True))
+            for symbol, part in frame.groupby("symbol", sort=False)]
 
 
 def pip_requirements() -> list[str]:
@@ -108,29 +158,21 @@ def pip_requirements() -> list[str]:
     return pins + [f"kronos-rolling=={package_metadata.version('kronos-rolling')}"]
 
 
-def save_adapter_model(bundle_dir: Path, input_example: pd.DataFrame, out_dir: Path) -> Path:
-    """Write the bundle as a pyfunc model folder (models from code: no pickle) at `out_dir`.
-
-    The signature's output schema comes from a real forecast of `input_example`.
-    """
-    input_example = input_example.assign(timestamp=naive_utc(input_example["timestamp"]))
-    model = KronosAdapterModel()
-    model.load_context(_LocalContext({ADAPTER_ARTIFACT: str(bundle_dir)}))
-    example_params = {**DEFAULT_PARAMS, "pred_len": 4}
-    output_example = model.predict(None, input_example, example_params)
-    signature = infer_signature(input_example, output_example, params=DEFAULT_PARAMS)
+def save_adapter_model(bundle_dir: Path, bars: pd.DataFrame, out_dir: Path) -> Path:
+    """Write the bundle as a pyfunc model folder at `out_dir`, as "models from code": loading it runs
+    pyfunc_model.py and unpickles nothing. `bars`: a series whose last bars become the input example."""
     mlflow.pyfunc.save_model(
         path=str(out_dir),
         python_model=str(MODEL_CODE),
         artifacts={ADAPTER_ARTIFACT: str(bundle_dir)},
-        signature=signature,
-        input_example=input_example,
+        signature=model_signature(),
+        input_example=input_example(bars),
         pip_requirements=pip_requirements(),
     )
     return out_dir
 
 
-def log_adapter_model(run: TrackedRun, bundle_dir: Path, input_example: pd.DataFrame, name: str = MODEL_NAME) -> str:
+def log_adapter_model(run: TrackedRun, bundle_dir: Path, bars: pd.DataFrame, name: str = MODEL_NAME) -> str:
     """Log the bundle as a pyfunc model of the run (an MLflow logged model, the run's output);
     returns its `models:/<model_id>` URI. A model whose files did not all arrive is FAILED."""
     client = run.client
@@ -139,7 +181,7 @@ def log_adapter_model(run: TrackedRun, bundle_dir: Path, input_example: pd.DataF
     try:
         client.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step=0)])
         with tempfile.TemporaryDirectory(prefix="kronos-model-") as tmp:
-            folder = save_adapter_model(bundle_dir, input_example, Path(tmp) / name)
+            folder = save_adapter_model(bundle_dir, bars, Path(tmp) / name)
             client.log_model_artifacts(model.model_id, str(folder))
     except BaseException:
         client.finalize_logged_model(model.model_id, "FAILED")
@@ -158,10 +200,3 @@ def register_adapter_model(client: MlflowClient, name: str, model_uri: str, run_
                                                           "by kronos-rolling")
     return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_uri.removeprefix("models:/"),
                                        tags=tags, description=description, await_creation_for=await_s)
-
-
-class _LocalContext:
-    """The one part of mlflow's PythonModelContext that load_context reads."""
-
-    def __init__(self, artifacts: dict[str, str]):
-        self.artifacts = artifacts

@@ -8,6 +8,7 @@
 - `ServiceProcess`: the real HTTP service (`python -m kronos_rolling.serve serve`) as a
   child process on a free port; `stop()` ends it and its children.
 - `sample_bars`: a window of the bundled real sample data as request rows.
+- `mlflow_model_server`: `mlflow models serve` as a child process, waited for and stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -177,24 +179,22 @@ def expected_forecast(base_dir: Path, version_seed: int | None, frame: pd.DataFr
                       asset_class: str, data_dir: Path, label: str = "crypto", **sampling) -> pd.DataFrame:
     """The forecast the version built from `version_seed` (None: the bare base) gives, computed here."""
     from kronos_rolling.data.events import EventVocabulary
-    from kronos_rolling.model.forecast import Forecaster, infer_future_timestamps
+    from kronos_rolling.model.forecast import Forecaster
     from kronos_rolling.model.lora import load_adapter_bundle
     from kronos_rolling.model.tokenizer import KronosTokenizer
 
     tokenizer = KronosTokenizer.from_pretrained(Path(base_dir) / "tokenizer")
     model = Kronos.from_pretrained(Path(base_dir) / "predictor")
     if version_seed is None:
-        return Forecaster(model, tokenizer, device="cpu").forecast(frame, pred_len, **sampling).mean
+        return Forecaster(model, tokenizer, device="cpu").forecast(frame, pred_len, asset_class=asset_class,
+                                                                   **sampling).mean
     with tempfile.TemporaryDirectory() as folder:
         bundle = build_bundle(base_dir, Path(folder) / "bundle", version_seed, label=label)
         peft_model, events, vocab = load_adapter_bundle(model, bundle)
-    stamps = pd.Series(pd.to_datetime(frame["timestamp"], utc=True))
-    future = infer_future_timestamps(stamps, pred_len)
-    everything = pd.concat([stamps, pd.Series(pd.to_datetime(future, utc=True))], ignore_index=True)
-    ids = DataStore(data_dir).events().event_ids(symbol, asset_class, everything, stamps.diff().mode().iloc[0],
-                                                 EventVocabulary.from_dict(vocab))
+    ids = DataStore(data_dir).events().forecast_event_ids(symbol, asset_class, frame["timestamp"], pred_len,
+                                                          EventVocabulary.from_dict(vocab))
     forecaster = Forecaster(peft_model, tokenizer, device="cpu", event_embedding=events)
-    return forecaster.forecast(frame, pred_len, event_ids=ids, **sampling).mean
+    return forecaster.forecast(frame, pred_len, event_ids=ids, asset_class=asset_class, **sampling).mean
 
 
 class InProcessService:
@@ -227,3 +227,31 @@ class InProcessService:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+@contextmanager
+def mlflow_model_server(command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None,
+                        timeout: float = 180.0):
+    """Run `command` (an `mlflow models serve ... --port port`) until /ping answers; stop it and its children after.
+
+    mlflow execs `uvicorn` by name: the interpreter's scripts folder goes on PATH, as after `export PATH`.
+    """
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert server.poll() is None, Path(log_path).read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not come up"
+            time.sleep(0.5)
+        yield server
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

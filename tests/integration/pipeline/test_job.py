@@ -216,46 +216,24 @@ def test_a_second_training_with_no_wait_exits_75(env, tiny_base, tmp_path, monke
 
 
 def test_mlflow_models_serve_answers_with_the_production_version(jobs, env, tmp_path):
-    import os
-    import signal
-    import time
-
     import requests
+    from support.serve import mlflow_model_server
 
     from kronos_rolling.tracking.server import free_port
 
     alias = "production" if jobs["crypto"].promoted else "staging"
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/kronos-lora-crypto@{alias}",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        # mlflow execs `uvicorn` by name: the interpreter's scripts folder must be on PATH.
-        env={**os.environ, "MLFLOW_TRACKING_URI": env.tracking_uri,
-             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}, start_new_session=True,
-        stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not come up"
-            time.sleep(0.5)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/kronos-lora-crypto@{alias}",
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with mlflow_model_server(command, port, tmp_path / "serve.log", env={"MLFLOW_TRACKING_URI": env.tracking_uri}):
         bars = DataStore().load("BTCUSD").iloc[-64:].reset_index(drop=True)
         bars["timestamp"] = bars["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
         body = {"dataframe_split": bars.to_dict(orient="split"), "params": {"pred_len": 3, "seed": 1}}
         answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=120)
-        assert answer.status_code == 200, answer.text
-        rows = answer.json()["predictions"]
-        assert len(rows) == 3 and all(np.isfinite(r["close"]) for r in rows)
-        assert rows[0]["timestamp"].startswith("2019-10-17T10:00")
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()["predictions"]
+    assert len(rows) == 3 and all(np.isfinite(r["close"]) for r in rows)
+    assert rows[0]["timestamp"].startswith("2019-10-17T10:00")
 
 
 def test_a_version_of_kronos_base_weighs_under_5_percent_of_the_base(jobs, env, tmp_path):

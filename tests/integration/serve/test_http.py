@@ -306,7 +306,34 @@ def test_requests_are_validated_with_clear_messages_and_auth(service):
     assert "bars[3].close" in problem({"bars": bad})
     duplicate = [dict(row) for row in body["bars"]]
     duplicate[10]["timestamp"] = duplicate[9]["timestamp"]
-    assert "duplicates the previous one" in problem({"bars": duplicate})
+    assert "duplicate timestamp (conflicting values)" in problem({"bars": duplicate})
+
+    def fields(changes: dict) -> dict[str, list[str]]:
+        response = requests.post(url, json={**body, **changes}, headers=AUTH, timeout=10)
+        assert response.status_code == 422, response.text
+        found: dict[str, list[str]] = {}
+        for error in response.json()["errors"]:
+            found.setdefault(error["field"], []).append(error["message"])
+        return found
+
+    def bars_with(row: int, **values) -> list[dict]:
+        bars = [dict(bar) for bar in body["bars"]]
+        bars[row].update(values)
+        return bars
+
+    # The one bar validator, as for every entry point: row and column named as a field.
+    assert fields({"bars": bars_with(3, low=-1.0)}) == {"bars[3].low": ["price is not positive: -1"]}
+    assert fields({"bars": bars_with(5, high=1.0)})["bars[5].high"][0].startswith("high is below low (1.0 vs ")
+    assert fields({"bars": bars_with(7, volume=-2.0)}) == {"bars[7].volume": ["negative value: -2"]}
+    huge = fields({"bars": bars_with(9, close=1e300, high=1e300)})
+    assert set(huge) == {"bars[9].close", "bars[9].high"} and "too large for float32" in huge["bars[9].close"][0]
+    # Unix seconds and UTC offsets are read as UTC: the same forecast as ISO UTC text.
+    unix = [{**bar, "timestamp": int(pd.Timestamp(bar["timestamp"]).timestamp())} for bar in body["bars"]]
+    offsets = [{**bar, "timestamp": pd.Timestamp(bar["timestamp"]).tz_convert("Asia/Tokyo").isoformat()}
+               for bar in body["bars"]]
+    answers = [requests.post(url, json={**body, "bars": bars, **GREEDY}, headers=AUTH, timeout=30).json()
+               for bars in (body["bars"], unix, offsets)]
+    assert answers[0]["forecast"] == answers[1]["forecast"] == answers[2]["forecast"]
     assert "top_p" in problem({"top_p": 1.5})
     assert "unexpected" in problem({"colour": "blue"}).lower() or "extra" in problem({"colour": "blue"}).lower()
     huge = {**body, "bars": body["bars"] * 40}
@@ -324,6 +351,27 @@ def test_requests_are_validated_with_clear_messages_and_auth(service):
     results = batch.json()["results"]
     assert [r["model"]["served_as"] for r in results] == ["pooled", "crypto", "forex_commodity"]
     assert all(set(r["quantiles"]) == {"p10", "p50", "p90"} and len(r["quantiles"]["p90"]) == 3 for r in results)
+    # A result per item: the bad ones say why, naming the item's fields; 200 as one succeeds.
+    bad_high = [dict(bar) for bar in bars_json(FRAMES["EURUSD"])]
+    bad_high[3]["high"] = bad_high[3]["low"] / 2
+    not_a_number = [dict(bar) for bar in bars_json(FRAMES["AAPL"])]
+    not_a_number[2]["close"] = "12,5x"
+    mixed = requests.post(service.url + "/forecast/batch", headers=AUTH, timeout=30, json={
+        "items": [{"symbol": "BTCUSD", "bars": bars_json(FRAMES["BTCUSD"])}, {"symbol": "EURUSD", "bars": bad_high},
+                  {"symbol": "AAPL", "bars": not_a_number}, {"symbol": "ZZZZZZZZ", "bars": body["bars"]}],
+        "pred_len": 3, **GREEDY})
+    assert mixed.status_code == 200, mixed.text
+    good, high, typed, unknown = mixed.json()["results"]
+    assert good["error"] is None and len(good["forecast"]) == 3 and good["model"]["served_as"] == "crypto"
+    assert [r["index"] for r in mixed.json()["results"]] == [0, 1, 2, 3]
+    assert high["forecast"] is None and high["model"] is None
+    assert {e["field"] for e in high["error"]["errors"]} == {"items[1].bars[3].high"}
+    assert typed["error"]["errors"][0]["field"] == "items[2].bars[2].close"
+    assert unknown["error"]["errors"][0]["field"] == "items[3].symbol"
+    assert "cannot tell the asset class" in unknown["error"]["detail"]
+    none = requests.post(service.url + "/forecast/batch", headers=AUTH, timeout=30, json={
+        "items": [{"symbol": "EURUSD", "bars": bad_high}], "pred_len": 3})
+    assert none.status_code == 422 and none.json()["results"][0]["error"]["errors"][0]["field"] == "items[0].bars[3].high"
     too_many = {"items": [{"symbol": "BTCUSD", "bars": body["bars"][:16]}] * 33, "pred_len": 2}
     response = requests.post(service.url + "/forecast/batch", json=too_many, headers=AUTH, timeout=10)
     assert response.status_code == 422 and "at most 32" in response.json()["detail"]

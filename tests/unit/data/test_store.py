@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from kronos_rolling.cli.main import main
+from kronos_rolling.data.bars import clean_bars
 from kronos_rolling.data.features import FEATURE_COLUMNS
-from kronos_rolling.data.store import DataStore, prepare_bars
+from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import DataError
 from kronos_rolling.settings import BUNDLED_DATA_DIR, load_settings
 
@@ -117,6 +118,12 @@ def test_import_with_local_time_zone_and_format(tmp_path):
     ("date,open,high,low,close\n2021-01-01,1,2,0.5,1.5\n2021-01-02,1,0.1,0.5,1.5\n", "AAPL", {}, "row 2, column 'high'"),
     ("date,open,high,low\n2021-01-01,1,2,0.5\n", "AAPL", {}, "missing column"),
     ("date,open,high,low,close\n2021-01-01,1,2,0.5,1.5\n2021-01-01,1,2,0.5,1.5\n", "AAPL", {}, "duplicate timestamp"),
+    ("date,open,high,low,close\n2021-01-01,1,2,0.5,1.5\n2021-01-04,1,1e300,0.5,1.5\n", "AAPL", {},
+     r"row 2, column 'high': too large for float32"),
+    ("date,open,high,low,close\n2021-01-01,1,2,0.5,1.5\n2021-01-04,-1,2,0.5,1.5\n", "AAPL", {},
+     r"row 2, column 'open': price is not positive: -1"),
+    ("date,open,high,low,close,volume\n2021-01-01,1,2,0.5,1.5,3\n2021-01-04,1,2,0.5,1.5,-3\n", "AAPL", {},
+     r"row 2, column 'volume': negative value: -3"),
     ("date,open,high,low,close\n2021-01-01,1,2,0.5,1.5\n", "MYSTERY1", {}, "asset_classes.csv"),
     ("date,open,high,low,close\n2021-01-01,1,2,0.5,1.5\n", "BTC/USDT", {}, "cannot name a file"),
     ("date,open,high,low,close\n2021-01-01,1,2,0.5,1.5\n", "AAPL", {"asset_class": "bonds"}, "not one of"),
@@ -173,10 +180,10 @@ def test_import_reports_gaps_without_failing(tmp_path):
     assert len(report.gaps) == 1 and "14 missing bars" in report.gaps[0].problem
 
 
-def test_prepare_bars_accepts_frames_from_code():
+def test_clean_bars_accepts_frames_from_code():
     frame = pd.DataFrame({"Timestamp": pd.date_range("2021-01-01", periods=3, freq="D"),
                           "Open": [1, 2, 3], "High": [2, 3, 4], "Low": [0.5, 1, 2], "Close": [1.5, 2, 3]})
-    bars = prepare_bars(frame, "mine")
+    bars = clean_bars(frame, "mine")
     assert str(bars["timestamp"].dtype) == "datetime64[ns, UTC]"
     assert (bars["volume"] == 0).all() and (bars["amount"] == 0).all()
 

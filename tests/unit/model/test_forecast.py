@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+from kronos_rolling.data.calendars import future_bar_times
 from kronos_rolling.data.features import FEATURE_COLUMNS
 from kronos_rolling.errors import ConfigError, DataError, KronosError, ModelError
 from kronos_rolling.model.config import MODEL_SIZES, TokenizerConfig
-from kronos_rolling.model.forecast import Forecaster, infer_future_timestamps
+from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.model.generate import generate, sample_tokens
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer
@@ -30,11 +31,12 @@ def tiny():
 def make_bars(n: int, seed: int = 0, freq: str = "15min", volume: bool = True) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     close = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    open_ = close * np.exp(rng.normal(0, 0.002, n))
     frame = pd.DataFrame({
         "timestamp": pd.date_range("2024-05-06 09:30", periods=n, freq=freq),
-        "open": close * np.exp(rng.normal(0, 0.002, n)),
-        "high": close * 1.004,
-        "low": close * 0.996,
+        "open": open_,
+        "high": np.maximum(open_, close) * 1.002,
+        "low": np.minimum(open_, close) * 0.998,
         "close": close,
     })
     if volume:
@@ -102,8 +104,8 @@ def test_forecaster_frame_paths_and_quantiles(tiny):
     forecaster = Forecaster(model, tokenizer, device="cpu")
     result = forecaster.forecast(bars, 6, samples=5, seed=3, quantiles=True, return_paths=True)
     assert list(result.mean.columns) == ["timestamp", *FEATURE_COLUMNS]
-    expected_times = pd.date_range(bars["timestamp"].iloc[-1], periods=7, freq="15min")[1:]
-    assert (result.mean["timestamp"].to_numpy() == expected_times.to_numpy()).all()
+    expected_times = pd.date_range(bars["timestamp"].iloc[-1], periods=7, freq="15min", tz="UTC")[1:]
+    assert pd.DatetimeIndex(result.mean["timestamp"]).equals(expected_times)  # naive input is UTC
     assert len(result.paths) == 5 and all(len(p) == 6 for p in result.paths)
     stacked = np.stack([p[FEATURE_COLUMNS].to_numpy() for p in result.paths])
     np.testing.assert_allclose(result.mean[FEATURE_COLUMNS].to_numpy(), stacked.mean(axis=0), rtol=1e-5)
@@ -124,7 +126,7 @@ def test_forecaster_greedy_is_deterministic_and_matches_generate(tiny):
     pd.testing.assert_frame_equal(first.mean, second.mean)
     future = pd.date_range("2030-01-01", periods=8, freq="D")
     given = forecaster.forecast(bars, 8, top_k=1, future_timestamps=future)
-    assert (given.mean["timestamp"].to_numpy() == future.to_numpy()).all()
+    assert pd.DatetimeIndex(given.mean["timestamp"]).equals(future.tz_localize("UTC"))
 
 
 def test_a_csv_path_forecasts_like_its_dataframe(tiny, tmp_path):
@@ -137,7 +139,7 @@ def test_a_csv_path_forecasts_like_its_dataframe(tiny, tmp_path):
     np.testing.assert_allclose(got[FEATURE_COLUMNS].to_numpy(), want[FEATURE_COLUMNS].to_numpy(), rtol=1e-6)
     [listed] = forecaster.forecast([str(tmp_path / "bars.csv")], 4, top_k=1)
     np.testing.assert_allclose(listed.mean["close"].to_numpy(), want["close"].to_numpy(), rtol=1e-6)
-    with pytest.raises(DataError, match="missing.csv: no such CSV file"):
+    with pytest.raises(DataError, match="missing.csv: no such file"):
         forecaster.forecast(tmp_path / "missing.csv", 4)
 
 
@@ -159,27 +161,32 @@ def test_batch_of_different_lengths_matches_single_forecasts(tiny):
 def test_future_timestamps_use_the_most_common_spacing():
     stamps = pd.Series(pd.to_datetime(["2024-01-01 10:00", "2024-01-01 10:05", "2024-01-01 10:10",
                                        "2024-01-01 11:00", "2024-01-01 11:05"]))
-    assert list(infer_future_timestamps(stamps, 2)) == list(pd.to_datetime(["2024-01-01 11:10", "2024-01-01 11:15"]))
+    assert list(future_bar_times(stamps, 2)) == list(pd.to_datetime(["2024-01-01 11:10", "2024-01-01 11:15"], utc=True))
 
 
 @pytest.mark.parametrize(
     "mutate,kwargs,error,words",
     [
         (lambda b: b.drop(columns=["close"]), {}, DataError, ["missing column", "close"]),
-        (lambda b: b.drop(columns=["timestamp"]), {}, DataError, ["timestamp", "reset_index"]),
+        (lambda b: b.set_index("timestamp"), {}, DataError, ["timestamp", "reset_index"]),
         (lambda b: _with(b, 7, "high", np.nan), {}, DataError, ["NaN", "high", "row 7"]),
         (lambda b: _with(b, 3, "volume", np.inf), {}, DataError, ["infinite", "volume", "row 3"]),
-        (lambda b: b.iloc[:1], {}, DataError, ["1 bar", "2 needed"]),
+        (lambda b: b.iloc[:1], {}, DataError, ["1 usable bar", "at least 2"]),
         (lambda b: b, {"lookback": 500}, DataError, ["lookback of 500", "more history"]),
-        (lambda b: _with(b, 5, "timestamp", b.loc[4, "timestamp"]), {}, DataError, ["row 5", "duplicates", "sort"]),
-        (lambda b: _with(b, 5, "timestamp", b.loc[1, "timestamp"]), {}, DataError, ["row 5", "comes before"]),
-        (lambda b: _with(b, 2, "open", "n/a"), {}, DataError, ["'open'", "not numeric"]),
+        (lambda b: _with(b, 5, "timestamp", b.loc[4, "timestamp"]), {}, DataError, ["row 5", "duplicate timestamp"]),
+        (lambda b: _with(b, 5, "timestamp", b.loc[1, "timestamp"]), {}, DataError, ["row 5", "ascending time order"]),
+        (lambda b: _with(b, 2, "open", "n/a"), {}, DataError, ["row 2, column 'open'", "not a number"]),
+        (lambda b: _with(b, 2, "open", -1.0), {}, DataError, ["row 2, column 'open'", "price is not positive"]),
+        (lambda b: _with(b, 6, "low", 1e4), {}, DataError, ["row 6, column 'high'", "high is below low"]),
+        (lambda b: _with(b, 1, "volume", -3.0), {}, DataError, ["row 1, column 'volume'", "negative value"]),
+        (lambda b: _with(b, 3, "close", 1e300), {}, DataError, ["row 3, column 'close'", "float32"]),
         (lambda b: b, {"pred_len": 600}, ConfigError, ["exceeds the model's context of 512"]),
         (lambda b: b, {"future_timestamps": pd.date_range("2030-01-01", periods=2)}, DataError, ["2 future timestamps"]),
         (lambda b: b, {"temperature": 0.0}, ConfigError, ["temperature"]),
     ],
     ids=["missing-column", "missing-timestamp", "nan", "inf", "too-few-bars", "lookback", "duplicate-time",
-         "unordered-time", "non-numeric", "horizon", "future-length", "temperature"],
+         "unordered-time", "non-numeric", "negative-price", "high-below-low", "negative-volume", "overflow",
+         "horizon", "future-length", "temperature"],
 )
 def test_bad_input_gives_a_clear_error(tiny, mutate, kwargs, error, words):
     model, tokenizer = tiny
@@ -194,7 +201,7 @@ def test_bad_input_gives_a_clear_error(tiny, mutate, kwargs, error, words):
 
 def test_list_errors_name_the_series(tiny):
     forecaster = Forecaster(*tiny, device="cpu")
-    with pytest.raises(DataError, match="series 1: NaN value in column 'low'"):
+    with pytest.raises(DataError, match=r"series 1, row 4, column 'low': missing value \(NaN\)"):
         forecaster.forecast([make_bars(30), _with(make_bars(30), 4, "low", np.nan)], 3)
 
 

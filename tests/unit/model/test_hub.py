@@ -144,8 +144,52 @@ def test_forecast_command_greedy_is_deterministic(tiny_dir, bars_csv, tmp_path):
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     out = pd.read_csv(tmp_path / "a.csv")
     assert list(out.columns) == ["timestamp", "open", "high", "low", "close", "volume", "amount"]
-    assert list(pd.to_datetime(out["timestamp"])) == list(pd.date_range("2024-02-03 16:00", periods=6, freq="h"))
+    assert list(pd.to_datetime(out["timestamp"])) == list(pd.date_range("2024-02-03 16:00", periods=6, freq="h",
+                                                                         tz="UTC"))
     assert np.isfinite(out.drop(columns="timestamp").to_numpy()).all()
+
+
+def test_forecast_command_reads_bars_as_an_import_does(tiny_dir, bars_csv, tmp_path):
+    """Unix seconds are not 1970 dates, upper-case names and mixed UTC offsets forecast the same bars."""
+    assert run_forecast(tiny_dir, bars_csv, tmp_path / "want.csv", "--top-k", "1").exit_code == 0
+    frame = pd.read_csv(bars_csv)
+    stamps = pd.to_datetime(frame["timestamp"], utc=True)
+    layouts = {
+        "unix.csv": frame.assign(timestamp=(stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)),
+        "upper.csv": frame.rename(columns=str.upper),
+        # Each row in another zone's offset: the same instants.
+        "offsets.csv": frame.assign(timestamp=[t.tz_convert("Asia/Tokyo" if i % 2 else "America/New_York")
+                                               .isoformat() for i, t in enumerate(stamps)]),
+    }
+    for name, table in layouts.items():
+        table.to_csv(tmp_path / name, index=False)
+        result = run_forecast(tiny_dir, tmp_path / name, tmp_path / f"out-{name}", "--top-k", "1")
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / f"out-{name}").read_bytes() == (tmp_path / "want.csv").read_bytes(), name
+
+
+@pytest.mark.parametrize("row,column,value,words", [
+    (5, "close", "-2.5", "row 5, column 'close': price is not positive: -2.5"),
+    (7, "low", "1000", "row 7, column 'high': high is below low"),
+    (9, "volume", "-1", "row 9, column 'volume': negative value: -1"),
+    (3, "high", "1e300", "row 3, column 'high': too large for float32"),
+])
+def test_forecast_command_refuses_bad_bars_naming_row_and_column(tiny_dir, bars_csv, tmp_path, row, column, value,
+                                                                 words):
+    table = pd.read_csv(bars_csv, dtype=str)
+    table.loc[row - 1, column] = value  # row N: the file's Nth data row
+    table.to_csv(tmp_path / "bad.csv", index=False)
+    result = run_forecast(tiny_dir, tmp_path / "bad.csv", tmp_path / "out.csv")
+    assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("option,value", [("--max-context", "0"), ("--pred-len", "0"), ("--samples", "0"),
+                                          ("--top-p", "0"), ("--temperature", "0"), ("--lookback", "1")])
+def test_forecast_command_refuses_out_of_range_settings(tiny_dir, bars_csv, tmp_path, option, value):
+    result = run_forecast(tiny_dir, bars_csv, tmp_path / "out.csv", option, value)
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_forecast_command_sampling_quantiles_and_seed(tiny_dir, bars_csv, tmp_path):
@@ -163,7 +207,7 @@ def test_forecast_command_reports_bad_input_without_traceback(tiny_dir, bars_csv
     pd.read_csv(bars_csv).drop(columns=["low"]).to_csv(broken, index=False)
     result = run_forecast(tiny_dir, broken, tmp_path / "out.csv")
     assert result.exit_code == 2
-    assert "missing column(s) ['low']" in result.output and "Traceback" not in result.output
+    assert "missing column(s) low" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out.csv").exists()
     swapped = CliRunner().invoke(main, [
         "forecast", "--model", str(tiny_dir / "tokenizer"), "--tokenizer", str(tiny_dir / "predictor"),

@@ -87,15 +87,11 @@ def alone(tiny_base, data_dir, seed):
 
 
 def event_ids(pool_label_vocab, data_dir):
-    import pandas as pd
 
     from kronos_rolling.data.store import DataStore
-    from kronos_rolling.model.forecast import infer_future_timestamps
 
-    stamps = pd.Series(pd.to_datetime(FRAME["timestamp"], utc=True))
-    everything = pd.concat([stamps, infer_future_timestamps(stamps, PRED_LEN)], ignore_index=True)
-    return DataStore(data_dir).events().event_ids("BTCUSD", "crypto", everything, stamps.diff().mode().iloc[0],
-                                                  pool_label_vocab)
+    return DataStore(data_dir).events().forecast_event_ids("BTCUSD", "crypto", FRAME["timestamp"], PRED_LEN,
+                                                           pool_label_vocab)
 
 
 def storage_bytes(pool: AdapterPool) -> tuple[int, int]:
