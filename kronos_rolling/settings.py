@@ -12,8 +12,9 @@ the code that needs it, as an argument. Nothing below the command line reads or 
     KRONOS_LOCK_DIR            Settings.lock_dir (training/registry)      $KRONOS_HOME/locks
     KRONOS_BASE_MODEL          Settings.base_model (hub id or folder)     $KRONOS_HOME/config.json's, else
                                                                           NeoQuasar/Kronos-base
-    MLFLOW_TRACKING_URI        Settings.tracking_uri                      http://127.0.0.1:5000, the server
-                                                                          `kronos-rolling server` starts
+    MLFLOW_TRACKING_URI        Settings.tracking_uri                      http://127.0.0.1:<KRONOS_MLFLOW_PORT,
+                                                                          5000>: the server `kronos-rolling
+                                                                          server` starts here
     KRONOS_ALERT_WEBHOOK       Settings.alert_webhook                     none: alerts are logged only
     KRONOS_JOB                 Settings.job (names the job in the audit)  mlflow-run:<MLFLOW_RUN_ID> under
                                                                           `mlflow run`, else pid:<pid>
@@ -343,7 +344,8 @@ class Settings:
         server's configured stores, else for the default local server the embedded SQLite file and folder."""
         if self.server.backend_uri:
             return ServerStores(self.server.backend_uri, self.server.artifacts)
-        local = tracking_uri.rstrip("/") in (DEFAULT_TRACKING_URI, f"http://localhost:{DEFAULT_PORT}")
+        port = self.server.port
+        local = tracking_uri.rstrip("/") in (f"http://{DEFAULT_HOST}:{port}", f"http://localhost:{port}")
         database = self.home.server_data / "mlflow.db"
         if local and database.exists():  # the embedded server of this home, once it has run
             return ServerStores(f"sqlite:///{database}", str(self.home.server_data / "artifacts"))
@@ -359,7 +361,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         return Path(value).expanduser() if value else None
 
     home = Home(path("KRONOS_HOME") or Path.home() / ".kronos-rolling")
-    tracking_uri = (environ.get("MLFLOW_TRACKING_URI") or "").strip() or DEFAULT_TRACKING_URI
+    server = ServerSettings(**_from_environ(ServerSettings, environ, "KRONOS_MLFLOW_"))
+    # By default, clients talk to the server this machine's `kronos-rolling server` starts.
+    tracking_uri = (environ.get("MLFLOW_TRACKING_URI") or "").strip() or f"http://{DEFAULT_HOST}:{server.port}"
     lock_dir = path("KRONOS_LOCK_DIR") or home.locks
     data_dir = path("KRONOS_DATA_DIR")
     base_model = (environ.get("KRONOS_BASE_MODEL") or "").strip() or None
@@ -381,5 +385,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         home=home, data_dir=data_dir, lock_dir=lock_dir, base_model=base_model, tracking_uri=tracking_uri,
         alert_webhook=(environ.get("KRONOS_ALERT_WEBHOOK") or "").strip() or None,
         job=job, mlflow_run_id=(environ.get("MLFLOW_RUN_ID") or "").strip() or None, thresholds=Thresholds(**_from_environ(Thresholds, environ, "KRONOS_")), serve=serve,
-        server=ServerSettings(**_from_environ(ServerSettings, environ, "KRONOS_MLFLOW_")), distributed=distributed,
+        server=server, distributed=distributed,
     )

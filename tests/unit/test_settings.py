@@ -57,6 +57,8 @@ def test_the_environment_overrides_each_part(tmp_path):
     assert settings.mlflow_run_id == "abc123" and settings.job == "mlflow-run:abc123"
     assert settings.distributed == Distributed(rank=1, world=2, local_rank=1) and not settings.distributed.is_main
     assert load_settings({"KRONOS_JOB": "cron-17", "MLFLOW_RUN_ID": "abc"}).job == "cron-17"
+    # Without MLFLOW_TRACKING_URI, clients talk to the server `kronos-rolling server` starts on this machine.
+    assert load_settings({"KRONOS_MLFLOW_PORT": "5123"}).tracking_uri == "http://127.0.0.1:5123"
 
 
 @pytest.mark.parametrize("environ, words", [
