@@ -170,6 +170,10 @@ class BarWindowDataset(Dataset):
             "origin": torch.tensor(int(series.times[origin]), dtype=torch.int64),
         }
 
+    def positions(self) -> np.ndarray:
+        """Each sample's first horizon bar, as a bar number within its symbol's series (index order)."""
+        return self._position_of.copy()
+
     def origins(self) -> pd.DataFrame:
         """Symbol and first-horizon-bar time of every sample, in index order."""
         times = np.zeros(len(self), dtype=np.int64)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from kronos_rolling.data.calendars import expected_bars
-from kronos_rolling.errors import ConfigError
+from kronos_rolling.errors import ConfigError, DataError
 
 
 def to_utc(moment) -> pd.Timestamp:
@@ -160,3 +160,24 @@ def coverage_shortfall(
             found.append(CoverageShortfall(symbol, start, end, series.first, series.end, expected,
                                            min(before, expected), min(after, expected - min(before, expected))))
     return found
+
+
+def check_data_reaches(coverage_by_class: Mapping[str, Mapping[str, SeriesCoverage]], window: TrainingWindow) -> None:
+    """DataError (exit code 2) when no series of a class has a bar in the validation span: the
+    decision date lies past the data. The message names each class's last bar and the fix."""
+    late = {}
+    for asset_class, coverage in coverage_by_class.items():
+        if coverage and all(c.end <= window.val_start or c.first >= window.val_end for c in coverage.values()):
+            symbol, last = max(((s, c.end) for s, c in coverage.items()), key=lambda item: item[1])
+            late[asset_class] = (symbol, last)
+    if late and len(late) == len([c for c in coverage_by_class.values() if c]):
+        bars = "; ".join(f"{asset_class}'s last bar ends {last:%Y-%m-%d %H:%M} ({symbol})"
+                         for asset_class, (symbol, last) in late.items())
+        latest = max(last for _, last in late.values())
+        example = (latest - pd.DateOffset(days=1)).floor("D").replace(day=1) if latest.day > 1 else latest.floor("D")
+        raise DataError(
+            f"as_of {window.as_of:%Y-%m-%d} is later than the data: the validation month "
+            f"{window.val_start:%Y-%m-%d}..{window.val_end:%Y-%m-%d} has no bars ({bars}). Pass an earlier "
+            f"decision date, e.g. --as-of {example:%Y-%m-%d} (-P as_of={example:%Y-%m-%d} with mlflow run), "
+            "or import newer data (kronos-rolling data import)"
+        )

@@ -1,7 +1,8 @@
-"""What evaluation asks of a model: forecasts on prepared samples (the only torch code here).
+"""What evaluation asks of a model on prepared samples: sampled paths and token likelihoods.
 
-Sampling is seeded per batch, so the same model on the same span always gives the same
-numbers.
+The only torch code of the evaluation. Sampling is seeded per batch of origins, so the
+same model on the same span always gives the same numbers; the teacher-forced NLL uses
+no randomness at all.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.data.features import STD_EPS
 from kronos_rolling.evaluation.samples import CLOSE, EvaluationSamples
 from kronos_rolling.model.events import EventEmbedding
-from kronos_rolling.model.generate import generate
+from kronos_rolling.model.generate import _eval_mode, _unwrap, generate
 
 
 @dataclass
@@ -41,15 +43,18 @@ def _vocabulary_map(samples: EvaluationSamples, model: ForecastModel) -> torch.T
     return mapping
 
 
+def _batches(samples: EvaluationSamples):
+    return torch.utils.data.DataLoader(samples.dataset, batch_size=samples.settings.batch_size, shuffle=False)
+
+
 @torch.no_grad()
-def forecast_closes(model: ForecastModel, samples: EvaluationSamples) -> np.ndarray:
-    """Mean forecast close path (N, horizon) of `model` for every sample, in price units."""
+def forecast_paths(model: ForecastModel, samples: EvaluationSamples) -> np.ndarray:
+    """(N, K, horizon) sampled close paths of `model` for every sample, in price units."""
     settings = samples.settings
     remap = _vocabulary_map(samples, model)
-    loader = torch.utils.data.DataLoader(samples.dataset, batch_size=settings.batch_size, shuffle=False)
     lookback = settings.lookback
     out = []
-    for batch_index, batch in enumerate(loader):
+    for batch_index, batch in enumerate(_batches(samples)):
         event_ids = None if remap is None else remap[batch["event_ids"]]
         paths = generate(
             model.model, model.tokenizer, batch["x"][:, :lookback], batch["stamp"][:, :lookback],
@@ -58,8 +63,40 @@ def forecast_closes(model: ForecastModel, samples: EvaluationSamples) -> np.ndar
             generator=settings.seed + batch_index, max_context=model.max_context,
             event_ids=event_ids, event_embedding=model.event_embedding,
         )
-        mean_path = paths.mean(dim=1)[..., CLOSE].double()  # (B, H), normalised
-        close_mean = batch["mean"][:, CLOSE].double()[:, None]
-        close_std = batch["std"][:, CLOSE].double()[:, None]
-        out.append((mean_path * (close_std + STD_EPS) + close_mean).numpy())
+        close = paths[..., CLOSE].double()  # (B, K, H), normalised
+        mean = batch["mean"][:, CLOSE].double()[:, None, None]
+        std = batch["std"][:, CLOSE].double()[:, None, None]
+        out.append((close * (std + STD_EPS) + mean).numpy())
+    return np.concatenate(out, axis=0)
+
+
+@torch.no_grad()
+def token_nll(model: ForecastModel, samples: EvaluationSamples) -> np.ndarray:
+    """(N,) teacher-forced negative log-likelihood, in nats per token, of each origin's horizon.
+
+    The lookback and the horizon are tokenised together (the normaliser saw the lookback
+    only); the model reads every true token before position t and scores the true s1 and
+    s2 tokens of the H horizon bars; their 2H log-probabilities are averaged. Eval mode,
+    with a causal s2 cross-attention (training's inner validation loss does the same).
+    """
+    settings = samples.settings
+    kronos = _unwrap(model.model)
+    remap = _vocabulary_map(samples, model)
+    device = next(kronos.parameters()).device
+    lookback, horizon = settings.lookback, settings.horizon
+    out = []
+    with _eval_mode(model.model, model.tokenizer):
+        for batch in _batches(samples):
+            x = batch["x"].to(device)
+            s1, s2 = model.tokenizer.encode(x, half=True)
+            stamp = batch["stamp"].to(device)
+            extra = None
+            if model.event_embedding is not None:
+                extra = model.event_embedding(remap[batch["event_ids"]].to(device))[:, :-1]
+            s1_logits, s2_logits = kronos(s1[:, :-1], s2[:, :-1], stamp[:, :-1], use_teacher_forcing=True,
+                                          s1_targets=s1[:, 1:], extra_embedding=extra, causal_s2=True)
+            scored = slice(lookback - 1, lookback + horizon - 1)  # positions predicting the horizon bars
+            nll_s1 = F.cross_entropy(s1_logits[:, scored].float().transpose(1, 2), s1[:, lookback:], reduction="none")
+            nll_s2 = F.cross_entropy(s2_logits[:, scored].float().transpose(1, 2), s2[:, lookback:], reduction="none")
+            out.append(((nll_s1 + nll_s2) / 2).mean(dim=1).double().cpu().numpy())
     return np.concatenate(out, axis=0)

@@ -1,29 +1,96 @@
-"""What an evaluation writes into an MLflow run: its figures as metrics, a per-series table, plots."""
+"""What an evaluation writes into an MLflow run: every model's figures under one naming scheme,
+the paired differences with their intervals, a per-series table and plots.
+
+Names: the evaluated model's figures are `val_mae`, `val_nll`, `val_crps`, `val_mae_skill`,
+`val_sharpe`; every other model's carry its name as a prefix (`pooled_val_nll`,
+`production_val_crps`, `base_val_mae_skill`, `persistence_val_mae`, `buyhold_val_sharpe`).
+Differences (evaluated model - other, same origins): `vs_<other>_<mae|nll|crps|sharpe>_diff`
+with `_lo` and `_hi`, the ends of the interval.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict
+
+import numpy as np
 import pandas as pd
 
 from kronos_rolling.evaluation import plots
-from kronos_rolling.evaluation.compare import EvalResult
-from kronos_rolling.evaluation.samples import EvaluationSamples
+from kronos_rolling.evaluation.compare import Difference
+from kronos_rolling.evaluation.span import BUY_AND_HOLD, PERSISTENCE, SpanEvaluation
+
+COMPARED = ("pooled", "production", "base", "warm_start")  # what an evaluated model is compared with
 
 
-def log_evaluation(run, figures: dict[str, EvalResult], samples: EvaluationSamples, closes: dict,
-                   candidate_name: str = "candidate") -> None:
-    """`run`: a tracking.runs.TrackedRun. The candidate's figures are `val_*`, the others `<name>_val_*`."""
-    candidate = figures[candidate_name]
-    metrics = {"val_mae": candidate.val_mae, "val_sharpe": candidate.val_sharpe,
-               "val_origins": candidate.origins}
-    for name, result in figures.items():
-        if name != candidate_name:
-            metrics[f"{name}_val_mae"] = result.val_mae
-            metrics[f"{name}_val_sharpe"] = result.val_sharpe
-    run.log_metrics(metrics)
-    rows = [{"model": name, "symbol": s.symbol, "origins": s.origins, "val_mae": s.val_mae,
-             "val_sharpe": s.val_sharpe} for name, result in figures.items() for s in result.series]
-    run.log_table(pd.DataFrame(rows), "evaluation/per_series.json")
-    shown = {name: closes[name] for name in (candidate_name, "pooled", "base") if name in closes}
+def differences(evaluation: SpanEvaluation, name: str = "candidate") -> dict[str, dict[str, Difference]]:
+    """{other: {metric: name - other}} for every other model evaluated beside `name`."""
+    found = {}
+    for other in COMPARED:
+        if other in evaluation.models and other != name:
+            found[other] = {metric: evaluation.difference(name, other, metric)
+                            for metric in ("val_mae", "val_nll", "val_crps", "val_sharpe")}
+    return found
+
+
+def metrics_of(evaluation: SpanEvaluation, name: str = "candidate") -> dict[str, float]:
+    """Every figure and difference of the run, named as the module docstring says (NaN left out)."""
+    metrics = {}
+    for model in [*evaluation.models, PERSISTENCE]:
+        prefix = "" if model == name else f"{model}_"
+        metrics.update({f"{prefix}{key}": value for key, value in evaluation.figures(model).items()})
+    metrics[f"{BUY_AND_HOLD}_val_sharpe"] = evaluation.buyhold_sharpe()
+    for other, by_metric in differences(evaluation, name).items():
+        for metric, difference in by_metric.items():
+            short = metric.removeprefix("val_")
+            metrics.update({f"vs_{other}_{short}_diff": difference.mean, f"vs_{other}_{short}_diff_lo": difference.lo,
+                            f"vs_{other}_{short}_diff_hi": difference.hi})
+    if len(evaluation.classes) > 1:
+        for asset_class, scores in evaluation.per_class.items():
+            metrics.update({f"{model}_val_mae_{asset_class}": s.val_mae for model, s in scores.items()})
+    return {key: value for key, value in metrics.items() if math.isfinite(value)}
+
+
+def log_evaluation(run, evaluation: SpanEvaluation, name: str = "candidate", primary: str = "val_mae") -> None:
+    """`run`: a tracking.runs.TrackedRun. Settings as `eval_*` params, figures as metrics, tables, plots."""
+    settings = evaluation.settings
+    params = {f"eval_{key}": value for key, value in asdict(settings).items() if key not in ("lookback", "horizon")}
+    params["eval_max_origins"] = settings.max_origins or "all"
+    params["eval_origins"] = evaluation.origins
+    params["eval_origins_in_span"] = evaluation.candidates
+    launched = run.params()
+    run.log_params({k: v for k, v in params.items() if k not in launched})
+    run.log_metrics(metrics_of(evaluation, name))
+    if evaluation.notes:
+        run.set_tags({"evaluation_notes": "; ".join(evaluation.notes)[:4000]})
+    run.log_table(per_series(evaluation), "evaluation/per_series.json")
+
+    first = evaluation.classes[0]
+    samples = evaluation.samples[first]
+    shown = {m: evaluation.mean_paths[first][m] for m in (name, "pooled", "base") if m in evaluation.mean_paths[first]}
     run.log_figure(plots.forecast_vs_actual(samples, shown), "plots/forecast_vs_actual.png")
-    equity = {**{name: closes[name] for name in closes}, "persistence": None}
-    run.log_figure(plots.equity_curves(samples, equity), "plots/equity_curve.png")
+    scores = {m: evaluation.per_class[first][m] for m in evaluation.models}
+    run.log_figure(plots.equity_curves(samples, scores, evaluation.buyhold_returns([first])),
+                   "plots/equity_curve.png")
+    others = [o for o in ("pooled", "production") if o in evaluation.models and o != name]
+    if others:
+        own = evaluation.scores(name).losses(primary)
+        diffs = {o: own - evaluation.scores(o).losses(primary) for o in others
+                 if own is not None and evaluation.scores(o).losses(primary) is not None}
+        times = np.concatenate([evaluation.samples[c].origin for c in evaluation.classes])
+        if diffs:
+            run.log_figure(plots.loss_differences(times, diffs, primary), "plots/loss_differences.png")
+
+
+def per_series(evaluation: SpanEvaluation) -> pd.DataFrame:
+    rows = []
+    for asset_class, by_model in evaluation.per_class.items():
+        symbols = evaluation.samples[asset_class].symbols
+        for model, scores in by_model.items():
+            for symbol in dict.fromkeys(symbols.tolist()):
+                mine = symbols == symbol
+                rows.append({"class": asset_class, "model": model, "symbol": symbol, "origins": int(mine.sum()),
+                             "val_mae": float(scores.mae[mine].mean()), "val_crps": float(scores.crps[mine].mean()),
+                             "val_nll": float("nan") if scores.nll is None else float(scores.nll[mine].mean())})
+    return pd.DataFrame(rows)
+

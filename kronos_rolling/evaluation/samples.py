@@ -19,6 +19,8 @@ from kronos_rolling.errors import DataError
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.evaluation.score import (
     bars_per_year,
+    cumulative_returns,
+    non_overlapping,
 )
 
 CLOSE = 3  # index of `close` in FEATURE_COLUMNS
@@ -26,28 +28,47 @@ CLOSE = 3  # index of `close` in FEATURE_COLUMNS
 
 @dataclass
 class EvaluationSamples:
-    """Rolling-origin samples of one span, with the raw prices needed to score them."""
+    """Rolling-origin samples of one span, with the raw prices needed to score them.
+
+    Samples are ordered by symbol, then time; every array is per sample.
+    """
 
     dataset: BarWindowDataset
     vocabulary: EventVocabulary
-    symbols: list[str]  # per sample
+    symbols: np.ndarray  # (N,) symbol of each sample
+    position: np.ndarray  # (N,) bar number of the first horizon bar within its symbol's series
     last_close: np.ndarray  # (N,) close of the last lookback bar
     actual_close: np.ndarray  # (N, horizon)
     origin: np.ndarray  # (N,) ns timestamp of the first horizon bar
-    periods_per_year: dict[str, float]  # per symbol, for the holding period
+    blocks_per_year: dict[str, float]  # per symbol: horizon-long blocks in a year of its market
     settings: EvalSettings
+    candidates: int  # origins in the span before any cap
 
     def __len__(self) -> int:
         return len(self.last_close)
 
+    @property
+    def actual_returns(self) -> np.ndarray:
+        """(N, horizon) cumulative returns that happened."""
+        return cumulative_returns(self.actual_close, self.last_close)
+
+    def blocks(self) -> dict[str, np.ndarray]:
+        """Per symbol, the samples (indices) whose horizons do not overlap, in time order."""
+        found = {}
+        for symbol in dict.fromkeys(self.symbols.tolist()):
+            rows = np.flatnonzero(self.symbols == symbol)
+            found[symbol] = rows[non_overlapping(self.position[rows], self.settings.horizon)]
+        return found
+
 
 def build_samples(store: DataStore, symbols: list[str], span: tuple, settings: EvalSettings,
                   vocabulary: EventVocabulary) -> EvaluationSamples:
-    """Origins every `hold` bars whose whole horizon lies inside `span`."""
+    """Every origin (each bar) whose whole horizon lies inside `span`, or a seeded subset of
+    `settings.max_origins`. Symbols with no origin in the span are left out (the caller says so)."""
     start, end = span
     dataset = BarWindowDataset(
         store, symbols, start, end, lookback=settings.lookback, horizon=settings.horizon,
-        vocabulary=vocabulary, stride=settings.hold, seed=settings.seed, max_samples=settings.max_origins,
+        vocabulary=vocabulary, stride=1, seed=settings.seed, max_samples=settings.max_origins,
     )
     if len(dataset) == 0:
         raise DataError(
@@ -66,8 +87,7 @@ def build_samples(store: DataStore, symbols: list[str], span: tuple, settings: E
         at = np.searchsorted(times, origins[rows])
         last_close[rows] = close[at - 1]
         actual[rows] = close[at[:, None] + np.arange(settings.horizon)]
-    per_year = {
-        s: bars_per_year(store.asset_class(s), store.bar_spacing(s)) / settings.hold for s in dataset.symbols
-    }
-    return EvaluationSamples(dataset, vocabulary, refs["symbol"].tolist(), last_close, actual, origins,
-                             per_year, settings)
+    per_year = {s: bars_per_year(store.asset_class(s), store.bar_spacing(s)) / settings.horizon
+                for s in dataset.symbols if dataset.samples_per_symbol[s]}
+    return EvaluationSamples(dataset, vocabulary, refs["symbol"].to_numpy(dtype=object), dataset.positions(),
+                             last_close, actual, origins, per_year, settings, dataset.candidates)

@@ -1,20 +1,27 @@
-"""Scale-free forecast metrics: return errors and the Sharpe ratio of a sign rule.
+"""Scale-free forecast scores, per origin, and the Sharpe ratio of a sign rule.
 
-Pure numpy, no model: evaluation feeds these forecast and actual closes, so the same
-numbers come out whichever model produced the forecasts.
+Pure numpy, no model: the evaluation feeds these forecast paths and actual closes, so the
+same numbers come out whichever model produced the forecasts.
 
-Conventions
+Conventions (docs/evaluation.md has the formulas):
 - Returns are cumulative close returns over the horizon, relative to the last close of
-  the lookback: r[h] = close[h] / last_close - 1. They compare across symbols, classes
-  and months, unlike price errors.
-- `val_mae` is the mean |forecast return - actual return| over every origin and step.
-- The evaluation strategy holds sign(forecast return over the next `hold` bars) for those
-  bars, pays `cost` per unit of position change, and is annualised with the number of
-  holding periods per year for the series' market and bar spacing. `val_sharpe` is the
-  mean of the per-series Sharpe ratios, so one busy series cannot drown the others.
+  the lookback: r[h] = close[h] / last_close - 1, h = 1..H. They compare across symbols,
+  classes and months, unlike price errors.
+- The point forecast is the mean of the K sampled paths; an origin's MAE is the mean over
+  the H steps of |point - actual| returns.
+- CRPS scores the K paths' returns at the horizon's end against the actual one:
+  mean_k |x_k - y| - 1/(2K^2) sum_jk |x_j - x_k|. Persistence (a point at 0) scores |y|.
+- The sign rule holds sign(forecast return over the horizon) for the horizon, on
+  non-overlapping blocks of H bars, pays `cost` per unit of position change (going long
+  to short costs 2 x cost, the first block pays for opening), and is annualised with the
+  number of blocks per year for the series' market and bar spacing. Buy-and-hold holds +1
+  on the same blocks. A series' Sharpe is computed on its own blocks; a model's val_sharpe
+  is the mean over series, so one busy series cannot drown the others.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,20 +33,32 @@ SESSION_HOURS = {"crypto": 24.0, "forex_commodity": 24.0, "equity": 6.5}
 
 
 def cumulative_returns(closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
-    """closes (..., H) and last_close (...,) -> cumulative returns (..., H)."""
+    """closes (..., H) and last_close (leading dims of closes) -> cumulative returns (..., H)."""
     closes = np.asarray(closes, dtype=np.float64)
     last_close = np.asarray(last_close, dtype=np.float64)
-    return closes / last_close[..., None] - 1.0
+    return closes / last_close.reshape(last_close.shape + (1,) * (closes.ndim - last_close.ndim)) - 1.0
 
 
-def mean_absolute_return_error(forecast_returns: np.ndarray, actual_returns: np.ndarray) -> float:
+def origin_mae(forecast_returns: np.ndarray, actual_returns: np.ndarray) -> np.ndarray:
+    """(N, H) point forecasts and actuals -> (N,) mean absolute error over the horizon."""
     forecast_returns = np.asarray(forecast_returns, dtype=np.float64)
     actual_returns = np.asarray(actual_returns, dtype=np.float64)
     if forecast_returns.shape != actual_returns.shape:
         raise ValueError(f"shapes differ: {forecast_returns.shape} vs {actual_returns.shape}")
-    if forecast_returns.size == 0:
-        raise ValueError("no forecasts to score")
-    return float(np.mean(np.abs(forecast_returns - actual_returns)))
+    return np.abs(forecast_returns - actual_returns).mean(axis=-1)
+
+
+def crps(sample_returns: np.ndarray, actual_returns: np.ndarray) -> np.ndarray:
+    """(N, K) sampled returns and (N,) actual returns -> (N,) CRPS of each origin's ensemble."""
+    x = np.asarray(sample_returns, dtype=np.float64)
+    y = np.asarray(actual_returns, dtype=np.float64)
+    spread = np.abs(x[:, :, None] - x[:, None, :]).mean(axis=(1, 2))
+    return np.abs(x - y[:, None]).mean(axis=1) - 0.5 * spread
+
+
+def skill(mae: float, reference_mae: float) -> float:
+    """1 - mae / reference: above 0 beats the reference (persistence), 0 ties, below 0 loses."""
+    return float(1.0 - mae / reference_mae) if reference_mae > 0 else float("nan")
 
 
 def bars_per_year(asset_class: str, spacing: pd.Timedelta) -> float:
@@ -58,16 +77,23 @@ def bars_per_year(asset_class: str, spacing: pd.Timedelta) -> float:
     return pd.Timedelta(days=365.25) / spacing
 
 
-def strategy_returns(forecast_returns: np.ndarray, actual_returns: np.ndarray, cost: float = 0.0) -> np.ndarray:
-    """Per-period returns of holding sign(forecast) over consecutive, non-overlapping periods.
+def non_overlapping(positions: np.ndarray, horizon: int) -> np.ndarray:
+    """Indices (into time-ordered `positions`, bar numbers of one series) of origins whose
+    horizons do not overlap: the first, then each one at least `horizon` bars after the last kept."""
+    kept, next_free = [], None
+    for index, position in enumerate(np.asarray(positions)):
+        if next_free is None or position >= next_free:
+            kept.append(index)
+            next_free = position + horizon
+    return np.asarray(kept, dtype=np.int64)
 
-    forecast_returns, actual_returns: (N,) returns over each holding period, in time order.
-    `cost` is charged per unit of position change (going long to short costs 2 x cost);
-    the first period pays for opening its position.
-    """
-    position = np.sign(np.asarray(forecast_returns, dtype=np.float64))
-    turnover = np.abs(np.diff(position, prepend=0.0))
-    return position * np.asarray(actual_returns, dtype=np.float64) - cost * turnover
+
+def position_returns(positions: np.ndarray, actual_returns: np.ndarray, cost: float) -> np.ndarray:
+    """Per-block returns of holding `positions` (+1 / 0 / -1) over consecutive blocks, net of
+    `cost` per unit of position change; the first block pays for opening its position."""
+    positions = np.asarray(positions, dtype=np.float64)
+    turnover = np.abs(np.diff(positions, prepend=0.0))
+    return positions * np.asarray(actual_returns, dtype=np.float64) - cost * turnover
 
 
 def annualized_sharpe(period_returns: np.ndarray, periods_per_year: float) -> float:
@@ -79,3 +105,49 @@ def annualized_sharpe(period_returns: np.ndarray, periods_per_year: float) -> fl
     if not np.isfinite(std) or std < 1e-12:
         return 0.0
     return float(period_returns.mean() / std * np.sqrt(periods_per_year))
+
+
+@dataclass
+class Scores:
+    """One model's scores on a span's origins (every array is per origin, in the samples' order).
+
+    `nll` is None for a model without token probabilities (persistence). `block_returns`
+    holds, per series, the sign rule's net returns on its non-overlapping blocks, and
+    `blocks_per_year` how to annualise them.
+    """
+
+    mae: np.ndarray
+    crps: np.ndarray
+    nll: np.ndarray | None
+    block_returns: dict[str, np.ndarray]
+    blocks_per_year: dict[str, float]
+
+    @property
+    def origins(self) -> int:
+        return len(self.mae)
+
+    @property
+    def val_mae(self) -> float:
+        return float(np.mean(self.mae))
+
+    @property
+    def val_crps(self) -> float:
+        return float(np.mean(self.crps))
+
+    @property
+    def val_nll(self) -> float:
+        return float("nan") if self.nll is None else float(np.mean(self.nll))
+
+    @property
+    def val_sharpe(self) -> float:
+        return sharpe_of(self.block_returns, self.blocks_per_year)
+
+    def losses(self, metric: str) -> np.ndarray | None:
+        """The per-origin losses of `val_mae`, `val_nll` or `val_crps`."""
+        return {"val_mae": self.mae, "val_nll": self.nll, "val_crps": self.crps}[metric]
+
+
+def sharpe_of(block_returns: dict[str, np.ndarray], blocks_per_year: dict[str, float]) -> float:
+    """The mean over series of each series' annualised Sharpe ratio."""
+    values = [annualized_sharpe(r, blocks_per_year[s]) for s, r in block_returns.items()]
+    return float(np.mean(values)) if values else 0.0

@@ -23,7 +23,8 @@ def small_config(base_dir, mode="rolling", asset_class="crypto", as_of="2018-06-
 
 
 def small_eval() -> EvalSettings:
-    return EvalSettings(lookback=LOOKBACK, horizon=HORIZON, samples=1, max_origins=24, batch_size=32)
+    """Enough origins for the guard's interval (min_origins 30; 3 x horizon per series), few paths."""
+    return EvalSettings(lookback=LOOKBACK, horizon=HORIZON, samples=2, max_origins=120, batch_size=64)
 
 
 def job_context(tracking_uri: str, **environ):

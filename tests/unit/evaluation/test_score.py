@@ -7,9 +7,12 @@ import pytest
 from kronos_rolling.evaluation.score import (
     annualized_sharpe,
     bars_per_year,
+    crps,
     cumulative_returns,
-    mean_absolute_return_error,
-    strategy_returns,
+    non_overlapping,
+    origin_mae,
+    position_returns,
+    skill,
 )
 
 
@@ -23,17 +26,37 @@ def test_mae_is_scale_free():
         last = np.array([level])
         actual = cumulative_returns(np.array([[1.01, 1.02]]) * level, last)
         forecast = cumulative_returns(np.array([[1.00, 1.04]]) * level, last)
-        return mean_absolute_return_error(forecast, actual)
+        return origin_mae(forecast, actual)
 
-    assert mae_at(100.0) == pytest.approx(0.015)
+    assert mae_at(100.0) == pytest.approx([0.015])
     assert mae_at(20_000.0) == pytest.approx(mae_at(100.0))
 
 
-def test_mae_rejects_mismatched_or_empty_inputs():
+def test_mae_is_per_origin_and_rejects_mismatched_inputs():
+    got = origin_mae(np.array([[0.0, 0.0], [0.1, 0.1]]), np.array([[0.02, 0.04], [0.1, 0.0]]))
+    np.testing.assert_allclose(got, [0.03, 0.05])
     with pytest.raises(ValueError, match="shapes differ"):
-        mean_absolute_return_error(np.zeros((2, 3)), np.zeros((2, 4)))
-    with pytest.raises(ValueError, match="no forecasts"):
-        mean_absolute_return_error(np.zeros((0, 3)), np.zeros((0, 3)))
+        origin_mae(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_crps_rewards_a_sharp_ensemble_around_the_outcome_and_equals_mae_for_a_point():
+    y = np.array([0.01])
+    sharp = crps(np.array([[0.009, 0.011, 0.010, 0.012]]), y)
+    wide = crps(np.array([[-0.05, 0.07, 0.01, -0.02]]), y)
+    assert sharp < wide
+    np.testing.assert_allclose(crps(np.zeros((1, 3)), y), [0.01])  # persistence: |y|
+    # the closed form for two members: (|x1-y| + |x2-y|)/2 - |x1-x2|/4
+    np.testing.assert_allclose(crps(np.array([[0.0, 0.04]]), np.array([0.01])), [(0.01 + 0.03) / 2 - 0.04 / 4])
+
+
+def test_skill_against_persistence():
+    assert skill(0.8, 1.0) == pytest.approx(0.2)
+    assert skill(1.0, 1.0) == 0.0 and skill(1.25, 1.0) == pytest.approx(-0.25)
+
+
+def test_non_overlapping_blocks_keep_horizons_apart_also_across_gaps_in_the_origins():
+    np.testing.assert_array_equal(non_overlapping(np.arange(10), 4), [0, 4, 8])
+    np.testing.assert_array_equal(non_overlapping(np.array([0, 1, 5, 6, 7, 12]), 4), [0, 2, 5])
 
 
 @pytest.mark.parametrize(
@@ -62,13 +85,13 @@ def test_bars_per_year_rejects_unknown_class_and_bad_spacing():
 def test_strategy_goes_with_the_sign_of_the_forecast_and_pays_for_turnover():
     forecast = np.array([0.01, 0.02, -0.01, -0.03])
     actual = np.array([0.02, -0.01, -0.02, 0.01])
-    got = strategy_returns(forecast, actual, cost=0.001)
+    got = position_returns(np.sign(forecast), actual, cost=0.001)
     # open long (1 unit), stay long, flip to short (2 units), stay short
     np.testing.assert_allclose(got, [0.02 - 0.001, -0.01, 0.02 - 0.002, -0.01])
 
 
 def test_a_zero_forecast_holds_no_position():
-    got = strategy_returns(np.zeros(3), np.array([0.05, -0.02, 0.01]), cost=0.01)
+    got = position_returns(np.zeros(3), np.array([0.05, -0.02, 0.01]), cost=0.01)
     np.testing.assert_allclose(got, np.zeros(3))
 
 

@@ -1,0 +1,167 @@
+"""Every model on the very same origins of one held-out span, class by class.
+
+`evaluate_span` builds each class's samples once, runs each distinct model on them
+(K sampled paths and the teacher-forced NLL per origin), scores persistence beside them,
+and keeps everything per origin, so any two models can then be compared pairwise
+(`SpanEvaluation.difference`) on exactly the same origins. A symbol with no origin in the
+span is left out with a note; so is a class with none at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.errors import DataError
+from kronos_rolling.evaluation.compare import (
+    Difference,
+    paired_difference,
+    sharpe_difference,
+)
+from kronos_rolling.evaluation.config import EvalSettings
+from kronos_rolling.evaluation.forecasts import ForecastModel, forecast_paths, token_nll
+from kronos_rolling.evaluation.samples import EvaluationSamples, build_samples
+from kronos_rolling.evaluation.score import (
+    Scores,
+    crps,
+    cumulative_returns,
+    origin_mae,
+    position_returns,
+    sharpe_of,
+    skill,
+)
+
+log = logging.getLogger(__name__)
+
+PERSISTENCE = "persistence"  # the no-change forecast: every return 0
+BUY_AND_HOLD = "buyhold"  # the Sharpe baseline: long on every block
+
+
+@dataclass
+class SpanEvaluation:
+    span: tuple
+    settings: EvalSettings
+    samples: dict[str, EvaluationSamples]  # per evaluated class
+    per_class: dict[str, dict[str, Scores]]  # class -> model -> scores
+    mean_paths: dict[str, dict[str, np.ndarray]]  # class -> model -> (N, H) point forecasts in prices (plots)
+    notes: list[str] = field(default_factory=list)  # symbols and classes left out, and why
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.per_class)
+
+    @property
+    def models(self) -> list[str]:
+        """The evaluated models' names (persistence, always scored beside them, is not one)."""
+        return [name for name in next(iter(self.per_class.values())) if name != PERSISTENCE]
+
+    def scores(self, name: str) -> Scores:
+        """`name`'s scores on every class's origins (in class order)."""
+        parts = [self.per_class[c][name] for c in self.classes]
+        return Scores(
+            mae=np.concatenate([p.mae for p in parts]), crps=np.concatenate([p.crps for p in parts]),
+            nll=None if any(p.nll is None for p in parts) else np.concatenate([p.nll for p in parts]),
+            block_returns={s: r for p in parts for s, r in p.block_returns.items()},
+            blocks_per_year={s: v for p in parts for s, v in p.blocks_per_year.items()},
+        )
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The series of each origin (class/symbol), aligned with `scores(...)` arrays."""
+        return np.concatenate([np.char.add(f"{c}/", self.samples[c].symbols.astype(str)) for c in self.classes])
+
+    @property
+    def origins(self) -> int:
+        return sum(len(s) for s in self.samples.values())
+
+    @property
+    def candidates(self) -> int:
+        """Origins in the span before any cap."""
+        return sum(s.candidates for s in self.samples.values())
+
+    def figures(self, name: str) -> dict[str, float]:
+        """val_mae, val_nll, val_crps, val_mae_skill (vs persistence), val_sharpe and origins of `name`."""
+        own, persistence = self.scores(name), self.scores(PERSISTENCE)
+        return {"val_mae": own.val_mae, "val_nll": own.val_nll, "val_crps": own.val_crps,
+                "val_mae_skill": skill(own.val_mae, persistence.val_mae), "val_sharpe": own.val_sharpe,
+                "val_origins": float(own.origins)}
+
+    def buyhold_returns(self, classes: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Per series, buy-and-hold's net returns on the sign rule's blocks (the Sharpe baseline)."""
+        returns = {}
+        for asset_class in classes or self.classes:
+            samples = self.samples[asset_class]
+            actual = samples.actual_returns[:, -1]
+            for symbol, rows in samples.blocks().items():
+                returns[symbol] = position_returns(np.ones(len(rows)), actual[rows], self.settings.cost)
+        return returns
+
+    def buyhold_sharpe(self) -> float:
+        per_year = {s: v for samples in self.samples.values() for s, v in samples.blocks_per_year.items()}
+        return sharpe_of(self.buyhold_returns(), per_year)
+
+    def difference(self, first: str, second: str, metric: str) -> Difference:
+        """first - second on the same origins, for a loss (`val_mae`, `val_nll`, `val_crps`) or `val_sharpe`."""
+        a, b = self.scores(first), self.scores(second)
+        if metric == "val_sharpe":
+            return sharpe_difference(a.block_returns, b.block_returns, a.blocks_per_year,
+                                     confidence=self.settings.confidence,
+                                     resamples=self.settings.bootstrap_resamples, seed=self.settings.seed)
+        first_losses, second_losses = a.losses(metric), b.losses(metric)
+        if first_losses is None or second_losses is None:
+            return Difference(metric, float("nan"), float("nan"), float("nan"), a.origins, self.settings.confidence,
+                              f"{first if first_losses is None else second} has no {metric}")
+        return paired_difference(first_losses, second_losses, self.groups, self.settings.horizon, metric=metric,
+                                 confidence=self.settings.confidence)
+
+
+def score_forecasts(samples: EvaluationSamples, paths: np.ndarray | None, nll: np.ndarray | None,
+                    cost: float) -> Scores:
+    """Scores of (N, K, H) sampled close paths; None scores persistence (every return 0)."""
+    actual = samples.actual_returns
+    if paths is None:
+        point, ensemble = np.zeros_like(actual), np.zeros((len(actual), 1))
+    else:
+        returns = cumulative_returns(paths, samples.last_close)  # (N, K, H)
+        point, ensemble = returns.mean(axis=1), returns[:, :, -1]
+    block_returns = {symbol: position_returns(np.sign(point[rows, -1]), actual[rows, -1], cost)
+                     for symbol, rows in samples.blocks().items()}
+    return Scores(origin_mae(point, actual), crps(ensemble, actual[:, -1]), nll, block_returns,
+                  dict(samples.blocks_per_year))
+
+
+def evaluate_span(store: DataStore, classes: list[str], span: tuple, models: dict[str, ForecastModel],
+                  settings: EvalSettings, vocabulary) -> SpanEvaluation:
+    """Every model in `models`, and persistence, on the same origins of `span` in each class."""
+    samples_of, per_class, mean_paths, notes = {}, {}, {}, []
+    for asset_class in classes:
+        symbols = store.symbols_for(asset_class)
+        try:
+            samples = build_samples(store, symbols, span, settings, vocabulary)
+        except DataError as exc:
+            notes.append(f"{asset_class}: left out: {exc}")
+            continue
+        empty = [s for s, n in samples.dataset.samples_per_symbol.items() if n == 0]
+        if empty:
+            notes.append(f"{asset_class}: {', '.join(empty)} left out: no origin in [{span[0]}, {span[1]})")
+        samples_of[asset_class], per_class[asset_class], mean_paths[asset_class] = samples, {}, {}
+        done: dict[int, str] = {}  # the same model under two names is run once
+        for name, model in models.items():
+            if id(model) in done:
+                per_class[asset_class][name] = per_class[asset_class][done[id(model)]]
+                mean_paths[asset_class][name] = mean_paths[asset_class][done[id(model)]]
+                continue
+            paths = forecast_paths(model, samples)
+            per_class[asset_class][name] = score_forecasts(samples, paths, token_nll(model, samples), settings.cost)
+            mean_paths[asset_class][name] = paths.mean(axis=1)
+            done[id(model)] = name
+        per_class[asset_class][PERSISTENCE] = score_forecasts(samples, None, None, settings.cost)
+    for note in notes:
+        log.warning("evaluation: %s", note)
+    if not per_class:
+        raise DataError(f"no data for {', '.join(classes)} in [{span[0]}, {span[1]}) to evaluate on: "
+                        + "; ".join(notes))
+    return SpanEvaluation(span, settings, samples_of, per_class, mean_paths, notes)

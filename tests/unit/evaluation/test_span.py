@@ -1,0 +1,52 @@
+"""One span, several models, the same origins: on bundled data with a small random model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kronos_rolling.data.store import DataStore
+from kronos_rolling.errors import DataError
+from kronos_rolling.evaluation.config import EvalSettings
+from kronos_rolling.evaluation.span import PERSISTENCE, evaluate_span
+from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.tracking.adapters import load_base_forecast_model
+
+SETTINGS = EvalSettings(lookback=16, horizon=4, samples=2, max_origins=40, batch_size=64)
+JUNE_2018 = (pd.Timestamp("2018-06-01", tz="UTC"), pd.Timestamp("2018-07-01", tz="UTC"))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_base):
+    return load_base_forecast_model(BaseModelRef.resolve(str(tiny_base)))
+
+
+def test_classes_and_symbols_without_bars_in_the_span_are_left_out_with_a_note(model):
+    # June 2018: EURUSD (forex) ended in 2017, the four stocks in 2013; the indices and crypto go on.
+    evaluation = evaluate_span(DataStore(), ["crypto", "forex_commodity", "equity"], JUNE_2018,
+                               {"base": model}, SETTINGS, None)
+    assert evaluation.classes == ["crypto", "equity"]
+    notes = " ".join(evaluation.notes)
+    assert "forex_commodity: left out" in notes and "EURUSD" in notes
+    assert "equity: AAPL, GOOG, IBM, MSFT left out: no origin" in notes
+    assert set(evaluation.samples["equity"].symbols) == {"^GSPC", "^IXIC"}
+
+
+def test_no_data_at_all_is_a_data_error_naming_the_classes(model):
+    with pytest.raises(DataError, match="no data for forex_commodity"):
+        evaluate_span(DataStore(), ["forex_commodity"], JUNE_2018, {"base": model}, SETTINGS, None)
+
+
+def test_every_model_is_scored_on_the_same_origins_and_a_model_under_two_names_once(model):
+    evaluation = evaluate_span(DataStore(), ["crypto"], JUNE_2018, {"base": model, "again": model}, SETTINGS, None)
+    assert evaluation.models == ["base", "again"]
+    assert evaluation.scores("base") is not None and evaluation.origins == SETTINGS.max_origins
+    np.testing.assert_array_equal(evaluation.scores("base").mae, evaluation.scores("again").mae)
+    same = evaluation.difference("base", "again", "val_mae")
+    assert same.mean == 0 and same.lo == 0 and same.hi == 0
+    # Persistence is scored beside every model, on the same origins, and has no likelihood.
+    assert len(evaluation.scores(PERSISTENCE).mae) == evaluation.origins
+    assert np.isnan(evaluation.figures(PERSISTENCE)["val_nll"])
+    assert evaluation.figures("base")["val_mae_skill"] == pytest.approx(
+        1 - evaluation.figures("base")["val_mae"] / evaluation.figures(PERSISTENCE)["val_mae"])
