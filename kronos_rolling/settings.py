@@ -20,7 +20,7 @@ the code that needs it, as an argument. Nothing below the command line reads or 
                                                                           `mlflow run`, else pid:<pid>
     KRONOS_MLFLOW_<FIELD>      any field of `ServerSettings` (`kronos-rolling server`'s options); its
                                BACKEND_URI and ARTIFACTS also tell retention where to reclaim storage
-    KRONOS_<FIELD>             any field of `Thresholds`, e.g. KRONOS_PROMOTE_MAE_TOLERANCE=0.01
+    KRONOS_<FIELD>             any field of `Thresholds`, e.g. KRONOS_PRIMARY_METRIC=val_nll
     KRONOS_SERVE_<FIELD>       any field of `ServeSettings` / `RequestLimits`, e.g. KRONOS_SERVE_POLL_INTERVAL_S=10
     KRONOS_SERVE_DEVICE, KRONOS_API_TOKEN, KRONOS_WEBHOOK_SECRET   the predictor service's device and secrets
     RANK, WORLD_SIZE, LOCAL_RANK   set by torchrun: which process of a distributed training this is
@@ -130,29 +130,47 @@ class Home:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Every number the registry lifecycle decides or waits by; the pure decisions take one."""
+    """Every number the registry lifecycle decides or waits by; the pure decisions take one.
+    docs/evaluation.md states the rules they feed."""
 
-    # Guard: promote when candidate val_mae <= reference val_mae * (1 + tolerance).
-    promote_mae_tolerance: float = 0.0
+    # Guard: the loss that decides (val_mae | val_nll | val_crps). A candidate is promoted only
+    # when it is strictly better on it than the reference (pooled, else the bare base) AND
+    # than the current production, on the same origins; a tie keeps the incumbent.
+    primary_metric: str = "val_mae"
+    # Guard: also require each difference's interval to lie entirely below zero.
+    min_confidence: bool = False
+    # Guard: fewer origins than this (or no interval): no evidence, no promotion.
+    min_origins: int = 30
     # Alert when candidate val_mae > prior production val_mae * (1 + ratio), same span.
     regression_alert_ratio: float = 0.10
-    # Also refuse a candidate that triggers the regression alert (off: the issue's guard
-    # compares with the pooled adapter only; the alert still fires).
+    # Also refuse a candidate that triggers the regression alert.
     refuse_on_regression: bool = False
-    # Cadence: switch monthly -> quarterly after `stall_retrains` monthly retrains in a
-    # row each improved val_sharpe by less than `stall_sharpe_delta`.
+    # Alert when the version about to serve forecasts worse than no change (val_mae_skill < 0);
+    # with this on, a candidate with negative skill is refused as well.
+    refuse_negative_skill: bool = False
+    # Monthly incumbent check: withdraw @production when its val_mae is more than this fraction
+    # worse than pooled's on the month just closed (or significantly worse, with min_confidence).
+    withdraw_ratio: float = 0.10
+    # Cadence: switch monthly -> quarterly after `stall_retrains` monthly retrains in a row each
+    # changed val_sharpe by less than `stall_sharpe_delta`, measured: the whole interval of the
+    # change lies inside (-delta, +delta). An interval that merely straddles zero is not stable.
     stall_sharpe_delta: float = 0.05
     stall_retrains: int = 3
-    # Cadence: back to monthly when a quarterly retrain moves val_sharpe by at least this
-    # much either way (a large change means the market drifts faster than quarterly).
+    # Cadence: back to monthly when a quarterly retrain moves val_sharpe by at least this much
+    # either way, measured (the whole interval beyond it): the market drifts faster than quarterly.
     resume_monthly_sharpe_change: float = 0.15
     quarterly_interval_months: int = 3
     # Retention: newest versions kept per registered model (plus every aliased version).
     keep_versions: int = 6
 
     def __post_init__(self) -> None:
+        if self.primary_metric not in ("val_mae", "val_nll", "val_crps"):
+            raise ConfigError(f"threshold primary_metric={self.primary_metric!r} must be val_mae, val_nll or "
+                              "val_crps (set KRONOS_PRIMARY_METRIC)")
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(f.default, str):
+                continue
             if isinstance(f.default, bool):
                 ok = isinstance(value, bool)
                 want = "true or false"

@@ -28,6 +28,8 @@ REGRESSION = "regression"
 REFUSED = "guard_refused"
 JOB_FAILED = "job_failed"
 ROLLBACK = "rollback"
+WITHDRAWN = "withdrawn"
+NEGATIVE_SKILL = "negative_skill"
 CADENCE_CHANGED = "cadence_changed"
 
 
@@ -52,7 +54,7 @@ def payload(alert: Alert) -> dict:
     return {
         "text": alert.text,
         "attachments": [{
-            "color": "danger" if alert.event in (REGRESSION, JOB_FAILED) else "warning",
+            "color": "danger" if alert.event in (REGRESSION, JOB_FAILED, WITHDRAWN) else "warning",
             "fields": [{"title": k, "value": str(v), "short": len(str(v)) < 40}
                        for k, v in alert.fields.items()],
         }],
@@ -126,6 +128,13 @@ def guard_alerts(decision: GuardDecision, name: str, version: str | int) -> list
     if not decision.promote:
         alerts.append(Alert(REFUSED, f":no_entry: {name} v{version} refused by the guard: "
                                      f"{decision.reason}; it stays @staging", fields))
+    if decision.negative_skill_alert:
+        serving = decision.candidate if decision.promote else decision.production
+        who = f"{name} v{version}" if decision.promote else f"{name} production v{serving.version or '?'}"
+        alerts.append(Alert(NEGATIVE_SKILL, (
+            f":chart_with_downwards_trend: {who}, which serves now, forecasts worse than no change "
+            f"(val_mae_skill {serving.val_mae_skill:.4g} against persistence)"),
+            {**fields, "serving": who, "val_mae_skill": serving.val_mae_skill}))
     return alerts
 
 

@@ -7,12 +7,16 @@ the state on the registered model and calls these.
   quarterly means once the calendar month is `quarterly_interval_months` after the
   last retrain's. Counting calendar months, not days, keeps a retrain that ran late in
   its month (say on the 3rd) from pushing the next one past the 1st-of-month cron run.
-- After each retrain its Sharpe delta (candidate val_sharpe minus the previous
-  production version's, same span; None when there was no production to compare with)
-  is recorded. When the last `stall_retrains` retrains run in monthly mode each improved
-  val_sharpe by less than `stall_sharpe_delta` (a negative delta is less), switch to
-  quarterly. In quarterly mode a retrain whose |delta| reaches
-  `resume_monthly_sharpe_change` (the market moved a lot either way) switches back.
+- After each retrain its Sharpe change is recorded: candidate val_sharpe minus the previous
+  production version's, same blocks of the same span, with its interval (a bootstrap over
+  the blocks, see evaluation/compare.py); None when there was no production to compare with.
+- A retrain is *stable* when the whole interval of its change lies inside
+  (-stall_sharpe_delta, +stall_sharpe_delta): the change is measured, and small. A change
+  whose interval straddles zero but reaches past the band is not evidence of stability, nor
+  is a change with no interval. When the last `stall_retrains` retrains run in monthly mode
+  were all stable, switch to quarterly.
+- In quarterly mode a retrain whose whole interval lies at or beyond
+  ±`resume_monthly_sharpe_change` (the market moved a lot, measurably) switches back.
 - An operator may set either mode at any time; a monthly streak then starts afresh.
 """
 
@@ -36,6 +40,26 @@ class RetrainRecord:
     cadence: str  # the mode in force when this retrain ran
     sharpe_delta: float | None
     version: str | None = None
+    sharpe_lo: float | None = None  # the interval of the change (None: none could be computed)
+    sharpe_hi: float | None = None
+
+    def measured(self) -> bool:
+        return all(v is not None and math.isfinite(v) for v in (self.sharpe_delta, self.sharpe_lo, self.sharpe_hi))
+
+    def stable(self, band: float) -> bool:
+        """The whole interval of the change lies inside (-band, +band)."""
+        return self.measured() and -band < self.sharpe_lo and self.sharpe_hi < band
+
+    def moved(self, change: float) -> bool:
+        """The whole interval of the change lies at or beyond ±change."""
+        return self.measured() and (self.sharpe_lo >= change or self.sharpe_hi <= -change)
+
+    def describe(self) -> str:
+        if self.sharpe_delta is None:
+            return "n/a (no production to compare with)"
+        if not self.measured():
+            return f"{self.sharpe_delta:+.3f} (no interval)"
+        return f"{self.sharpe_delta:+.3f} [{self.sharpe_lo:+.3f}, {self.sharpe_hi:+.3f}]"
 
 
 @dataclass(frozen=True)
@@ -79,13 +103,13 @@ def is_retrain_due(state: CadenceState, as_of: date,
                               f"on or after {next_due}", next_due)
 
 
-def after_retrain(state: CadenceState, on: date, sharpe_delta: float | None,
-                  version: str | None = None,
-                  thresholds: Thresholds = Thresholds()) -> CadenceState:
+def after_retrain(state: CadenceState, on: date, sharpe_delta: float | None, version: str | None = None,
+                  thresholds: Thresholds = Thresholds(), *, sharpe_lo: float | None = None,
+                  sharpe_hi: float | None = None) -> CadenceState:
     """The state after a retrain on `on`, switching cadence when the rule says so."""
     if sharpe_delta is not None and not math.isfinite(sharpe_delta):
         sharpe_delta = None  # a diverged evaluation says nothing about drift
-    record = RetrainRecord(on, state.mode, sharpe_delta, version)
+    record = RetrainRecord(on, state.mode, sharpe_delta, version, sharpe_lo, sharpe_hi)
     kept = max(CADENCE_RECORDS_KEPT, thresholds.stall_retrains)
     new = replace(state, retrains=(*state.retrains, record)[-kept:])
 
@@ -93,17 +117,15 @@ def after_retrain(state: CadenceState, on: date, sharpe_delta: float | None,
         streak = [r for r in new.retrains
                   if r.cadence == MONTHLY and (state.since is None or r.on >= state.since)]
         last = streak[-thresholds.stall_retrains:]
-        if len(last) == thresholds.stall_retrains and all(
-                r.sharpe_delta is not None and r.sharpe_delta < thresholds.stall_sharpe_delta
-                for r in last):
-            deltas = ", ".join(f"{r.sharpe_delta:+.3f}" for r in last)
+        if len(last) == thresholds.stall_retrains and all(r.stable(thresholds.stall_sharpe_delta) for r in last):
+            changes = ", ".join(r.describe() for r in last)
             return replace(new, mode=QUARTERLY, since=on, reason=(
-                f"last {len(last)} monthly retrains improved val_sharpe by {deltas} "
-                f"(each < {thresholds.stall_sharpe_delta})"))
-    elif sharpe_delta is not None and abs(sharpe_delta) >= thresholds.resume_monthly_sharpe_change:
+                f"the last {len(last)} monthly retrains changed val_sharpe by {changes}: each interval lies "
+                f"inside ±{thresholds.stall_sharpe_delta}"))
+    elif record.moved(thresholds.resume_monthly_sharpe_change):
         return replace(new, mode=MONTHLY, since=on, reason=(
-            f"quarterly retrain on {on} changed val_sharpe by {sharpe_delta:+.3f} "
-            f"(|change| >= {thresholds.resume_monthly_sharpe_change})"))
+            f"quarterly retrain on {on} changed val_sharpe by {record.describe()}: the whole interval lies "
+            f"beyond ±{thresholds.resume_monthly_sharpe_change}"))
     return new
 
 
@@ -119,8 +141,8 @@ def to_json(state: CadenceState) -> str:
         "mode": state.mode,
         "since": state.since.isoformat() if state.since else None,
         "reason": state.reason,
-        "retrains": [{"on": r.on.isoformat(), "cadence": r.cadence,
-                      "sharpe_delta": r.sharpe_delta, "version": r.version}
+        "retrains": [{"on": r.on.isoformat(), "cadence": r.cadence, "sharpe_delta": r.sharpe_delta,
+                      "sharpe_lo": r.sharpe_lo, "sharpe_hi": r.sharpe_hi, "version": r.version}
                      for r in state.retrains],
     }, sort_keys=True)
 
@@ -137,13 +159,16 @@ def from_json(text: str) -> CadenceState:
             since=date.fromisoformat(raw["since"]) if raw.get("since") else None,
             reason=str(raw.get("reason", "")),
             retrains=tuple(
-                RetrainRecord(date.fromisoformat(r["on"]), r["cadence"],
-                              None if r.get("sharpe_delta") is None else float(r["sharpe_delta"]),
-                              r.get("version"))
+                RetrainRecord(date.fromisoformat(r["on"]), r["cadence"], _number(r.get("sharpe_delta")),
+                              r.get("version"), _number(r.get("sharpe_lo")), _number(r.get("sharpe_hi")))
                 for r in raw.get("retrains", [])),
         )
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed cadence state ({exc!r})") from None
+
+
+def _number(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def _month_index(day: date) -> int:

@@ -22,6 +22,7 @@ from kronos_rolling.registry.names import AUDIT_TAG_PREFIX
 
 PROMOTE = "promote"
 ROLLBACK = "rollback"
+WITHDRAW = "withdraw"
 REFUSE = "refuse"
 CADENCE = "cadence"
 RETENTION = "retention"

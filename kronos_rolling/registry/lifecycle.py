@@ -41,8 +41,11 @@ def conclude_retrain(client: MlflowClient, asset_class: str, version: str | int,
     name = registered_model_name(asset_class)
     actor = actor or Actor.current()
     move = apply_guard_decision(client, name, version, decision, lock_dir=lock_dir, actor=actor, at=at)
+    change = decision.sharpe_change
     update = record_retrain(client, asset_class, version, as_of, decision.sharpe_delta, lock_dir=lock_dir,
-                            thresholds=thresholds, actor=actor, at=at)
+                            thresholds=thresholds, actor=actor, at=at,
+                            sharpe_lo=change.lo if change is not None else None,
+                            sharpe_hi=change.hi if change is not None else None)
     deliveries = alerts.send_guard_alerts(decision, name, version, webhook)
     if update.switched:
         deliveries.append(alerts.send_alert(

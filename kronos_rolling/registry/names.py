@@ -13,7 +13,8 @@ Registered-model tags
 Version tags (written from the guard's decision, see guard.GuardDecision.as_tags)
     asset_class, val_mae, val_sharpe, pooled_val_mae, production_val_mae, base_val_mae,
     sharpe_delta, guard_reference, guard_decision, guard_reason, regression_alert;
-    rolled_back_reason on a version a rollback moved away from.
+    rolled_back_reason on a version a rollback moved away from; withdrawn_reason on a version
+    the monthly incumbent check took @production from.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ PREVIOUS_PRODUCTION = "previous_production"
 CADENCE_TAG = "kronos.cadence"
 AUDIT_TAG_PREFIX = "kronos.audit."
 ROLLED_BACK_TAG = "rolled_back_reason"
+WITHDRAWN_TAG = "withdrawn_reason"
 
 
 def model_targets() -> tuple[str, ...]:

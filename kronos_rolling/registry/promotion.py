@@ -43,6 +43,7 @@ from kronos_rolling.registry.names import (
     PRODUCTION,
     ROLLED_BACK_TAG,
     STAGING,
+    WITHDRAWN_TAG,
     registered_model_name,
 )
 from kronos_rolling.settings import REGISTRY_LOCK_TIMEOUT_S
@@ -225,6 +226,29 @@ def rollback(client: MlflowClient, asset_class: str, to_version: str | int | Non
             _write_audit(steps, client, name, entry)
             return AliasMove(name, history.ROLLBACK, target, state.production, target,
                              new_previous, reason, entry.seq)
+
+
+def withdraw_production(client: MlflowClient, asset_class: str, reason: str, *, lock_dir: Path,
+                        actor: Actor | None = None, at: datetime | None = None) -> AliasMove:
+    """Take @production away (the predictor falls back to the pooled adapter); the withdrawn
+    version becomes @previous_production, so `rollback` puts it back."""
+    name = registered_model_name(asset_class)
+    with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+        model = get_registered_model(client, name)
+        state = _aliases(model)
+        if state.production is None:
+            raise RegistryError(f"{name} has no @production version to withdraw")
+        with _all_or_nothing(client, name) as steps:
+            _set_alias(steps, client, name, PRODUCTION, None, before=state.production)
+            _set_alias(steps, client, name, PREVIOUS_PRODUCTION, state.production, before=state.previous_production)
+            withdrawn = find_version(client, name, state.production)
+            if withdrawn is not None:
+                _set_version_tags(steps, client, withdrawn, {WITHDRAWN_TAG: reason})
+            entry = history.new_entry(history.next_seq(model.tags), history.WITHDRAW, state.production, None,
+                                      reason, actor or Actor.current(), at)
+            _write_audit(steps, client, name, entry)
+            return AliasMove(name, history.WITHDRAW, state.production, state.production, None, state.production,
+                             reason, entry.seq)
 
 
 def _move_production(steps: "_Steps", client: MlflowClient, name: str, state: AliasState,

@@ -53,13 +53,15 @@ def retrain_due(client: MlflowClient, asset_class: str, as_of: date,
 
 def record_retrain(client: MlflowClient, asset_class: str, version: str | int, on: date,
                    sharpe_delta: float | None, *, lock_dir: Path, thresholds: Thresholds = Thresholds(),
-                   actor: Actor | None = None, at: datetime | None = None) -> CadenceUpdate:
-    """Record a finished retrain (its Sharpe delta vs the previous production, same span)."""
+                   actor: Actor | None = None, at: datetime | None = None, sharpe_lo: float | None = None,
+                   sharpe_hi: float | None = None) -> CadenceUpdate:
+    """Record a finished retrain (its Sharpe change vs the previous production, same span, and its interval)."""
     name = registered_model_name(asset_class)
     with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         tags = get_registered_model(client, name).tags
         before = _parse(name, tags)
-        after = cadence.after_retrain(before, on, sharpe_delta, str(version), thresholds)
+        after = cadence.after_retrain(before, on, sharpe_delta, str(version), thresholds, sharpe_lo=sharpe_lo,
+                                      sharpe_hi=sharpe_hi)
         _store(client, name, tags, before, after, actor, at)
         return CadenceUpdate(before, after)
 

@@ -23,8 +23,10 @@ import mlflow
 import requests
 from mlflow import MlflowClient
 
+from kronos_rolling.evaluation.compare import Difference
 from kronos_rolling.registry.guard import EvalFigures, decide_promotion
 from kronos_rolling.registry.names import registered_model_name
+from kronos_rolling.settings import Thresholds
 
 
 def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: int = 4096,
@@ -43,16 +45,38 @@ def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: 
     return mlflow.register_model(f"models:/{model.model_id}", name)
 
 
-def figures(mae: float, sharpe: float = 0.5, version: str | None = None) -> EvalFigures:
-    return EvalFigures(val_mae=mae, val_sharpe=sharpe, version=version)
+def figures(mae: float, sharpe: float = 0.5, version: str | None = None, skill: float = 0.1) -> EvalFigures:
+    return EvalFigures(val_mae=mae, val_sharpe=sharpe, val_mae_skill=skill, origins=100, version=version)
+
+
+def difference(first: EvalFigures | None, second: EvalFigures | None, *, width: float = 0.001,
+               origins: int = 100) -> Difference | None:
+    """first - second in val_mae, with an interval of +/- width (what the evaluation would measure)."""
+    if first is None or second is None:
+        return None
+    mean = first.val_mae - second.val_mae
+    return Difference("val_mae", mean, mean - width, mean + width, origins, 0.9)
+
+
+def judge(candidate: EvalFigures, pooled: EvalFigures | None, production: EvalFigures | None = None,
+          base: EvalFigures | None = None, thresholds: Thresholds = Thresholds(), **kw):
+    """The guard's decision on figures whose differences are measured with `kw` (width, origins)."""
+    sharpe = None
+    if production is not None:  # the cadence's measure: the Sharpe change against production, +/- 0.01
+        change = candidate.val_sharpe - production.val_sharpe
+        sharpe = Difference("val_sharpe", change, change - 0.01, change + 0.01, 25, 0.9)
+    return decide_promotion(candidate, pooled=pooled, production=production, base=base,
+                            vs_pooled=difference(candidate, pooled, **kw),
+                            vs_production=difference(candidate, production, **kw),
+                            vs_base=difference(candidate, base, **kw), sharpe_change=sharpe, thresholds=thresholds)
 
 
 def promote_decision(mae: float = 1.0, pooled_mae: float = 1.1):
-    return decide_promotion(figures(mae), figures(pooled_mae), None)
+    return judge(figures(mae), figures(pooled_mae))
 
 
 def refuse_decision(mae: float = 1.2, pooled_mae: float = 1.1):
-    return decide_promotion(figures(mae), figures(pooled_mae), None)
+    return judge(figures(mae), figures(pooled_mae))
 
 
 # ---- a proxy that fails chosen requests ------------------------------------------------

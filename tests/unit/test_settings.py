@@ -36,7 +36,7 @@ def test_defaults_without_any_variable(tmp_path, monkeypatch):
 def test_the_environment_overrides_each_part(tmp_path):
     environ = {"KRONOS_HOME": str(tmp_path), "KRONOS_DATA_DIR": str(tmp_path / "data"),
                "MLFLOW_TRACKING_URI": "http://registry:5000", "KRONOS_ALERT_WEBHOOK": "http://hooks/x",
-               "KRONOS_PROMOTE_MAE_TOLERANCE": "0.02", "KRONOS_KEEP_VERSIONS": "4",
+               "KRONOS_PRIMARY_METRIC": "val_nll", "KRONOS_KEEP_VERSIONS": "4",
                "KRONOS_REFUSE_ON_REGRESSION": "on", "KRONOS_SERVE_POLL_INTERVAL_S": "5",
                "KRONOS_SERVE_MAX_PRED_LEN": "12", "KRONOS_SERVE_INFERENCE_GUARD": "yes", "KRONOS_API_TOKEN": "t0ken",
                "KRONOS_MLFLOW_PORT": "5123", "KRONOS_MLFLOW_BASIC_AUTH": "TRUE", "MLFLOW_RUN_ID": "abc123",
@@ -46,8 +46,8 @@ def test_the_environment_overrides_each_part(tmp_path):
     assert settings.data_dir == tmp_path / "data" and settings.tracking_uri == "http://registry:5000"
     assert settings.alert_webhook == "http://hooks/x"
     thresholds = settings.thresholds
-    assert (thresholds.promote_mae_tolerance, thresholds.keep_versions, thresholds.refuse_on_regression) == \
-        (0.02, 4, True)
+    assert (thresholds.primary_metric, thresholds.keep_versions, thresholds.refuse_on_regression) == \
+        ("val_nll", 4, True)
     assert thresholds.stall_sharpe_delta == 0.05  # untouched defaults stay
     serve = settings.serve
     assert serve.poll_interval_s == 5 and serve.limits.max_pred_len == 12 and serve.inference_guard

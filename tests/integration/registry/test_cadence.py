@@ -26,8 +26,10 @@ def test_cadence_lives_on_the_registered_model(clean_registry, cli, lock_dir):
     assert result.exit_code == 0 and "no retrain recorded" in result.output
 
     register_stand_in(client, "equity")
-    updates = [schedule.record_retrain(client, "equity", str(i + 1), D(f"2024-0{i + 1}-01"),
-                                       delta, lock_dir=lock_dir) for i, delta in enumerate([0.01, 0.02, 0.03])]
+    # Three measured, small Sharpe changes: each interval inside (-0.05, +0.05).
+    updates = [schedule.record_retrain(client, "equity", str(i + 1), D(f"2024-0{i + 1}-01"), delta,
+                                       sharpe_lo=delta - 0.01, sharpe_hi=delta + 0.01, lock_dir=lock_dir)
+               for i, delta in enumerate([0.01, 0.02, 0.03])]
     assert [u.switched for u in updates] == [False, False, True]
     stored = client.get_registered_model("kronos-lora-equity").tags[CADENCE_TAG]
     assert cadence.from_json(stored).mode == QUARTERLY
@@ -43,7 +45,7 @@ def test_cadence_lives_on_the_registered_model(clean_registry, cli, lock_dir):
 
     shown = cli("cadence", "--asset-class", "equity")
     assert shown.exit_code == 0 and "quarterly since 2024-03-01" in shown.output
-    assert "+0.0300" in shown.output
+    assert "+0.030 [+0.020, +0.040]" in shown.output
 
     back = cli("cadence", "--asset-class", "equity", "--set", "monthly", "--as-of", "2024-05-02",
                "--reason", "earnings season")

@@ -15,6 +15,7 @@ from support.registry import (
     FaultProxy,
     Receiver,
     figures,
+    judge,
     promote_decision,
     refuse_decision,
     register_stand_in,
@@ -23,7 +24,6 @@ from support.registry import (
 from kronos_rolling.errors import ConfigError, RegistryError, RegistryUnavailable
 from kronos_rolling.locks import registry_lock
 from kronos_rolling.registry import alerts, history
-from kronos_rolling.registry.guard import decide_promotion
 from kronos_rolling.registry.history import Actor
 from kronos_rolling.registry.lifecycle import conclude_retrain
 from kronos_rolling.registry.names import CADENCE_TAG
@@ -64,7 +64,7 @@ def test_first_version_is_promoted_against_pooled_with_an_audit_trail(clean_regi
     client = clean_registry
     v1 = candidate(client)
     assert alias_state(client, CRYPTO).staging == v1
-    decision = decide_promotion(figures(0.9, 0.6), figures(1.0, 0.4), None)
+    decision = judge(figures(0.9, 0.6), figures(1.0, 0.4))
     move = apply_guard_decision(client, CRYPTO, v1, decision, actor=OPERATOR, at=AT, lock_dir=lock_dir)
 
     assert move.promoted and move.from_version is None and move.to_version == v1
@@ -74,7 +74,8 @@ def test_first_version_is_promoted_against_pooled_with_an_audit_trail(clean_regi
     assert version.tags["guard_decision"] == "promoted"
     assert version.tags["guard_reference"] == "pooled"
     assert float(version.tags["val_mae"]) == 0.9 and float(version.tags["pooled_val_mae"]) == 1.0
-    assert version.description.startswith("Guard: Promoted to @production: val_mae 0.9 <= pooled 1")
+    assert version.description.startswith(f"Guard: Promoted to @production: {decision.reason}")
+    assert decision.reason.startswith("beats the pooled (val_mae difference -0.1 [-0.101, -0.099])")
     (entry,) = history.read_history(client, CRYPTO)
     assert (entry.action, entry.from_version, entry.to_version) == ("promote", None, v1)
     assert (entry.user, entry.host, entry.job, entry.at) == (
@@ -88,7 +89,7 @@ def test_refused_version_keeps_staging_and_is_tagged_with_the_reason(clean_regis
     v1 = candidate(client)
     apply_guard_decision(client, CRYPTO, v1, promote_decision(), lock_dir=lock_dir)
     v2 = candidate(client)
-    decision = decide_promotion(figures(1.3), figures(1.1), figures(1.0, version=v1))
+    decision = judge(figures(1.3), figures(1.1), figures(1.0, version=v1))
     move = apply_guard_decision(client, CRYPTO, v2, decision, actor=OPERATOR, lock_dir=lock_dir)
 
     assert not move.promoted and move.action == "refuse"
@@ -96,7 +97,8 @@ def test_refused_version_keeps_staging_and_is_tagged_with_the_reason(clean_regis
     assert (state.production, state.staging) == (v1, v2)
     tags = client.get_model_version(CRYPTO, v2).tags
     assert tags["guard_decision"] == "refused" and tags["regression_alert"] == "true"
-    assert tags["guard_reason"] == "val_mae 1.3 > pooled 1.1"
+    assert tags["guard_reason"] == decision.reason
+    assert decision.reason.startswith("is worse than the pooled (val_mae difference +0.2")
     assert tags["production_version"] == v1
     assert client.get_model_version(CRYPTO, v2).description.startswith("Guard: Kept in @staging")
     last = history.read_history(client, CRYPTO)[-1]
@@ -266,11 +268,10 @@ def test_conclude_retrain_acts_records_and_alerts(clean_registry, monkeypatch, l
     name = "kronos-lora-equity"
     with Receiver() as receiver:
         first = conclude_retrain(client, "equity", v1,
-                                 decide_promotion(figures(0.9, 0.5), figures(1.0), None),
+                                 judge(figures(0.9, 0.5), figures(1.0)),
                                  as_of=date(2024, 1, 1), webhook=receiver.url, lock_dir=lock_dir)
         v2 = candidate(client, "equity")
-        worse = decide_promotion(figures(1.2, 0.3), figures(1.0),
-                                 figures(0.9, 0.5, version=v1))
+        worse = judge(figures(1.2, 0.3), figures(1.0), figures(0.9, 0.5, version=v1))
         second = conclude_retrain(client, "equity", v2, worse, as_of=date(2024, 2, 1),
                                   webhook=receiver.url, lock_dir=lock_dir)
     assert first.move.promoted and first.deliveries == []

@@ -6,11 +6,10 @@ import logging
 import time
 
 import pytest
-from support.registry import Receiver, figures
+from support.registry import Receiver, figures, judge
 
 from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import send_alert, send_guard_alerts
-from kronos_rolling.registry.guard import decide_promotion
 from kronos_rolling.settings import RetryPolicy, load_settings
 from kronos_rolling.tracking.server import free_port
 
@@ -73,16 +72,18 @@ def test_webhook_from_the_environment_through_the_settings_and_skipped_without_o
     assert len(receiver.bodies) == 1
 
 
-@pytest.mark.parametrize("candidate, production, events", [
-    (0.90, None, []),  # promoted, no production: silence
-    (0.90, 0.85, []),  # promoted, within 10% of production
-    (0.99, 0.85, ["regression"]),  # promoted, but >10% worse than production
-    (1.20, None, ["guard_refused"]),
-    (1.20, 1.00, ["regression", "guard_refused"]),
+@pytest.mark.parametrize("candidate, production, skill, events", [
+    (0.90, None, 0.1, []),  # promoted, no production: silence
+    (0.90, 0.95, 0.1, []),  # promoted, better than production
+    (0.99, 0.89, 0.1, ["regression", "guard_refused"]),  # worse than production by >10%: refused
+    (0.96, 0.95, 0.1, ["guard_refused"]),  # worse than production, within 10%
+    (1.20, None, 0.1, ["guard_refused"]),
+    (1.20, 1.00, 0.1, ["regression", "guard_refused"]),
+    (0.90, None, -0.1, ["negative_skill"]),  # promoted, but worse than no change
 ])
-def test_guard_decision_alerts(candidate, production, events):
-    decision = decide_promotion(figures(candidate), figures(1.0),
-                                None if production is None else figures(production, version="4"))
+def test_guard_decision_alerts(candidate, production, skill, events):
+    decision = judge(figures(candidate, skill=skill), figures(1.0),
+                     None if production is None else figures(production, version="4"))
     with Receiver() as receiver:
         results = send_guard_alerts(decision, "kronos-lora-crypto", "5", receiver.url)
     assert [r.event for r in results] == events and all(r.delivered for r in results)

@@ -47,32 +47,42 @@ DUE_CASES = [
 ]
 
 
-def run(deltas, start=None, thresholds=Thresholds(), first=date(2024, 1, 1)):
-    """Apply retrains with these Sharpe deltas, one per month from `first`."""
+def run(changes, start=None, thresholds=Thresholds(), first=date(2024, 1, 1)):
+    """Apply retrains, one per month from `first`. A change is a number (measured precisely:
+    an interval of +/- 0.004 around it), a (delta, lo, hi) tuple, or None (no production)."""
     s = start or CadenceState()
-    for i, delta in enumerate(deltas):
+    for i, change in enumerate(changes):
         month = first.month - 1 + i
         on = date(first.year + month // 12, month % 12 + 1, 1)
-        s = after_retrain(s, on, delta, str(i + 1), thresholds)
+        delta, lo, hi = (change if isinstance(change, tuple) else
+                         (None, None, None) if change is None else (change, change - 0.004, change + 0.004))
+        s = after_retrain(s, on, delta, str(i + 1), thresholds, sharpe_lo=lo, sharpe_hi=hi)
     return s
 
 
-# deltas of consecutive retrains, expected mode afterwards
+WIDE = (0.0, -0.5, 0.5)  # straddles zero, and reaches far past the band: no evidence of stability
+
+# changes of consecutive retrains, expected mode afterwards
 SWITCH_CASES = [
     ([], MONTHLY),
     ([0.01, 0.02], MONTHLY),  # only two
-    ([0.01, 0.02, 0.04], QUARTERLY),  # three stalls
-    ([0.01, 0.02, 0.05], MONTHLY),  # 0.05 is not "less than 0.05"
-    ([0.01, -0.30, 0.0], QUARTERLY),  # a worse retrain also did not improve
+    ([0.01, 0.02, 0.04], QUARTERLY),  # three measured small changes
+    ([0.01, 0.02, 0.047], MONTHLY),  # its interval reaches 0.051: not inside the band
+    ([0.01, -0.03, 0.0], QUARTERLY),  # small changes either way are stable
+    ([0.01, -0.30, 0.0], MONTHLY),  # a large worsening is drift, not stability
+    ([WIDE, WIDE, WIDE], MONTHLY),  # an interval that straddles zero is not stability by itself
+    ([0.01, (0.0, -0.04, 0.04), 0.02], QUARTERLY),  # straddles zero but lies inside the band: stable
+    ([0.01, 0.02, (0.03, None, None)], MONTHLY),  # no interval: not measured
     ([None, 0.01, 0.02], MONTHLY),  # the first version had nothing to compare with
     ([None, 0.01, 0.02, 0.03], QUARTERLY),
     ([0.01, 0.2, 0.01, 0.02], MONTHLY),  # a real gain breaks the streak
     ([0.01, 0.2, 0.01, 0.02, 0.03], QUARTERLY),
     ([float("nan"), 0.01, 0.02], MONTHLY),  # a diverged evaluation counts as unknown
-    # once quarterly: small changes keep it there, a large one (either way) goes back
+    # once quarterly: small or unmeasured changes keep it there, a measured large one (either way) goes back
     ([0.01, 0.02, 0.03, 0.10], QUARTERLY),
-    ([0.01, 0.02, 0.03, 0.15], MONTHLY),
+    ([0.01, 0.02, 0.03, 0.16], MONTHLY),
     ([0.01, 0.02, 0.03, -0.20], MONTHLY),
+    ([0.01, 0.02, 0.03, (0.3, -0.1, 0.7)], QUARTERLY),  # large, but not measurably so
     ([0.01, 0.02, 0.03, None], QUARTERLY),
     # back to monthly: a fresh streak of three is needed
     ([0.01, 0.02, 0.03, 0.3, 0.01, 0.01], MONTHLY),
@@ -102,16 +112,17 @@ def test_cadence_switches(deltas, mode):
 def test_switch_records_reason_and_date():
     s = run([0.01, 0.02, 0.04])
     assert s.since == D("2024-03-01")
-    assert "+0.010, +0.020, +0.040" in s.reason and "0.05" in s.reason
+    assert "+0.010 [+0.006, +0.014], +0.020 [+0.016, +0.024], +0.040 [+0.036, +0.044]" in s.reason
+    assert "inside ±0.05" in s.reason
     back = run([0.3], start=s, first=D("2024-06-01"))
-    assert back.mode == MONTHLY and back.since == D("2024-06-01") and "+0.300" in back.reason
+    assert back.mode == MONTHLY and back.since == D("2024-06-01") and "+0.300 [+0.296, +0.304]" in back.reason
 
 
 def test_thresholds_drive_the_switch():
     t = Thresholds(stall_sharpe_delta=0.1, stall_retrains=2, resume_monthly_sharpe_change=0.5)
     assert run([0.09, 0.09], thresholds=t).mode == QUARTERLY
     assert run([0.09, 0.09, 0.4], thresholds=t).mode == QUARTERLY
-    assert run([0.09, 0.09, 0.5], thresholds=t).mode == MONTHLY
+    assert run([0.09, 0.09, 0.51], thresholds=t).mode == MONTHLY
 
 
 def test_operator_choice_restarts_the_streak():
