@@ -14,6 +14,7 @@ import shutil
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlparse
 
 import click
 import pandas as pd
@@ -25,7 +26,7 @@ from kronos_rolling.cli.options import (
     settings_of,
     tracking_uri_option,
 )
-from kronos_rolling.errors import ConfigError, KronosError
+from kronos_rolling.errors import KronosError
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.model.config import LoraSettings
 from kronos_rolling.settings import DEFAULT_PORT
@@ -57,6 +58,9 @@ def training_options(fn):
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
                      help=f"Peak learning rate. Default: {MODE_DEFAULTS['pooled']['lr']:g} pooled, "
                           f"{MODE_DEFAULTS['rolling']['lr']:g} rolling."),
+        click.option("--note", default="",
+                     help="Why --lr/--epochs depart from the phase's defaults; recorded on the run "
+                          "(tags kronos.non_default_settings and kronos.non_default_reason)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True),
         click.option("--lookback", type=click.IntRange(min=1), default=TrainConfig.lookback, show_default=True),
         click.option("--horizon", type=click.IntRange(min=1), default=TrainConfig.horizon, show_default=True),
@@ -78,11 +82,9 @@ def training_options(fn):
                      help="Adapter to continue from: a folder, runs:/ID/adapter, models:/NAME@ALIAS, 'auto' "
                           "(rolling: the class's production adapter, else the pooled one) or 'none'."),
         click.option("--eval-samples", type=click.IntRange(min=1), default=_EVAL.samples, show_default=True,
-                     help="Sample paths per forecast in the evaluation."),
-        click.option("--eval-hold", type=click.IntRange(min=1), default=_EVAL.hold, show_default=True,
-                     help="Bars between evaluation origins = holding period of the sign rule."),
+                     help="Sample paths per origin in the evaluation; their mean is the point forecast."),
         click.option("--eval-max-origins", type=click.IntRange(min=1), default=None,
-                     help="Cap on evaluation origins (a seeded subset)."),
+                     help="Cap on evaluation origins (a seeded subset; default: every origin of the month)."),
         click.option("--eval-cost", type=click.FloatRange(min=0), default=_EVAL.cost, show_default=True,
                      help="Trading cost per unit of position change."),
         click.option("--no-wait", is_flag=True, help="Exit with code 75 at once if another training holds the lock."),
@@ -110,12 +112,10 @@ def _build(mode: str, asset_class: str | None, kw: dict):
         lr=kw["lr"], years=kw["years"], batch_size=kw["batch_size"], lookback=kw["lookback"],
         horizon=kw["horizon"], stride=kw["stride"], max_samples_per_epoch=kw["max_samples_per_epoch"],
         lora=LoraSettings(rank=kw["lora_rank"], alpha=kw["lora_alpha"]), seed=kw["seed"], device=kw["device"],
-        precision=kw["precision"],
+        precision=kw["precision"], note=kw["note"],
     )
-    if kw["eval_hold"] > kw["horizon"]:
-        raise ConfigError(f"--eval-hold {kw['eval_hold']} must not exceed --horizon {kw['horizon']}")
-    eval_settings = replace(_EVAL, lookback=kw["lookback"], horizon=kw["horizon"], hold=kw["eval_hold"],
-                            samples=kw["eval_samples"], cost=kw["eval_cost"], max_origins=kw["eval_max_origins"])
+    eval_settings = replace(_EVAL, lookback=kw["lookback"], horizon=kw["horizon"], samples=kw["eval_samples"],
+                            cost=kw["eval_cost"], max_origins=kw["eval_max_origins"])
     ctx = JobContext.from_settings(settings, connect(kw["tracking_uri"], settings), DataStore(settings.data_dir))
     return ctx, config, eval_settings
 
@@ -124,21 +124,40 @@ def _warm_start(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
 
+def evaluation_table(evaluation, versions: dict[str, str], name: str = "candidate") -> str:
+    """Every model's figures on the span, and the evaluated model's differences with their intervals."""
+    from kronos_rolling.evaluation.report import differences
+    from kronos_rolling.evaluation.span import PERSISTENCE
+
+    rows = [("model", "val_mae", "skill", "val_nll", "val_crps", "val_sharpe")]
+    for model in [*evaluation.models, PERSISTENCE]:
+        f = evaluation.figures(model)
+        label = model + (f" (v{versions[model]})" if model in versions else "")
+        rows.append((label, f"{f['val_mae']:.6f}", f"{f['val_mae_skill']:+.3f}", f"{f['val_nll']:.4f}",
+                     f"{f['val_crps']:.6f}", f"{f['val_sharpe']:+.3f}"))
+    rows.append(("buy-and-hold", "", "", "", "", f"{evaluation.buyhold_sharpe():+.3f}"))
+    width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, width)))
+             for row in rows]
+    for other, by_metric in differences(evaluation, name).items():
+        lines.append(f"  {name} - {other}: " + "; ".join(d.describe() for d in by_metric.values()))
+    capped = f" (capped from {evaluation.candidates})" if evaluation.candidates != evaluation.origins else ""
+    lines.append(f"  on {evaluation.origins} origins{capped} of {evaluation.span[0]:%Y-%m-%d}.."
+                 f"{evaluation.span[1]:%Y-%m-%d}, {evaluation.settings.samples} paths each"
+                 + "".join(f"\n  note: {note}" for note in evaluation.notes))
+    return "\n".join(lines)
+
+
 def _print_result(result) -> None:
+    if result.incumbent is not None and result.incumbent.decision is not None:
+        verdict = "WITHDRAWN" if result.incumbent.decision.withdraw else "kept"
+        click.echo(f"{result.label}: incumbent check: @production {verdict}: {result.incumbent.decision.reason}")
     if not result.due:
         click.echo(f"{result.label}: not due ({result.reason})")
         return
     if result.outcome is None:  # a rank other than 0 of a torchrun job: rank 0 reports
         return
-    outcome = result.outcome
-    rows = [("model", "val_mae", "val_sharpe")]
-    for name, figures in outcome.figures.items():
-        version = outcome.compared_versions.get(name)
-        rows.append((f"{name}" + (f" (v{version})" if version else ""), f"{figures.val_mae:.6f}",
-                     f"{figures.val_sharpe:+.3f}"))
-    width = max(len(r[0]) for r in rows)
-    for row in rows:
-        click.echo(f"  {row[0]:<{width}}  {row[1]:>10}  {row[2]:>10}")
+    click.echo(evaluation_table(result.outcome.evaluation, result.outcome.compared_versions))
     verdict = "promoted to @production" if result.promoted else "kept in @staging"
     click.echo(f"{result.label}: v{result.version} {verdict}: {result.decision.reason}")
     if result.retention is not None:
@@ -160,8 +179,8 @@ def _job(mode: str, asset_class: str | None, kw: dict, *, check_due: bool, regis
     if not register:
         outcome = train_step(config, ctx, **options)
         if outcome is not None:
-            click.echo(f"run {outcome.run_id}: val_mae {outcome.figures['candidate'].val_mae:.6f}, "
-                       f"model {outcome.model_uri}")
+            click.echo(evaluation_table(outcome.evaluation, outcome.compared_versions))
+            click.echo(f"run {outcome.run_id}: model {outcome.model_uri}")
         return None
     return monthly_job(config, ctx, check_due=check_due, **options)
 
@@ -245,23 +264,22 @@ def run_all(ctx, classes, **kw):
 @click.option("--lookback", type=click.IntRange(min=1), default=None, help="Default: the adapter's own.")
 @click.option("--horizon", type=click.IntRange(min=1), default=None, help="Default: the adapter's own.")
 @click.option("--eval-samples", type=click.IntRange(min=1), default=_EVAL.samples, show_default=True)
-@click.option("--eval-hold", type=click.IntRange(min=1), default=_EVAL.hold, show_default=True)
 @click.option("--eval-max-origins", type=click.IntRange(min=1), default=None)
 @click.option("--eval-cost", type=click.FloatRange(min=0), default=_EVAL.cost, show_default=True)
 @tracking_uri_option
-def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_samples, eval_hold,
-             eval_max_origins, eval_cost, tracking_uri):
-    """Evaluate an adapter on a class's validation span against the pooled adapter, the bare
-    base and persistence; print the table and log it as an MLflow run."""
+def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_samples, eval_max_origins, eval_cost,
+             tracking_uri):
+    """Evaluate an adapter on a class's validation span against the pooled adapter, the class's
+    production, the bare base and persistence; print the table and log it as an MLflow run."""
     from kronos_rolling.data.store import DataStore
     from kronos_rolling.pipeline.evaluate import evaluate_adapter
 
     settings = settings_of(data_dir=data_dir)
-    table, run_id = evaluate_adapter(model_uri, asset_class, as_of, connect(tracking_uri, settings),
-                                     DataStore(settings.data_dir), lookback=lookback, horizon=horizon,
-                                     samples=eval_samples, hold=eval_hold, max_origins=eval_max_origins,
-                                     cost=eval_cost)
-    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.6f}"))
+    evaluation, versions, run_id = evaluate_adapter(
+        model_uri, asset_class, as_of, connect(tracking_uri, settings), DataStore(settings.data_dir),
+        replace(_EVAL, samples=eval_samples, max_origins=eval_max_origins, cost=eval_cost), lookback=lookback,
+        horizon=horizon)
+    click.echo(evaluation_table(evaluation, versions, name="adapter"))
     click.echo(f"logged to run {run_id}")
 
 
@@ -274,18 +292,24 @@ def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_sa
 @click.option("--base-model", default=None,
               help="Frozen base (default: the tiny base, pre-trained on the data before the first validation span).")
 @tracking_uri_option
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port of the embedded tracking server (default: a free one); ignored with --tracking-uri.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Where the embedded server and the pre-trained base live (default: KRONOS_HOME/simulation).")
 @click.option("--drill-bad-candidate", "drills", multiple=True, metavar="YYYY-MM",
               help="Sabotage that month's warm start to watch the guard refuse (repeatable).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report as CSV, one row per class and month.")
 @click.option("--no-progress", is_flag=True)
-def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir, drills, no_progress):
-    """Replay the monthly cron on bundled history, one month at a time, and report each
-    class and month: version, figures, guard decision, alerts, cadence, versions kept."""
+def simulate(start, months, classes, data_dir, base_model, tracking_uri, port, workdir, drills, report_path,
+             no_progress):
+    """Replay the monthly cron on past months, one month at a time, and report each class and
+    month: what the job did, the guard's decision, the figures, and what serves afterwards."""
     from kronos_rolling.data.store import DataStore
     from kronos_rolling.model.base import BaseModelRef
     from kronos_rolling.pipeline.context import JobContext
     from kronos_rolling.pipeline.replay import (
+        REPORT_COLUMNS,
         log_report,
         months_from,
         offline_tiny_base,
@@ -306,21 +330,26 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, workdir
     server_dir = workdir / f"server-{start}-{months}m"
     if not tracking_uri and server_dir.exists():
         shutil.rmtree(server_dir)  # a replay starts from an empty registry
-    with tracking_for_simulation(tracking_uri, server_dir) as (tracking, stores):
+    with tracking_for_simulation(tracking_uri, server_dir, port) as (tracking, stores):
         ctx = replace(JobContext.from_settings(settings, tracking, store), server_stores=stores)
         report = replay(ctx, base, start, months, classes=list(classes) or None, drill_months=tuple(drills),
                         progress=not no_progress, echo=click.echo)
         report.run_id = log_report(report, start, months, tracking)
         frame = report.frame()
-        shown = frame[["month", "asset_class", "outcome", "version", "val_mae", "production_val_mae",
-                       "pooled_val_mae", "base_val_mae", "persistence_val_mae", "val_sharpe", "alerts", "cadence",
-                       "versions_kept", "reason"]]
-        click.echo(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.5f}"))
+        click.echo(frame[list(REPORT_COLUMNS[:-1])].to_string(index=False, na_rep="-",
+                                                             float_format=lambda v: f"{v:.5f}"))
         for criterion, met in report.criteria().items():
-            click.echo(f"[{'x' if met else ' '}] {criterion}")
+            mark = "x" if met is True else " " if met is False else "-"
+            click.echo(f"[{mark}] {criterion}" + (f": {met}" if isinstance(met, str) else ""))
+        for name, count in report.summary().items():
+            click.echo(f"{count:>4}  {name}")
+        if report_path is not None:
+            click.echo(f"report: {report.write_csv(report_path)}")
         click.echo(f"logged as run {report.run_id} of experiment kronos-rolling/simulation")
-        if not tracking_uri:
-            click.echo(f"browse it: kronos-rolling server --data-dir {server_dir}  (then http://127.0.0.1:5000)")
+        if not tracking_uri:  # the embedded server stops with the replay; this starts it again on its port
+            used = urlparse(tracking.uri).port
+            click.echo(f"browse it: kronos-rolling server --data-dir {server_dir} --port {used}  "
+                       f"(then http://127.0.0.1:{used})")
 
 
 @click.command("demo")

@@ -200,9 +200,9 @@ def cadence(asset_class: str, mode: str | None, reason: str, as_of: datetime | N
     since = f" since {state.since}" if state.since else ""
     click.echo(f"{registered_model_name(asset_class)}: {state.mode}{since} ({state.reason})")
     for record in state.retrains:
-        delta = "n/a" if record.sharpe_delta is None else f"{record.sharpe_delta:+.4f}"
+        stable = "stable" if record.stable(settings.thresholds.stall_sharpe_delta) else "not stable"
         click.echo(f"  {record.on}  v{record.version or '?'}  {record.cadence:<9}  "
-                   f"sharpe delta {delta}")
+                   f"val_sharpe change {record.describe()}  ({stable})")
 
 
 COMMANDS = [history, promote, rollback, retention, due, cadence]

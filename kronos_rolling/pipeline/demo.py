@@ -26,6 +26,7 @@ from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.data.assets import classify_asset
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.model.base import BaseModelRef, remember_base_model
+from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.job import monthly_job
 from kronos_rolling.pipeline.replay import SimulationSettings, offline_tiny_base
@@ -169,8 +170,12 @@ def forecast_line(symbol: str, store: DataStore, base: BaseModelRef, settings: S
         service.stop()
     last = bars["close"].iloc[-1]
     nxt = answer.result.mean["close"].iloc[-1]
+    # The same request and seed to the bare base: what the adapter changed.
+    model, tokenizer = base.load()
+    bare = Forecaster(model, tokenizer, device="cpu").forecast(
+        [bars], 4, seed=0, asset_class=asset_class)[0].mean["close"].iloc[-1]
     return (f"{symbol:<7} last close {last:,.4f} -> in 4 bars {nxt:,.4f}  "
-            f"answered by {answer.model.describe()}")
+            f"answered by {answer.model.describe()} (bare base: {bare:,.4f})")
 
 
 def where_to_look(url: str) -> list[str]:

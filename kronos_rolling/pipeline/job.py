@@ -13,6 +13,11 @@ import pandas as pd
 
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.pipeline.context import JobContext
+from kronos_rolling.pipeline.incumbent import (
+    IncumbentCheck,
+    check_incumbent,
+    incumbent_step,
+)
 from kronos_rolling.pipeline.steps import (
     TrainOutcome,
     guard_step,
@@ -44,6 +49,7 @@ class JobResult:
     retention: RetentionReport | None = None
     outcome: TrainOutcome | None = None
     alerts: list[DeliveryResult] = field(default_factory=list)  # deliveries of the guard's alerts
+    incumbent: IncumbentCheck | None = None  # the monthly check of @production against pooled
 
     @property
     def promoted(self) -> bool:
@@ -53,7 +59,8 @@ class JobResult:
 def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None = "auto",
                 eval_settings: EvalSettings | None = None, check_due: bool = True, progress: bool = True,
                 wait_for_lock: bool = True, launcher_run_id: str | None = None) -> JobResult:
-    """One class (or pooled), one month: due? -> train -> register -> guard -> retention.
+    """One class (or pooled), one month: due? -> train -> register -> guard -> incumbent check
+    -> retention. Not due: the incumbent check alone (an evaluation-only run).
 
     A refusal is a decision, not a failure. A failure sends a `job_failed` alert and is
     raised again, after the registry has been left as it was.
@@ -65,7 +72,8 @@ def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None 
             due = retrain_due(ctx.client, label, as_of_day, ctx.thresholds)
             if not due.due:
                 log.info("%s: not due on %s: %s", label, as_of_day, due.reason)
-                return JobResult(label, config.as_of, False, due.reason)
+                incumbent = incumbent_step(label, ctx, as_of_day, eval_settings)
+                return JobResult(label, config.as_of, False, due.reason, incumbent=incumbent)
             reason = due.reason
         else:
             reason = "pooled adapter (trained on demand)" if label == POOLED else "due check skipped"
@@ -75,12 +83,15 @@ def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None 
             return JobResult(label, config.as_of, True, reason)
         version = register_step(outcome, ctx)
         decision, conclusion = guard_step(outcome, version, ctx, as_of=as_of_day)
+        incumbent = None
+        if not decision.promote and label != POOLED:  # the production that stays is checked on the same figures
+            incumbent = check_incumbent(label, ctx, outcome.evaluation, outcome.compared_versions)
         retention = retention_step(label, ctx)
     except Exception as exc:
         alert_job_failed(label, config.as_of, exc, ctx.webhook)
         raise
     return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome,
-                     conclusion.deliveries)
+                     conclusion.deliveries, incumbent)
 
 
 def alert_job_failed(label: str, as_of: str, exc: BaseException, webhook: str | None) -> DeliveryResult:

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from safetensors.torch import load_file, save_file
 
 from kronos_rolling import ASSET_CLASSES
@@ -35,12 +36,14 @@ from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import select_training_window
 from kronos_rolling.errors import ConfigError, KronosError
 from kronos_rolling.evaluation.config import EvalSettings
+from kronos_rolling.evaluation.span import PERSISTENCE
+from kronos_rolling.files import atomic_file
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.job import JobResult, monthly_job
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.schedule import read_cadence
-from kronos_rolling.settings import ServerStores, Thresholds
+from kronos_rolling.settings import BUNDLED_DATA_DIR, ServerStores, Thresholds
 from kronos_rolling.tracking.adapters import default_warm_start, fetch_adapter
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.runs import start_run
@@ -52,26 +55,45 @@ from kronos_rolling.training.pretrain.run import pretrain_base
 log = logging.getLogger(__name__)
 
 
+CPU_SIZED_NOTE = (
+    "CPU-sized replay: a few hundred samples per epoch instead of the whole window, so the adapter "
+    "gets tens of optimiser steps, not thousands; at the phase's LR its LoRA weights would barely leave "
+    "their start and the candidate could not differ measurably from its warm start"
+)
+
+
 @dataclass(frozen=True)
 class SimulationSettings:
-    """Small enough for two CPU cores and the tiny base; every value can be raised."""
+    """Small enough for two CPU cores and the tiny base; every value can be raised.
+
+    The phase's 5 epochs are kept; the LRs are 20x (rolling) and 10x (pooled) the phase's
+    because each epoch here is a capped sample (`max_samples_per_epoch`), and the runs say
+    so (`note`, recorded as kronos.non_default_reason). The evaluation is the job's own:
+    K=16 paths, every origin of the month.
+    """
 
     lookback: int = 32
     horizon: int = 4
     epochs: int = 5  # the rolling default
+    lr: float = 1e-3
     pooled_epochs: int = 4
+    pooled_lr: float = 1e-3
     batch_size: int = 32
-    max_samples_per_epoch: int = 128
-    eval_samples: int = 1
-    eval_max_origins: int = 48
+    max_samples_per_epoch: int = 256
+    pooled_max_samples_per_epoch: int = 512
+    eval_samples: int = EvalSettings.samples
+    eval_max_origins: int | None = None  # every origin
     seed: int = 42
+    note: str = CPU_SIZED_NOTE
 
     def train_config(self, mode: str, as_of: str, asset_class: str | None, base: BaseModelRef) -> TrainConfig:
+        pooled = mode == "pooled"
         return TrainConfig(
             mode=mode, as_of=as_of, asset_class=asset_class, base=base,
-            epochs=self.pooled_epochs if mode == "pooled" else self.epochs, lookback=self.lookback,
-            horizon=self.horizon, batch_size=self.batch_size, max_samples_per_epoch=self.max_samples_per_epoch,
-            max_inner_val_samples=64, seed=self.seed,
+            epochs=self.pooled_epochs if pooled else self.epochs, lr=self.pooled_lr if pooled else self.lr,
+            lookback=self.lookback, horizon=self.horizon, batch_size=self.batch_size,
+            max_samples_per_epoch=self.pooled_max_samples_per_epoch if pooled else self.max_samples_per_epoch,
+            max_inner_val_samples=64, seed=self.seed, note=self.note,
         )
 
     def eval_settings(self) -> EvalSettings:
@@ -81,16 +103,29 @@ class SimulationSettings:
 
 @dataclass
 class MonthRow:
-    month: str
+    """One class and month of the replay; the first columns are `simulate --report`'s contract."""
+
     asset_class: str
-    outcome: str  # promoted | refused | not due | no data | failed
-    version: str | None = None
-    val_mae: float | None = None
-    production_val_mae: float | None = None
+    month: str
+    action: str  # trained | not_due | skipped
+    decision: str = "none"  # promoted | refused | kept | withdrawn | none
+    serving_after: str = ""  # a version number, "pooled" or "base": what the predictor serves after the job
+    serving_val_mae: float | None = None  # of what serves after the job, on this month's span
     pooled_val_mae: float | None = None
-    base_val_mae: float | None = None
+    candidate_val_mae: float | None = None
+    candidate_val_nll: float | None = None
+    warm_start_val_nll: float | None = None
     persistence_val_mae: float | None = None
-    val_sharpe: float | None = None
+    run_id: str | None = None  # the training run, or the incumbent check's evaluation-only run
+    version: str | None = None  # the candidate's
+    candidate_val_mae_skill: float | None = None
+    vs_pooled_mae_diff: float | None = None
+    vs_pooled_mae_diff_lo: float | None = None
+    vs_pooled_mae_diff_hi: float | None = None
+    production_val_mae: float | None = None
+    base_val_mae: float | None = None
+    candidate_val_sharpe: float | None = None
+    buyhold_val_sharpe: float | None = None
     sharpe_delta: float | None = None
     reason: str = ""
     alerts: str = ""
@@ -98,7 +133,16 @@ class MonthRow:
     versions_kept: str = ""  # the class's versions left after retention, e.g. "3,4,5,6,7,8"
     aliased: str = ""  # those of them holding an alias (kept whatever their age)
     drill: bool = False
+    failed: bool = False
     seconds: float = 0.0
+
+
+NOT_APPLICABLE = "n/a"
+
+# `simulate --report`'s contract: these columns first, in this order (the rest may change).
+REPORT_COLUMNS = ("asset_class", "month", "action", "decision", "serving_after", "serving_val_mae",
+                  "pooled_val_mae", "candidate_val_mae", "candidate_val_nll", "warm_start_val_nll",
+                  "persistence_val_mae", "run_id")
 
 
 @dataclass
@@ -107,32 +151,62 @@ class SimulationReport:
     tracking_uri: str = ""
     run_id: str | None = None
     keep_versions: int = Thresholds.keep_versions  # what retention kept in this replay
+    stall_retrains: int = Thresholds.stall_retrains  # monthly retrains before quarterly is possible
 
     def frame(self) -> pd.DataFrame:
         frame = pd.DataFrame([asdict(r) for r in self.rows])
-        figures = [c for c in frame.columns if c.endswith(("_mae", "_sharpe", "sharpe_delta"))]
+        figures = [c for c in frame.columns if c.endswith(("_mae", "_nll", "_sharpe", "_skill", "_lo", "_hi",
+                                                               "_diff", "sharpe_delta"))]
         frame[figures] = frame[figures].astype("float64")  # None (not measured) -> NaN
         return frame
 
-    def criteria(self) -> dict[str, bool]:
-        """The phase's success criteria, read off the rows."""
+    def write_csv(self, path: Path) -> Path:
+        frame = self.frame()
+        rest = [c for c in frame.columns if c not in REPORT_COLUMNS]
+        with atomic_file(path) as tmp:
+            frame[[*REPORT_COLUMNS, *rest]].to_csv(tmp, index=False)
+        return path
+
+    def summary(self) -> dict[str, int]:
+        """Counts over the class-months: what served, what the guard did with ties, what beat pooled."""
+        frame = self.frame()
+        trained = frame[frame["action"] == "trained"]
+        worse = frame["serving_val_mae"] > frame["pooled_val_mae"]
+        return {
+            "class-months where something worse than pooled served": int(worse.sum()),
+            "promotions on ties": int(((trained["decision"] == "promoted") & (trained["vs_pooled_mae_diff"] == 0)).sum()),
+            "candidates that beat pooled": int((trained["candidate_val_mae"] < trained["pooled_val_mae"]).sum()),
+            "candidates whose val_nll equals their warm start's": int(
+                (trained["candidate_val_nll"] == trained["warm_start_val_nll"]).sum()),
+            "withdrawals": int((frame["decision"] == "withdrawn").sum()),
+        }
+
+    def criteria(self) -> dict[str, bool | str]:
+        """The phase's success criteria, read off the rows; "n/a (needs N months)" where the replay
+        is too short for one to happen."""
         frame, keep = self.frame(), self.keep_versions
-        retrained = frame["outcome"].isin(["promoted", "refused"])
+        months = frame["month"].nunique() if len(frame) else 0
+        retrained = frame["action"] == "trained"
         # Unattended months: no job failed and at least one class really retrained.
         longest = streak = 0
         for _, rows in frame.groupby("month", sort=True):
-            ok = not (rows["outcome"] == "failed").any() and retrained[rows.index].any()
+            ok = not rows["failed"].any() and retrained[rows.index].any()
             streak = streak + 1 if ok else 0
             longest = max(longest, streak)
+
+        def needs(count: int, value: bool) -> bool | str:
+            return value if value or months >= count else f"{NOT_APPLICABLE} (needs {count} months)"
+
         return {
-            "3 consecutive months without intervention": longest >= 3,
-            "guard refused a worse candidate": bool((frame.loc[retrained, "outcome"] == "refused").any()),
-            "cadence switched to quarterly": bool(frame["cadence"].str.startswith("quarterly").any()),
+            "3 consecutive months without intervention": needs(3, longest >= 3),
+            "guard refused a worse candidate": bool((frame.loc[retrained, "decision"] == "refused").any()),
+            "cadence switched to quarterly": needs(self.stall_retrains + 1,
+                                                   bool(frame["cadence"].str.startswith("quarterly").any())),
             f"exactly the last {keep} versions kept (plus aliased)": all(
                 _keeps_the_last(row.versions_kept, row.aliased, keep) for row in frame.itertuples()),
-            f"retention deleted versions beyond the last {keep}": any(
+            f"retention deleted versions beyond the last {keep}": needs(keep + 1, any(
                 _numbers(row.versions_kept) and max(_numbers(row.versions_kept)) > keep
-                for row in frame.itertuples()),
+                for row in frame.itertuples())),
         }
 
 
@@ -206,26 +280,63 @@ def _delivery_note(delivery) -> str:
     return "" if delivery.delivered else " (not delivered)"
 
 
+def _serving(client: MlflowClient, asset_class: str) -> str:
+    """What the predictor serves for the class now: its @production version, else pooled, else base."""
+    for label, answer in ((asset_class, None), (POOLED, "pooled")):
+        try:
+            version = client.get_model_version_by_alias(registered_model_name(label), PRODUCTION).version
+        except MlflowException:
+            continue
+        return answer or str(version)
+    return "base"
+
+
 def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, seconds: float,
          drill: bool) -> MonthRow:
     cadence = read_cadence(client, asset_class)
     kept, aliased = _versions_kept(client, asset_class)
-    row = MonthRow(month, asset_class, "not due", reason=result.reason, cadence=cadence.mode,
-                   versions_kept=kept, aliased=aliased, drill=drill, seconds=round(seconds, 1))
-    if not result.due:
-        return row
-    figures = result.outcome.figures
-    decision = result.decision
-    row.outcome = "promoted" if decision.promote else "refused"
-    row.version = result.version
-    row.reason = decision.reason
-    row.val_mae = figures["candidate"].val_mae
-    row.val_sharpe = figures["candidate"].val_sharpe
-    for name in ("production", "pooled", "base", "persistence"):
-        if name in figures:
-            setattr(row, f"{name}_val_mae", figures[name].val_mae)
-    row.sharpe_delta = decision.sharpe_delta
-    row.alerts = ",".join(f"{d.event}{_delivery_note(d)}" for d in result.alerts)
+    serving = _serving(client, asset_class)
+    row = MonthRow(asset_class, month, "trained" if result.due else "not_due", serving_after=serving,
+                   reason=result.reason, cadence=cadence.mode, versions_kept=kept, aliased=aliased, drill=drill,
+                   seconds=round(seconds, 1))
+    evaluation, versions = None, {}
+    if result.due:
+        outcome, decision = result.outcome, result.decision
+        evaluation, versions = outcome.evaluation, outcome.compared_versions
+        row.decision, row.version, row.run_id = ("promoted" if decision.promote else "refused"), result.version, \
+            outcome.run_id
+        row.reason = decision.reason
+        candidate = evaluation.figures("candidate")
+        row.candidate_val_mae, row.candidate_val_nll = candidate["val_mae"], candidate["val_nll"]
+        row.candidate_val_mae_skill, row.candidate_val_sharpe = candidate["val_mae_skill"], candidate["val_sharpe"]
+        if "warm_start" in evaluation.models:
+            row.warm_start_val_nll = evaluation.figures("warm_start")["val_nll"]
+        if "pooled" in evaluation.models:
+            diff = evaluation.difference("candidate", "pooled", "val_mae")
+            row.vs_pooled_mae_diff, row.vs_pooled_mae_diff_lo, row.vs_pooled_mae_diff_hi = diff.mean, diff.lo, diff.hi
+        row.buyhold_val_sharpe = evaluation.buyhold_sharpe()
+        row.sharpe_delta = decision.sharpe_delta
+        row.alerts = ",".join(f"{d.event}{_delivery_note(d)}" for d in result.alerts)
+    check = result.incumbent
+    if check is not None and check.evaluation is not None:
+        evaluation = evaluation or check.evaluation
+        versions = versions or {}
+        row.run_id = row.run_id or check.run_id
+        if check.decision is not None:
+            if check.decision.withdraw:
+                row.decision = "withdrawn"
+            elif not result.due:
+                row.decision = "kept"
+            row.reason += f"; incumbent check: {check.decision.reason}"
+    if evaluation is not None:
+        figures = {name: evaluation.figures(name) for name in evaluation.models}
+        row.pooled_val_mae = figures.get("pooled", {}).get("val_mae")
+        row.production_val_mae = figures.get("production", {}).get("val_mae")
+        row.base_val_mae = figures.get("base", {}).get("val_mae")
+        row.persistence_val_mae = evaluation.figures(PERSISTENCE)["val_mae"]
+        serving_model = ("candidate" if row.decision == "promoted" else
+                         "pooled" if serving == "pooled" else "base" if serving == "base" else "production")
+        row.serving_val_mae = figures.get(serving_model, {}).get("val_mae")
     return row
 
 
@@ -241,7 +352,8 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
         raise ConfigError(f"unknown asset class(es) {', '.join(unknown)}; use {', '.join(ASSET_CLASSES)}")
     schedule = months_from(start, months)
     drills = {months_from(m, 1)[0] for m in drill_months}
-    report = SimulationReport(tracking_uri=ctx.tracking.uri, keep_versions=ctx.thresholds.keep_versions)
+    report = SimulationReport(tracking_uri=ctx.tracking.uri, keep_versions=ctx.thresholds.keep_versions,
+                              stall_retrains=ctx.thresholds.stall_retrains)
     eval_settings = settings.eval_settings()
 
     started = time.monotonic()
@@ -250,14 +362,16 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
     pooled = monthly_job(settings.train_config("pooled", pooled_as_of, None, base), ctx,
                          warm_start=None, eval_settings=eval_settings, check_due=False, progress=progress)
     echo(f"  pooled v{pooled.version}: {'promoted' if pooled.promoted else 'refused'} ({pooled.decision.reason})")
+    bundled = Path(store.root).resolve() == BUNDLED_DATA_DIR.resolve()
     for month in schedule:
         as_of = month.strftime("%Y-%m-%d")
         for asset_class in classes:
             label = month.strftime("%Y-%m")
             if not has_validation_data(store, asset_class, month, settings):
                 kept, aliased = _versions_kept(client, asset_class)
-                report.rows.append(MonthRow(label, asset_class, "no data",
-                                            reason="the bundled data has no bars in this validation span",
+                data = "the bundled data" if bundled else f"your data ({store.root})"
+                report.rows.append(MonthRow(asset_class, label, "skipped", serving_after=_serving(client, asset_class),
+                                            reason=f"{data} has no bars in this validation span",
                                             cadence=read_cadence(client, asset_class).mode,
                                             versions_kept=kept, aliased=aliased))
                 echo(_describe(report.rows[-1]))
@@ -275,7 +389,8 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
                                          warm_start=warm_start, eval_settings=eval_settings, progress=progress)
                 row = _row(label, asset_class, result, client, time.monotonic() - tick, drill)
             except KronosError as exc:
-                row = MonthRow(label, asset_class, "failed", reason=str(exc), drill=drill,
+                row = MonthRow(asset_class, label, "skipped", serving_after=_serving(client, asset_class),
+                               reason=f"failed: {exc}", drill=drill, failed=True,
                                seconds=round(time.monotonic() - tick, 1))
             report.rows.append(row)
             echo(_describe(row))
@@ -284,15 +399,17 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
 
 
 def _describe(row: MonthRow) -> str:
-    text = f"  {row.month} {row.asset_class:<15} {row.outcome:<9}"
+    text = f"  {row.month} {row.asset_class:<15} {row.action:<8} {row.decision:<9}"
     if row.version:
-        text += f" v{row.version:<3} val_mae {row.val_mae:.5f} (pooled {row.pooled_val_mae or float('nan'):.5f})"
+        text += (f" v{row.version:<3} val_mae {row.candidate_val_mae:.5f} (pooled "
+                 f"{row.pooled_val_mae if row.pooled_val_mae is not None else float('nan'):.5f})")
+    text += f" serving {row.serving_after}"
     if row.alerts:
         text += f" alerts: {row.alerts}"
     text += f"  [{row.cadence}]"
     if row.drill:
         text += " (drill)"
-    if row.outcome in ("refused", "failed", "no data", "not due"):
+    if row.decision in ("refused", "withdrawn", "none", "kept"):
         text += f"  {row.reason}"
     return text
 
@@ -303,14 +420,16 @@ def log_report(report: SimulationReport, start: str, months: int, tracking: Trac
     with start_run(tracking, "kronos-rolling/simulation", run_name=f"simulate-{start}-{months}m") as run:
         run.log_params({"start": start, "months": months})
         run.log_table(frame, "simulation/rows.json")
-        run.log_dict({k: bool(v) for k, v in report.criteria().items()}, "simulation/criteria.json")
+        run.log_dict(report.criteria(), "simulation/criteria.json")
+        run.log_dict(report.summary(), "simulation/summary.json")
         fig, ax = plt.subplots(figsize=(10, 4))
-        for asset_class, rows in frame[frame["val_mae"].notna()].groupby("asset_class"):
+        for asset_class, rows in frame[frame["serving_val_mae"].notna()].groupby("asset_class"):
             months = pd.to_datetime(rows["month"])
-            ax.plot(months, rows["val_mae"], marker="o", label=f"{asset_class} candidate")
+            ax.plot(months, rows["serving_val_mae"], marker="o", label=f"{asset_class} serving after the job")
             ax.plot(months, rows["pooled_val_mae"], ls="--", label=f"{asset_class} pooled")
+            ax.plot(months, rows["persistence_val_mae"], ls=":", label=f"{asset_class} no change")
         ax.set_ylabel("val_mae (return MAE)")
-        ax.set_title("Monthly retrains: candidate vs pooled, same validation span")
+        ax.set_title("What serves after each month's job vs pooled and no change, same validation span")
         ax.legend(fontsize=8)
         fig.autofmt_xdate()
         run.log_figure(fig, "simulation/val_mae.png")
@@ -318,12 +437,13 @@ def log_report(report: SimulationReport, start: str, months: int, tracking: Trac
 
 
 @contextlib.contextmanager
-def tracking_for_simulation(tracking_uri: str | None, data_dir: Path):
-    """Use the given server, or start an embedded one in `data_dir` for the replay."""
+def tracking_for_simulation(tracking_uri: str | None, data_dir: Path, port: int | None = None):
+    """Use the given server, or start an embedded one in `data_dir` for the replay (on `port`,
+    else a free one)."""
     if tracking_uri:
         yield Tracking.connect(tracking_uri), None
         return
-    config = ServerConfig.embedded(data_dir, port=free_port())
+    config = ServerConfig.embedded(data_dir, port=port or free_port())
     with TrackingServer(config) as server:
         yield Tracking.connect(server.url), ServerStores(config.backend_store_uri, config.artifacts_destination)
 

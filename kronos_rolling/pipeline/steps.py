@@ -26,16 +26,21 @@ from mlflow.exceptions import MlflowException
 
 from kronos_rolling import ASSET_CLASSES, __version__
 from kronos_rolling.data.dataset import BarWindowDataset
-from kronos_rolling.data.windows import TrainingWindow, coverage_shortfall
+from kronos_rolling.data.windows import (
+    TrainingWindow,
+    check_data_reaches,
+    coverage_shortfall,
+)
 from kronos_rolling.errors import ConfigError, RegistryError
-from kronos_rolling.evaluation.compare import EvalResult, compare_on_span
+from kronos_rolling.evaluation.compare import Difference
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.evaluation.forecasts import ForecastModel
 from kronos_rolling.evaluation.report import log_evaluation
+from kronos_rolling.evaluation.span import PERSISTENCE, SpanEvaluation, evaluate_span
 from kronos_rolling.locks import training_lock
-from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.device import resolve_device
 from kronos_rolling.pipeline.context import JobContext
+from kronos_rolling.pipeline.references import figures_of, reference_models
 from kronos_rolling.registry.cleanup import (
     RetentionReport,
     apply_retention,
@@ -44,14 +49,12 @@ from kronos_rolling.registry.guard import EvalFigures, GuardDecision, decide_pro
 from kronos_rolling.registry.lifecycle import RetrainConclusion, conclude_retrain
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.promotion import mark_staging
+from kronos_rolling.settings import Thresholds
 from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,
-    AdapterSource,
     default_warm_start,
     fetch_adapter,
-    load_base_forecast_model,
-    load_forecast_model,
 )
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.pyfunc import log_adapter_model, register_adapter_model
@@ -88,23 +91,13 @@ class TrainOutcome:
     config: TrainConfig
     window: TrainingWindow
     model_uri: str
-    figures: dict[str, EvalResult]  # candidate, pooled, production, base, persistence (when present)
-    compared_versions: dict[str, str]  # pooled / production -> registry version evaluated
+    evaluation: SpanEvaluation  # candidate, pooled, production, base, warm start, persistence: same origins
+    compared_versions: dict[str, str]  # pooled / production / warm_start -> registry version evaluated
     fit: FitResult
     warm_start: str | None
 
-
-def _figures(result: EvalResult, window: TrainingWindow, version: str | None = None) -> EvalFigures:
-    return EvalFigures(result.val_mae, result.val_sharpe, window.val_start.date(), window.val_end.date(), version)
-
-
-def _production_source(tracking: Tracking, label: str) -> AdapterSource | None:
-    name = registered_model_name(label)
-    try:
-        tracking.client.get_model_version_by_alias(name, PRODUCTION)
-    except MlflowException:
-        return None
-    return fetch_adapter(f"models:/{name}@{PRODUCTION}", tracking)
+    def figures(self, name: str) -> EvalFigures | None:
+        return figures_of(self.evaluation, name, self.compared_versions.get(name))
 
 
 def evaluation_classes(config: TrainConfig) -> list[str]:
@@ -132,6 +125,7 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
     eval_settings = eval_settings or EvalSettings(lookback=config.lookback, horizon=config.horizon)
     window = config.window()
     symbols = training_symbols(config, store)
+    check_data_reaches({c: store.coverage(store.symbols_for(c)) for c in evaluation_classes(config)}, window)
     shortfalls = coverage_shortfall(store.coverage(symbols), window)
     for shortfall in shortfalls:
         log.warning("window shortfall: %s", shortfall)
@@ -214,14 +208,16 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
         trainee.model.eval()
         candidate = ForecastModel(trainee.model, trainee.tokenizer, trainee.event_embedding.eval(),
                                   trainee.vocabulary, base.max_context)
-        references, compared = reference_models(tracking, config.label, base)
+        refs = reference_models(tracking, config.label, base, warm_source)
         classes = [c for c in evaluation_classes(config) if store.symbols_for(c)]
-        figures, per_class, samples, closes = compare_on_span(
-            store, classes, window.val_span, candidate, references, eval_settings)
-        log_evaluation(run, figures, samples, closes)
-        if len(per_class) > 1:
-            for asset_class, results in per_class.items():
-                run.log_metrics({f"{name}_val_mae_{asset_class}": r.val_mae for name, r in results.items()})
+        evaluation = evaluate_span(store, classes, window.val_span, {"candidate": candidate, **refs.models},
+                                   eval_settings, trainee.vocabulary)
+        log_evaluation(run, evaluation, primary=ctx.thresholds.primary_metric)
+        candidate_figures = evaluation.figures("candidate")
+        log.info("%s: evaluated on %d of %d origins of %s..%s: val_mae %.6g (persistence %.6g), val_nll %.4f",
+                 config.label, evaluation.origins, evaluation.candidates, window.val_start.date(),
+                 window.val_end.date(), candidate_figures["val_mae"], evaluation.figures("persistence")["val_mae"],
+                 candidate_figures["val_nll"])
 
         with tempfile.TemporaryDirectory(prefix="kronos-bundle-") as tmp:
             bundle_dir = Path(tmp) / ADAPTER_ARTIFACT
@@ -229,9 +225,9 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
             metadata = {
                 "label": config.label, "asset_class": config.asset_class, "mode": config.mode,
                 "as_of": config.as_of, **{k: v for k, v in window.to_dict().items() if k != "as_of"},
-                "val_mae": figures["candidate"].val_mae, "val_sharpe": figures["candidate"].val_sharpe,
-                "figures": {name: {"val_mae": f.val_mae, "val_sharpe": f.val_sharpe} for name, f in figures.items()},
-                "compared_versions": compared, "base": base.to_dict(), "symbols": symbols,
+                **candidate_figures,
+                "figures": {name: evaluation.figures(name) for name in [*evaluation.models, PERSISTENCE]},
+                "compared_versions": refs.versions, "base": base.to_dict(), "symbols": symbols,
                 "warm_start": warm_source.describe() if warm_source else None,
                 "run_id": run.run_id, "code_version": git_commit(), "kronos_rolling": __version__,
                 "eval": asdict(eval_settings), "lookback": config.lookback, "horizon": config.horizon,
@@ -245,33 +241,13 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
     checkpoint.clear()
     if launcher_run_id and launcher_run_id != run.run_id:  # `mlflow run` made a run elsewhere: point it here
         tracking.client.set_tag(launcher_run_id, JOB_RUN_TAG, f"{experiment_name(config.label)}/{run.run_id}")
-    return TrainOutcome(run.run_id, config.label, config, window, model_uri, figures, compared,
+    return TrainOutcome(run.run_id, config.label, config, window, model_uri, evaluation, refs.versions,
                         fitted, warm_source.describe() if warm_source else None)
 
 
 def _in_experiment(tracking: Tracking, run_id: str, experiment: str) -> bool:
     run = tracking.client.get_run(run_id)
     return tracking.client.get_experiment(run.info.experiment_id).name == experiment
-
-
-def reference_models(tracking: Tracking, label: str, base: BaseModelRef) -> tuple[dict, dict[str, str]]:
-    """The models a candidate of `label` is compared with, and their registry versions.
-
-    pooled: the pooled production adapter; production: the label's own production
-    version (for the pooled label, the same adapter); base: the bare base (zero-shot).
-    """
-    compared: dict[str, str] = {}
-    references: dict[str, ForecastModel | None] = {}
-    pooled = _production_source(tracking, POOLED)
-    production = pooled if label == POOLED else _production_source(tracking, label)
-    if pooled is not None:
-        compared["pooled"] = pooled.version
-        references["pooled"] = load_forecast_model(pooled)
-    if production is not None:
-        compared["production"] = production.version
-        references["production"] = references["pooled"] if production is pooled else load_forecast_model(production)
-    references["base"] = load_base_forecast_model(base)
-    return references, compared
 
 
 def register_step(outcome: TrainOutcome, ctx: JobContext) -> str:
@@ -282,13 +258,13 @@ def register_step(outcome: TrainOutcome, ctx: JobContext) -> str:
         raise RegistryError(f"run {outcome.run_id} did not finish training and evaluation; it cannot be registered")
     name = registered_model_name(outcome.label)
     window = outcome.window
-    candidate = outcome.figures["candidate"]
+    candidate = outcome.figures("candidate")
     tags = {
         "asset_class": outcome.label, "as_of": outcome.config.as_of,
         "train_window": f"{window.train_start:%Y-%m-%d}/{window.train_end:%Y-%m-%d}",
         "val_span": f"{window.val_start:%Y-%m-%d}/{window.val_end:%Y-%m-%d}",
-        "val_mae": f"{candidate.val_mae:.6g}", "val_sharpe": f"{candidate.val_sharpe:.6g}",
-        "warm_start": outcome.warm_start or "none",
+        "val_mae": f"{candidate.val_mae:.6g}", "val_nll": f"{candidate.val_nll:.6g}",
+        "val_sharpe": f"{candidate.val_sharpe:.6g}", "warm_start": outcome.warm_start or "none",
     }
     version = register_adapter_model(
         client, name, outcome.model_uri, outcome.run_id, tags=tags,
@@ -307,9 +283,8 @@ def register_step(outcome: TrainOutcome, ctx: JobContext) -> str:
 
 def guard_step(outcome: TrainOutcome, version: str, ctx: JobContext, *, as_of: date
                ) -> tuple[GuardDecision, RetrainConclusion]:
-    """Decide from the figures of one span, then move aliases, record cadence and alert."""
+    """Decide from the differences measured on one span, then move aliases, record cadence and alert."""
     client, thresholds = ctx.client, ctx.thresholds
-    window, figures = outcome.window, outcome.figures
     name = registered_model_name(outcome.label)
     current = _production_version_number(client, name)
     if current != outcome.compared_versions.get("production"):
@@ -319,17 +294,32 @@ def guard_step(outcome: TrainOutcome, version: str, ctx: JobContext, *, as_of: d
             f"{name}@production is v{current} but the evaluation compared with "
             f"v{outcome.compared_versions.get('production')}; rerun the job to evaluate against the new production"
         )
-
-    def figure(key: str) -> EvalFigures | None:
-        result = figures.get(key)
-        return None if result is None else _figures(result, window, outcome.compared_versions.get(key))
-
-    pooled = figure("pooled") if outcome.label != POOLED else figure("production")
-    decision = decide_promotion(figure("candidate"), pooled, figure("production"), thresholds, base=figure("base"))
+    decision = judge_candidate(outcome.evaluation, outcome.label, outcome.compared_versions, thresholds)
     conclusion = conclude_retrain(client, outcome.label, version, decision, as_of=as_of, lock_dir=ctx.lock_dir,
                                   thresholds=thresholds, webhook=ctx.webhook, actor=ctx.actor)
     log.info("%s v%s: %s", name, version, decision.describe())
     return decision, conclusion
+
+
+def judge_candidate(evaluation: SpanEvaluation, label: str, versions: dict[str, str],
+                    thresholds: Thresholds) -> GuardDecision:
+    """The guard's inputs read off an evaluation, and its decision. For the pooled label the
+    pooled production adapter is both the reference and the incumbent."""
+    metric = thresholds.primary_metric
+
+    def versus(other: str) -> Difference | None:
+        return evaluation.difference("candidate", other, metric) if other in evaluation.models else None
+
+    production = None if label == POOLED else figures_of(evaluation, "production", versions.get("production"))
+    pooled_name = "production" if label == POOLED else "pooled"
+    sharpe_other = pooled_name if label == POOLED else "production"
+    return decide_promotion(
+        figures_of(evaluation, "candidate"), pooled=figures_of(evaluation, pooled_name, versions.get(pooled_name)),
+        production=production, base=figures_of(evaluation, "base"), vs_pooled=versus(pooled_name),
+        vs_production=None if production is None else versus("production"), vs_base=versus("base"),
+        sharpe_change=(evaluation.difference("candidate", sharpe_other, "val_sharpe")
+                       if sharpe_other in evaluation.models else None),
+        thresholds=thresholds)
 
 
 def _production_version_number(client: MlflowClient, name: str) -> str | None:

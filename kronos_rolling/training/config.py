@@ -52,6 +52,7 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     device: str = "auto"
     precision: str = "float32"  # or bf16: autocast forward, for GPUs with bf16 tensor cores
+    note: str = ""  # why lr/epochs depart from the mode's defaults; recorded on the run
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -86,6 +87,21 @@ class TrainConfig:
     def window(self) -> TrainingWindow:
         return select_training_window(self.as_of, years=self.years,
                                       validation=pd.DateOffset(months=self.validation_months))
+
+    def departures(self) -> dict[str, tuple[float, float]]:
+        """{setting: (used, mode default)} for lr and epochs where they differ from the phase's defaults."""
+        defaults = MODE_DEFAULTS[self.mode]
+        return {name: (getattr(self, name), default) for name, default in defaults.items()
+                if getattr(self, name) != default}
+
+    def departure_tags(self) -> dict[str, str]:
+        """Tags that say on the run which defaults were not used, and why (`note`)."""
+        departures = self.departures()
+        if not departures:
+            return {}
+        text = ", ".join(f"{name} {used:g} instead of {default:g}" for name, (used, default) in departures.items())
+        return {"kronos.non_default_settings": text,
+                "kronos.non_default_reason": self.note or "not given (set TrainConfig.note / --note)"}
 
     def to_params(self) -> dict:
         values = asdict(self)

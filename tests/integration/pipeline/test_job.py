@@ -71,13 +71,19 @@ EPOCH_METRICS = {"train_loss", "val_loss", "lr", "bars_per_second"}
 def test_the_pooled_adapter_is_judged_against_the_bare_base(jobs, env):
     pooled = jobs["pooled"]
     assert pooled.version == "1"
-    figures = pooled.outcome.figures
-    assert {"candidate", "base", "persistence"} <= set(figures)
-    assert pooled.decision.reference == "base"
-    assert pooled.decision.promote == (figures["candidate"].val_mae <= figures["base"].val_mae)
+    outcome, decision = pooled.outcome, pooled.decision
+    assert {"candidate", "base"} <= set(outcome.evaluation.models)
+    assert decision.reference == "base"
+    # Strictly better with an interval, or not promoted: a tie or no evidence keeps the base.
+    difference = decision.vs_reference
+    assert difference.metric == "val_mae" and difference.has_interval, difference
+    assert difference.mean == pytest.approx(outcome.figures("candidate").val_mae - outcome.figures("base").val_mae)
+    assert decision.promote == (difference.mean < 0)
     version = env.get_model_version("kronos-lora-pooled", "1")
-    assert version.tags["guard_decision"] in ("promoted", "refused")
-    assert float(version.tags["base_val_mae"]) == pytest.approx(figures["base"].val_mae, rel=1e-5)
+    assert version.tags["guard_decision"] == ("promoted" if decision.promote else "refused")
+    assert float(version.tags["base_val_mae"]) == pytest.approx(outcome.figures("base").val_mae, rel=1e-5)
+    lo, hi = float(version.tags["vs_reference_diff_lo"]), float(version.tags["vs_reference_diff_hi"])
+    assert lo < float(version.tags["vs_reference_diff"]) < hi
 
 
 def test_a_rolling_run_records_everything_the_guard_and_operators_need(jobs, env):
@@ -98,8 +104,18 @@ def test_a_rolling_run_records_everything_the_guard_and_operators_need(jobs, env
         history = env.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [1, 2], key
     metrics = run.data.metrics
-    for key in ("val_mae", "val_sharpe", "pooled_val_mae", "base_val_mae", "persistence_val_mae"):
+    for model in ("", "pooled_", "base_"):
+        for figure in ("val_mae", "val_nll", "val_crps", "val_mae_skill", "val_sharpe"):
+            assert np.isfinite(metrics[model + figure]), model + figure
+    for key in ("persistence_val_mae", "persistence_val_crps", "buyhold_val_sharpe",
+                "vs_pooled_mae_diff", "vs_pooled_mae_diff_lo", "vs_pooled_mae_diff_hi", "vs_pooled_nll_diff"):
         assert np.isfinite(metrics[key]), key
+    assert metrics["vs_pooled_mae_diff_lo"] <= metrics["vs_pooled_mae_diff"] <= metrics["vs_pooled_mae_diff_hi"]
+    # Two epochs at the phase's LR on 64 samples: the sampled forecasts may not move, the likelihood does.
+    assert metrics["vs_pooled_nll_diff"] != 0
+    assert metrics["val_mae_skill"] == pytest.approx(1 - metrics["val_mae"] / metrics["persistence_val_mae"])
+    assert params["eval_samples"] == str(small_eval().samples) and params["eval_cost"] == str(small_eval().cost)
+    assert int(params["eval_origins"]) == small_eval().max_origins < int(params["eval_origins_in_span"])
     assert any(key.startswith("system/") for key in metrics), "no system metrics logged"
 
     inputs = run.inputs.dataset_inputs
@@ -111,9 +127,10 @@ def test_a_rolling_run_records_everything_the_guard_and_operators_need(jobs, env
     assert {f"adapter/{n}" for n in ("adapter_config.json", "adapter_model.safetensors",
                                      "event_embedding.safetensors", "event_vocab.json", "metadata.json")} <= files
     plots = {a.path for a in env.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {"plots/forecast_vs_actual.png", "plots/equity_curve.png"}
+    assert plots == {"plots/forecast_vs_actual.png", "plots/equity_curve.png", "plots/loss_differences.png"}
     metadata = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metadata.json"))
-    for key in ("train_start", "train_end", "val_sharpe", "val_mae", "base", "figures", "compared_versions"):
+    for key in ("train_start", "train_end", "val_sharpe", "val_mae", "val_nll", "base", "figures",
+                "compared_versions"):
         assert key in metadata
     assert metadata["val_mae"] == pytest.approx(metrics["val_mae"])
 
@@ -121,13 +138,16 @@ def test_a_rolling_run_records_everything_the_guard_and_operators_need(jobs, env
 def test_the_first_version_of_a_class_warm_starts_from_pooled_and_is_compared_with_it(jobs, env):
     crypto = jobs["crypto"]
     assert crypto.outcome.warm_start == "kronos-lora-pooled v1"
-    assert crypto.outcome.compared_versions == {"pooled": "1"}, "no class production yet"
+    # No class production yet; the warm start is pooled v1, evaluated once under both names.
+    assert crypto.outcome.compared_versions == {"pooled": "1", "warm_start": "1"}
+    evaluation = crypto.outcome.evaluation
+    np.testing.assert_array_equal(evaluation.scores("warm_start").nll, evaluation.scores("pooled").nll)
     assert crypto.decision.reference == "pooled" and crypto.decision.production is None
     version = env.get_model_version("kronos-lora-crypto", crypto.version)
     tags = version.tags
     assert tags["asset_class"] == "crypto" and tags["train_window"] == "2016-01-01/2018-01-01"
     assert tags["guard_decision"] == ("promoted" if crypto.promoted else "refused")
-    assert float(tags["val_mae"]) == pytest.approx(crypto.outcome.figures["candidate"].val_mae, rel=1e-5)
+    assert float(tags["val_mae"]) == pytest.approx(crypto.outcome.figures("candidate").val_mae, rel=1e-5)
     assert crypto.decision.reason in version.description
     # One sentence on the training (window and figures), then the guard's decision.
     assert version.description.startswith("Trained on 2016-01-01/2018-01-01, as of 2018-02-01; val_mae ")
@@ -180,11 +200,12 @@ def test_evaluation_is_deterministic_and_logged(jobs, env, home):
 
     def table(output):
         return [line for line in output.splitlines() if line.split() and line.split()[0] in
-                ("model", "adapter", "pooled", "base", "persistence")]
+                ("model", "adapter", "pooled", "base", "persistence") and " - " not in line]
 
     assert table(first.output) == table(second.output)
     assert [line.split()[0] for line in table(first.output)] == ["model", "adapter", "pooled", "base", "persistence"]
-    assert "pooled v1" in first.output
+    assert "pooled (v1)" in first.output
+    assert "adapter - pooled: val_mae " in first.output and "adapter - base: val_mae " in first.output
     run_id = [line for line in first.output.splitlines() if line.startswith("logged to run")][0].split()[-1]
     assert env.get_run(run_id).data.tags["kronos.evaluation_of"] == uri
 
@@ -196,7 +217,7 @@ def test_an_unfinished_run_cannot_be_registered(jobs, env):
         mlflow.log_param("asset_class", "crypto")
     before = len(env.search_model_versions("name='kronos-lora-crypto'"))
     broken = TrainOutcome(run.info.run_id, "crypto", crypto.config, crypto.window, crypto.model_uri,
-                          crypto.figures, crypto.compared_versions, crypto.fit, crypto.warm_start)
+                          crypto.evaluation, crypto.compared_versions, crypto.fit, crypto.warm_start)
     with pytest.raises(RegistryError, match="did not finish"):
         register_step(broken, job_context(env.tracking_uri))
     assert len(env.search_model_versions("name='kronos-lora-crypto'")) == before
@@ -293,12 +314,60 @@ def test_a_worse_candidate_is_refused_alerted_and_the_job_still_exits_0(jobs, en
         result = subprocess.run(
             [sys.executable, "-m", "kronos_rolling.cli", "run", "--asset-class", "crypto", "--as-of", "2018-03-01",
              "--base-model", str(tiny_base), "--warm-start", str(bad), "--epochs", "1", "--lookback", "16",
-             "--horizon", "4", "--max-samples-per-epoch", "32", "--eval-samples", "1", "--eval-max-origins", "24",
+             "--horizon", "4", "--max-samples-per-epoch", "32", "--eval-samples", "2", "--eval-max-origins", "120",
              "--no-progress", "--tracking-uri", env.tracking_uri],
             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]  # a refusal is a decision, not a failure
     [new] = [v for v in env.search_model_versions("name='kronos-lora-crypto'") if v.tags.get("as_of") == "2018-03-01"]
-    assert new.tags["guard_decision"] == "refused" and "> pooled" in new.tags["guard_reason"]
+    assert new.tags["guard_decision"] == "refused" and "worse than the pooled" in new.tags["guard_reason"]
     aliases = env.get_registered_model("kronos-lora-crypto").aliases
     assert aliases["staging"] == new.version and aliases.get("production") == production_before
     assert "guard_refused" in {body["kronos"]["event"] for body in receiver.bodies}
+
+
+def test_a_stale_production_is_withdrawn_by_the_monthly_check_and_rollback_still_works(jobs, env, home, tiny_base,
+                                                                                      tmp_path):
+    """An operator forces a bad version into @production; the next month's job is not due, yet
+    its incumbent check (an evaluation-only run) withdraws it, and the predictor's chain falls
+    back to pooled. A rollback then puts a chosen version back."""
+    from support.registry import Receiver
+
+    from kronos_rolling.pipeline.replay import sabotage
+    from kronos_rolling.registry.history import read_history
+    from kronos_rolling.registry.promotion import alias_state, promote, rollback
+
+    ctx = job_context(env.tracking_uri, KRONOS_HOME=str(home))
+    bad = sabotage("models:/kronos-lora-pooled@production", ctx.tracking, tmp_path, seed=5)
+    forced = monthly_job(small_config(tiny_base, as_of="2018-05-01", epochs=1), ctx, warm_start=str(bad),
+                         eval_settings=small_eval(), check_due=False, progress=False)
+    assert not forced.promoted, "the guard refuses the sabotaged candidate"
+    before = alias_state(env, "kronos-lora-crypto")
+    promote(env, "kronos-lora-crypto", forced.version, "operator override (test)", lock_dir=ctx.lock_dir)
+
+    with Receiver() as receiver:
+        # On a random tiny base every forecast is poor, so the sabotage costs well under 10% of
+        # val_mae; with min_confidence on, a significant difference is enough to withdraw.
+        checking = job_context(env.tracking_uri, KRONOS_HOME=str(home), KRONOS_ALERT_WEBHOOK=receiver.url,
+                               KRONOS_MIN_CONFIDENCE="true")
+        result = monthly_job(small_config(tiny_base, as_of="2018-05-20"), checking, eval_settings=small_eval(),
+                             progress=False)
+    assert not result.due, "May already retrained: the cadence says not due"
+    check = result.incumbent
+    assert check.decision is not None and check.decision.withdraw, check.note
+    assert "significantly worse than pooled" in check.decision.reason and check.decision.difference.lo > 0
+    run = env.get_run(check.run_id)
+    assert run.data.tags["kronos.run_kind"] == "incumbent_check" and run.data.tags["incumbent_decision"] == "withdrawn"
+    assert "train_loss" not in run.data.metrics and "production_val_mae" not in run.data.metrics
+    assert run.data.metrics["val_mae"] > run.data.metrics["pooled_val_mae"]  # production's, unprefixed
+    state = alias_state(env, "kronos-lora-crypto")
+    assert state.production is None and state.previous_production == forced.version
+    assert env.get_model_version("kronos-lora-crypto", forced.version).tags["withdrawn_reason"].startswith(
+        "incumbent check: ")
+    assert default_warm_start("crypto", env) == "models:/kronos-lora-pooled@production", "falls back to pooled"
+    assert read_history(env, "kronos-lora-crypto")[-1].action == "withdraw"
+    [alert] = [b["kronos"] for b in receiver.bodies if b["kronos"]["event"] == "withdrawn"]
+    assert alert["fields"]["version"] == forced.version
+
+    target = before.production or forced.version
+    move = rollback(env, "crypto", target, reason="back after the withdrawal (test)", lock_dir=ctx.lock_dir)
+    assert move.to_version == target and alias_state(env, "kronos-lora-crypto").production == target

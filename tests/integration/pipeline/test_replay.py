@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from support.training import job_context
 
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.pipeline.replay import (
+    REPORT_COLUMNS,
     SimulationSettings,
     log_report,
     simulate,
@@ -22,9 +24,9 @@ UNATTENDED, REFUSED, QUARTERLY = ("3 consecutive months without intervention", "
 EXACT, DELETED = "exactly the last 6 versions kept (plus aliased)", "retention deleted versions beyond the last 6"
 
 
-def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_base, kronos_home):
-    settings = SimulationSettings(epochs=1, pooled_epochs=1, max_samples_per_epoch=32, eval_max_origins=16,
-                                  lookback=16, horizon=4)
+def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_base, kronos_home, tmp_path):
+    settings = SimulationSettings(epochs=1, pooled_epochs=1, max_samples_per_epoch=32, pooled_max_samples_per_epoch=32,
+                                  eval_samples=2, eval_max_origins=64, lookback=16, horizon=4)
     lines = []
     started_ms = int(time.time() * 1000)
     ctx = job_context(tracking_uri)
@@ -35,16 +37,33 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     assert list(zip(frame["month"], frame["asset_class"])) == [
         ("2018-01", "crypto"), ("2018-01", "forex_commodity"), ("2018-02", "crypto"), ("2018-02", "forex_commodity")]
     crypto = frame[frame["asset_class"] == "crypto"]
-    assert set(crypto["outcome"]) <= {"promoted", "refused"} and list(crypto["version"]) == ["1", "2"]
-    assert crypto["val_mae"].notna().all() and crypto["pooled_val_mae"].notna().all()
+    assert list(crypto["action"]) == ["trained", "trained"] and list(crypto["version"]) == ["1", "2"]
+    assert set(crypto["decision"]) <= {"promoted", "refused", "withdrawn"}
+    for column in ("candidate_val_mae", "candidate_val_nll", "warm_start_val_nll", "pooled_val_mae",
+                   "persistence_val_mae", "serving_val_mae"):
+        assert crypto[column].notna().all(), column
+    assert crypto["run_id"].notna().all()
+    # What serves after the job: the candidate when promoted, else production, else pooled or base.
+    for row in crypto.itertuples():
+        if row.decision == "promoted":
+            assert row.serving_after == row.version and row.serving_val_mae == row.candidate_val_mae
+        else:
+            assert row.serving_after != row.version
     assert list(crypto["versions_kept"]) == ["1", "1,2"]
     assert crypto["aliased"].iloc[-1] in ("1,2", "2")  # v2 holds @staging or @production, v1 maybe @production
     forex = frame[frame["asset_class"] == "forex_commodity"]
     # EURUSD covers 2017 only: January 2018 is judged on December 2017; February has nothing to judge on.
-    assert forex["outcome"].iloc[0] in ("promoted", "refused") and forex["outcome"].iloc[1] == "no data"
+    assert forex["action"].iloc[0] == "trained" and forex["action"].iloc[1] == "skipped"
+    assert "the bundled data has no bars" in forex["reason"].iloc[1]
     assert any("pooled v1" in line for line in lines)
     # The drill month warm-started crypto from a sabotaged copy of what the job would have used.
     assert list(crypto["drill"]) == [False, True]
+    # The report file: the contract's columns first, one row per class and month.
+    written = pd.read_csv(report.write_csv(tmp_path / "report.csv"))
+    assert list(written.columns[:len(REPORT_COLUMNS)]) == list(REPORT_COLUMNS) and len(written) == 4
+    assert set(report.summary()) == {
+        "class-months where something worse than pooled served", "promotions on ties",
+        "candidates that beat pooled", "candidates whose val_nll equals their warm start's", "withdrawals"}
     [february] = [r for r in mlflow.search_runs(experiment_names=["kronos-rolling/crypto"], output_format="list",
                                                 filter_string=f"attributes.start_time >= {started_ms}")
                   if r.data.params.get("as_of") == "2018-02-01"]
@@ -62,4 +81,5 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/simulation/criteria.json")
     assert set(logged) == set(report.criteria())
     names = {a.path for a in MlflowClient().list_artifacts(run_id, "simulation")}
-    assert names == {"simulation/rows.json", "simulation/criteria.json", "simulation/val_mae.png"}
+    assert names == {"simulation/rows.json", "simulation/criteria.json", "simulation/summary.json",
+                     "simulation/val_mae.png"}

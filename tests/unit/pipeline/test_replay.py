@@ -20,7 +20,11 @@ from kronos_rolling.pipeline.replay import (
 
 
 def _row(month, outcome, cadence="monthly", kept="1", aliased=""):
-    return MonthRow(month, "crypto", outcome, cadence=cadence, versions_kept=kept, aliased=aliased)
+    action, decision, failed = {"promoted": ("trained", "promoted", False), "refused": ("trained", "refused", False),
+                                "failed": ("skipped", "none", True), "not due": ("not_due", "none", False),
+                                "no data": ("skipped", "none", False)}[outcome]
+    return MonthRow("crypto", month, action, decision=decision, cadence=cadence, versions_kept=kept,
+                    aliased=aliased, failed=failed)
 
 
 UNATTENDED, REFUSED, QUARTERLY = ("3 consecutive months without intervention", "guard refused a worse candidate",
@@ -50,9 +54,10 @@ def test_months_are_calendar_months_from_the_start():
 
 @pytest.mark.parametrize("rows, expected", [
     ([_row("2018-01", "promoted"), _row("2018-02", "refused"), _row("2018-03", "promoted", "quarterly")],
-     {UNATTENDED: True, REFUSED: True, QUARTERLY: True, EXACT: True, DELETED: False}),
+     {UNATTENDED: True, REFUSED: True, QUARTERLY: True, EXACT: True, DELETED: "n/a (needs 7 months)"}),
     ([_row("2018-01", "promoted"), _row("2018-02", "failed"), _row("2018-03", "promoted")],
-     {UNATTENDED: False, REFUSED: False, QUARTERLY: False}),
+     {UNATTENDED: False, REFUSED: False, QUARTERLY: "n/a (needs 4 months)"}),
+    ([_row(f"2018-{m:02d}", "promoted") for m in range(1, 5)], {UNATTENDED: True, QUARTERLY: False}),
     # Months where nothing retrained do not count as unattended work.
     ([_row("2018-01", "not due"), _row("2018-02", "no data"), _row("2018-03", "promoted")], {UNATTENDED: False}),
     # Ten versions, none deleted; then the newest six plus v2, which holds an alias.
@@ -65,7 +70,7 @@ def test_months_are_calendar_months_from_the_start():
 def test_success_criteria_are_read_off_the_rows(rows, expected):
     criteria = SimulationReport(rows=rows).criteria()
     for name, value in expected.items():
-        assert criteria[name] is value, name
+        assert criteria[name] == value if isinstance(value, str) else criteria[name] is value, name
 
 
 def test_the_newest_fitting_base_is_reused(tmp_path, tiny_base, monkeypatch):

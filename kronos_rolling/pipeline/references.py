@@ -1,0 +1,74 @@
+"""The models a candidate (or the serving version) is judged against, loaded from the registry.
+
+    pooled      kronos-lora-pooled@production
+    production  kronos-lora-<label>@production (for the pooled label: the same adapter)
+    base        the bare base (zero-shot)
+    warm_start  what the candidate started from, when it is none of the above (e.g. a folder)
+
+A model that stands under two names is loaded once and evaluated once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlflow.exceptions import MlflowException
+
+from kronos_rolling.evaluation.forecasts import ForecastModel
+from kronos_rolling.evaluation.span import SpanEvaluation
+from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.registry.guard import EvalFigures
+from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.tracking.adapters import (
+    AdapterSource,
+    fetch_adapter,
+    load_base_forecast_model,
+    load_forecast_model,
+)
+from kronos_rolling.tracking.context import Tracking
+
+
+@dataclass
+class References:
+    models: dict[str, ForecastModel] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # name -> registry version evaluated
+
+
+def production_source(tracking: Tracking, label: str) -> AdapterSource | None:
+    """The label's @production adapter, downloaded; None when it has none."""
+    name = registered_model_name(label)
+    try:
+        tracking.client.get_model_version_by_alias(name, PRODUCTION)
+    except MlflowException:
+        return None
+    return fetch_adapter(f"models:/{name}@{PRODUCTION}", tracking)
+
+
+def reference_models(tracking: Tracking, label: str, base: BaseModelRef,
+                     warm_start: AdapterSource | None = None) -> References:
+    refs = References()
+    sources = {"pooled": production_source(tracking, POOLED)}
+    sources["production"] = sources["pooled"] if label == POOLED else production_source(tracking, label)
+    sources["warm_start"] = warm_start
+    loaded: dict[tuple, ForecastModel] = {}
+    for name, source in sources.items():
+        if source is None:
+            continue
+        key = (source.registered_model, source.version) if source.registered_model else (source.uri,)
+        if key not in loaded:
+            loaded[key] = load_forecast_model(source)
+        refs.models[name] = loaded[key]
+        if source.version:
+            refs.versions[name] = source.version
+    refs.models["base"] = load_base_forecast_model(base)
+    return refs
+
+
+def figures_of(evaluation: SpanEvaluation, name: str, version: str | None = None) -> EvalFigures | None:
+    """`name`'s figures as the guard reads them (None when it was not evaluated)."""
+    if name not in evaluation.models:
+        return None
+    f = evaluation.figures(name)
+    start, end = evaluation.span
+    return EvalFigures(f["val_mae"], f["val_sharpe"], f["val_nll"], f["val_crps"], f["val_mae_skill"],
+                       int(f["val_origins"]), start.date(), end.date(), version)
