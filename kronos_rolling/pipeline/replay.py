@@ -234,7 +234,7 @@ def months_from(start: str, count: int) -> list[pd.Timestamp]:
         raise ConfigError(f"--start {start!r} is not a month; use YYYY-MM, e.g. 2018-01") from exc
     if count < 1:
         raise ConfigError(f"--months must be >= 1, got {count}")
-    return [first + pd.DateOffset(months=i) for i in range(count)]
+    return list(pd.date_range(first, periods=count, freq="MS"))
 
 
 def has_validation_data(store: DataStore, asset_class: str, as_of: pd.Timestamp, settings: SimulationSettings) -> bool:

@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass, replace
 from datetime import date
 
+import pandas as pd
+
 from kronos_rolling.settings import CADENCE_RECORDS_KEPT, Thresholds
 
 MONTHLY = "monthly"
@@ -91,11 +93,11 @@ def is_retrain_due(state: CadenceState, as_of: date,
     if last is None:
         return DueDecision(True, f"no retrain recorded yet ({state.mode} cadence)", as_of)
     interval = interval_months(state.mode, thresholds)
-    next_due = _add_months(last.replace(day=1), interval)
+    next_due = (pd.Period(last, "M") + interval).start_time.date()
     if as_of < last:
         return DueDecision(False, f"as-of {as_of} is before the last retrain on {last}",
                            next_due)
-    elapsed = _month_index(as_of) - _month_index(last)
+    elapsed = (pd.Period(as_of, "M") - pd.Period(last, "M")).n
     if elapsed >= interval:
         return DueDecision(True, f"{state.mode} cadence: last retrain on {last}, "
                                  f"{elapsed} calendar month(s) ago", as_of)
@@ -169,12 +171,3 @@ def from_json(text: str) -> CadenceState:
 
 def _number(value) -> float | None:
     return None if value is None else float(value)
-
-
-def _month_index(day: date) -> int:
-    return day.year * 12 + day.month - 1
-
-
-def _add_months(day: date, months: int) -> date:
-    index = _month_index(day) + months
-    return date(index // 12, index % 12 + 1, 1)

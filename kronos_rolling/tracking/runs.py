@@ -81,7 +81,10 @@ class TrackedRun:
         self.client.log_dict(self.run_id, data, path)
 
     def log_table(self, frame: pd.DataFrame, path: str) -> None:
-        self.client.log_table(self.run_id, frame, path)
+        # MLflow scans object columns for images; pandas 3 text columns are `str`, which that scan
+        # warns about (a deprecation) unless they are handed over as plain object columns.
+        text = {name: object for name, dtype in frame.dtypes.items() if pd.api.types.is_string_dtype(dtype)}
+        self.client.log_table(self.run_id, frame.astype(text), path)
 
     def log_figure(self, figure, path: str) -> None:
         """Log a matplotlib figure and close it."""
