@@ -30,6 +30,7 @@ from kronos_rolling.registry.names import POOLED, registered_model_name
 from kronos_rolling.registry.promotion import AliasMove, withdraw_production
 from kronos_rolling.tracking.adapters import load_forecast_model
 from kronos_rolling.tracking.runs import experiment_name, start_run
+from kronos_rolling.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,10 @@ def incumbent_step(label: str, ctx: JobContext, as_of: date, eval_settings: Eval
     if production is None or pooled is None:
         return IncumbentCheck(None, f"{'no production' if production is None else 'no pooled adapter'} to check")
     window = select_training_window(as_of)
-    lookback = int(production.metadata.get("lookback", 0)) or (eval_settings.lookback if eval_settings else 128)
-    horizon = int(production.metadata.get("horizon", 0)) or (eval_settings.horizon if eval_settings else 16)
+    # The adapter's own lookback and horizon, as trained; else the evaluation's, else the training defaults.
+    fallback = eval_settings or TrainConfig
+    lookback = int(production.metadata.get("lookback", 0)) or fallback.lookback
+    horizon = int(production.metadata.get("horizon", 0)) or fallback.horizon
     settings = replace(eval_settings, lookback=lookback, horizon=horizon) if eval_settings else EvalSettings(
         lookback=lookback, horizon=horizon)
     production_model = load_forecast_model(production)
