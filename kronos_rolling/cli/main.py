@@ -3,6 +3,10 @@
 One module per command group: data.py, model.py, pipeline.py (train, run, run-all,
 evaluate, simulate, demo), registry.py (history, promote, rollback, retention, due,
 cadence), serve.py (serve, predict), server.py; shared options in options.py.
+
+The command modules import torch, MLflow's model code and the pipeline inside the commands
+that use them, not at the top: `kronos-rolling --help`, option errors and the MLproject
+bridge then start without loading torch (under a CPU-second instead of several).
 """
 
 from __future__ import annotations

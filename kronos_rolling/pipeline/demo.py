@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.data.assets import classify_asset
@@ -30,7 +31,7 @@ from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.job import monthly_job
 from kronos_rolling.pipeline.replay import SimulationSettings, offline_tiny_base
-from kronos_rolling.registry.names import POOLED
+from kronos_rolling.registry.names import POOLED, registered_model_name
 from kronos_rolling.serve.service import ForecastOptions, PredictorService, SeriesInput
 from kronos_rolling.settings import DEFAULT_HOST, DEFAULT_PORT, ServerStores, Settings
 from kronos_rolling.tracking.context import Tracking
@@ -85,10 +86,6 @@ def stop_server(home: Path) -> bool:
 def _pooled_done(client):
     """The demo's pooled version, when an earlier run trained it and the guard decided on it
     (promoted or refused: a refused one stays in @staging and is not trained again)."""
-    from mlflow.exceptions import MlflowException
-
-    from kronos_rolling.registry.names import POOLED, registered_model_name
-
     try:
         versions = client.search_model_versions(f"name='{registered_model_name(POOLED)}'")
     except MlflowException:

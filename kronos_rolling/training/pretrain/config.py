@@ -165,8 +165,6 @@ def read_pretrain_report(folder: str | os.PathLike) -> dict | None:
 def pretrained_until(base: BaseModelRef) -> pd.Timestamp | None:
     """Where a base pre-trained by `kronos-rolling model pretrain` stopped seeing bars (None: unknown,
     e.g. a hub checkpoint)."""
-    from kronos_rolling.training.pretrain.config import read_pretrain_report
-
     if not Path(base.predictor).is_dir():
         return None
     report = read_pretrain_report(Path(base.predictor).parent)
