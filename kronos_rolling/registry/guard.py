@@ -200,7 +200,9 @@ def _beats(difference: Difference, other: str, thresholds: Thresholds) -> tuple[
     if difference.mean == 0:
         return False, f"ties the {other} ({shown}): a tie keeps the incumbent"
     if difference.mean > 0:
-        return False, f"is worse than the {other} ({shown})"
+        if difference.has_interval and difference.lo > 0:
+            return False, f"is worse than the {other} ({shown})"
+        return False, f"does not beat the {other} ({shown}: higher on average, not significantly)"
     if thresholds.min_confidence and not (difference.has_interval and difference.hi < 0):
         return False, f"is not significantly better than the {other} ({shown} reaches 0; min_confidence is on)"
     return True, f"beats the {other} ({shown})"

@@ -65,6 +65,10 @@ def test_decide_promotion(case, cand, pooled, prod, base, overrides, measured, p
 def test_reasons_name_the_rule_that_decided():
     assert "a tie keeps the incumbent" in judge(f(1.0), f(1.0)).reason
     assert "worse than the production v4" in judge(f(0.96), f(1.0), f(0.95, version="4")).reason
+    # higher on average but the interval includes 0: not called worse, and still no promotion
+    unclear = judge(f(1.001), f(1.0), width=0.01)
+    assert not unclear.promote and unclear.reason.startswith("does not beat the pooled")
+    assert "not significantly" in unclear.reason and "worse" not in unclear.reason
     assert "no evidence" in judge(f(0.5), f(1.0), origins=12).reason and "min_origins 30" in judge(
         f(0.5), f(1.0), origins=12).reason
     confident = judge(f(0.999), f(1.0), thresholds=Thresholds(min_confidence=True), width=0.01)
