@@ -211,6 +211,7 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
             extra = event_embedding.to(device)(ids).repeat_interleave(samples, dim=0)
 
         cache = KVCache(capacity=max_context)
+        query_table = kronos.s2_query_table()
         for step in range(pred_len):
             known = lookback + step  # tokens so far; the next bar is position `known`
             start = max(0, known - max_context)
@@ -229,7 +230,7 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
                 )
                 last = context[:, -1]
                 next_s1 = sample_tokens(kronos.head(last), temperature, top_k, top_p, generator)
-                next_s2 = sample_tokens(kronos.next_s2_logits(next_s1, last, cache), temperature, top_k, top_p,
+                next_s2 = sample_tokens(kronos.next_s2_logits(next_s1, last, cache, query_table), temperature, top_k, top_p,
                                         generator)
             s1[:, known] = next_s1
             s2[:, known] = next_s2

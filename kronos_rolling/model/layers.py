@@ -50,6 +50,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
         self.register_buffer("inv_freq", inv_freq)
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin of positions 0..n-1
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for integer positions of shape (T,) or (B, T), shaped to broadcast over heads."""
@@ -59,6 +60,20 @@ class RotaryEmbedding(nn.Module):
         if positions.dim() == 1:
             return cos[None, None], sin[None, None]  # (1, 1, T, hd)
         return cos[:, None], sin[:, None]  # (B, 1, T, hd)
+
+    def cos_sin_range(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos_sin(arange(start, start + length)) as views of a table computed once.
+
+        The values are those of `cos_sin` (element-wise, so bit-identical); a decode step
+        slices the table instead of computing and allocating its angles again.
+        """
+        end = start + length
+        table = self._table
+        if table is None or table[0].shape[2] < end or table[0].device != self.inv_freq.device \
+                or table[0].dtype != self.inv_freq.dtype:
+            table = self.cos_sin(torch.arange(max(end, 2 * length, 64), device=self.inv_freq.device))
+            self._table = table
+        return table[0][:, :, start:end], table[1][:, :, start:end]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -87,6 +102,7 @@ def plan_attention(
     padding_mask: torch.Tensor | None = None,
     *,
     past_valid: torch.Tensor | None = None,
+    past_all_valid: bool | None = None,
 ) -> AttentionPlan:
     """Positions and mask for `length` new positions after `past_valid` cached ones.
 
@@ -94,18 +110,20 @@ def plan_attention(
     bool, which cached keys are real bars (None: no cache). Each real position's rotary
     index is the number of real positions before it in its row, so padding never shifts
     a row's positions. Padding queries attend to themselves only (they are discarded but
-    must not produce NaN).
+    must not produce NaN). past_all_valid: whether every cached key is a real bar, when the
+    caller knows it (a KV cache does): saves checking `past_valid` on every decode step.
     """
     device = rotary.inv_freq.device
     past = 0 if past_valid is None else past_valid.shape[1]
-    if padding_mask is None and (past_valid is None or bool(past_valid.all())):
-        positions = torch.arange(past, past + length, device=device)
-        cos, sin = rotary.cos_sin(positions)
+    if past_all_valid is None:
+        past_all_valid = past_valid is None or bool(past_valid.all())
+    if padding_mask is None and past_all_valid:
+        cos, sin = rotary.cos_sin_range(past, length)
         if past == 0:
             return AttentionPlan(cos, sin, None, is_causal=length > 1)
         if length == 1:
             return AttentionPlan(cos, sin, None, is_causal=False)
-        query_at = positions[:, None]
+        query_at = torch.arange(past, past + length, device=device)[:, None]
         key_at = torch.arange(past + length, device=device)[None, :]
         return AttentionPlan(cos, sin, (key_at <= query_at)[None, None], is_causal=False)
 
@@ -129,19 +147,27 @@ def plan_attention(
 class KVCache:
     """Keys and values of past positions for every attention layer of one model.
 
-    Buffers are allocated on first use for `capacity` positions and filled in place.
-    `valid` records which cached positions are real bars (False for left padding).
+    Buffers are allocated on first use for `capacity` positions and filled in place, so
+    a decode step allocates no cache memory. `valid` records which cached positions are
+    real bars (False for left padding); `all_valid` says whether all of them are.
     """
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.length = 0
-        self.valid: torch.Tensor | None = None
+        self.all_valid = True
+        self._valid: torch.Tensor | None = None
         self._buffers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def valid(self) -> torch.Tensor | None:
+        return None if self._valid is None or self.length == 0 else self._valid[:, : self.length]
 
     def reset(self) -> None:
         self.length = 0
-        self.valid = None
+        if not self.all_valid and self._valid is not None:
+            self._valid.fill_(True)
+        self.all_valid = True
 
     def write(self, name: str, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, H, T, hd) keys/values after the cached ones; return all keys/values so far."""
@@ -162,10 +188,23 @@ class KVCache:
         key_buf, value_buf = self._buffers[name]
         return key_buf[:, :, : self.length], value_buf[:, :, : self.length]
 
-    def advance(self, new_valid: torch.Tensor) -> None:
-        """Mark `new_valid.shape[1]` more positions as written (call once per forward)."""
-        self.valid = new_valid if self.valid is None else torch.cat([self.valid, new_valid], dim=1)
-        self.length = self.valid.shape[1]
+    def advance(self, count: int, batch: int, device: torch.device, new_valid: torch.Tensor | None = None) -> None:
+        """Mark `count` more positions of `batch` rows as written (call once per forward).
+
+        new_valid: (batch, count) bool, which of them are real bars; None: all of them.
+        """
+        end = self.length + count
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
+        if self._valid is None or self._valid.shape[0] != batch or self._valid.device != torch.device(device):
+            self._valid = torch.ones(batch, self.capacity, dtype=torch.bool, device=device)
+        if new_valid is None:
+            if not self.all_valid:  # earlier rows may have left False here; all-valid buffers stay True
+                self._valid[:, self.length:end] = True
+        else:
+            self._valid[:, self.length:end] = new_valid
+            self.all_valid = self.all_valid and bool(new_valid.all())
+        self.length = end
 
 
 def _split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
