@@ -15,6 +15,7 @@ tokens a forecast sees.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ def encode_windows(dataset: BarWindowDataset, tokenizer: torch.nn.Module, device
 def _load(path: Path, key: str, count: int, window: int) -> WindowTokens | None:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         log.warning("token cache %s unreadable (%s): recomputing", path, exc)
         return None
     ok = (isinstance(saved, dict) and saved.get("key") == key
