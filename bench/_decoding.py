@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -9,7 +10,7 @@ import torch
 
 from kronos_rolling.model.generate import Sampling, TokenSequences, decode_step
 from kronos_rolling.model.kronos import Kronos
-from kronos_rolling.model.layers import KVCache
+from kronos_rolling.model.layers import KVCache, transposed_weights
 
 
 @torch.no_grad()
@@ -35,16 +36,18 @@ def step_times(model: Kronos, rows: int, lookback: int, steps: int, max_context:
             torch.cuda.synchronize(device)
 
     model.eval()
-    cache = KVCache(capacity=max_context)
-    query_table = model.s2_query_table()
-    decode_step(model, sequences, slice(0, lookback), cache, query_table, sampling)
-    times = []
-    sync()
-    for known in range(lookback + 1, lookback + steps + 1):
-        start = time.perf_counter()
-        decode_step(model, sequences, slice(known - 1, known), cache, query_table, sampling)
+    layout = transposed_weights(model) if device.type == "cpu" else contextlib.nullcontext()  # as generate does
+    with layout:
+        cache = KVCache(capacity=max_context)
+        query_table = model.s2_query_table()
+        decode_step(model, sequences, slice(0, lookback), cache, query_table, sampling)
+        times = []
         sync()
-        times.append(time.perf_counter() - start)
+        for known in range(lookback + 1, lookback + steps + 1):
+            start = time.perf_counter()
+            decode_step(model, sequences, slice(known - 1, known), cache, query_table, sampling)
+            sync()
+            times.append(time.perf_counter() - start)
     return times
 
 

@@ -31,7 +31,7 @@ from kronos_rolling.data.features import (
 from kronos_rolling.errors import ConfigError, DataError, ModelError
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.kronos import Kronos
-from kronos_rolling.model.layers import KVCache
+from kronos_rolling.model.layers import KVCache, transposed_weights
 from kronos_rolling.model.tokenizer import KronosTokenizer
 
 
@@ -227,7 +227,9 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
         torch.autocast(device_type=device.type, dtype=autocast_dtype)
         if autocast_dtype is not None else contextlib.nullcontext()
     )
-    with _eval_mode(kronos, tokenizer), autocast:
+    # On CPU the predictor's products read transposed weight copies (`layers.project`).
+    layout = transposed_weights(kronos) if device.type == "cpu" else contextlib.nullcontext()
+    with _eval_mode(kronos, tokenizer), autocast, layout:
         x = x_norm.to(device=device, dtype=torch.float32).clamp(-clip, clip)
         s1_lookback, s2_lookback = tokenizer.encode(x, half=True, padding_mask=padding)
 

@@ -26,6 +26,7 @@ from kronos_rolling.model.layers import (
     _split_heads,
     apply_rotary,
     plan_attention,
+    project,
 )
 
 
@@ -41,7 +42,7 @@ class HierarchicalEmbedding(nn.Module):
 
     def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor) -> torch.Tensor:
         scale = math.sqrt(self.d_model)
-        return self.fusion_proj(torch.cat([self.emb_s1(s1_ids) * scale, self.emb_s2(s2_ids) * scale], dim=-1))
+        return project(self.fusion_proj, torch.cat([self.emb_s1(s1_ids) * scale, self.emb_s2(s2_ids) * scale], dim=-1))
 
 
 class FixedEmbedding(nn.Module):
@@ -94,10 +95,11 @@ class CrossAttention(nn.Module):
         self.resid_dropout = nn.Dropout(0.0)
 
     def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _split_heads(self.k_proj(context), self.n_heads), _split_heads(self.v_proj(context), self.n_heads)
+        return (_split_heads(project(self.k_proj, context), self.n_heads),
+                _split_heads(project(self.v_proj, context), self.n_heads))
 
     def attend(self, query: torch.Tensor, keys, values, mask=None, is_causal=False, rope=None) -> torch.Tensor:
-        return self.attend_projected(self.q_proj(query), keys, values, mask, is_causal, rope)
+        return self.attend_projected(project(self.q_proj, query), keys, values, mask, is_causal, rope)
 
     def attend_projected(self, projected_query: torch.Tensor, keys, values, mask=None, is_causal=False,
                          rope=None) -> torch.Tensor:
@@ -107,7 +109,7 @@ class CrossAttention(nn.Module):
             cos, sin = rope
             q, keys = apply_rotary(q, cos, sin), apply_rotary(keys, cos, sin)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=is_causal)
-        return self.resid_dropout(self.out_proj(_merge_heads(out)))
+        return self.resid_dropout(project(self.out_proj, _merge_heads(out)))
 
     def forward(self, query, key, value=None, key_padding_mask=None, causal: bool | None = None) -> torch.Tensor:
         """Full-sequence cross-attention with the released semantics.
@@ -157,10 +159,10 @@ class DualHead(nn.Module):
         self.proj_s2 = nn.Linear(d_model, 2 ** s2_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_s1(x)
+        return project(self.proj_s1, x)
 
     def cond_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_s2(x)
+        return project(self.proj_s2, x)
 
 
 class Kronos(nn.Module):

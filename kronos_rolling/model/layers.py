@@ -10,11 +10,48 @@ it would see alone: its first real bar is position 0.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def project(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """linear(x), through the weight's transposed copy when a decode has laid one out.
+
+    On CPU a single row times a row-major (out, in) weight (what nn.Linear computes) runs
+    at about half the memory bandwidth that the same product reaches on the contiguous
+    (in, out) transpose (measured in docs/benchmarks.md). `transposed_weights` lays the
+    copies out for the length of a generation; elsewhere, and for layers wrapped by LoRA,
+    this is linear(x).
+    """
+    weight_t = linear.__dict__.get("decode_weight_t") if type(linear) is nn.Linear else None
+    if weight_t is None:
+        return linear(x)
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.mm(rows, weight_t) if linear.bias is None else torch.addmm(linear.bias, rows, weight_t)
+    return out.view(*x.shape[:-1], weight_t.shape[1])
+
+
+@contextlib.contextmanager
+def transposed_weights(model: nn.Module):
+    """Within the block, every plain nn.Linear of `model` also holds its weight transposed
+    and contiguous (`decode_weight_t`, used by `project`): one extra copy of those weights."""
+    laid_out = []
+    try:
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                # A LoRA layer's base_layer is never called through `project`: no copy for it.
+                if type(module) is nn.Linear and not name.endswith("base_layer") \
+                        and module.__dict__.get("decode_weight_t") is None:
+                    module.decode_weight_t = module.weight.detach().t().contiguous()
+                    laid_out.append(module)
+        yield
+    finally:
+        for module in laid_out:
+            del module.decode_weight_t
 
 
 class RMSNorm(nn.Module):
@@ -40,7 +77,7 @@ class FeedForward(nn.Module):
         self.ffn_dropout = nn.Dropout(ffn_dropout_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        return self.ffn_dropout(project(self.w2, F.silu(project(self.w1, x)) * project(self.w3, x)))
 
 
 class RotaryEmbedding(nn.Module):
@@ -232,9 +269,9 @@ class MultiHeadAttention(nn.Module):
         self.resid_dropout = nn.Dropout(resid_dropout_p)
 
     def forward(self, x: torch.Tensor, plan: AttentionPlan, cache: KVCache | None = None, cache_name: str = "") -> torch.Tensor:
-        q = apply_rotary(_split_heads(self.q_proj(x), self.n_heads), plan.cos, plan.sin)
-        k = apply_rotary(_split_heads(self.k_proj(x), self.n_heads), plan.cos, plan.sin)
-        v = _split_heads(self.v_proj(x), self.n_heads)
+        q = apply_rotary(_split_heads(project(self.q_proj, x), self.n_heads), plan.cos, plan.sin)
+        k = apply_rotary(_split_heads(project(self.k_proj, x), self.n_heads), plan.cos, plan.sin)
+        v = _split_heads(project(self.v_proj, x), self.n_heads)
         if cache is not None:
             k, v = cache.write(cache_name, k, v)
         out = F.scaled_dot_product_attention(
@@ -243,7 +280,7 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.attn_dropout_p if self.training else 0.0,
             is_causal=plan.is_causal,
         )
-        return self.resid_dropout(self.out_proj(_merge_heads(out)))
+        return self.resid_dropout(project(self.out_proj, _merge_heads(out)))
 
 
 class TransformerBlock(nn.Module):

@@ -29,10 +29,10 @@ def _setup(batch_size=8):
 def test_k_paths_times_the_origins_of_a_batch_decode_as_one_batch():
     model, samples = _setup(batch_size=8)
     rows = []
-    model.model.head.proj_s1.register_forward_hook(lambda m, i, out: rows.append(out.shape[0]))
+    model.model.embedding.emb_s2.register_forward_hook(lambda m, i, out: rows.append(out.shape[0]))
     paths = forecast_paths(model, samples)
     assert paths.shape == (12, 3, 4)
-    # 12 origins in batches of 8 and 4, each x K = 3 paths; one head call per decoded bar.
+    # 12 origins in batches of 8 and 4, each x K = 3 paths; one predictor pass per decoded bar.
     assert rows == [24] * 4 + [12] * 4
 
 
