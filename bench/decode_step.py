@@ -19,6 +19,7 @@ implementation with seed 0, saved in the hub format and loaded into ours):
 
     python bench/decode_step.py                      # small and base, 1 thread
     python bench/decode_step.py --sizes small --steps 128
+    python bench/decode_step.py --sizes small --products   # + one-row product bandwidth, three ways
 """
 
 from __future__ import annotations
@@ -64,6 +65,30 @@ def step_weight_bytes(model: Kronos) -> int:
     return total
 
 
+def product_bandwidths(model: Kronos, repeats: int = 9) -> dict[str, float]:
+    """GB/s of one row times every block weight of `model`, three ways: nn.Linear on the
+    row-major weights, the contiguous transposed copy (what a decode uses on CPU), and
+    bfloat16 weights and row (the candidate bf16 option)."""
+    weights = [m.weight.detach() for m in model.transformer.modules() if isinstance(m, torch.nn.Linear)]
+    transposed = [w.t().contiguous() for w in weights]
+    halves = [w.bfloat16() for w in weights]
+    rows = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
+    ways = {
+        "nn.Linear, float32": (lambda: [torch.nn.functional.linear(rows[w.shape[1]], w) for w in weights], 4),
+        "transposed copy, float32": (lambda: [rows[w.shape[0]] @ w for w in transposed], 4),
+        "nn.Linear, bfloat16": (lambda: [torch.nn.functional.linear(rows[w.shape[1]].bfloat16(), w)
+                                         for w in halves], 2),
+    }
+    count = sum(w.numel() for w in weights)
+    best = {name: float("inf") for name in ways}
+    for _ in range(repeats):  # interleaved, so that background load hits every way alike
+        for name, (run, _) in ways.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: count * size / best[name] / 1e9 for name, (_, size) in ways.items()}
+
+
 def build(size_name: str, tmp: Path):
     size = MODEL_SIZES[size_name]
     torch.manual_seed(0)
@@ -94,6 +119,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--parity-lookback", type=int, default=64)
     parser.add_argument("--parity-steps", type=int, default=24)
+    parser.add_argument("--products", action="store_true",
+                        help="also time one-row products: nn.Linear vs transposed copy vs bfloat16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -124,6 +151,10 @@ def main() -> None:
             verdict = "identical" if parity < 1e-4 else f"DIFFER {parity:.2e}"
             print(f"{size_name:>6} {weights / 1e6:>10.1f} {bandwidth / 1e9:>14.1f} {floor * 1e3:>8.2f} "
                   f"{step * 1e3:>8.2f} {step / floor:>9.2f}x {verdict:>14}", flush=True)
+            if args.products:
+                rates = product_bandwidths(ours)
+                print("        one-row products over the block weights: " + ", ".join(
+                    f"{name} {rate:.1f} GB/s" for name, rate in rates.items()), flush=True)
 
 
 if __name__ == "__main__":
