@@ -35,23 +35,58 @@ def project(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], weight_t.shape[1])
 
 
+def _fused_product(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.mm(rows, weight_t) if bias is None else torch.addmm(bias, rows, weight_t)
+    return out.view(*x.shape[:-1], weight_t.shape[1])
+
+
+def _fused_t(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The transposed weights of linears that read the same input, side by side, and their biases."""
+    weight_t = torch.cat([linear.weight.detach().t() for linear in linears], dim=1).contiguous()
+    if all(linear.bias is None for linear in linears):
+        return weight_t, None
+    return weight_t, torch.cat([linear.bias.detach() for linear in linears])
+
+
 @contextlib.contextmanager
 def transposed_weights(model: nn.Module):
     """Within the block, every plain nn.Linear of `model` also holds its weight transposed
-    and contiguous (`decode_weight_t`, used by `project`): one extra copy of those weights."""
-    laid_out = []
+    and contiguous (`decode_weight_t`, used by `project`): one extra copy of those weights.
+
+    Products that read the same input are laid side by side instead, one call for all:
+    an attention's query, key and value (`decode_qkv_t`) and a feed-forward's w1 and w3
+    (`decode_w13_t`), when none of them is wrapped by LoRA.
+    """
+    laid_out: list[tuple[nn.Module, str]] = []
+
+    def lay(module: nn.Module, name: str, value) -> None:
+        setattr(module, name, value)
+        laid_out.append((module, name))
+
     try:
         with torch.no_grad():
+            fused: set[int] = set()
+            for module in model.modules():
+                if isinstance(module, MultiHeadAttention) and "decode_qkv_t" not in module.__dict__:
+                    parts = (module.q_proj, module.k_proj, module.v_proj)
+                    if all(type(p) is nn.Linear and p.bias is not None for p in parts):
+                        lay(module, "decode_qkv_t", _fused_t(*parts))
+                        fused.update(id(p) for p in parts)
+                elif isinstance(module, FeedForward) and "decode_w13_t" not in module.__dict__:
+                    parts = (module.w1, module.w3)
+                    if all(type(p) is nn.Linear for p in parts):
+                        lay(module, "decode_w13_t", _fused_t(*parts))
+                        fused.update(id(p) for p in parts)
             for name, module in model.named_modules():
                 # A LoRA layer's base_layer is never called through `project`: no copy for it.
-                if type(module) is nn.Linear and not name.endswith("base_layer") \
-                        and module.__dict__.get("decode_weight_t") is None:
-                    module.decode_weight_t = module.weight.detach().t().contiguous()
-                    laid_out.append(module)
+                if type(module) is nn.Linear and id(module) not in fused and not name.endswith("base_layer") \
+                        and "decode_weight_t" not in module.__dict__:
+                    lay(module, "decode_weight_t", module.weight.detach().t().contiguous())
         yield
     finally:
-        for module in laid_out:
-            del module.decode_weight_t
+        for module, name in laid_out:
+            delattr(module, name)
 
 
 class RMSNorm(nn.Module):
@@ -77,6 +112,10 @@ class FeedForward(nn.Module):
         self.ffn_dropout = nn.Dropout(ffn_dropout_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.__dict__.get("decode_w13_t")  # laid out by `transposed_weights` while decoding
+        if fused is not None:
+            gate, up = _fused_product(x, *fused).chunk(2, dim=-1)
+            return self.ffn_dropout(project(self.w2, F.silu(gate) * up))
         return self.ffn_dropout(project(self.w2, F.silu(project(self.w1, x)) * project(self.w3, x)))
 
 
@@ -269,9 +308,14 @@ class MultiHeadAttention(nn.Module):
         self.resid_dropout = nn.Dropout(resid_dropout_p)
 
     def forward(self, x: torch.Tensor, plan: AttentionPlan, cache: KVCache | None = None, cache_name: str = "") -> torch.Tensor:
-        q = apply_rotary(_split_heads(project(self.q_proj, x), self.n_heads), plan.cos, plan.sin)
-        k = apply_rotary(_split_heads(project(self.k_proj, x), self.n_heads), plan.cos, plan.sin)
-        v = _split_heads(project(self.v_proj, x), self.n_heads)
+        fused = self.__dict__.get("decode_qkv_t")  # laid out by `transposed_weights` while decoding
+        if fused is not None:
+            q, k, v = _fused_product(x, *fused).chunk(3, dim=-1)
+        else:
+            q, k, v = project(self.q_proj, x), project(self.k_proj, x), project(self.v_proj, x)
+        q = apply_rotary(_split_heads(q, self.n_heads), plan.cos, plan.sin)
+        k = apply_rotary(_split_heads(k, self.n_heads), plan.cos, plan.sin)
+        v = _split_heads(v, self.n_heads)
         if cache is not None:
             k, v = cache.write(cache_name, k, v)
         out = F.scaled_dot_product_attention(

@@ -22,7 +22,7 @@ def _model(seed=0) -> Kronos:
 
 def test_transposed_copies_exist_only_inside_the_block_and_compute_the_same_product():
     model = _model()
-    linear = model.transformer[0].ffn.w1
+    linear = model.transformer[0].ffn.w2
     x = torch.randn(3, 1, linear.in_features)
     expected = linear(x)
     with transposed_weights(model):
@@ -72,3 +72,16 @@ def test_the_cache_tracks_padding_and_resets_to_all_valid():
     cache.reset()
     cache.advance(2, batch=2, device=torch.device("cpu"))
     assert cache.all_valid and bool(cache.valid.all()) and cache._valid is buffer
+
+
+def test_products_of_one_input_are_laid_side_by_side_and_give_the_same_block_output():
+    model = _model()
+    block = model.transformer[0]
+    x = torch.randn(2, 1, model.d_model)
+    with torch.no_grad():
+        expected = block.ffn(x), block.self_attn.q_proj(x), block.self_attn.v_proj(x)
+        with transposed_weights(model):
+            assert block.self_attn.decode_qkv_t[0].shape == (model.d_model, 3 * model.d_model)
+            assert "decode_weight_t" not in block.ffn.w1.__dict__  # fused with w3 instead
+            assert torch.allclose(block.ffn(x), expected[0], atol=1e-5)
+    assert "decode_qkv_t" not in block.self_attn.__dict__ and "decode_w13_t" not in block.ffn.__dict__
