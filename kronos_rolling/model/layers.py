@@ -11,6 +11,7 @@ it would see alone: its first real bar is position 0.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,36 @@ def _fused_t(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight_t, torch.cat([linear.bias.detach() for linear in linears])
 
 
+_LAYOUT_LOCK = threading.Lock()  # guards the layout's user count when threads share a model (the service)
+
+
+def _lay_out(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    laid_out: list[tuple[nn.Module, str]] = []
+
+    def lay(module: nn.Module, name: str, value) -> None:
+        setattr(module, name, value)
+        laid_out.append((module, name))
+
+    with torch.no_grad():
+        fused: set[int] = set()
+        for module in model.modules():
+            if isinstance(module, MultiHeadAttention):
+                parts = (module.q_proj, module.k_proj, module.v_proj)
+                if all(type(p) is nn.Linear and p.bias is not None for p in parts):
+                    lay(module, "decode_qkv_t", _fused_t(*parts))
+                    fused.update(id(p) for p in parts)
+            elif isinstance(module, FeedForward):
+                parts = (module.w1, module.w3)
+                if all(type(p) is nn.Linear for p in parts):
+                    lay(module, "decode_w13_t", _fused_t(*parts))
+                    fused.update(id(p) for p in parts)
+        for name, module in model.named_modules():
+            # A LoRA layer's base_layer is never called through `project`: no copy for it.
+            if type(module) is nn.Linear and id(module) not in fused and not name.endswith("base_layer"):
+                lay(module, "decode_weight_t", module.weight.detach().t().contiguous())
+    return laid_out
+
+
 @contextlib.contextmanager
 def transposed_weights(model: nn.Module):
     """Within the block, every plain nn.Linear of `model` also holds its weight transposed
@@ -56,37 +87,24 @@ def transposed_weights(model: nn.Module):
 
     Products that read the same input are laid side by side instead, one call for all:
     an attention's query, key and value (`decode_qkv_t`) and a feed-forward's w1 and w3
-    (`decode_w13_t`), when none of them is wrapped by LoRA.
+    (`decode_w13_t`), when none of them is wrapped by LoRA. Generations running at once
+    on one model (threads of the service) share one layout, removed when the last ends;
+    the weights must not change while one runs.
     """
-    laid_out: list[tuple[nn.Module, str]] = []
-
-    def lay(module: nn.Module, name: str, value) -> None:
-        setattr(module, name, value)
-        laid_out.append((module, name))
-
+    with _LAYOUT_LOCK:
+        layout = model.__dict__.get("_decode_layout")
+        if layout is None:
+            layout = model.__dict__["_decode_layout"] = {"users": 0, "laid_out": _lay_out(model)}
+        layout["users"] += 1
     try:
-        with torch.no_grad():
-            fused: set[int] = set()
-            for module in model.modules():
-                if isinstance(module, MultiHeadAttention) and "decode_qkv_t" not in module.__dict__:
-                    parts = (module.q_proj, module.k_proj, module.v_proj)
-                    if all(type(p) is nn.Linear and p.bias is not None for p in parts):
-                        lay(module, "decode_qkv_t", _fused_t(*parts))
-                        fused.update(id(p) for p in parts)
-                elif isinstance(module, FeedForward) and "decode_w13_t" not in module.__dict__:
-                    parts = (module.w1, module.w3)
-                    if all(type(p) is nn.Linear for p in parts):
-                        lay(module, "decode_w13_t", _fused_t(*parts))
-                        fused.update(id(p) for p in parts)
-            for name, module in model.named_modules():
-                # A LoRA layer's base_layer is never called through `project`: no copy for it.
-                if type(module) is nn.Linear and id(module) not in fused and not name.endswith("base_layer") \
-                        and "decode_weight_t" not in module.__dict__:
-                    lay(module, "decode_weight_t", module.weight.detach().t().contiguous())
         yield
     finally:
-        for module, name in laid_out:
-            delattr(module, name)
+        with _LAYOUT_LOCK:
+            layout["users"] -= 1
+            if layout["users"] == 0:
+                for module, name in layout["laid_out"]:
+                    module.__dict__.pop(name, None)
+                model.__dict__.pop("_decode_layout", None)
 
 
 class RMSNorm(nn.Module):

@@ -85,3 +85,14 @@ def test_products_of_one_input_are_laid_side_by_side_and_give_the_same_block_out
             assert "decode_weight_t" not in block.ffn.w1.__dict__  # fused with w3 instead
             assert torch.allclose(block.ffn(x), expected[0], atol=1e-5)
     assert "decode_qkv_t" not in block.self_attn.__dict__ and "decode_w13_t" not in block.ffn.__dict__
+
+
+def test_nested_or_concurrent_generations_share_one_layout_until_the_last_ends():
+    model = _model()
+    linear = model.transformer[0].self_attn.out_proj
+    with transposed_weights(model):
+        copy = linear.decode_weight_t
+        with transposed_weights(model):
+            assert linear.decode_weight_t is copy
+        assert linear.decode_weight_t is copy  # the outer generation still decodes with it
+    assert "decode_weight_t" not in linear.__dict__ and "_decode_layout" not in model.__dict__
