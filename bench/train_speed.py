@@ -99,7 +99,9 @@ def run_mode(mode: str, steps: int, batch_size: int, lookback: int, horizon: int
     def step(batch):
         """One training step; returns the seconds of its forward, backward and update phases."""
         start = now()
-        loss = _step_loss(module, tokenizer, batch, device, precision=precision)
+        with torch.no_grad():  # as training did before tokens were cached (training/tokens.py)
+            s1, s2 = tokenizer.encode(batch["x"].to(device), half=True)
+        loss = _step_loss(module, {**batch, "s1": s1, "s2": s2}, device, precision=precision)
         forward = now()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

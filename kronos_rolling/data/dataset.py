@@ -13,6 +13,7 @@ a slice plus one normalisation, so loading stays far cheaper than a training ste
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -169,6 +170,24 @@ class BarWindowDataset(Dataset):
             "symbol_index": torch.tensor(symbol_index, dtype=torch.int64),
             "origin": torch.tensor(int(series.times[origin]), dtype=torch.int64),
         }
+
+    def calendar_item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`stamp` and `event_ids` of item `index` (what training reads besides the cached tokens)."""
+        series = self._series[int(self._symbol_of[index])]
+        origin = int(self._position_of[index])
+        window = slice(origin - self.lookback, origin + self.horizon)
+        return torch.from_numpy(series.stamps[window].copy()), torch.from_numpy(series.event_ids[window].copy())
+
+    def window_digest(self) -> str:
+        """sha256 of what the tokens of every sample depend on: the window shape, each
+        symbol's feature values and the samples' (symbol, position) in index order."""
+        digest = hashlib.sha256(f"windows {self.lookback}+{self.horizon} of {len(self)}".encode())
+        for symbol, series in zip(self.symbols, self._series):
+            digest.update(symbol.encode() + b"\0")
+            digest.update(np.ascontiguousarray(series.values, dtype=np.float32).tobytes())
+        digest.update(self._symbol_of.astype(np.int64).tobytes())
+        digest.update(self._position_of.astype(np.int64).tobytes())
+        return digest.hexdigest()
 
     def positions(self) -> np.ndarray:
         """Each sample's first horizon bar, as a bar number within its symbol's series (index order)."""

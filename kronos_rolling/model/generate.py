@@ -20,6 +20,7 @@ each row computes what it would compute alone.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -30,7 +31,7 @@ from kronos_rolling.data.features import (
 from kronos_rolling.errors import ConfigError, DataError, ModelError
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.kronos import Kronos
-from kronos_rolling.model.layers import KVCache
+from kronos_rolling.model.layers import KVCache, transposed_weights
 from kronos_rolling.model.tokenizer import KronosTokenizer
 
 
@@ -128,6 +129,46 @@ def _eval_mode(*modules):
             m.train(mode)
 
 
+@dataclass
+class TokenSequences:
+    """Token rows being generated: (R, total) s1/s2 ids, (R, total, 5) stamps, optional
+    (R, total) padding mask and (R, total, d_model) extra embedding."""
+
+    s1: torch.Tensor
+    s2: torch.Tensor
+    stamps: torch.Tensor
+    pad_mask: torch.Tensor | None = None
+    extra: torch.Tensor | None = None
+
+
+@dataclass
+class Sampling:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+
+def decode_step(kronos: Kronos, sequences: TokenSequences, window: slice, cache: KVCache,
+                query_table: torch.Tensor, sampling: Sampling) -> None:
+    """Feed the bars in `window` (continuing what `cache` holds), sample the next bar's s1
+    then s2, and write them at position `window.stop`. query_table: `kronos.s2_query_table()`."""
+    seq = sequences
+    context = kronos.context(
+        seq.s1[:, window], seq.s2[:, window], seq.stamps[:, window],
+        padding_mask=None if seq.pad_mask is None else seq.pad_mask[:, window],
+        extra_embedding=None if seq.extra is None else seq.extra[:, window],
+        cache=cache,
+    )
+    last = context[:, -1]
+    next_s1 = sample_tokens(kronos.head(last), sampling.temperature, sampling.top_k, sampling.top_p,
+                            sampling.generator)
+    next_s2 = sample_tokens(kronos.next_s2_logits(next_s1, last, cache, query_table), sampling.temperature,
+                            sampling.top_k, sampling.top_p, sampling.generator)
+    seq.s1[:, window.stop] = next_s1
+    seq.s2[:, window.stop] = next_s2
+
+
 @torch.no_grad()
 def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: torch.Tensor,
              y_stamp: torch.Tensor, pred_len: int, *, temperature: float = 1.0, top_k: int = 0,
@@ -186,7 +227,9 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
         torch.autocast(device_type=device.type, dtype=autocast_dtype)
         if autocast_dtype is not None else contextlib.nullcontext()
     )
-    with _eval_mode(kronos, tokenizer), autocast:
+    # On CPU the predictor's products read transposed weight copies (`layers.project`).
+    layout = transposed_weights(kronos) if device.type == "cpu" else contextlib.nullcontext()
+    with _eval_mode(kronos, tokenizer), autocast, layout:
         x = x_norm.to(device=device, dtype=torch.float32).clamp(-clip, clip)
         s1_lookback, s2_lookback = tokenizer.encode(x, half=True, padding_mask=padding)
 
@@ -210,7 +253,10 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
                 ids = ids.masked_fill(torch.cat([padding, padding.new_zeros(batch, pred_len)], dim=1), 0)
             extra = event_embedding.to(device)(ids).repeat_interleave(samples, dim=0)
 
+        sequences = TokenSequences(s1, s2, stamps, pad_mask, extra)
+        sampling = Sampling(temperature, top_k, top_p, generator)
         cache = KVCache(capacity=max_context)
+        query_table = kronos.s2_query_table()
         for step in range(pred_len):
             known = lookback + step  # tokens so far; the next bar is position `known`
             start = max(0, known - max_context)
@@ -221,18 +267,7 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
                 cache.reset()
                 window = slice(start, known)
             with _intra_op_threads(step_threads if single_bar else None, device):
-                context = kronos.context(
-                    s1[:, window], s2[:, window], stamps[:, window],
-                    padding_mask=None if pad_mask is None else pad_mask[:, window],
-                    extra_embedding=None if extra is None else extra[:, window],
-                    cache=cache,
-                )
-                last = context[:, -1]
-                next_s1 = sample_tokens(kronos.head(last), temperature, top_k, top_p, generator)
-                next_s2 = sample_tokens(kronos.next_s2_logits(next_s1, last, cache), temperature, top_k, top_p,
-                                        generator)
-            s1[:, known] = next_s1
-            s2[:, known] = next_s2
+                decode_step(kronos, sequences, window, cache, query_table, sampling)
 
         start = max(0, total - max_context)
         decoded = tokenizer.decode(

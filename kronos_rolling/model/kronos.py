@@ -26,6 +26,7 @@ from kronos_rolling.model.layers import (
     _split_heads,
     apply_rotary,
     plan_attention,
+    project,
 )
 
 
@@ -41,7 +42,7 @@ class HierarchicalEmbedding(nn.Module):
 
     def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor) -> torch.Tensor:
         scale = math.sqrt(self.d_model)
-        return self.fusion_proj(torch.cat([self.emb_s1(s1_ids) * scale, self.emb_s2(s2_ids) * scale], dim=-1))
+        return project(self.fusion_proj, torch.cat([self.emb_s1(s1_ids) * scale, self.emb_s2(s2_ids) * scale], dim=-1))
 
 
 class FixedEmbedding(nn.Module):
@@ -94,15 +95,21 @@ class CrossAttention(nn.Module):
         self.resid_dropout = nn.Dropout(0.0)
 
     def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _split_heads(self.k_proj(context), self.n_heads), _split_heads(self.v_proj(context), self.n_heads)
+        return (_split_heads(project(self.k_proj, context), self.n_heads),
+                _split_heads(project(self.v_proj, context), self.n_heads))
 
     def attend(self, query: torch.Tensor, keys, values, mask=None, is_causal=False, rope=None) -> torch.Tensor:
-        q = _split_heads(self.q_proj(query), self.n_heads)
+        return self.attend_projected(project(self.q_proj, query), keys, values, mask, is_causal, rope)
+
+    def attend_projected(self, projected_query: torch.Tensor, keys, values, mask=None, is_causal=False,
+                         rope=None) -> torch.Tensor:
+        """`attend` with the query already through q_proj."""
+        q = _split_heads(projected_query, self.n_heads)
         if rope is not None:
             cos, sin = rope
             q, keys = apply_rotary(q, cos, sin), apply_rotary(keys, cos, sin)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=is_causal)
-        return self.resid_dropout(self.out_proj(_merge_heads(out)))
+        return self.resid_dropout(project(self.out_proj, _merge_heads(out)))
 
     def forward(self, query, key, value=None, key_padding_mask=None, causal: bool | None = None) -> torch.Tensor:
         """Full-sequence cross-attention with the released semantics.
@@ -152,10 +159,10 @@ class DualHead(nn.Module):
         self.proj_s2 = nn.Linear(d_model, 2 ** s2_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_s1(x)
+        return project(self.proj_s1, x)
 
     def cond_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_s2(x)
+        return project(self.proj_s2, x)
 
 
 class Kronos(nn.Module):
@@ -224,17 +231,15 @@ class Kronos(nn.Module):
         # One rotary table for all blocks: every block's inv_freq holds the same values.
         rotary = self.transformer[0].self_attn.rotary
         past_valid = cache.valid if cache is not None and cache.length else None
-        plan = plan_attention(rotary, x.shape[1], padding_mask, past_valid=past_valid)
+        plan = plan_attention(rotary, x.shape[1], padding_mask, past_valid=past_valid,
+                              past_all_valid=cache.all_valid if past_valid is not None else None)
         for index, block in enumerate(self.transformer):
             x = block(x, plan, cache, f"block{index}")
         x = self.norm(x)
         if cache is not None:
             cache.write("dep", *self.dep_layer.cross_attn.keys_values(x))
-            new_valid = (
-                torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-                if padding_mask is None else ~padding_mask.to(x.device).bool()
-            )
-            cache.advance(new_valid)
+            new_valid = None if padding_mask is None else ~padding_mask.to(x.device).bool()
+            cache.advance(x.shape[1], x.shape[0], x.device, new_valid)
         return x
 
     def forward(self, s1_ids, s2_ids, stamp=None, padding_mask=None, use_teacher_forcing=False,
@@ -273,18 +278,30 @@ class Kronos(nn.Module):
         x2 = self.dep_layer(context, self.embedding.emb_s1(s1_ids), key_padding_mask=padding_mask)
         return self.head.cond_forward(x2)
 
-    def next_s2_logits(self, s1_ids: torch.Tensor, last_context: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def s2_query_table(self) -> torch.Tensor:
+        """(2**s1_bits, d_model): the dependency layer's projected query of every s1 token.
+
+        The s2 head's query depends on the sampled s1 token alone, so a generation computes
+        q_proj(emb_s1(token)) for the whole vocabulary once and each step picks a row (one
+        lookup instead of an embedding, a d x d product and a bias add per step).
+        """
+        return self.dep_layer.cross_attn.q_proj(self.embedding.emb_s1.weight)
+
+    def next_s2_logits(self, s1_ids: torch.Tensor, last_context: torch.Tensor, cache: KVCache,
+                       query_table: torch.Tensor | None = None) -> torch.Tensor:
         """s2 logits of the next bar given its sampled s1 (B,), from the cached context.
 
         Same as decode_s2(context, s1[:, None])[:, -1]: one unrotated query over the
-        dependency keys of the whole window.
+        dependency keys of the whole window. query_table: `s2_query_table()`, computed once
+        per generation (None: project the query here).
         """
         keys, values = cache.read("dep")
-        mask = None
-        if not bool(cache.valid.all()):
-            mask = cache.valid[:, None, None, :]
-        query = self.embedding.emb_s1(s1_ids)[:, None]
-        attended = self.dep_layer.cross_attn.attend(query, keys, values, mask)
+        mask = None if cache.all_valid else cache.valid[:, None, None, :]
+        if query_table is None:
+            projected = self.dep_layer.cross_attn.q_proj(self.embedding.emb_s1(s1_ids)[:, None])
+        else:
+            projected = query_table[s1_ids][:, None]
+        attended = self.dep_layer.cross_attn.attend_projected(projected, keys, values, mask)
         x2 = self.dep_layer.norm(last_context[:, None] + attended)
         return self.head.cond_forward(x2)[:, 0]
 

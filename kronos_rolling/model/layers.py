@@ -10,11 +10,101 @@ it would see alone: its first real bar is position 0.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def project(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """linear(x), through the weight's transposed copy when a decode has laid one out.
+
+    On CPU a single row times a row-major (out, in) weight (what nn.Linear computes) runs
+    at about half the memory bandwidth that the same product reaches on the contiguous
+    (in, out) transpose (measured in docs/benchmarks.md). `transposed_weights` lays the
+    copies out for the length of a generation; elsewhere, and for layers wrapped by LoRA,
+    this is linear(x).
+    """
+    weight_t = linear.__dict__.get("decode_weight_t") if type(linear) is nn.Linear else None
+    if weight_t is None:
+        return linear(x)
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.mm(rows, weight_t) if linear.bias is None else torch.addmm(linear.bias, rows, weight_t)
+    return out.view(*x.shape[:-1], weight_t.shape[1])
+
+
+def _fused_product(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.mm(rows, weight_t) if bias is None else torch.addmm(bias, rows, weight_t)
+    return out.view(*x.shape[:-1], weight_t.shape[1])
+
+
+def _fused_t(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The transposed weights of linears that read the same input, side by side, and their biases."""
+    weight_t = torch.cat([linear.weight.detach().t() for linear in linears], dim=1).contiguous()
+    if all(linear.bias is None for linear in linears):
+        return weight_t, None
+    return weight_t, torch.cat([linear.bias.detach() for linear in linears])
+
+
+_LAYOUT_LOCK = threading.Lock()  # guards the layout's user count when threads share a model (the service)
+
+
+def _lay_out(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    laid_out: list[tuple[nn.Module, str]] = []
+
+    def lay(module: nn.Module, name: str, value) -> None:
+        setattr(module, name, value)
+        laid_out.append((module, name))
+
+    with torch.no_grad():
+        fused: set[int] = set()
+        for module in model.modules():
+            if isinstance(module, MultiHeadAttention):
+                parts = (module.q_proj, module.k_proj, module.v_proj)
+                if all(type(p) is nn.Linear and p.bias is not None for p in parts):
+                    lay(module, "decode_qkv_t", _fused_t(*parts))
+                    fused.update(id(p) for p in parts)
+            elif isinstance(module, FeedForward):
+                parts = (module.w1, module.w3)
+                if all(type(p) is nn.Linear for p in parts):
+                    lay(module, "decode_w13_t", _fused_t(*parts))
+                    fused.update(id(p) for p in parts)
+        for name, module in model.named_modules():
+            # A LoRA layer's base_layer is never called through `project`: no copy for it.
+            if type(module) is nn.Linear and id(module) not in fused and not name.endswith("base_layer"):
+                lay(module, "decode_weight_t", module.weight.detach().t().contiguous())
+    return laid_out
+
+
+@contextlib.contextmanager
+def transposed_weights(model: nn.Module):
+    """Within the block, every plain nn.Linear of `model` also holds its weight transposed
+    and contiguous (`decode_weight_t`, used by `project`): one extra copy of those weights.
+
+    Products that read the same input are laid side by side instead, one call for all:
+    an attention's query, key and value (`decode_qkv_t`) and a feed-forward's w1 and w3
+    (`decode_w13_t`), when none of them is wrapped by LoRA. Generations running at once
+    on one model (threads of the service) share one layout, removed when the last ends;
+    the weights must not change while one runs.
+    """
+    with _LAYOUT_LOCK:
+        layout = model.__dict__.get("_decode_layout")
+        if layout is None:
+            layout = model.__dict__["_decode_layout"] = {"users": 0, "laid_out": _lay_out(model)}
+        layout["users"] += 1
+    try:
+        yield
+    finally:
+        with _LAYOUT_LOCK:
+            layout["users"] -= 1
+            if layout["users"] == 0:
+                for module, name in layout["laid_out"]:
+                    module.__dict__.pop(name, None)
+                model.__dict__.pop("_decode_layout", None)
 
 
 class RMSNorm(nn.Module):
@@ -40,7 +130,11 @@ class FeedForward(nn.Module):
         self.ffn_dropout = nn.Dropout(ffn_dropout_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        fused = self.__dict__.get("decode_w13_t")  # laid out by `transposed_weights` while decoding
+        if fused is not None:
+            gate, up = _fused_product(x, *fused).chunk(2, dim=-1)
+            return self.ffn_dropout(project(self.w2, F.silu(gate) * up))
+        return self.ffn_dropout(project(self.w2, F.silu(project(self.w1, x)) * project(self.w3, x)))
 
 
 class RotaryEmbedding(nn.Module):
@@ -50,6 +144,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
         self.register_buffer("inv_freq", inv_freq)
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # cos/sin of positions 0..n-1
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for integer positions of shape (T,) or (B, T), shaped to broadcast over heads."""
@@ -59,6 +154,20 @@ class RotaryEmbedding(nn.Module):
         if positions.dim() == 1:
             return cos[None, None], sin[None, None]  # (1, 1, T, hd)
         return cos[:, None], sin[:, None]  # (B, 1, T, hd)
+
+    def cos_sin_range(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos_sin(arange(start, start + length)) as views of a table computed once.
+
+        The values are those of `cos_sin` (element-wise, so bit-identical); a decode step
+        slices the table instead of computing and allocating its angles again.
+        """
+        end = start + length
+        table = self._table
+        if table is None or table[0].shape[2] < end or table[0].device != self.inv_freq.device \
+                or table[0].dtype != self.inv_freq.dtype:
+            table = self.cos_sin(torch.arange(max(end, 2 * length, 64), device=self.inv_freq.device))
+            self._table = table
+        return table[0][:, :, start:end], table[1][:, :, start:end]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -87,6 +196,7 @@ def plan_attention(
     padding_mask: torch.Tensor | None = None,
     *,
     past_valid: torch.Tensor | None = None,
+    past_all_valid: bool | None = None,
 ) -> AttentionPlan:
     """Positions and mask for `length` new positions after `past_valid` cached ones.
 
@@ -94,18 +204,20 @@ def plan_attention(
     bool, which cached keys are real bars (None: no cache). Each real position's rotary
     index is the number of real positions before it in its row, so padding never shifts
     a row's positions. Padding queries attend to themselves only (they are discarded but
-    must not produce NaN).
+    must not produce NaN). past_all_valid: whether every cached key is a real bar, when the
+    caller knows it (a KV cache does): saves checking `past_valid` on every decode step.
     """
     device = rotary.inv_freq.device
     past = 0 if past_valid is None else past_valid.shape[1]
-    if padding_mask is None and (past_valid is None or bool(past_valid.all())):
-        positions = torch.arange(past, past + length, device=device)
-        cos, sin = rotary.cos_sin(positions)
+    if past_all_valid is None:
+        past_all_valid = past_valid is None or bool(past_valid.all())
+    if padding_mask is None and past_all_valid:
+        cos, sin = rotary.cos_sin_range(past, length)
         if past == 0:
             return AttentionPlan(cos, sin, None, is_causal=length > 1)
         if length == 1:
             return AttentionPlan(cos, sin, None, is_causal=False)
-        query_at = positions[:, None]
+        query_at = torch.arange(past, past + length, device=device)[:, None]
         key_at = torch.arange(past + length, device=device)[None, :]
         return AttentionPlan(cos, sin, (key_at <= query_at)[None, None], is_causal=False)
 
@@ -129,19 +241,27 @@ def plan_attention(
 class KVCache:
     """Keys and values of past positions for every attention layer of one model.
 
-    Buffers are allocated on first use for `capacity` positions and filled in place.
-    `valid` records which cached positions are real bars (False for left padding).
+    Buffers are allocated on first use for `capacity` positions and filled in place, so
+    a decode step allocates no cache memory. `valid` records which cached positions are
+    real bars (False for left padding); `all_valid` says whether all of them are.
     """
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.length = 0
-        self.valid: torch.Tensor | None = None
+        self.all_valid = True
+        self._valid: torch.Tensor | None = None
         self._buffers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def valid(self) -> torch.Tensor | None:
+        return None if self._valid is None or self.length == 0 else self._valid[:, : self.length]
 
     def reset(self) -> None:
         self.length = 0
-        self.valid = None
+        if not self.all_valid and self._valid is not None:
+            self._valid.fill_(True)
+        self.all_valid = True
 
     def write(self, name: str, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, H, T, hd) keys/values after the cached ones; return all keys/values so far."""
@@ -162,10 +282,23 @@ class KVCache:
         key_buf, value_buf = self._buffers[name]
         return key_buf[:, :, : self.length], value_buf[:, :, : self.length]
 
-    def advance(self, new_valid: torch.Tensor) -> None:
-        """Mark `new_valid.shape[1]` more positions as written (call once per forward)."""
-        self.valid = new_valid if self.valid is None else torch.cat([self.valid, new_valid], dim=1)
-        self.length = self.valid.shape[1]
+    def advance(self, count: int, batch: int, device: torch.device, new_valid: torch.Tensor | None = None) -> None:
+        """Mark `count` more positions of `batch` rows as written (call once per forward).
+
+        new_valid: (batch, count) bool, which of them are real bars; None: all of them.
+        """
+        end = self.length + count
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} positions > capacity {self.capacity}")
+        if self._valid is None or self._valid.shape[0] != batch or self._valid.device != torch.device(device):
+            self._valid = torch.ones(batch, self.capacity, dtype=torch.bool, device=device)
+        if new_valid is None:
+            if not self.all_valid:  # earlier rows may have left False here; all-valid buffers stay True
+                self._valid[:, self.length:end] = True
+        else:
+            self._valid[:, self.length:end] = new_valid
+            self.all_valid = self.all_valid and bool(new_valid.all())
+        self.length = end
 
 
 def _split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -193,9 +326,14 @@ class MultiHeadAttention(nn.Module):
         self.resid_dropout = nn.Dropout(resid_dropout_p)
 
     def forward(self, x: torch.Tensor, plan: AttentionPlan, cache: KVCache | None = None, cache_name: str = "") -> torch.Tensor:
-        q = apply_rotary(_split_heads(self.q_proj(x), self.n_heads), plan.cos, plan.sin)
-        k = apply_rotary(_split_heads(self.k_proj(x), self.n_heads), plan.cos, plan.sin)
-        v = _split_heads(self.v_proj(x), self.n_heads)
+        fused = self.__dict__.get("decode_qkv_t")  # laid out by `transposed_weights` while decoding
+        if fused is not None:
+            q, k, v = _fused_product(x, *fused).chunk(3, dim=-1)
+        else:
+            q, k, v = project(self.q_proj, x), project(self.k_proj, x), project(self.v_proj, x)
+        q = apply_rotary(_split_heads(q, self.n_heads), plan.cos, plan.sin)
+        k = apply_rotary(_split_heads(k, self.n_heads), plan.cos, plan.sin)
+        v = _split_heads(v, self.n_heads)
         if cache is not None:
             k, v = cache.write(cache_name, k, v)
         out = F.scaled_dot_product_attention(
@@ -204,7 +342,7 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.attn_dropout_p if self.training else 0.0,
             is_causal=plan.is_causal,
         )
-        return self.resid_dropout(self.out_proj(_merge_heads(out)))
+        return self.resid_dropout(project(self.out_proj, _merge_heads(out)))
 
 
 class TransformerBlock(nn.Module):

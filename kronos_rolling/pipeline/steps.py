@@ -174,6 +174,7 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
         # Same checkpoint as rank 0 (read only: fit saves on rank 0), so a resumed job starts
         # every rank at the same epoch; otherwise the ranks' collectives no longer pair up.
         fit(trainee, train_set, inner_set, config, device=device, dist_info=dist_info, checkpoint=checkpoint,
+            token_cache=ctx.home.token_cache,
             progress=False)
         return None
 
@@ -198,7 +199,7 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
 
         fitted = fit(trainee, train_set, inner_set, config, device=device, dist_info=dist_info,
                      checkpoint=checkpoint, on_epoch=on_epoch, progress=progress,
-                     state_extra={"run_id": run.run_id})
+                     state_extra={"run_id": run.run_id}, token_cache=ctx.home.token_cache)
         run.log_metrics({"best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val_loss,
                          "train_seconds": fitted.seconds, "stopped_early": float(fitted.stopped_early)})
         log.info("%s: trained %d epoch(s) on %d samples in %.0fs; best epoch %d (inner val loss %.4f)",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from kronos_rolling.data.dataset import BarWindowDataset
@@ -41,6 +42,8 @@ from kronos_rolling.settings import Distributed
 from kronos_rolling.training.checkpoint import Checkpoint
 from kronos_rolling.training.config import TrainConfig
 from kronos_rolling.training.distributed import _all_mean
+from kronos_rolling.training.schedule import warmup_cosine
+from kronos_rolling.training.tokens import TokenizedWindows, window_tokens
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +156,6 @@ def lora_settings_of(model) -> LoraSettings:
                         target_modules=tuple(targets))
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to the peak LR, then cosine decay to 10% of it."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def _epoch_indices(n: int, epoch: int, config: TrainConfig, dist_info: Distributed) -> np.ndarray:
     """This rank's sample order for an epoch: a seeded shuffle, capped, split evenly by rank."""
     order = np.random.default_rng([config.seed, epoch]).permutation(n)
@@ -170,10 +165,26 @@ def _epoch_indices(n: int, epoch: int, config: TrainConfig, dist_info: Distribut
     return order[:usable][dist_info.rank :: dist_info.world]
 
 
-def _batches(dataset, indices: np.ndarray, batch_size: int):
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[int(i)] for i in indices[start : start + batch_size]]
-        yield {key: torch.stack([item[key] for item in items]) for key in items[0]}
+class EpochSampler(Sampler[int]):
+    """This rank's sample order in the current epoch (`set_epoch`): `_epoch_indices`."""
+
+    def __init__(self, n: int, config: TrainConfig, dist_info: Distributed):
+        self.n, self.config, self.dist_info = n, config, dist_info
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(_epoch_indices(self.n, self.epoch, self.config, self.dist_info).tolist())
+
+    def __len__(self) -> int:
+        return len(_epoch_indices(self.n, self.epoch, self.config, self.dist_info))
+
+
+def _loader(windows: TokenizedWindows, sampler, batch_size: int) -> DataLoader:
+    """Batches of tokenized windows in the sampler's order (no workers: an item is a slice)."""
+    return DataLoader(windows, batch_size=batch_size, sampler=sampler, num_workers=0)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -182,11 +193,9 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-def _step_loss(module: torch.nn.Module, tokenizer: torch.nn.Module, batch: dict, device: torch.device,
+def _step_loss(module: torch.nn.Module, batch: dict, device: torch.device,
                causal_s2: bool | None = None, precision: str = "float32"):
-    x = batch["x"].to(device)
-    with torch.no_grad():  # float32 whatever the precision: the same tokens a forecast sees
-        s1, s2 = tokenizer.encode(x, half=True)
+    s1, s2 = batch["s1"].to(device), batch["s2"].to(device)  # computed once per run (training/tokens.py)
     stamp = batch["stamp"].to(device)
     events = batch["event_ids"].to(device)
     with autocast_for(device, precision):
@@ -196,17 +205,16 @@ def _step_loss(module: torch.nn.Module, tokenizer: torch.nn.Module, batch: dict,
 
 
 @torch.no_grad()
-def _validation_loss(module, tokenizer, dataset, config, dist_info, device) -> float:
-    if len(dataset) == 0:
+def _validation_loss(module, windows: TokenizedWindows, config, dist_info, device) -> float:
+    if len(windows) == 0:
         return float("nan")
     module.eval()
-    indices = np.arange(len(dataset))[dist_info.rank :: dist_info.world]
     total, count = 0.0, 0
-    for batch in _batches(dataset, indices, config.batch_size):
-        size = len(batch["x"])
+    for batch in _loader(windows, range(dist_info.rank, len(windows), dist_info.world), config.batch_size):
+        size = len(batch["s1"])
         # Eval mode (no dropout) with a causal s2 cross-attention: in the released eval-mode
         # forward, bar t's s2 logits attend to later bars, which hold the targets themselves.
-        total += float(_step_loss(module, tokenizer, batch, device, causal_s2=True, precision=config.precision)) * size
+        total += float(_step_loss(module, batch, device, causal_s2=True, precision=config.precision)) * size
         count += size
     module.train()
     return _all_mean(total / max(count, 1), count, dist_info)
@@ -215,8 +223,13 @@ def _validation_loss(module, tokenizer, dataset, config, dist_info, device) -> f
 def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowDataset, config: TrainConfig,
         *, device: torch.device, dist_info: Distributed = Distributed(), checkpoint: Checkpoint | None = None,
         on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = True,
-        state_extra: dict | None = None) -> FitResult:
-    """Train the adapter and event embedding; restore the best epoch before returning."""
+        state_extra: dict | None = None, token_cache: Path | None = None) -> FitResult:
+    """Train the adapter and event embedding; restore the best epoch before returning.
+
+    The frozen tokenizer's tokens of every window are computed once, before the first
+    epoch (training/tokens.py); token_cache: the folder that keeps them between runs
+    (`Home.token_cache`; None: computed in memory for this run only).
+    """
     if len(train_set) == 0:
         raise DataError(f"no training samples in the window for {', '.join(train_set.symbols)}; "
                         f"each needs {config.lookback + config.horizon} consecutive bars")
@@ -231,10 +244,15 @@ def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowD
             module, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(_epoch_indices(len(train_set), 0, config, dist_info)) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, total_steps))
+    sampler = EpochSampler(len(train_set), config, dist_info)
+    train_loader = _loader(
+        TokenizedWindows(train_set, window_tokens(train_set, trainee.tokenizer, device, token_cache,
+                                                  write=dist_info.is_main)),
+        sampler, config.batch_size)
+    inner_windows = TokenizedWindows(inner_val_set, window_tokens(inner_val_set, trainee.tokenizer, device, token_cache,
+                                                              write=dist_info.is_main))
+    total_steps = len(train_loader) * config.epochs
+    scheduler = warmup_cosine(optimizer, total_steps, config.warmup_fraction)
 
     history: list[EpochRecord] = []
     best_state, best_val, best_epoch, bad_epochs, start_epoch = None, float("inf"), 0, 0, 0
@@ -256,19 +274,19 @@ def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowD
         if stopped_early:
             break
         epoch_start = time.monotonic()
-        indices = _epoch_indices(len(train_set), epoch, config, dist_info)
-        bar = tqdm(total=len(indices) * dist_info.world, desc=f"{config.label} epoch {epoch + 1}/{config.epochs}",
+        sampler.set_epoch(epoch)
+        bar = tqdm(total=len(sampler) * dist_info.world, desc=f"{config.label} epoch {epoch + 1}/{config.epochs}",
                    unit="sample", disable=not (progress and dist_info.is_main), file=sys.stderr,
                    mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
         loss_sum, seen = 0.0, 0
-        for batch in _batches(train_set, indices, config.batch_size):
-            loss = _step_loss(runner, trainee.tokenizer, batch, device, precision=config.precision)
+        for batch in train_loader:
+            loss = _step_loss(runner, batch, device, precision=config.precision)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             scheduler.step()
-            size = len(batch["x"])
+            size = len(batch["s1"])
             loss_sum += float(loss.detach()) * size
             seen += size
             elapsed = max(time.monotonic() - epoch_start, 1e-9)
@@ -277,7 +295,7 @@ def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowD
                             bars_s=f"{seen * dist_info.world * bars_per_sample / elapsed:,.0f}")
         bar.close()
         train_loss = _all_mean(loss_sum / max(seen, 1), seen, dist_info)
-        val_loss = _validation_loss(module, trainee.tokenizer, inner_val_set, config, dist_info, device)
+        val_loss = _validation_loss(module, inner_windows, config, dist_info, device)
         seconds = time.monotonic() - epoch_start
         record = EpochRecord(epoch + 1, train_loss, val_loss, scheduler.get_last_lr()[0], seconds,
                              seen * dist_info.world * bars_per_sample / max(seconds, 1e-9))

@@ -21,21 +21,13 @@ from kronos_rolling.model.kronos import Kronos, token_loss
 from kronos_rolling.model.tokenizer import KronosTokenizer, tokenizer_loss
 from kronos_rolling.training.pretrain.config import PretrainConfig, StageResult
 from kronos_rolling.training.pretrain.data import batch_indices, collate
+from kronos_rolling.training.schedule import warmup_cosine
 
 
 def _optimizer(params, lr: float, config: PretrainConfig, steps: int):
-    """AdamW with a linear warm-up then cosine decay to a tenth of the peak LR."""
+    """AdamW with the one schedule of every training (training/schedule.py)."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    warmup = max(1, int(config.warmup_fraction * steps))
-    scheduler = torch.optim.lr_scheduler.SequentialLR(
-        optimizer,
-        [
-            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps - warmup), eta_min=lr / 10),
-        ],
-        milestones=[warmup],
-    )
-    return optimizer, scheduler
+    return optimizer, warmup_cosine(optimizer, steps, config.warmup_fraction)
 
 
 class _StageLog:
