@@ -62,6 +62,7 @@ def forecast_paths(model: ForecastModel, samples: EvaluationSamples) -> np.ndarr
             top_k=settings.top_k, top_p=settings.top_p, samples=settings.samples,
             generator=settings.seed + batch_index, max_context=model.max_context,
             event_ids=event_ids, event_embedding=model.event_embedding,
+            step_threads=None,  # K paths x a batch of origins per step: wide enough for every core
         )
         close = paths[..., CLOSE].double()  # (B, K, H), normalised
         mean = batch["mean"][:, CLOSE].double()[:, None, None]

@@ -150,17 +150,23 @@ class Sampling:
 
 
 def decode_step(kronos: Kronos, sequences: TokenSequences, window: slice, cache: KVCache,
-                query_table: torch.Tensor, sampling: Sampling) -> None:
+                query_table: torch.Tensor, sampling: Sampling, shared_rows: int = 1) -> None:
     """Feed the bars in `window` (continuing what `cache` holds), sample the next bar's s1
-    then s2, and write them at position `window.stop`. query_table: `kronos.s2_query_table()`."""
+    then s2, and write them at position `window.stop`. query_table: `kronos.s2_query_table()`.
+
+    shared_rows: rows come in groups of this many identical copies (a series' sample paths
+    before they diverge); the window is fed once per group and the cache copied to each row.
+    """
     seq = sequences
+    rows = slice(None, None, shared_rows)
     context = kronos.context(
-        seq.s1[:, window], seq.s2[:, window], seq.stamps[:, window],
-        padding_mask=None if seq.pad_mask is None else seq.pad_mask[:, window],
-        extra_embedding=None if seq.extra is None else seq.extra[:, window],
+        seq.s1[rows, window], seq.s2[rows, window], seq.stamps[rows, window],
+        padding_mask=None if seq.pad_mask is None else seq.pad_mask[rows, window],
+        extra_embedding=None if seq.extra is None else seq.extra[rows, window],
         cache=cache,
     )
-    last = context[:, -1]
+    cache.repeat_rows(shared_rows)
+    last = context[:, -1].repeat_interleave(shared_rows, dim=0)
     next_s1 = sample_tokens(kronos.head(last), sampling.temperature, sampling.top_k, sampling.top_p,
                             sampling.generator)
     next_s2 = sample_tokens(kronos.next_s2_logits(next_s1, last, cache, query_table), sampling.temperature,
@@ -266,13 +272,17 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
             else:
                 cache.reset()
                 window = slice(start, known)
+            # Before the first sampled bar, a series' paths are copies of one lookback: fed once.
+            shared = samples if step == 0 else 1
             with _intra_op_threads(step_threads if single_bar else None, device):
-                decode_step(kronos, sequences, window, cache, query_table, sampling)
+                decode_step(kronos, sequences, window, cache, query_table, sampling, shared)
 
         start = max(0, total - max_context)
-        decoded = tokenizer.decode(
-            [s1[:, start:], s2[:, start:]], half=True,
-            padding_mask=None if pad_mask is None else pad_mask[:, start:],
-        )
+        ids, window_pad = [s1[:, start:], s2[:, start:]], None if pad_mask is None else pad_mask[:, start:]
+        if samples > 1:  # a series' paths share the lookback's tokens: the causal decoder reads them once
+            decoded = tokenizer.decode_after_shared_prefix(ids, lookback - start, samples, half=True,
+                                                           padding_mask=window_pad)
+        else:
+            decoded = tokenizer.decode(ids, half=True, padding_mask=window_pad)
     forecast = decoded[:, -pred_len:].float()
     return forecast.reshape(batch, samples, pred_len, -1).to(out_device)

@@ -278,6 +278,21 @@ class KVCache:
         value_buf[:, :, self.length:end] = values
         return key_buf[:, :, :end], value_buf[:, :, :end]
 
+    def repeat_rows(self, factor: int) -> None:
+        """Give every row `factor` copies (row b becomes rows b*factor .. b*factor + factor - 1):
+        the sample paths of one series continue from a single pass over their shared lookback."""
+        if factor == 1:
+            return
+        def repeated(buffer: torch.Tensor) -> torch.Tensor:  # only the written positions are copied
+            out = buffer.new_empty((buffer.shape[0] * factor, *buffer.shape[1:]))
+            out.view(buffer.shape[0], factor, *buffer.shape[1:])[:, :, :, : self.length] = \
+                buffer[:, None, :, : self.length]
+            return out
+
+        self._buffers = {name: (repeated(keys), repeated(values)) for name, (keys, values) in self._buffers.items()}
+        if self._valid is not None:
+            self._valid = self._valid.repeat_interleave(factor, dim=0)
+
     def read(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         key_buf, value_buf = self._buffers[name]
         return key_buf[:, :, : self.length], value_buf[:, :, : self.length]

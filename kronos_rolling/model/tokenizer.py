@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from kronos_rolling.model import hub
 from kronos_rolling.model.config import TokenizerConfig
-from kronos_rolling.model.layers import TransformerBlock, run_blocks
+from kronos_rolling.model.layers import KVCache, TransformerBlock, plan_attention, run_blocks
 
 
 class BinarySphericalQuantizer(nn.Module):
@@ -191,6 +191,37 @@ class KronosTokenizer(nn.Module):
         """(B, T, d_in) bars from token ids ([s1, s2] if half)."""
         bits = self.indices_to_bits(ids, half).to(self.post_quant_embed.weight.dtype)
         return self._decode_bits(bits, padding_mask)
+
+    def decode_after_shared_prefix(self, ids, prefix: int, group: int, half: bool = True,
+                                   padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """decode(ids)[:, prefix:], for rows that come in groups of `group` sharing their first
+        `prefix` tokens (a series' sample paths share its lookback).
+
+        The decoder is causal, so the shared prefix is decoded once per group and the rest of
+        each row continues from its cached keys and values: the same figures up to float
+        rounding, at a fraction of the work when the prefix is most of the row.
+        """
+        bits = self.indices_to_bits(ids, half).to(self.post_quant_embed.weight.dtype)
+        x = self.post_quant_embed(bits)
+        if not self.decoder:
+            return self.head(x[:, prefix:])
+        rotary = self.decoder[0].self_attn.rotary
+        cache = KVCache(capacity=x.shape[1])
+        head_rows = slice(None, None, group)
+        shared = x[head_rows, :prefix]
+        shared_pad = None if padding_mask is None else padding_mask[head_rows, :prefix]
+        plan = plan_attention(rotary, prefix, shared_pad)
+        for index, block in enumerate(self.decoder):
+            shared = block(shared, plan, cache, f"decoder{index}")
+        cache.advance(prefix, shared.shape[0], x.device, None if shared_pad is None else ~shared_pad.bool())
+        cache.repeat_rows(group)
+        rest = x[:, prefix:]
+        rest_pad = None if padding_mask is None else padding_mask[:, prefix:]
+        plan = plan_attention(rotary, rest.shape[1], rest_pad, past_valid=cache.valid,
+                              past_all_valid=cache.all_valid)
+        for index, block in enumerate(self.decoder):
+            rest = block(rest, plan, cache, f"decoder{index}")
+        return self.head(rest)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> TokenizerOutput:
         """Training pass: reconstructions from the s1 half and from both halves, plus the BSQ loss."""

@@ -33,7 +33,8 @@ def test_k_paths_times_the_origins_of_a_batch_decode_as_one_batch():
     paths = forecast_paths(model, samples)
     assert paths.shape == (12, 3, 4)
     # 12 origins in batches of 8 and 4, each x K = 3 paths; one predictor pass per decoded bar.
-    assert rows == [24] * 4 + [12] * 4
+    # The lookback pass runs once per origin (its K paths share it), the later bars on every path.
+    assert rows == [8] + [24] * 3 + [4] + [12] * 3
 
 
 def test_the_paths_are_the_same_for_the_same_seed():

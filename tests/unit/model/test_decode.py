@@ -96,3 +96,34 @@ def test_nested_or_concurrent_generations_share_one_layout_until_the_last_ends()
             assert linear.decode_weight_t is copy
         assert linear.decode_weight_t is copy  # the outer generation still decodes with it
     assert "decode_weight_t" not in linear.__dict__ and "_decode_layout" not in model.__dict__
+
+
+def test_the_shared_lookback_is_decoded_once_per_series_and_gives_the_full_decode():
+    torch.manual_seed(2)
+    tokenizer = KronosTokenizer.from_config(TINY.tokenizer).eval()
+    group, prefix, total = 4, 20, 26
+    s1_vocab, s2_vocab = 2 ** tokenizer.s1_bits, 2 ** tokenizer.s2_bits
+    shared = [torch.randint(s1_vocab, (3, prefix)), torch.randint(s2_vocab, (3, prefix))]
+    ids = [torch.cat([part.repeat_interleave(group, dim=0), torch.randint(vocab, (3 * group, total - prefix))], dim=1)
+           for part, vocab in zip(shared, (s1_vocab, s2_vocab))]
+    padding = torch.zeros(3 * group, total, dtype=torch.bool)
+    padding[:group, :5] = True  # the first series is left-padded
+    with torch.no_grad():
+        for pad in (None, padding):
+            full = tokenizer.decode(ids, padding_mask=pad)[:, prefix:]
+            once = tokenizer.decode_after_shared_prefix(ids, prefix, group, padding_mask=pad)
+            assert once.shape == full.shape
+            assert torch.allclose(once, full, atol=1e-5, rtol=1e-4)
+
+
+def test_sample_paths_sharing_their_lookback_match_a_single_path_when_greedy():
+    """K greedy paths of a series (the lookback fed and decoded once, then copied) equal its one path."""
+    model = _model()
+    torch.manual_seed(3)
+    tokenizer = KronosTokenizer.from_config(TINY.tokenizer).eval()
+    x = torch.randn(3, 24, 6)
+    stamps = torch.rand(3, 30, 5)
+    one = generate(model, tokenizer, x, stamps[:, :24], stamps[:, 24:], 6, top_k=1)
+    many = generate(model, tokenizer, x, stamps[:, :24], stamps[:, 24:], 6, top_k=1, samples=5)
+    assert many.shape == (3, 5, 6, 6)
+    assert torch.allclose(many, one.expand(-1, 5, -1, -1), atol=1e-5, rtol=1e-4)
