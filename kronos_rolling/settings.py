@@ -269,6 +269,7 @@ class ServeSettings:
     limits: RequestLimits = field(default_factory=RequestLimits)
     api_token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
+    alert_webhook: str | None = field(default=None, repr=False)  # KRONOS_ALERT_WEBHOOK: refused versions
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.labels) - set(model_targets()))
@@ -393,7 +394,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         base_model=base_model, tracking_uri=tracking_uri, data_dir=data_dir, cache_dir=home.predictor_cache,
         lock_dir=lock_dir, limits=limits, device=(environ.get("KRONOS_SERVE_DEVICE") or "").strip() or "auto",
         api_token=environ.get("KRONOS_API_TOKEN") or None, webhook_secret=environ.get("KRONOS_WEBHOOK_SECRET") or None,
-        **_from_environ(ServeSettings, environ, "KRONOS_SERVE_", skip=("base_model", "tracking_uri", "device")),
+        alert_webhook=(environ.get("KRONOS_ALERT_WEBHOOK") or "").strip() or None,
+        **_from_environ(ServeSettings, environ, "KRONOS_SERVE_", skip=("base_model", "tracking_uri", "device", "alert_webhook")),
     )
     world = int(_parse("WORLD_SIZE", environ.get("WORLD_SIZE") or "1", int, 1))
     distributed = Distributed() if world <= 1 else Distributed(

@@ -78,7 +78,8 @@ def history(asset_class: str, limit: int | None, as_json: bool, tracking_uri: st
 @tracking_uri_option
 @_registry_errors
 def promote(asset_class: str, version: int, reason: str, tracking_uri: str | None) -> None:
-    """Move @production to a version by hand (outside the guard); the predictor follows."""
+    """Move @production to a version by hand (outside the guard), once it passes verification; the predictor
+    follows."""
     from kronos_rolling.registry.history import Actor
     from kronos_rolling.registry.promotion import promote as promote_version
 
@@ -96,20 +97,24 @@ def promote(asset_class: str, version: int, reason: str, tracking_uri: str | Non
 @click.command()
 @_asset_class_option
 @click.option("--to-version", type=click.IntRange(min=1), default=None,
-              help="Version to serve (default: @previous_production).")
+              help="Version to serve (default: the newest older version the guard promoted that "
+                   "passes verification).")
 @click.option("--reason", default="rolled back by an operator", show_default=True,
               help="Why; recorded in the audit trail (with who and when).")
 @tracking_uri_option
 @_registry_errors
 def rollback(asset_class: str, to_version: int | None, reason: str,
              tracking_uri: str | None) -> None:
-    """Point @production back at an earlier version."""
+    """Point @production back at an earlier version (verified first) and send a rollback alert."""
     from kronos_rolling.registry.history import Actor
     from kronos_rolling.registry.promotion import rollback as rollback_production
 
     settings = settings_of()
     move = rollback_production(connect(tracking_uri, settings).client, asset_class, to_version, reason=reason,
-                               lock_dir=settings.lock_dir, actor=Actor.current(settings.job))
+                               lock_dir=settings.lock_dir, actor=Actor.current(settings.job),
+                               webhook=settings.alert_webhook)
+    for note in move.notes:
+        click.echo(f"note: {note}")
     previous = f"v{move.previous_production}" if move.previous_production else "none"
     click.echo(f"{move.name}@production: v{move.from_version or '-'} -> v{move.to_version} "
                f"(@previous_production: {previous}); audit entry {move.audit_seq}")
