@@ -29,11 +29,13 @@ from kronos_rolling.settings import Thresholds
 
 
 def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: int = 4096,
-                      experiment: str = "registry-tests", label: str | None = None, nan: bool = False):
+                      experiment: str = "registry-tests", label: str | None = None, nan: bool = False,
+                      class_tag: str | None = None):
     """Train-run stand-in: run + logged model holding a small adapter bundle (a safetensors file of
     `adapter_bytes` bytes of finite weights, or NaN ones with `nan`, and metadata.json saying it was
     trained for `label`, default the class), registered the way training registers a version: by
-    its `models:/` URI, with the `asset_class` tag and the sha256 of every file."""
+    its `models:/` URI, with the `asset_class` tag (`class_tag`, default the class) and the sha256
+    of every file."""
     import torch
     from safetensors.torch import save_file
 
@@ -42,7 +44,7 @@ def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: 
     name = registered_model_name(asset_class)
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_experiment(experiment)
-    weights = torch.randn(max(1, adapter_bytes // 4), generator=torch.Generator().manual_seed(len(name)))
+    weights = torch.randn(max(1, adapter_bytes // 4), generator=torch.Generator().manual_seed(adapter_bytes))
     if nan:
         weights[::2] = float("nan")
     with mlflow.start_run() as run, tempfile.TemporaryDirectory() as folder:
@@ -53,7 +55,7 @@ def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: 
         client.log_model_artifacts(model.model_id, folder)
         mlflow.finalize_logged_model(model.model_id, "READY")
     return register_adapter_model(client, name, f"models:/{model.model_id}", run.info.run_id,
-                                  tags={"asset_class": asset_class}, description="a registry test's stand-in",
+                                  tags={"asset_class": class_tag or asset_class}, description="",
                                   await_s=60)
 
 
