@@ -31,7 +31,8 @@ from kronos_rolling.settings import Thresholds
 def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: int = 4096,
                       experiment: str = "registry-tests", label: str | None = None, nan: bool = False,
                       class_tag: str | None = None):
-    """Train-run stand-in: run + logged model holding a small adapter bundle (a safetensors file of
+    """Train-run stand-in: a run (params, metrics, a plot, the bundle as its `adapter` artifact) + a
+    logged model holding a small adapter bundle (a safetensors file of
     `adapter_bytes` bytes of finite weights, or NaN ones with `nan`, and metadata.json saying it was
     trained for `label`, default the class), registered the way training registers a version: by
     its `models:/` URI, with the `asset_class` tag (`class_tag`, default the class) and the sha256
@@ -49,9 +50,13 @@ def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: 
         weights[::2] = float("nan")
     with mlflow.start_run() as run, tempfile.TemporaryDirectory() as folder:
         mlflow.log_text(json.dumps({"asset_class": asset_class}), "metadata.json")
+        mlflow.log_params({"asset_class": asset_class, "lookback": 32})
+        mlflow.log_metrics({"val_mae": 0.01 * adapter_bytes ** 0.5, "train_loss": 1.0})
+        mlflow.log_text("a forecast plot's bytes", "plots/forecast.png")
         model = mlflow.initialize_logged_model(name="adapter", source_run_id=run.info.run_id)
         save_file({"lora_A": weights}, str(Path(folder, "adapter_model.safetensors")))
         Path(folder, "metadata.json").write_text(json.dumps({"label": label or asset_class}))
+        mlflow.log_artifacts(folder, "adapter")  # the run's copy of the bundle, as training logs it
         client.log_model_artifacts(model.model_id, folder)
         mlflow.finalize_logged_model(model.model_id, "READY")
     return register_adapter_model(client, name, f"models:/{model.model_id}", run.info.run_id,
