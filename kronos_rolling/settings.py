@@ -311,6 +311,12 @@ class ServerSettings:
     auth_db_uri: str | None = None  # None: the tracking database, or a SQLite file beside it
     allowed_hosts: str | None = None  # None: MLflow's default (localhost and private IPs)
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is not a TCP port: use 1..65535 (KRONOS_MLFLOW_PORT, --port)")
+        if self.workers < 1:
+            raise ConfigError(f"workers={self.workers} must be >= 1 (KRONOS_MLFLOW_WORKERS, --workers)")
+
 
 @dataclass(frozen=True)
 class ServerStores:
