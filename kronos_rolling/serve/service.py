@@ -390,6 +390,7 @@ class PredictorService:
                 continue  # the refused version is the cached one: nothing older to fall back to
             try:
                 cached = self.cache.load(name, version)
+                check_bundle(cached.bundle_dir, name, version, cached.manifest.get("tags") or {})
                 self._install(label, name, version, entry.get("alias", PRODUCTION), cached, "cache")
                 self._count(self._swaps, label)
             except (ModelError, DataError) as exc:
