@@ -65,6 +65,17 @@ def training_lock(lock_dir: Path, wait: bool = True, poll_message_every: float =
         yield path
 
 
+@contextmanager
+def class_lock(lock_dir: Path, label: str, wait: bool = True, poll_message_every: float = 30.0,
+               job: str | None = None) -> Iterator[Path]:
+    """Hold one class's job lock (`class-<label>`): one monthly job per class at a time on this machine.
+
+    The holder re-checks, once it has the lock, whether its work is still to do (pipeline/job.py)."""
+    with _hold(lock_dir, f"class-{label}", f"the job lock of {label}", wait=wait,
+               poll_message_every=poll_message_every, timeout=None, job=job) as path:
+        yield path
+
+
 def device_busy(lock_dir: Path) -> bool:
     """True while any process (this one included) holds the training lock."""
     lock = FileLock(lock_path(lock_dir, TRAINING_LOCK))

@@ -269,6 +269,7 @@ class ServeSettings:
     limits: RequestLimits = field(default_factory=RequestLimits)
     api_token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
+    alert_webhook: str | None = field(default=None, repr=False)  # KRONOS_ALERT_WEBHOOK: refused versions
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.labels) - set(model_targets()))
@@ -309,6 +310,12 @@ class ServerSettings:
     basic_auth: bool = False
     auth_db_uri: str | None = None  # None: the tracking database, or a SQLite file beside it
     allowed_hosts: str | None = None  # None: MLflow's default (localhost and private IPs)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is not a TCP port: use 1..65535 (KRONOS_MLFLOW_PORT, --port)")
+        if self.workers < 1:
+            raise ConfigError(f"workers={self.workers} must be >= 1 (KRONOS_MLFLOW_WORKERS, --workers)")
 
 
 @dataclass(frozen=True)
@@ -393,7 +400,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         base_model=base_model, tracking_uri=tracking_uri, data_dir=data_dir, cache_dir=home.predictor_cache,
         lock_dir=lock_dir, limits=limits, device=(environ.get("KRONOS_SERVE_DEVICE") or "").strip() or "auto",
         api_token=environ.get("KRONOS_API_TOKEN") or None, webhook_secret=environ.get("KRONOS_WEBHOOK_SECRET") or None,
-        **_from_environ(ServeSettings, environ, "KRONOS_SERVE_", skip=("base_model", "tracking_uri", "device")),
+        alert_webhook=(environ.get("KRONOS_ALERT_WEBHOOK") or "").strip() or None,
+        **_from_environ(ServeSettings, environ, "KRONOS_SERVE_", skip=("base_model", "tracking_uri", "device", "alert_webhook")),
     )
     world = int(_parse("WORLD_SIZE", environ.get("WORLD_SIZE") or "1", int, 1))
     distributed = Distributed() if world <= 1 else Distributed(

@@ -16,10 +16,9 @@ from datetime import date, datetime, timezone
 import click
 
 from kronos_rolling.cli.options import connect, settings_of, tracking_uri_option
-from kronos_rolling.errors import ConfigError, RegistryError
+from kronos_rolling.errors import RegistryError
 from kronos_rolling.registry.cadence import MODES
 from kronos_rolling.registry.names import model_targets, registered_model_name
-from kronos_rolling.settings import ServerStores
 
 
 def _asset_class_option(fn):
@@ -78,7 +77,8 @@ def history(asset_class: str, limit: int | None, as_json: bool, tracking_uri: st
 @tracking_uri_option
 @_registry_errors
 def promote(asset_class: str, version: int, reason: str, tracking_uri: str | None) -> None:
-    """Move @production to a version by hand (outside the guard); the predictor follows."""
+    """Move @production to a version by hand (outside the guard), once it passes verification; the predictor
+    follows."""
     from kronos_rolling.registry.history import Actor
     from kronos_rolling.registry.promotion import promote as promote_version
 
@@ -96,20 +96,24 @@ def promote(asset_class: str, version: int, reason: str, tracking_uri: str | Non
 @click.command()
 @_asset_class_option
 @click.option("--to-version", type=click.IntRange(min=1), default=None,
-              help="Version to serve (default: @previous_production).")
+              help="Version to serve (default: the newest older version the guard promoted that "
+                   "passes verification).")
 @click.option("--reason", default="rolled back by an operator", show_default=True,
               help="Why; recorded in the audit trail (with who and when).")
 @tracking_uri_option
 @_registry_errors
 def rollback(asset_class: str, to_version: int | None, reason: str,
              tracking_uri: str | None) -> None:
-    """Point @production back at an earlier version."""
+    """Point @production back at an earlier version (verified first) and send a rollback alert."""
     from kronos_rolling.registry.history import Actor
     from kronos_rolling.registry.promotion import rollback as rollback_production
 
     settings = settings_of()
     move = rollback_production(connect(tracking_uri, settings).client, asset_class, to_version, reason=reason,
-                               lock_dir=settings.lock_dir, actor=Actor.current(settings.job))
+                               lock_dir=settings.lock_dir, actor=Actor.current(settings.job),
+                               webhook=settings.alert_webhook)
+    for note in move.notes:
+        click.echo(f"note: {note}")
     previous = f"v{move.previous_production}" if move.previous_production else "none"
     click.echo(f"{move.name}@production: v{move.from_version or '-'} -> v{move.to_version} "
                f"(@previous_production: {previous}); audit entry {move.audit_seq}")
@@ -120,19 +124,11 @@ def rollback(asset_class: str, to_version: int | None, reason: str,
 @click.option("--keep", type=click.IntRange(min=1), default=None,
               help="Newest versions to keep (default 6, or KRONOS_KEEP_VERSIONS).")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; change nothing.")
-@click.option("--backend-store-uri", default=None,
-              help="The tracking server's --backend-store-uri, for `mlflow gc` "
-                   "[env KRONOS_MLFLOW_BACKEND_URI; default: the local embedded server's].")
-@click.option("--artifacts-destination", default=None,
-              help="The tracking server's --artifacts-destination "
-                   "[env KRONOS_MLFLOW_ARTIFACTS].")
-@click.option("--skip-gc", is_flag=True,
-              help="Delete versions and runs but leave their files for a later `mlflow gc`.")
 @tracking_uri_option
 @_registry_errors
-def retention(asset_class: str, keep: int | None, dry_run: bool, backend_store_uri: str | None,
-              artifacts_destination: str | None, skip_gc: bool, tracking_uri: str | None) -> None:
-    """Keep the newest versions plus aliased ones; delete the rest and reclaim their storage."""
+def retention(asset_class: str, keep: int | None, dry_run: bool, tracking_uri: str | None) -> None:
+    """Keep the newest versions plus aliased ones; delete the rest and their files (adapter and model),
+    keeping their training runs' params, metrics, tags and plots."""
     from kronos_rolling.registry.cleanup import apply_retention
     from kronos_rolling.registry.history import Actor
 
@@ -140,16 +136,7 @@ def retention(asset_class: str, keep: int | None, dry_run: bool, backend_store_u
     settings = settings_of()
     keep = keep or settings.thresholds.keep_versions
     tracking = connect(tracking_uri, settings)
-    gc = None
-    if not (dry_run or skip_gc):
-        gc = (ServerStores(backend_store_uri, artifacts_destination) if backend_store_uri
-              else settings.stores_for(tracking.uri))
-        if gc is None:
-            raise ConfigError(
-                "retention reclaims storage with `mlflow gc`, which needs the tracking server's "
-                "database: pass --backend-store-uri (the server's --backend-store-uri, e.g. "
-                "sqlite:////data/mlflow.db) or set KRONOS_MLFLOW_BACKEND_URI; or --skip-gc")
-    report = apply_retention(tracking.client, asset_class, keep, gc=gc, lock_dir=settings.lock_dir, dry_run=dry_run,
+    report = apply_retention(tracking.client, asset_class, keep, lock_dir=settings.lock_dir, dry_run=dry_run,
                              actor=Actor.current(settings.job))
     click.echo(report.summary())
 

@@ -58,7 +58,7 @@ def _settings(data_dir=None, base_model=None, **flags) -> ServeSettings:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; anything but loopback exposes the service (set KRONOS_API_TOKEN).")
-@click.option("--port", type=int, default=DEFAULT_SERVE_PORT, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_SERVE_PORT, show_default=True)
 @click.option("--poll-interval", "poll_interval_s", type=float, default=None,
               help="Seconds between registry reads [env KRONOS_SERVE_POLL_INTERVAL_S; default 30].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",

@@ -23,7 +23,6 @@ from kronos_rolling.evaluation.report import log_evaluation
 from kronos_rolling.evaluation.span import SpanEvaluation, evaluate_span
 from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.references import figures_of, production_source
-from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import DeliveryResult
 from kronos_rolling.registry.guard import IncumbentDecision, decide_incumbent
 from kronos_rolling.registry.names import POOLED, registered_model_name
@@ -57,14 +56,11 @@ def check_incumbent(label: str, ctx: JobContext, evaluation: SpanEvaluation, ver
     check = IncumbentCheck(decision, decision.reason, evaluation)
     log.info("%s: incumbent check: %s", registered_model_name(label), decision.reason)
     if decision.withdraw:
-        check.move = withdraw_production(ctx.client, label, f"incumbent check: {decision.reason}",
-                                         lock_dir=ctx.lock_dir, actor=ctx.actor)
-        check.deliveries = [alerts.send_alert(
-            alerts.WITHDRAWN,
-            f":rotating_light: {check.move.name}: @production v{check.move.version} withdrawn, the predictor "
-            f"serves the pooled adapter meanwhile: {decision.reason}",
-            {"registered_model": check.move.name, "version": check.move.version, "reason": decision.reason,
-             "production_val_mae": production.val_mae, "pooled_val_mae": pooled.val_mae}, ctx.webhook)]
+        check.move = withdraw_production(
+            ctx.client, label, f"incumbent check: {decision.reason}", lock_dir=ctx.lock_dir, actor=ctx.actor,
+            webhook=ctx.webhook, alert_fields={"production_val_mae": production.val_mae,
+                                               "pooled_val_mae": pooled.val_mae})
+        check.deliveries = list(check.move.deliveries)
     return check
 
 

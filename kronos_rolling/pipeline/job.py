@@ -1,17 +1,25 @@
 """The monthly job for one class (or pooled): due? -> train -> register -> guard -> retention.
 
+One job per class at a time: a job takes the class lock (locks.class_lock) and, once it
+holds it, checks again whether the class already has a version as of this month or is no
+longer due; then it exits 0 and says so, instead of training the same month twice.
+
 A refusal is a decision, not a failure. A failure sends a `job_failed` alert and is
 raised again, after the registry has been left as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from mlflow.exceptions import MlflowException
+
 from kronos_rolling.evaluation.config import EvalSettings
+from kronos_rolling.locks import class_lock
 from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.incumbent import (
     IncumbentCheck,
@@ -31,7 +39,8 @@ from kronos_rolling.registry.cleanup import (
     RetentionReport,
 )
 from kronos_rolling.registry.guard import GuardDecision
-from kronos_rolling.registry.names import POOLED
+from kronos_rolling.registry.client import is_missing, list_versions
+from kronos_rolling.registry.names import POOLED, registered_model_name
 from kronos_rolling.registry.schedule import retrain_due
 from kronos_rolling.training.config import TrainConfig
 
@@ -77,19 +86,57 @@ def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None 
             reason = due.reason
         else:
             reason = "pooled adapter (trained on demand)" if label == POOLED else "due check skipped"
-        outcome = train_step(config, ctx, warm_start=warm_start, eval_settings=eval_settings, progress=progress,
-                             wait_for_lock=wait_for_lock, launcher_run_id=launcher_run_id)
-        if outcome is None:  # a non-zero rank of a distributed run
-            return JobResult(label, config.as_of, True, reason)
-        version = register_step(outcome, ctx)
-        decision, conclusion = guard_step(outcome, version, ctx, as_of=as_of_day)
-        incumbent = None
-        if not decision.promote and label != POOLED:  # the production that stays is checked on the same figures
-            incumbent = check_incumbent(label, ctx, outcome.evaluation, outcome.compared_versions)
-        retention = retention_step(label, ctx)
+        lock = (class_lock(ctx.lock_dir, label, wait=wait_for_lock, job=f"run {label} {config.as_of}")
+                if ctx.distributed.is_main else contextlib.nullcontext())
+        with lock:
+            if check_due and label != POOLED and ctx.distributed.is_main:
+                done = already_done(ctx, label, config.as_of, as_of_day)
+                if done is not None:  # another job did this month while we waited for the lock
+                    log.info("%s as of %s: nothing to do: %s", label, config.as_of, done)
+                    return JobResult(label, config.as_of, False, done)
+            return _train_and_decide(config, ctx, reason, as_of_day, warm_start=warm_start,
+                                     eval_settings=eval_settings, progress=progress, wait_for_lock=wait_for_lock,
+                                     launcher_run_id=launcher_run_id)
     except Exception as exc:
         alert_job_failed(label, config.as_of, exc, ctx.webhook)
         raise
+
+
+def already_done(ctx: JobContext, label: str, as_of: str, as_of_day) -> str | None:
+    """Why this class and month need no job any more (read under the class lock), or None."""
+    name = registered_model_name(label)
+    same_month = [v.version for v in list_versions_if_any(ctx.client, name) if v.tags.get("as_of") == as_of]
+    if same_month:
+        return (f"another job already registered {name} v{max(same_month, key=int)} as of {as_of}; "
+                "this one exits without training")
+    due = retrain_due(ctx.client, label, as_of_day, ctx.thresholds)
+    if not due.due:
+        return f"no longer due (another job retrained meanwhile): {due.reason}; this one exits without training"
+    return None
+
+
+def list_versions_if_any(client, name: str):
+    try:
+        return list_versions(client, name)
+    except MlflowException as exc:
+        if is_missing(exc):
+            return []
+        raise
+
+
+def _train_and_decide(config: TrainConfig, ctx: JobContext, reason: str, as_of_day, *, warm_start, eval_settings,
+                      progress, wait_for_lock, launcher_run_id) -> JobResult:
+    label = config.label
+    outcome = train_step(config, ctx, warm_start=warm_start, eval_settings=eval_settings, progress=progress,
+                         wait_for_lock=wait_for_lock, launcher_run_id=launcher_run_id)
+    if outcome is None:  # a non-zero rank of a distributed run
+        return JobResult(label, config.as_of, True, reason)
+    version = register_step(outcome, ctx)
+    decision, conclusion = guard_step(outcome, version, ctx, as_of=as_of_day)
+    incumbent = None
+    if not decision.promote and label != POOLED:  # the production that stays is checked on the same figures
+        incumbent = check_incumbent(label, ctx, outcome.evaluation, outcome.compared_versions)
+    retention = retention_step(label, ctx)
     return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome,
                      conclusion.deliveries, incumbent)
 

@@ -331,7 +331,7 @@ def _production_version_number(client: MlflowClient, name: str) -> str | None:
 
 
 def retention_step(label: str, ctx: JobContext) -> RetentionReport:
-    report = apply_retention(ctx.client, label, ctx.thresholds.keep_versions, gc=ctx.server_stores,
-                             lock_dir=ctx.lock_dir, actor=ctx.actor)
+    report = apply_retention(ctx.client, label, ctx.thresholds.keep_versions, lock_dir=ctx.lock_dir,
+                             actor=ctx.actor)
     log.info(report.summary())
     return report

@@ -12,8 +12,9 @@ Acting on the registry (MlflowClient against a tracking server):
     promotion.py   @staging, apply_guard_decision, promote, rollback (all-or-nothing)
     history.py     the audit trail (who / what / when / why) on the registered model
     schedule.py    the cadence state on the registered model
-    cleanup.py     apply_retention: delete versions, runs, logged models; mlflow gc
+    cleanup.py     apply_retention: delete versions and their files; keep their training runs
+    integrity.py   verify_version / check_bundle: may a version serve? (digests, finite, class)
     alerts.py      webhook alerts with retries that never raise
     lifecycle.py   conclude_retrain: guard -> aliases -> cadence -> alerts, in one call
-    cli.py         history, rollback, retention, due, cadence (COMMANDS)
+    (commands: cli/registry.py)
 """

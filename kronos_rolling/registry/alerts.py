@@ -31,6 +31,7 @@ ROLLBACK = "rollback"
 WITHDRAWN = "withdrawn"
 NEGATIVE_SKILL = "negative_skill"
 CADENCE_CHANGED = "cadence_changed"
+VERSION_REFUSED = "version_refused"  # a version failed verification (registry/integrity.py) and does not serve
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def payload(alert: Alert) -> dict:
     return {
         "text": alert.text,
         "attachments": [{
-            "color": "danger" if alert.event in (REGRESSION, JOB_FAILED, WITHDRAWN) else "warning",
+            "color": "danger" if alert.event in (REGRESSION, JOB_FAILED, WITHDRAWN, VERSION_REFUSED) else "warning",
             "fields": [{"title": k, "value": str(v), "short": len(str(v)) < 40}
                        for k, v in alert.fields.items()],
         }],
@@ -136,6 +137,27 @@ def guard_alerts(decision: GuardDecision, name: str, version: str | int) -> list
             f"(val_mae_skill {serving.val_mae_skill:.4g} against persistence)"),
             {**fields, "serving": who, "val_mae_skill": serving.val_mae_skill}))
     return alerts
+
+
+def alias_move_alert(event: str, name: str, from_version: str | None, to_version: str | None, reason: str,
+                     extra: dict | None = None) -> Alert:
+    """The alert of an alias move outside the guard: a rollback or a withdrawal of @production."""
+    after = (f"v{to_version}" if to_version else
+             "none (the predictor serves the pooled adapter, else the base, meanwhile)")
+    icon = ":rotating_light:" if event == WITHDRAWN else ":leftwards_arrow_with_hook:"
+    verb = "withdrawn" if event == WITHDRAWN else "rolled back"
+    text = f"{icon} {name}@production {verb}: v{from_version or '-'} -> {after}: {reason}"
+    fields = {"registered_model": name, "from_version": from_version or "none", "to_version": to_version or "none",
+              "reason": reason, **(extra or {})}
+    return Alert(event, text, fields)
+
+
+def send_alias_move_alert(event: str, name: str, from_version: str | None, to_version: str | None, reason: str,
+                          webhook: str | None, extra: dict | None = None, *,
+                          retry: RetryPolicy = ALERT_RETRY) -> DeliveryResult:
+    """Send `alias_move_alert`; never raises (see send_alert)."""
+    alert = alias_move_alert(event, name, from_version, to_version, reason, extra)
+    return send_alert(alert.event, alert.text, alert.fields, webhook, retry=retry)
 
 
 def send_guard_alerts(decision: GuardDecision, name: str, version: str | int,

@@ -6,7 +6,7 @@ Registered models
 Aliases (per registered model)
     @production            what the predictor serves
     @staging               the newest candidate that is not in production
-    @previous_production   where a rollback goes by default (kept by retention like any alias)
+    @previous_production   what @production replaced (kept by retention like any alias)
 Registered-model tags
     kronos.cadence         JSON: monthly/quarterly, since, why, recent retrains with Sharpe deltas
     kronos.audit.NNNNNN    JSON, one per promotion / rollback / refusal / cadence change / retention
@@ -14,7 +14,9 @@ Version tags (written from the guard's decision, see guard.GuardDecision.as_tags
     asset_class, val_mae, val_sharpe, pooled_val_mae, production_val_mae, base_val_mae,
     sharpe_delta, guard_reference, guard_decision, guard_reason, regression_alert;
     rolled_back_reason on a version a rollback moved away from; withdrawn_reason on a version
-    the monthly incumbent check took @production from.
+    the monthly incumbent check took @production from; sha256.<file> per adapter file, written at
+    registration (tracking/pyfunc.register_adapter_model), checked before a version serves
+    (registry/integrity.py).
 """
 
 from __future__ import annotations

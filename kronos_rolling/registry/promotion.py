@@ -6,10 +6,15 @@ each with retries; if one write still fails, the writes already made are undone 
 reverse order, so a failed promotion leaves the model exactly as it was. Writers hold
 the model's registry lock, so two jobs on one machine never interleave their writes.
 
-Rollback goes, by default, to @previous_production: the version that held @production
-before the current one was promoted. After a rollback to version A,
-@previous_production becomes the version A itself replaced when it was promoted, so
-repeated rollbacks walk back through the promotions.
+Before a version may serve, `promote`, `rollback` and a guard promotion run the one
+verification (registry/integrity.py: recorded sha256 of every file, finite tensors, the
+right asset class); a version that fails it is refused with the reason and nothing moves.
+
+Rollback goes, by default, to the newest version older than the one serving (or, after a
+withdrawal, than none: the newest) that the guard promoted and that passes verification;
+hand-promoted and never-promoted versions, and versions that fail verification, are
+skipped with a note. So repeated rollbacks walk back through the guard's promotions.
+A rollback and a withdrawal each send an alert (alerts.send_alias_move_alert).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -26,9 +31,9 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from kronos_rolling.errors import KronosError, RegistryError
+from kronos_rolling.errors import KronosError, ModelError, RegistryError
 from kronos_rolling.locks import registry_lock
-from kronos_rolling.registry import history
+from kronos_rolling.registry import alerts, history
 from kronos_rolling.registry.client import (
     call,
     find_version,
@@ -38,6 +43,7 @@ from kronos_rolling.registry.client import (
 )
 from kronos_rolling.registry.guard import GuardDecision
 from kronos_rolling.registry.history import Actor
+from kronos_rolling.registry.integrity import verify_version
 from kronos_rolling.registry.names import (
     PREVIOUS_PRODUCTION,
     PRODUCTION,
@@ -50,6 +56,7 @@ from kronos_rolling.settings import REGISTRY_LOCK_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 GUARD_PREFIX = "Guard: "  # starts the decision in a version's description
+GUARD_DECISION_TAG, GUARD_PROMOTED = "guard_decision", "promoted"  # as GuardDecision.as_tags writes them
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class AliasMove:
     previous_production: str | None  # @previous_production after
     reason: str
     audit_seq: int | None
+    notes: tuple[str, ...] = ()  # what a rollback skipped on its way to the target, and why
+    deliveries: tuple[alerts.DeliveryResult, ...] = ()  # the alert of a rollback or withdrawal
 
     @property
     def promoted(self) -> bool:
@@ -131,6 +140,38 @@ def check_version_usable(client: MlflowClient, name: str, version: str | int) ->
     return found
 
 
+def check_version_servable(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
+    """`check_version_usable`, then the verification (registry/integrity.py); IntegrityError when it fails."""
+    found = check_version_usable(client, name, version)
+    verify_version(client, found)
+    return found
+
+
+def rollback_target(client: MlflowClient, name: str, production: str | None) -> tuple[str, list[str]]:
+    """(version, notes): the newest version older than `production` (any, when None) that the guard
+    promoted and that passes verification; the notes say what was skipped and why."""
+    notes = []
+    for candidate in list_versions(client, name):  # newest first
+        number = candidate.version
+        if production is not None and int(number) >= int(production):
+            continue
+        if candidate.tags.get(GUARD_DECISION_TAG) != GUARD_PROMOTED:
+            decided = candidate.tags.get(GUARD_DECISION_TAG)
+            notes.append(f"skipped v{number}: " + ("the guard refused it" if decided else
+                                                   "the guard never promoted it (promoted by hand, or never)"))
+            continue
+        try:
+            check_version_servable(client, name, number)
+        except (ModelError, RegistryError) as exc:
+            notes.append(f"skipped v{number}: it fails verification ({exc})")
+            continue
+        return str(number), notes
+    below = f"older than v{production}" if production is not None else "at all"
+    raise RegistryError(
+        f"{name} has no version {below} that the guard promoted and that passes verification"
+        + (f" ({'; '.join(notes)})" if notes else "") + "; pass --to-version N to choose one by hand")
+
+
 def mark_staging(client: MlflowClient, name: str, version: str | int, *, lock_dir: Path) -> None:
     """Give a newly registered version @staging (the previous holder loses it)."""
     with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
@@ -152,7 +193,7 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
     version = str(version)
     actor = actor or Actor.current()
     with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
-        target = (check_version_usable(client, name, version) if decision.promote
+        target = (check_version_servable(client, name, version) if decision.promote
                   else find_version(client, name, version))
         if target is None:
             raise RegistryError(f"{name} v{version} does not exist; cannot record the guard's "
@@ -183,7 +224,7 @@ def promote(client: MlflowClient, name: str, version: str | int, reason: str, *,
     """Move @production to a version outside the guard (an operator's explicit choice)."""
     version = str(version)
     with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
-        check_version_usable(client, name, version)
+        check_version_servable(client, name, version)
         model = get_registered_model(client, name)
         state, model_tags = _aliases(model), model.tags
         with _all_or_nothing(client, name) as steps:
@@ -193,23 +234,25 @@ def promote(client: MlflowClient, name: str, version: str | int, reason: str, *,
 
 
 def rollback(client: MlflowClient, asset_class: str, to_version: str | int | None = None, *,
-             reason: str, lock_dir: Path, actor: Actor | None = None, at: datetime | None = None) -> AliasMove:
-    """Point @production back at `to_version` (default: @previous_production) and say why."""
+             reason: str, lock_dir: Path, actor: Actor | None = None, at: datetime | None = None,
+             webhook: str | None = None) -> AliasMove:
+    """Point @production back at `to_version` (default: `rollback_target`), say why, and alert."""
     name = registered_model_name(asset_class)
     if not reason.strip():
         raise RegistryError("a rollback needs a reason (--reason), it goes into the audit trail")
     with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         model = get_registered_model(client, name)
         state = _aliases(model)
-        target = str(to_version) if to_version is not None else state.previous_production
-        if target is None:
-            current = f"v{state.production}" if state.production else "none"
-            raise RegistryError(
-                f"{name} has no @previous_production to roll back to (@production: {current}; "
-                "no earlier promotion is left); pass --to-version N")
-        if target == state.production:
-            raise RegistryError(f"v{target} already holds {name}@production; nothing to roll back")
-        check_version_usable(client, name, target)
+        notes: list[str] = []
+        if to_version is not None:
+            target = str(to_version)
+            if target == state.production:
+                raise RegistryError(f"v{target} already holds {name}@production; nothing to roll back")
+            check_version_servable(client, name, target)
+        else:
+            target, notes = rollback_target(client, name, state.production)
+        for note in notes:
+            log.warning("rollback of %s: %s", name, note)
         entries = history.entries_from_tags(model.tags)
         new_previous = _predecessor(client, name, entries, target)
         with _all_or_nothing(client, name) as steps:
@@ -224,14 +267,18 @@ def rollback(client: MlflowClient, asset_class: str, to_version: str | int | Non
                                       state.production, target, reason,
                                       actor or Actor.current(), at)
             _write_audit(steps, client, name, entry)
-            return AliasMove(name, history.ROLLBACK, target, state.production, target,
-                             new_previous, reason, entry.seq)
+            move = AliasMove(name, history.ROLLBACK, target, state.production, target,
+                             new_previous, reason, entry.seq, tuple(notes))
+    delivery = alerts.send_alias_move_alert(alerts.ROLLBACK, name, move.from_version, move.to_version, reason,
+                                            webhook, {"audit_seq": move.audit_seq, "skipped": "; ".join(notes)})
+    return replace(move, deliveries=(delivery,))
 
 
 def withdraw_production(client: MlflowClient, asset_class: str, reason: str, *, lock_dir: Path,
-                        actor: Actor | None = None, at: datetime | None = None) -> AliasMove:
-    """Take @production away (the predictor falls back to the pooled adapter); the withdrawn
-    version becomes @previous_production, so `rollback` puts it back."""
+                        actor: Actor | None = None, at: datetime | None = None, webhook: str | None = None,
+                        alert_fields: dict | None = None) -> AliasMove:
+    """Take @production away (the predictor falls back to the pooled adapter), and alert; the
+    withdrawn version becomes @previous_production, and `rollback` puts it back."""
     name = registered_model_name(asset_class)
     with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
         model = get_registered_model(client, name)
@@ -247,8 +294,12 @@ def withdraw_production(client: MlflowClient, asset_class: str, reason: str, *, 
             entry = history.new_entry(history.next_seq(model.tags), history.WITHDRAW, state.production, None,
                                       reason, actor or Actor.current(), at)
             _write_audit(steps, client, name, entry)
-            return AliasMove(name, history.WITHDRAW, state.production, state.production, None, state.production,
+            move = AliasMove(name, history.WITHDRAW, state.production, state.production, None, state.production,
                              reason, entry.seq)
+    delivery = alerts.send_alias_move_alert(alerts.WITHDRAWN, name, move.from_version, None, reason, webhook,
+                                            {"version": move.version, "audit_seq": move.audit_seq,
+                                             **(alert_fields or {})})
+    return replace(move, deliveries=(delivery,))
 
 
 def _move_production(steps: "_Steps", client: MlflowClient, name: str, state: AliasState,

@@ -5,7 +5,7 @@
                             per item, in order: a forecast, or an error naming the item's fields
                             (items[1].bars[3].high). 200 when any item is answered, else 422.
     GET  /health            served versions, registry freshness, device, warnings (no auth)
-    GET  /models            label -> registered model, version, alias, loaded_at, source
+    GET  /models            label -> registered model, version, alias, loaded_at, source; refused versions
     GET  /metrics           Prometheus text format
     POST /webhooks/mlflow   MLflow registry webhook: read the registry now
     POST /admin/refresh     read the registry now and wait for the result
@@ -225,7 +225,7 @@ def create_app(service: PredictorService) -> FastAPI:
 
     @app.get("/models", dependencies=protected, summary="Per label: the version served and where it came from")
     def models():
-        return {"base": service.base.to_dict(), "models": service.models()}
+        return {"base": service.base.to_dict(), "models": service.models(), "refused": service.refusals()}
 
     @app.get("/metrics", dependencies=protected, summary="Prometheus metrics")
     def prometheus():

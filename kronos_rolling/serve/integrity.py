@@ -3,9 +3,9 @@
 Three checks, each refusing with a message that names the file:
 - sizes: every file the registry lists for the bundle is here with the listed size (an
   interrupted download leaves a file short or missing);
-- digest: the sha256 of every file, folded into one `bundle_digest`, equals the digest
-  recorded for the version (the `bundle_sha256` version or run tag, when the job that
-  registered it wrote one) or in the local cache's manifest;
+- digest: the sha256 of every file, folded into one `bundle_digest`, equals the digest the
+  version's `sha256.<file>` tags fold into (written at registration, see `digest_tags`) or
+  the local cache's manifest;
 - formats: JSON files parse and safetensors files hold whole tensors (this catches a
   truncated or garbled file even where no digest was recorded).
 """
@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from kronos_rolling.errors import ModelError
 
-BUNDLE_DIGEST_TAG = "bundle_sha256"  # version (or run) tag: bundle_digest() of the registered bundle
+DIGEST_TAG_PREFIX = "sha256."  # version tag per bundle file, written at registration: sha256.<path in the bundle>
 _CHUNK = 1 << 20
 
 
@@ -48,7 +48,7 @@ def manifest_digest(manifest: dict[str, dict]) -> str:
 
 
 def bundle_digest(folder: Path) -> str:
-    """The digest a registering job records as the `bundle_sha256` tag of a version."""
+    """One sha256 over the bundle's files (what /models reports as a served version's `bundle_sha256`)."""
     return manifest_digest(file_manifest(folder))
 
 
@@ -82,8 +82,8 @@ def check_manifest(folder: Path, manifest: dict[str, dict], what: str) -> None:
 def check_digest(manifest: dict[str, dict], expected: str, what: str) -> None:
     actual = manifest_digest(manifest)
     if actual != expected:
-        raise ModelError(f"{what}: bundle sha256 {actual[:12]} does not match the recorded "
-                         f"{BUNDLE_DIGEST_TAG} {expected[:12]}; the download is corrupt or incomplete")
+        raise ModelError(f"{what}: bundle sha256 {actual[:12]} does not match the digest recorded at "
+                         f"registration {expected[:12]}; the download is corrupt or incomplete")
 
 
 def check_formats(folder: Path, what: str) -> None:
@@ -102,3 +102,20 @@ def check_formats(folder: Path, what: str) -> None:
             except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
                 raise ModelError(f"{what}: {path.name} is not a readable safetensors file ({exc}); "
                                  "the file is corrupt or truncated") from exc
+
+
+def digest_tags(bundle_dir: Path) -> dict[str, str]:
+    """The version tags that record the bundle's files: {"sha256.<file>": hex digest}."""
+    return {DIGEST_TAG_PREFIX + name: entry["sha256"] for name, entry in file_manifest(bundle_dir).items()}
+
+
+def recorded_files(tags: dict[str, str]) -> dict[str, str]:
+    """{file: sha256} as the version's tags record them (empty: registered before they were)."""
+    return {key[len(DIGEST_TAG_PREFIX):]: value for key, value in (tags or {}).items()
+            if key.startswith(DIGEST_TAG_PREFIX)}
+
+
+def recorded_digest(tags: dict[str, str]) -> str | None:
+    """The bundle digest (serve/integrity.manifest_digest) the recorded files fold into, if any."""
+    files = recorded_files(tags)
+    return manifest_digest({name: {"sha256": sha} for name, sha in files.items()}) if files else None

@@ -9,8 +9,10 @@ local cache of the last resolved versions), then starts a background thread that
   lock) and, while it does, runs inference on `busy_threads` CPU threads at `busy_nice`
   lower priority, so the fine-tune keeps most of a shared CPU and inference keeps answering.
 
-A version that fails verification, names another base, or cannot be loaded is refused:
-the previous version keeps serving and `/health` says why. The registry being down only
+A version that fails verification (registry/integrity.py: the sha256 of every file recorded
+at registration, finite tensors, the registered model's asset class), names another base,
+or cannot be loaded is refused: the previous version keeps serving, `/health` and
+`/models` list it as refused with the reason, and a `version_refused` alert goes out. The registry being down only
 makes the state stale; nothing is unloaded.
 """
 
@@ -44,6 +46,8 @@ from kronos_rolling.errors import (
 from kronos_rolling.locks import device_busy
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.forecast import ForecastResult
+from kronos_rolling.registry import alerts
+from kronos_rolling.registry.integrity import check_bundle, check_class
 from kronos_rolling.registry.names import POOLED, PRODUCTION
 from kronos_rolling.serve.cache import CachedVersion, VersionCache
 from kronos_rolling.serve.pool import AdapterPool, LoadedAdapter
@@ -309,7 +313,9 @@ class PredictorService:
             if (now - prior.at).total_seconds() < wait:
                 return f"still refusing {ref.describe()}"
         try:
+            check_class(ref.registered_model, ref.version, ref.tags)  # before any download
             cached = self._obtain(ref)
+            check_bundle(cached.bundle_dir, ref.registered_model, ref.version, ref.tags)
             installed = self._install(label, ref.registered_model, ref.version, ref.alias, cached, "registry",
                                       tags=ref.tags)
         except (ModelError, DataError) as exc:
@@ -356,11 +362,17 @@ class PredictorService:
                                  digest=cached.digest, source=source, tags=tags)
 
     def _refuse(self, label: str, registered_model: str, version: str, reason: str, now: datetime) -> None:
+        prior = self.refused.get(label)
         self.refused = {**self.refused, label: Refusal(registered_model, version, reason, now)}
         self._count(self._refusals, label)
         still = self.pool.served.get(label)
-        log.error("refused %s v%s: %s%s", registered_model, version, reason,
-                  f"; still serving v{still.version}" if still else "")
+        serving = f"v{still.version} keeps serving" if still else "nothing of it serves (the fallback answers)"
+        log.error("refused %s v%s: %s; %s", registered_model, version, reason, serving)
+        if prior is None or (prior.registered_model, prior.version) != (registered_model, version):
+            alerts.send_alert(alerts.VERSION_REFUSED,
+                              f":no_entry: predictor refused {registered_model} v{version}: {reason}; {serving}",
+                              {"registered_model": registered_model, "version": version, "reason": reason,
+                               "still_serving": still.version if still else "none"}, self.settings.alert_webhook)
 
     def _load_cached_resolved(self, only: str | None = None) -> None:
         """Serve the last resolved versions from the local cache (the registry cannot tell us)."""
@@ -378,6 +390,7 @@ class PredictorService:
                 continue  # the refused version is the cached one: nothing older to fall back to
             try:
                 cached = self.cache.load(name, version)
+                check_bundle(cached.bundle_dir, name, version, cached.manifest.get("tags") or {})
                 self._install(label, name, version, entry.get("alias", PRODUCTION), cached, "cache")
                 self._count(self._swaps, label)
             except (ModelError, DataError) as exc:
@@ -494,6 +507,11 @@ class PredictorService:
             }
         return report
 
+    def refusals(self) -> list[dict]:
+        """The versions refused (for /health and /models): label, version, reason, when."""
+        return [{"label": label, "registered_model": r.registered_model, "version": r.version,
+                 "reason": r.reason, "at": _iso(r.at)} for label, r in sorted(self.refused.items())]
+
     def health(self, now: datetime) -> dict:
         served = self.pool.served
         freshness = registry_freshness(self.last_success, self.last_failure, now, self.settings.poll_interval_s)
@@ -524,8 +542,7 @@ class PredictorService:
             "routes": {c: {"served_as": r.label, "registered_model": r.candidate and r.candidate.registered_model,
                            "version": r.candidate and r.candidate.version, "fallback": r.fallback}
                        for c, r in routes.items()},
-            "refused": [{"label": label, "registered_model": r.registered_model, "version": r.version,
-                         "reason": r.reason, "at": _iso(r.at)} for label, r in sorted(self.refused.items())],
+            "refused": self.refusals(),
             "device": {"type": str(self.pool.base_forecaster.device), "training_busy": self.device_busy,
                        "inference_threads": self.inference_threads(),
                        "inference_nice": self.inference_nice()},

@@ -6,8 +6,8 @@ refused, timeout, 5xx) raises `RegistryUnavailable` so the caller keeps what it 
 
 `RegistrySource.download` fetches one pinned version (`models:/NAME/VERSION`) into a
 temporary folder and refuses it unless the bundle is whole: every file the registry lists
-is present with its size, the bundle digest matches the version's `bundle_sha256` tag
-(or its run's tag) when one was recorded, and every file parses.
+is present with its size, the bundle digest matches the one its `sha256.<file>` tags fold
+into, and every file parses; the service then runs registry/integrity.check_bundle on it.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from kronos_rolling.errors import RegistryError, RegistryUnavailable
 from kronos_rolling.registry.client import is_missing
 from kronos_rolling.registry.names import PRODUCTION, registered_model_name
 from kronos_rolling.serve.integrity import (
-    BUNDLE_DIGEST_TAG,
     check_digest,
     check_formats,
     check_sizes,
     file_manifest,
+    recorded_digest,
 )
 from kronos_rolling.tracking.adapters import fetch_adapter
 from kronos_rolling.tracking.context import Tracking
@@ -80,20 +80,8 @@ class RegistrySource:
         return VersionRef(label, name, str(version.version), alias, version.run_id, dict(version.tags or {}))
 
     def recorded_digest(self, ref: VersionRef) -> str | None:
-        """The bundle digest recorded for the version (version tag, else its run's tag), if any."""
-        if ref.tags.get(BUNDLE_DIGEST_TAG):
-            return ref.tags[BUNDLE_DIGEST_TAG]
-        if not ref.run_id:
-            return None
-        try:
-            return self.client.get_run(ref.run_id).data.tags.get(BUNDLE_DIGEST_TAG)
-        except MlflowException as exc:
-            if is_missing(exc):
-                return None
-            raise RegistryUnavailable(f"cannot read run {ref.run_id} of {ref.describe()}: "
-                                      f"{_first_line(exc.message)}") from exc
-        except (requests.RequestException, OSError) as exc:
-            raise RegistryUnavailable(f"cannot reach the registry at {self.describe()}: {exc}") from exc
+        """The bundle digest the version's `sha256.<file>` tags fold into (None: it records none)."""
+        return recorded_digest(ref.tags)
 
     def download(self, ref: VersionRef, scratch: Path, expected_digest: str | None) -> Path:
         """Download the version under `scratch` and verify it; returns the bundle folder."""
@@ -106,10 +94,8 @@ class RegistrySource:
         source = fetch_adapter(str(local), None)  # the bundle inside the pyfunc model; ModelError when files are missing
         bundle = source.bundle_dir
         check_sizes(bundle, self._listed_sizes(ref, bundle.relative_to(Path(local).resolve()).as_posix()), what)
-        if expected_digest is not None:
+        if expected_digest is not None:  # else check_bundle refuses it: it records no files
             check_digest(file_manifest(bundle), expected_digest, what)
-        else:
-            log.info("%s records no %s; checked sizes and file formats only", ref.describe(), BUNDLE_DIGEST_TAG)
         check_formats(bundle, what)
         return bundle
 

@@ -50,7 +50,7 @@ class AdapterSource:
         return self.uri
 
 
-def _bundle_in(local: Path) -> Path:
+def bundle_in(local: Path) -> Path:
     """The bundle folder inside a downloaded pyfunc model, or the folder itself."""
     if (local / "MLmodel").exists():
         artifacts = Model.load(str(local)).flavors.get("python_function", {}).get("artifacts", {})
@@ -68,7 +68,7 @@ def fetch_adapter(uri: str, tracking: Tracking | None, dst: Path | None = None) 
     source = AdapterSource(uri=uri, bundle_dir=Path(uri))
     folder = Path(uri).expanduser()
     if folder.is_dir():
-        source.bundle_dir = _bundle_in(folder.resolve())
+        source.bundle_dir = bundle_in(folder.resolve())
     else:
         if tracking is None:
             raise ModelError(f"adapter {uri!r} is not a folder here; an MLflow URI needs a tracking server")
@@ -88,7 +88,7 @@ def fetch_adapter(uri: str, tracking: Tracking | None, dst: Path | None = None) 
             local = tracking.download(uri, dst)
         except MlflowException as exc:
             raise RegistryError(f"cannot download adapter {uri}: {exc.message}") from exc
-        source.bundle_dir = _bundle_in(local)
+        source.bundle_dir = bundle_in(local)
     missing = [n for n in ("adapter_config.json", "adapter_model.safetensors") if not (source.bundle_dir / n).exists()]
     if missing:
         raise ModelError(f"adapter at {source.uri} lacks {', '.join(missing)}; it is incomplete or not an adapter")

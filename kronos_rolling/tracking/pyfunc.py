@@ -43,10 +43,12 @@ from kronos_rolling.data.assets import classify_asset
 from kronos_rolling.data.bars import clean_bars
 from kronos_rolling.errors import DataError
 from kronos_rolling.model.forecast import Forecaster
+from kronos_rolling.serve.integrity import digest_tags
 from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,
     AdapterSource,
+    bundle_in,
     load_forecast_model,
 )
 from kronos_rolling.tracking.runs import MODEL_NAME, TrackedRun
@@ -192,11 +194,21 @@ def log_adapter_model(run: TrackedRun, bundle_dir: Path, bars: pd.DataFrame, nam
 
 def register_adapter_model(client: MlflowClient, name: str, model_uri: str, run_id: str, *, tags: dict[str, str],
                            description: str, await_s: int = 120) -> ModelVersion:
-    """A new version of the registered model `name` (created when missing) from a logged adapter model."""
+    """A new version of the registered model `name` (created when missing) from a logged adapter model.
+
+    The version records the sha256 of every file of its adapter bundle, as stored, in
+    `sha256.<file>` tags (serve/integrity.digest_tags): what registry/integrity.py checks
+    before the version may serve."""
+    model_id = model_uri.removeprefix("models:/")
+    with tempfile.TemporaryDirectory(prefix="kronos-register-") as scratch:
+        location = client.get_logged_model(model_id).artifact_location
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=scratch,
+                                                         tracking_uri=client.tracking_uri))
+        tags = {**tags, **digest_tags(bundle_in(local.resolve()))}
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="LoRA adapter + event embedding of Kronos, retrained "
                                                           "by kronos-rolling")
-    return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_uri.removeprefix("models:/"),
+    return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
                                        tags=tags, description=description, await_creation_for=await_s)

@@ -399,7 +399,8 @@ def stop_process_tree(pid: int, timeout: float = 15.0) -> bool:
 
 
 class TrackingServer:
-    """A `mlflow server` child process, in its own process group so stop() ends all of it."""
+    """A `mlflow server` child process under a supervisor (tracking/supervisor.py), in its own process
+    group: stop() ends all of it, and so does the end of this process, even by SIGKILL."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -429,8 +430,12 @@ class TrackingServer:
             out = open(self.config.log_file, "ab")
         else:
             out = subprocess.DEVNULL
+        # The supervisor (tracking/supervisor.py) runs `mlflow server` and takes it and its workers
+        # down when this process ends, whatever ends it (kill -9 included).
+        supervised = [sys.executable, "-m", "kronos_rolling.tracking.supervisor", str(os.getpid()), "--",
+                      *self.config.command()]
         self.process = subprocess.Popen(
-            self.config.command(), env=env, stdout=out, stderr=subprocess.STDOUT,
+            supervised, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         where = ("see its output above" if self.config.console_output

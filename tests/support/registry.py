@@ -1,9 +1,9 @@
 """Real parts shared by the registry tests.
 
 - `register_stand_in`: a model version made the way training makes one: an MLflow run
-  that logs a file, a logged model holding a few KB of adapter bytes, registered by its
-  `models:/` URI. It stands in for the lead's pyfunc version; the registry lifecycle
-  never looks inside it.
+  that logs a file, a logged model holding a small adapter bundle (safetensors + metadata),
+  registered by its `models:/` URI with its file digests. It stands in for the pyfunc
+  version; the registry lifecycle only verifies its files (registry/integrity.py).
 - `FaultProxy`: a real HTTP proxy in front of the tracking server that fails chosen
   requests (503) a chosen number of times, to produce real transient failures.
 - `Receiver`: a real webhook receiver that records JSON bodies and can fail the first N.
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -30,19 +29,39 @@ from kronos_rolling.settings import Thresholds
 
 
 def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: int = 4096,
-                      experiment: str = "registry-tests"):
-    """Train-run stand-in: run + logged model with real bytes, registered as a new version."""
+                      experiment: str = "registry-tests", label: str | None = None, nan: bool = False,
+                      class_tag: str | None = None):
+    """Train-run stand-in: a run (params, metrics, a plot, the bundle as its `adapter` artifact) + a
+    logged model holding a small adapter bundle (a safetensors file of
+    `adapter_bytes` bytes of finite weights, or NaN ones with `nan`, and metadata.json saying it was
+    trained for `label`, default the class), registered the way training registers a version: by
+    its `models:/` URI, with the `asset_class` tag (`class_tag`, default the class) and the sha256
+    of every file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from kronos_rolling.tracking.pyfunc import register_adapter_model
+
     name = registered_model_name(asset_class)
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_experiment(experiment)
+    weights = torch.randn(max(1, adapter_bytes // 4), generator=torch.Generator().manual_seed(adapter_bytes))
+    if nan:
+        weights[::2] = float("nan")
     with mlflow.start_run() as run, tempfile.TemporaryDirectory() as folder:
         mlflow.log_text(json.dumps({"asset_class": asset_class}), "metadata.json")
+        mlflow.log_params({"asset_class": asset_class, "lookback": 32})
+        mlflow.log_metrics({"val_mae": 0.01 * adapter_bytes ** 0.5, "train_loss": 1.0})
+        mlflow.log_text("a forecast plot's bytes", "plots/forecast.png")
         model = mlflow.initialize_logged_model(name="adapter", source_run_id=run.info.run_id)
-        Path(folder, "adapter.bin").write_bytes(os.urandom(adapter_bytes))
-        Path(folder, "metadata.json").write_text(json.dumps({"asset_class": asset_class}))
+        save_file({"lora_A": weights}, str(Path(folder, "adapter_model.safetensors")))
+        Path(folder, "metadata.json").write_text(json.dumps({"label": label or asset_class}))
+        mlflow.log_artifacts(folder, "adapter")  # the run's copy of the bundle, as training logs it
         client.log_model_artifacts(model.model_id, folder)
         mlflow.finalize_logged_model(model.model_id, "READY")
-    return mlflow.register_model(f"models:/{model.model_id}", name)
+    return register_adapter_model(client, name, f"models:/{model.model_id}", run.info.run_id,
+                                  tags={"asset_class": class_tag or asset_class}, description="",
+                                  await_s=60)
 
 
 def figures(mae: float, sharpe: float = 0.5, version: str | None = None, skill: float = 0.1) -> EvalFigures:

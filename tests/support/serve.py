@@ -35,7 +35,6 @@ from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.lora import attach_lora, save_adapter_bundle
 from kronos_rolling.registry.names import registered_model_name
-from kronos_rolling.serve.integrity import BUNDLE_DIGEST_TAG, bundle_digest
 from kronos_rolling.settings import load_settings
 from kronos_rolling.tracking.adapters import ADAPTER_ARTIFACT, METADATA_FILE
 from kronos_rolling.tracking.context import Tracking
@@ -70,19 +69,19 @@ def build_bundle(base_dir: Path, out_dir: Path, seed: int, *, val_mae: float = 0
 
 
 def register_version(client: MlflowClient, base_dir: Path, label: str, seed: int, *,
-                     val_mae: float = 0.02, digest_tag: bool = True, example: pd.DataFrame | None = None,
-                     lora: LoraSettings | None = None, experiment: str = "serve-tests") -> str:
-    """Register a new version of kronos-lora-<label>; returns its version number."""
+                     val_mae: float = 0.02, example: pd.DataFrame | None = None,
+                     lora: LoraSettings | None = None, experiment: str = "serve-tests",
+                     registered_as: str | None = None, scale: float = 0.5) -> str:
+    """Register a new version of kronos-lora-<registered_as> (default: the bundle's `label`), tagged with
+    its asset class; returns its version number. `scale`: of the LoRA weights (NaN: a NaN adapter)."""
     from kronos_rolling.tracking.pyfunc import log_adapter_model, register_adapter_model
 
-    name = registered_model_name(label)
+    name = registered_model_name(registered_as or label)
     tracking = Tracking.connect(client.tracking_uri, check=False)
     with tempfile.TemporaryDirectory(prefix="serve-bundle-") as folder:
         bundle = build_bundle(base_dir, Path(folder) / ADAPTER_ARTIFACT, seed, val_mae=val_mae, label=label,
-                              lora=lora)
+                              lora=lora, scale=scale)
         tags = {"asset_class": label, "val_mae": f"{val_mae:.6g}"}
-        if digest_tag:
-            tags[BUNDLE_DIGEST_TAG] = bundle_digest(bundle)
         with start_run(tracking, experiment) as run:
             model_uri = log_adapter_model(run, bundle, example if example is not None else sample_frame("BTCUSD", 48))
     return register_adapter_model(client, name, model_uri, run.run_id, tags=tags, description="a serve test's",

@@ -115,3 +115,30 @@ def test_the_default_base_is_the_setting_then_this_machines_config(tmp_path):
     home.config_file.write_text("{not json")
     with pytest.raises(ConfigError, match="config.json"):
         default_base_model(None, home)
+
+
+@pytest.mark.parametrize("environ, words", [
+    ({"KRONOS_MLFLOW_PORT": "0"}, "port 0 is not a TCP port"),
+    ({"KRONOS_MLFLOW_PORT": "70000"}, "port 70000 is not a TCP port"),
+    ({"KRONOS_MLFLOW_WORKERS": "0"}, "workers=0 must be >= 1"),
+    ({"KRONOS_KEEP_VERSIONS": "0"}, "keep_versions=0"),
+    ({"KRONOS_SERVE_MAX_BARS": "0"}, "max_bars must be >= 1"),
+])
+def test_out_of_range_settings_are_refused_not_ignored(environ, words):
+    with pytest.raises(ConfigError, match=words):
+        load_settings(environ)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["forecast", "--csv", "x.csv", "--max-context", "0"], "--max-context"),
+    (["serve", "--port", "0"], "--port"),
+    (["server", "--port", "70000"], "--port"),
+    (["server", "--workers", "0"], "--workers"),
+])
+def test_out_of_range_options_are_refused_before_anything_runs(args, words):
+    from click.testing import CliRunner
+
+    from kronos_rolling.cli.main import main as cli
+
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and words in result.output and "range" in result.output, result.output

@@ -121,7 +121,8 @@ def test_rollback_walks_back_through_promotions(clean_registry, cli, lock_dir):
     assert (again.from_version, again.to_version, again.previous_production) == (v2, v1, None)
     nowhere = cli("rollback", "--asset-class", "crypto", "--reason", "more")
     assert nowhere.exit_code == RegistryError.exit_code
-    assert "no @previous_production" in nowhere.output and "--to-version" in nowhere.output
+    assert f"no version older than v{v1} that the guard promoted" in nowhere.output
+    assert "--to-version" in nowhere.output
 
     explicit = cli("rollback", "--asset-class", "crypto", "--to-version", v3)  # the command, as written
     assert explicit.exit_code == 0, explicit.output

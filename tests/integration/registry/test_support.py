@@ -29,5 +29,6 @@ def test_stand_in_version_has_real_artifacts(clean_registry):
     if not sizes:  # some stores list the model folder first
         sizes = {Path(f.path).name: f.file_size for d in listing if d.is_dir
                  for f in mlflow.artifacts.list_artifacts(artifact_uri=f"{uri}/{Path(d.path).name}")}
-    assert sizes["adapter.bin"] == 5000
+    assert sizes["adapter_model.safetensors"] >= 5000  # the weights plus the safetensors header
     assert version.name == "kronos-lora-crypto" and version.run_id
+    assert set(version.tags) >= {"asset_class", "sha256.adapter_model.safetensors", "sha256.metadata.json"}

@@ -22,6 +22,8 @@ import requests
 import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
+from safetensors import safe_open
+from safetensors.torch import save_file
 from support.serve import (
     REPO_ROOT,
     InProcessService,
@@ -130,8 +132,18 @@ def service_env(registry, tiny_base, data_dir, home, **extra) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def service(registry, versions, tiny_base, data_dir, home):
-    with ServiceProcess(env=service_env(registry, tiny_base, data_dir, home)) as process:
+def alert_receiver():
+    """The alert webhook of the module's service (KRONOS_ALERT_WEBHOOK)."""
+    from support.registry import Receiver
+
+    with Receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def service(registry, versions, tiny_base, data_dir, home, alert_receiver):
+    env = service_env(registry, tiny_base, data_dir, home, KRONOS_ALERT_WEBHOOK=alert_receiver.url)
+    with ServiceProcess(env=env) as process:
         yield process
 
 
@@ -225,7 +237,7 @@ def test_alias_flip_promotion_and_rollback_is_served_within_a_poll_with_no_faile
         wait_for(lambda: any(s[1] == "2" for s in seen[mark:]), 10, "v2 to be served")
         promotion_delay = time.monotonic() - flipped
         flipped = time.monotonic()
-        rollback(client, "crypto", reason="serve test: roll back", lock_dir=lock_dir)
+        rollback(client, "crypto", "1", reason="serve test: roll back", lock_dir=lock_dir)  # v1 was promoted by hand
         mark = len(seen)
         wait_for(lambda: any(s[1] == "1" for s in seen[mark:]), 10, "v1 to be served again")
         rollback_delay = time.monotonic() - flipped
@@ -408,27 +420,48 @@ def test_inference_keeps_working_while_a_training_job_holds_the_device(service, 
     assert device()["inference_threads"] == 2
 
 
-def test_a_corrupt_download_is_refused_and_the_previous_version_kept(service, registry, tiny_base, data_dir, lock_dir):
+def test_a_corrupt_download_is_refused_and_the_previous_version_kept(service, registry, tiny_base, data_dir, lock_dir,
+                                                                    alert_receiver):
+    """Versions that may not serve reach @production around `promote` (the alias set by hand, as the
+    MLflow UI does): a same-size NaN corruption of the stored adapter, a NaN adapter whose digests
+    match, an equity adapter registered under kronos-lora-crypto. The predictor refuses each, v1 keeps
+    answering, /health and /models list the refusal with its reason, and an alert goes out."""
     _, client, server_dir = registry
     source = client.get_model_version("kronos-lora-crypto", "3").source  # models:/m-<id>
     model_id = source.rsplit("/", 1)[-1]
     [stored] = [p for p in (server_dir / "artifacts").rglob("adapter_model.safetensors") if model_id in str(p)]
-    data = bytearray(stored.read_bytes())
-    data[-10] ^= 0xFF  # same size, one byte flipped: only the checksum can tell
-    stored.write_bytes(bytes(data))
-    set_production(client, "crypto", "3")
+    size = stored.stat().st_size
+    with safe_open(str(stored), framework="pt") as opened:
+        header = opened.metadata()
+        weights = {key: torch.full_like(opened.get_tensor(key), float("nan")) for key in opened.keys()}
+    save_file(weights, str(stored), metadata=header)
+    assert stored.stat().st_size == size  # same size, same format: only the checksum can tell
+    nan_adapter = register_version(client, tiny_base, "crypto", 14, scale=float("nan"))
+    equity_adapter = register_version(client, tiny_base, "equity", 15, registered_as="crypto")
 
     def refused() -> list:
         return requests.get(service.url + "/health", timeout=10).json()["refused"]
 
-    [refusal] = wait_for(refused, 10, "the corrupt version to be refused")
-    assert (refusal["registered_model"], refusal["version"]) == ("kronos-lora-crypto", "3")
-    assert "sha256" in refusal["reason"]
-    health = requests.get(service.url + "/health", timeout=10).json()
-    assert health["status"] == "degraded" and "still serving v1" in " ".join(health["warnings"])
-    answer = ask(service, "BTCUSD").json()
-    assert answer["model"]["version"] == "1"
-    np.testing.assert_allclose(closes(answer), expected(tiny_base, data_dir, "BTCUSD", 11, "crypto"), rtol=1e-5)
+    for version, reason in (("3", "recorded at registration"),
+                            (nan_adapter, "non-finite value"),
+                            (equity_adapter, "tagged asset_class=equity but the model serves crypto")):
+        client.set_registered_model_alias("kronos-lora-crypto", "production", version)
+        [refusal] = wait_for(lambda v=version: [r for r in refused() if r["version"] == v], 20,
+                             f"v{version} to be refused")
+        assert refusal["registered_model"] == "kronos-lora-crypto" and reason in refusal["reason"]
+        health = requests.get(service.url + "/health", timeout=10).json()
+        assert health["status"] == "degraded" and "still serving v1" in " ".join(health["warnings"])
+        models = requests.get(service.url + "/models", headers=AUTH, timeout=10).json()
+        assert models["models"]["crypto"]["version"] == "1"
+        assert [(r["version"], reason in r["reason"]) for r in models["refused"]] == [(version, True)]
+        answer = ask(service, "BTCUSD").json()
+        assert answer["model"]["version"] == "1"
+        np.testing.assert_allclose(closes(answer), expected(tiny_base, data_dir, "BTCUSD", 11, "crypto"), rtol=1e-5)
+        wait_for(lambda v=version: [b for b in alert_receiver.bodies if b["kronos"]["fields"]["version"] == v], 10,
+                 f"the alert about v{version}")
+    sent = [b["kronos"] for b in alert_receiver.bodies]
+    assert {(a["event"], a["fields"]["version"]) for a in sent} == {
+        ("version_refused", "3"), ("version_refused", nan_adapter), ("version_refused", equity_adapter)}
     rollback(client, "crypto", to_version="1", reason="serve test: v3 is corrupt", lock_dir=lock_dir)
     wait_for(lambda: not refused(), 10, "the refusal to clear once production points at v1 again")
 

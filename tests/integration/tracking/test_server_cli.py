@@ -104,3 +104,40 @@ def test_a_taken_port_is_an_error_that_says_what_to_do(tmp_path, tracking_server
     assert result.returncode == 2
     assert f"something already answers at http://127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_kill_9_of_the_server_command_takes_its_workers_with_it(tmp_path, clean_client_env):
+    """SIGKILL runs nothing in the killed process; its supervisor child stops `mlflow server` and every
+    worker, so the port is free and a restart on it works."""
+    data_dir, log_file, port = tmp_path / "home", tmp_path / "server.out", free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    process = start(["--data-dir", str(data_dir), "--port", str(port), "--workers", "2"], env, log_file)
+    family = wait_serving(process, url, log_file)
+    assert len(family) >= 4, [(p.pid, p.name()) for p in family]  # command, supervisor, mlflow, workers
+
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    gone, alive = psutil.wait_procs(family[1:], timeout=30)
+    for orphan in alive:
+        orphan.kill()
+    assert not alive, f"orphans: {[(p.pid, p.name()) for p in alive]}"
+    deadline = time.monotonic() + 10
+    while not port_free(port):
+        assert time.monotonic() < deadline, f"port {port} still taken"
+        time.sleep(0.2)
+
+    again = start(["--data-dir", str(data_dir), "--port", str(port)], env, log_file)
+    assert stop(again, wait_serving(again, url, log_file), signal.SIGTERM) == 0

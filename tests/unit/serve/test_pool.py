@@ -206,7 +206,9 @@ def test_cold_start_without_registry_or_cache_serves_the_bare_base_with_a_warnin
     service = PredictorService(settings)
     # The last resolved crypto version in the cache was trained on another base.
     foreign = build_bundle(other_base, tmp_path / "foreign", seed=9)
-    service.cache.store("kronos-lora-crypto", "5", foreign)
+    from kronos_rolling.serve.integrity import digest_tags
+
+    service.cache.store("kronos-lora-crypto", "5", foreign, tags={"asset_class": "crypto", **digest_tags(foreign)})
     service.cache.record_resolved("crypto", "kronos-lora-crypto", "5", "production",
                                   __import__("datetime").datetime.now(__import__("datetime").timezone.utc))
     with TestClient(create_app(service)) as client:

@@ -192,7 +192,7 @@ def test_a_flipped_byte_fails_the_digest_and_garbled_json_the_format_check(bundl
     data[-5] ^= 0x01
     weights.write_bytes(bytes(data))
     check_formats(copy, "v1")  # still a well-formed file: only the digest can tell
-    with pytest.raises(ModelError, match="does not match the recorded bundle_sha256"):
+    with pytest.raises(ModelError, match="does not match the digest recorded at registration"):
         check_digest(file_manifest(copy), digest, "v1")
     (copy / "metadata.json").write_text('{"base": ')
     with pytest.raises(ModelError, match="metadata.json is not valid JSON"):
@@ -208,7 +208,7 @@ def test_the_cache_keeps_verified_versions_and_refuses_a_corrupt_one(bundle, tmp
     assert bundle_digest(loaded.bundle_dir) == bundle_digest(bundle)
     with pytest.raises(ModelError, match="differs from the registry's"):
         cache.load("kronos-lora-crypto", "3", expected_digest="0" * 64)
-    with pytest.raises(ModelError, match="does not match the recorded"):
+    with pytest.raises(ModelError, match="does not match the digest recorded"):
         cache.store("kronos-lora-crypto", "4", bundle, expected_digest="0" * 64)
     assert not cache.has("kronos-lora-crypto", "4")  # nothing half-written is left
     assert [p.name for p in (tmp_path / "cache" / "kronos-lora-crypto").iterdir()] == ["3"]

@@ -1,0 +1,129 @@
+"""registry/integrity.py on a real tracking server: what may serve, and what promote and rollback refuse."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import save_file
+from support.registry import Receiver, promote_decision, register_stand_in
+
+from kronos_rolling.registry import history
+from kronos_rolling.registry.integrity import IntegrityError
+from kronos_rolling.registry.promotion import (
+    alias_state,
+    apply_guard_decision,
+    promote,
+    rollback,
+    withdraw_production,
+)
+
+CRYPTO = "kronos-lora-crypto"
+
+
+def stored_file(tracking_server, client, version, name: str) -> Path:
+    """The file of a registered version in the server's artifact store (on this machine's disk)."""
+    model_id = re.search(r"m-[0-9a-f]+", client.get_model_version_download_uri(CRYPTO, version)).group(0)
+    [path] = [p for p in Path(tracking_server.config.artifacts_destination).rglob(name) if model_id in str(p)]
+    return path
+
+
+def nan_in_place(path: Path) -> None:
+    """Overwrite a safetensors file with NaN weights of the same shape: same size, same format."""
+    size = path.stat().st_size
+    weights = torch.full((1024,), float("nan"))
+    save_file({"lora_A": weights}, str(path))
+    assert path.stat().st_size == size
+
+
+def promoted(client, lock_dir, **kw) -> str:
+    version = register_stand_in(client, "crypto", **kw).version
+    apply_guard_decision(client, CRYPTO, version, promote_decision(), lock_dir=lock_dir)
+    return version
+
+
+def test_registration_records_every_files_sha256(clean_registry):
+    version = register_stand_in(clean_registry, "crypto")
+    digests = {k: v for k, v in version.tags.items() if k.startswith("sha256.")}
+    assert set(digests) == {"sha256.adapter_model.safetensors", "sha256.metadata.json"}
+    assert all(len(v) == 64 for v in digests.values())
+
+
+def test_a_same_size_nan_corruption_is_refused_by_promote_and_rollback(clean_registry, tracking_server, lock_dir,
+                                                                       cli):
+    client = clean_registry
+    v1 = promoted(client, lock_dir)
+    v2 = promoted(client, lock_dir)
+    v3 = promoted(client, lock_dir)
+    nan_in_place(stored_file(tracking_server, client, v2, "adapter_model.safetensors"))
+    audit_before = len(history.read_history(client, CRYPTO))
+
+    with pytest.raises(IntegrityError, match="adapter_model.safetensors does not match the sha256 recorded"):
+        promote(client, CRYPTO, v2, "operator", lock_dir=lock_dir)
+    refused = cli("rollback", "--asset-class", "crypto", "--to-version", v2, "--reason", "try v2")
+    assert refused.exit_code != 0 and "does not match the sha256 recorded" in refused.output
+    assert alias_state(client, CRYPTO).production == v3, "nothing moved"
+    assert len(history.read_history(client, CRYPTO)) == audit_before, "no audit entry for a refused move"
+
+    with Receiver() as receiver:
+        move = rollback(client, "crypto", reason="v3 is bad", lock_dir=lock_dir, webhook=receiver.url)
+    assert (move.from_version, move.to_version) == (v3, v1), "the corrupt v2 is skipped"
+    assert any(f"skipped v{v2}: it fails verification" in note for note in move.notes)
+    [alert] = [b["kronos"] for b in receiver.bodies]
+    assert alert["event"] == "rollback"
+    assert alert["fields"]["from_version"] == v3 and alert["fields"]["to_version"] == v1
+    assert f"skipped v{v2}" in alert["fields"]["skipped"]
+
+
+def test_a_nan_adapter_whose_digests_match_is_refused_as_not_finite(clean_registry, lock_dir):
+    client = clean_registry
+    promoted(client, lock_dir)
+    bad = register_stand_in(client, "crypto", nan=True).version
+    with pytest.raises(IntegrityError, match="non-finite value"):
+        promote(client, CRYPTO, bad, "operator", lock_dir=lock_dir)
+    with pytest.raises(IntegrityError, match="non-finite value"):
+        rollback(client, "crypto", bad, reason="try it", lock_dir=lock_dir)
+
+
+def test_an_equity_adapter_registered_under_crypto_is_refused(clean_registry, lock_dir):
+    client = clean_registry
+    tagged_equity = register_stand_in(client, "crypto", label="equity", class_tag="equity").version
+    with pytest.raises(IntegrityError, match="tagged asset_class=equity but the model serves crypto"):
+        promote(client, CRYPTO, tagged_equity, "operator", lock_dir=lock_dir)
+    trained_for_equity = register_stand_in(client, "crypto", label="equity").version
+    with pytest.raises(IntegrityError, match="says it was trained for equity, not crypto"):
+        promote(client, CRYPTO, trained_for_equity, "operator", lock_dir=lock_dir)
+    assert alias_state(client, CRYPTO).production is None
+
+
+def test_a_version_registered_without_file_digests_is_refused_with_the_fix(clean_registry, lock_dir):
+    """Versions registered before the sha256.<file> tags existed: refused, the fix is to re-register."""
+    client = clean_registry
+    version = register_stand_in(client, "crypto")
+    for key in [k for k in version.tags if k.startswith("sha256.")]:
+        client.delete_model_version_tag(CRYPTO, version.version, key)
+    with pytest.raises(IntegrityError, match="records no per-file sha256.*re-register it"):
+        promote(client, CRYPTO, version.version, "operator", lock_dir=lock_dir)
+
+
+def test_rollback_after_a_withdrawal_goes_to_the_newest_verified_guard_promotion_and_alerts(clean_registry,
+                                                                                          lock_dir):
+    client = clean_registry
+    v1 = promoted(client, lock_dir)
+    v2 = register_stand_in(client, "crypto").version
+    promote(client, CRYPTO, v2, "by hand", lock_dir=lock_dir)  # hand-promoted: never a default target
+    with Receiver() as receiver:
+        withdrawn = withdraw_production(client, "crypto", "incumbent check: worse than pooled", lock_dir=lock_dir,
+                                        webhook=receiver.url)
+        assert alias_state(client, CRYPTO).production is None
+        move = rollback(client, "crypto", reason="back after the withdrawal", lock_dir=lock_dir,
+                        webhook=receiver.url)
+    assert withdrawn.deliveries[0].delivered and move.deliveries[0].delivered
+    assert (move.from_version, move.to_version) == (None, v1)
+    assert any(f"skipped v{v2}: the guard never promoted it" in note for note in move.notes)
+    events = [(b["kronos"]["event"], b["kronos"]["fields"]["to_version"]) for b in receiver.bodies]
+    assert events == [("withdrawn", "none"), ("rollback", v1)]
+    assert mlflow.get_tracking_uri()  # the fixtures' URI: the package itself set none
