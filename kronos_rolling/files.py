@@ -3,8 +3,8 @@
 Every file or folder that something else reads while we write it (a bundle, a base, a
 checkpoint, the predictor's cache, a CSV of forecasts) is written beside its target
 under a hidden name, then renamed over it: a rename within one file system is atomic,
-so a crash leaves the old version or the new one, never a mix. A later write removes
-the leftovers of an interrupted one (`remove_leftovers`).
+so a crash leaves the old version or the new one, never a mix (the data store names its
+temporary files with the writer's pid, so that the next import removes a killed one's).
 
 No library does the folder case (a folder cannot be renamed over a non-empty one), so
 it is written here once: the old folder is moved aside first, the new one moved in,
@@ -76,16 +76,3 @@ def replace_folder(staging: Path, target: Path) -> None:
     os.replace(target, retired / target.name)
     os.replace(staging, target)
     shutil.rmtree(retired, ignore_errors=True)
-
-
-def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
-    """Delete what interrupted writes left in `folder`; returns what was removed."""
-    folder = Path(folder)
-    removed = []
-    for item in folder.glob(f"{STAGING_PREFIX}*") if folder.is_dir() else []:
-        if item.is_dir():
-            shutil.rmtree(item, ignore_errors=True)
-        else:
-            item.unlink(missing_ok=True)
-        removed.append(item)
-    return removed

@@ -318,14 +318,6 @@ class ServerSettings:
             raise ConfigError(f"workers={self.workers} must be >= 1 (KRONOS_MLFLOW_WORKERS, --workers)")
 
 
-@dataclass(frozen=True)
-class ServerStores:
-    """Where the tracking server keeps metadata and files, so retention can reclaim storage there."""
-
-    backend_store_uri: str
-    artifacts_destination: str | None = None
-
-
 # -- this process ----------------------------------------------------------------------------
 
 
@@ -363,18 +355,6 @@ class Settings:
     serve: ServeSettings
     server: ServerSettings
     distributed: Distributed
-
-    def stores_for(self, tracking_uri: str) -> ServerStores | None:
-        """Where the server at `tracking_uri` keeps its data, when this machine can reach it: the
-        server's configured stores, else for the default local server the embedded SQLite file and folder."""
-        if self.server.backend_uri:
-            return ServerStores(self.server.backend_uri, self.server.artifacts)
-        port = self.server.port
-        local = tracking_uri.rstrip("/") in (f"http://{DEFAULT_HOST}:{port}", f"http://localhost:{port}")
-        database = self.home.server_data / "mlflow.db"
-        if local and database.exists():  # the embedded server of this home, once it has run
-            return ServerStores(f"sqlite:///{database}", str(self.home.server_data / "artifacts"))
-        return None  # another server: its stores are not known here, so nothing is guessed
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

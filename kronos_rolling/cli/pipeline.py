@@ -330,8 +330,8 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, port, w
     server_dir = workdir / f"server-{start}-{months}m"
     if not tracking_uri and server_dir.exists():
         shutil.rmtree(server_dir)  # a replay starts from an empty registry
-    with tracking_for_simulation(tracking_uri, server_dir, port) as (tracking, stores):
-        ctx = replace(JobContext.from_settings(settings, tracking, store), server_stores=stores)
+    with tracking_for_simulation(tracking_uri, server_dir, port) as tracking:
+        ctx = JobContext.from_settings(settings, tracking, store)
         report = replay(ctx, base, start, months, classes=list(classes) or None, drill_months=tuple(drills),
                         progress=not no_progress, echo=click.echo)
         report.run_id = log_report(report, start, months, tracking)

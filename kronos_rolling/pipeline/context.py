@@ -15,7 +15,6 @@ from kronos_rolling.registry.history import Actor
 from kronos_rolling.settings import (
     Distributed,
     Home,
-    ServerStores,
     Settings,
     Thresholds,
 )
@@ -30,7 +29,6 @@ class JobContext:
     lock_dir: Path  # the training lock and the registry locks
     thresholds: Thresholds
     webhook: str | None  # alerts; None: logged only
-    server_stores: ServerStores | None  # where retention reclaims storage; None: not reclaimed
     actor: Actor  # who acts, for the audit trail
     distributed: Distributed = Distributed()  # which torchrun process this is
 
@@ -38,7 +36,7 @@ class JobContext:
     def from_settings(cls, settings: Settings, tracking: Tracking, store: DataStore | None = None) -> "JobContext":
         return cls(tracking=tracking, store=store or DataStore(settings.data_dir), home=settings.home,
                    lock_dir=settings.lock_dir, thresholds=settings.thresholds, webhook=settings.alert_webhook,
-                   server_stores=settings.stores_for(tracking.uri), actor=Actor.current(settings.job),
+                   actor=Actor.current(settings.job),
                    distributed=settings.distributed)
 
     @property

@@ -33,7 +33,7 @@ from kronos_rolling.pipeline.job import monthly_job
 from kronos_rolling.pipeline.replay import SimulationSettings, offline_tiny_base
 from kronos_rolling.registry.names import POOLED, registered_model_name
 from kronos_rolling.serve.service import ForecastOptions, PredictorService, SeriesInput
-from kronos_rolling.settings import DEFAULT_HOST, DEFAULT_PORT, ServerStores, Settings
+from kronos_rolling.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.server import (
     is_healthy,
@@ -103,9 +103,7 @@ def run_demo(settings: Settings, port: int = DEFAULT_PORT, *, echo=print, progre
     url, server_started = ensure_server(home.server_data, port, echo)
     tracking = Tracking.connect(url)
     client = tracking.client
-    ctx = replace(JobContext.from_settings(settings, tracking, store),
-                  server_stores=ServerStores(f"sqlite:///{home.server_data / 'mlflow.db'}",
-                                             str(home.server_data / "artifacts")))
+    ctx = JobContext.from_settings(settings, tracking, store)
     report = DemoReport(url, server_started)
 
     echo(f"[2/6] tiny base pre-trained on bundled history before {BASE_UNTIL}")

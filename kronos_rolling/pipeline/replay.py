@@ -43,7 +43,7 @@ from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.job import JobResult, monthly_job
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.schedule import read_cadence
-from kronos_rolling.settings import BUNDLED_DATA_DIR, ServerStores, Thresholds
+from kronos_rolling.settings import BUNDLED_DATA_DIR, Thresholds
 from kronos_rolling.tracking.adapters import default_warm_start, fetch_adapter
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.runs import start_run
@@ -441,11 +441,11 @@ def tracking_for_simulation(tracking_uri: str | None, data_dir: Path, port: int 
     """Use the given server, or start an embedded one in `data_dir` for the replay (on `port`,
     else a free one)."""
     if tracking_uri:
-        yield Tracking.connect(tracking_uri), None
+        yield Tracking.connect(tracking_uri)
         return
     config = ServerConfig.embedded(data_dir, port=port or free_port())
     with TrackingServer(config) as server:
-        yield Tracking.connect(server.url), ServerStores(config.backend_store_uri, config.artifacts_destination)
+        yield Tracking.connect(server.url)
 
 
 def offline_tiny_base(store: DataStore, home: Path, latest_until: pd.Timestamp, progress: bool) -> BaseModelRef:

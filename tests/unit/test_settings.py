@@ -89,22 +89,6 @@ def test_serve_settings_are_checked():
         ServeSettings(labels=("bonds",))
 
 
-def test_retention_finds_the_server_stores_from_the_settings_or_the_local_default(tmp_path):
-    remote = load_settings({"KRONOS_MLFLOW_BACKEND_URI": "postgresql://u:p@db/mlflow",
-                            "KRONOS_MLFLOW_ARTIFACTS": "s3://b/m"})
-    got = remote.stores_for("http://mlflow.internal:5000")
-    assert (got.backend_store_uri, got.artifacts_destination) == ("postgresql://u:p@db/mlflow", "s3://b/m")
-    local = load_settings({"KRONOS_HOME": str(tmp_path)})
-    # The local embedded server: its own database, but only once it exists.
-    assert local.stores_for("http://127.0.0.1:5000") is None
-    (tmp_path / "mlflow.db").write_bytes(b"")
-    stores = local.stores_for("http://127.0.0.1:5000")
-    assert stores.backend_store_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert stores.artifacts_destination == str(tmp_path / "artifacts")
-    # Any other server: we cannot know its stores, so nothing is guessed.
-    assert local.stores_for("http://mlflow.internal:5000") is None
-
-
 def test_the_default_base_is_the_setting_then_this_machines_config(tmp_path):
     home = Home(tmp_path)
     assert default_base_model(None, home) == DEFAULT_BASE_MODEL
