@@ -311,6 +311,9 @@ def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, 
         row.candidate_val_mae_skill, row.candidate_val_sharpe = candidate["val_mae_skill"], candidate["val_sharpe"]
         if "warm_start" in evaluation.models:
             row.warm_start_val_nll = evaluation.figures("warm_start")["val_nll"]
+        elif outcome.warm_start is None and "base" in evaluation.models:
+            # A fresh adapter (LoRA B = 0, event table 0) forecasts exactly as the bare base does.
+            row.warm_start_val_nll = evaluation.figures("base")["val_nll"]
         if "pooled" in evaluation.models:
             diff = evaluation.difference("candidate", "pooled", "val_mae")
             row.vs_pooled_mae_diff, row.vs_pooled_mae_diff_lo, row.vs_pooled_mae_diff_hi = diff.mean, diff.lo, diff.hi
