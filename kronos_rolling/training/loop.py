@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventVocabulary
@@ -41,6 +39,7 @@ from kronos_rolling.settings import Distributed
 from kronos_rolling.training.checkpoint import Checkpoint
 from kronos_rolling.training.config import TrainConfig
 from kronos_rolling.training.distributed import _all_mean
+from kronos_rolling.training.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +256,8 @@ def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowD
             break
         epoch_start = time.monotonic()
         indices = _epoch_indices(len(train_set), epoch, config, dist_info)
-        bar = tqdm(total=len(indices) * dist_info.world, desc=f"{config.label} epoch {epoch + 1}/{config.epochs}",
-                   unit="sample", disable=not (progress and dist_info.is_main), file=sys.stderr,
-                   mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+        bar = progress_bar(len(indices) * dist_info.world, f"{config.label} epoch {epoch + 1}/{config.epochs}",
+                           "sample", enabled=progress and dist_info.is_main)
         loss_sum, seen = 0.0, 0
         for batch in _batches(train_set, indices, config.batch_size):
             loss = _step_loss(runner, trainee.tokenizer, batch, device, precision=config.precision)
