@@ -6,12 +6,15 @@ the other runs here use a few steps on two symbols copied into a temporary data 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -262,6 +265,7 @@ def test_killed_run_leaves_the_previous_base_untouched(two_symbol_store, tmp_pat
     # stderr is a terminal, so the live progress bar is drawn as soon as training runs
     # (elsewhere only one line per finished stage is printed: training/progress.py).
     terminal, child_end = pty.openpty()
+    fcntl.ioctl(child_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a real terminal's size
     process = subprocess.Popen([sys.executable, "-c", script], stderr=child_end)
     os.close(child_end)
     try:
