@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from support import REPO
 
@@ -85,6 +86,27 @@ def seed_pretrained_base(home: Path, pretrained: Path) -> Path:
     return target
 
 
+README_TIMEOUT_S = 1500
+
+
+def stop_script(shell: subprocess.Popen, env: dict[str, str]) -> None:
+    """Kill the script and every process below it (`set -m` gives each command a process group
+    of its own), then stop the demo's server, which left the tree when its starter exited."""
+    try:
+        family = psutil.Process(shell.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for process in family:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    shell.kill()
+    shell.communicate()
+    subprocess.run(["kronos-rolling", "demo", "--stop-server"], env=env, cwd=REPO, capture_output=True, timeout=300)
+
+
+@pytest.mark.timeout(README_TIMEOUT_S + 600)  # its own limit (and cleanup) comes first
 def test_a_newcomer_runs_every_readme_command(tmp_path, pretrained_base):
     commands = readme_commands((REPO / "README.md").read_text())
     seeded = seed_pretrained_base(tmp_path / "home", pretrained_base)
@@ -98,14 +120,16 @@ def test_a_newcomer_runs_every_readme_command(tmp_path, pretrained_base):
     script.write_text(as_script(commands, serve_port))
     shell = subprocess.Popen(["bash", str(script)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out = None
     try:
-        out, _ = shell.communicate(timeout=1500)
+        out, _ = shell.communicate(timeout=README_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        # The script's own cleanup never ran: stop it, its children and the demo's server here.
-        os.killpg(shell.pid, signal.SIGKILL)
-        subprocess.run(["kronos-rolling", "demo", "--stop-server"], env=env, cwd=REPO, timeout=120)
-        out, _ = shell.communicate()
-        pytest.fail("the README commands did not finish in 25 minutes:\n" + out[-6000:])
+        pass
+    finally:  # timed out, or pytest stopped the test: stop the script, its children and the demo's server
+        if shell.poll() is None:
+            stop_script(shell, env)
+    if out is None:
+        pytest.fail(f"the README commands did not finish in {README_TIMEOUT_S}s")
     assert shell.returncode == 0, out[-6000:]
     assert str(seeded) in out.split("[2/6]")[1].split("[3/6]")[0], "the demo reused the seeded base"
     assert "[6/6] where to look" in out and "answered by" in out
