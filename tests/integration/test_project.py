@@ -47,8 +47,9 @@ def monthly_job(tracking_server, tiny_base, tmp_path_factory):
     `deploy/monthly-job.sh` runs, for each class,
         mlflow run <repo> -e main --env-manager local --experiment-name kronos-rolling/<class>
             -P asset_class=<class> -P as_of=2018-06-01 -P base_model=<tiny base> -P epochs=1 ...
-    The bundled EURUSD series ends in 2017, so forex_commodity trains and then has nothing to be
-    evaluated on in May 2018: a real failure, which must not stop crypto."""
+    The bundled EURUSD series ends in 2017, so forex_commodity has no bars in May 2018, the month it
+    would be judged on, and fails at once (as_of later than its data): a real failure, which must
+    not stop crypto."""
     client = MlflowClient(tracking_server.url)
     for model in client.search_registered_models(max_results=1000):
         client.delete_registered_model(model.name)
@@ -109,7 +110,8 @@ def test_the_monthly_script_keeps_going_after_a_failed_class_alerts_and_exits_1(
     guard_alerts = [] if crypto.tags["guard_decision"] == "promoted" else ["guard_refused"]
     assert [event for event, _ in events if event != "regression"] == ["job_failed", *guard_alerts, "job_failed"]
     job, month = events[0][1], events[-1][1]
-    assert job["asset_class"] == "forex_commodity" and "no evaluation samples for EURUSD" in job["error"]
+    assert job["asset_class"] == "forex_commodity" and "is later than the data" in job["error"]
+    assert "forex_commodity's last bar ends 2017-" in job["error"] and "-P as_of=" in job["error"]
     assert month == {"as_of": AS_OF, "failed_classes": "forex_commodity"}
 
 
