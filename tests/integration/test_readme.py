@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def as_script(commands: list[str], serve_port: int) -> str:
     ]
     for command in commands:
         command = command.replace("8080", str(serve_port)).replace(REPORT, '"$REPORT_FILE"')
-        lines.append(f"echo '+ {command}'")
+        lines.append(f"echo {shlex.quote('+ ' + command)}")
         if BACKGROUND in command:
             lines.append(f"{command.split('#')[0].strip()} > \"$BACKGROUND_LOG\" 2>&1 &")
             lines.append("background+=($!)")

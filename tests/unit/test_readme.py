@@ -11,6 +11,8 @@ right after `<!-- not run by the tests: ... -->` is skipped (it needs the Huggin
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
 
 import pytest
 from support import REPO
@@ -54,7 +56,7 @@ def as_script(commands: list[str], serve_port: int) -> str:
     ]
     for command in commands:
         command = command.replace("8080", str(serve_port)).replace(REPORT, '"$REPORT_FILE"')
-        lines.append(f"echo '+ {command}'")
+        lines.append(f"echo {shlex.quote('+ ' + command)}")
         if BACKGROUND in command:
             lines.append(f"{command.split('#')[0].strip()} > \"$BACKGROUND_LOG\" 2>&1 &")
             lines.append("background+=($!)")
@@ -84,3 +86,10 @@ def test_background_commands_wait_for_their_port(line):
 def test_the_simulation_report_goes_to_the_tests_folder():
     script = as_script(["kronos-rolling simulate --start 2018-01 --months 3 --report simulation.csv   # replay"], 9999)
     assert 'kronos-rolling simulate --start 2018-01 --months 3 --report "$REPORT_FILE"' in script
+
+
+def test_a_quote_in_a_comment_does_not_swallow_the_command(tmp_path):
+    script = as_script(["echo ran   # the demo's settings"], 9999)
+    (tmp_path / "s.sh").write_text(script)
+    out = subprocess.run(["bash", str(tmp_path / "s.sh")], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.splitlines() == ["+ echo ran   # the demo's settings", "ran"], out
