@@ -18,12 +18,16 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/kronos-rolling demo
 
-# Services the integration tests talk to for real (PostgreSQL); see scripts/test-services.sh.
+# The programs behind the integration tests' real services (PostgreSQL's binaries); installs,
+# starts nothing: the tests start a throwaway cluster (and moto's S3) on free ports in temp
+# folders and stop them. See scripts/test-services.sh.
 services:
 	bash scripts/test-services.sh
 
+# Everything, with the slowest tests listed. Safe while the demo's server holds port 5000: every
+# test uses free ports and its own KRONOS_HOME.
 test: setup services
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 
 # During development: tests/unit only (no servers, no processes, no training), under a minute.
 test-fast: setup

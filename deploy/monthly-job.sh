@@ -19,6 +19,9 @@
 #   KRONOS_PROJECT_URI     the MLflow Project (default: this checkout)
 #   PYTHON                 interpreter with kronos-rolling installed (default: python)
 #
+# A class whose `mlflow run` fails before our code ran (e.g. --env-manager conda without conda)
+# leaves the run MLflow created RUNNING; the script ends such runs as FAILED.
+#
 # Exit status 0 when every class finished: trained and promoted, refused by the guard, or not
 # due. Otherwise 1, after one job_failed alert naming the classes that failed (each failure
 # inside a class's job has already sent its own alert with the error).
@@ -29,11 +32,14 @@ as_of="${KRONOS_AS_OF:-$(date -u +%Y-%m-%d)}"
 failed=()
 for asset_class in ${KRONOS_ASSET_CLASSES:-crypto forex_commodity equity}; do
     echo "== $asset_class, as of $as_of"
+    started_ms="$(date +%s)000"
     if ! mlflow run "$project" -e main --env-manager "${KRONOS_ENV_MANAGER:-local}" \
             --experiment-name "kronos-rolling/$asset_class" \
             -P asset_class="$asset_class" -P as_of="$as_of" "$@"; then
         failed+=("$asset_class")
         echo "== $asset_class FAILED" >&2
+        "${PYTHON:-python}" -m kronos_rolling.project unfinished --since "$started_ms" "kronos-rolling/$asset_class" ||
+            echo "== could not end $asset_class's unfinished runs (is the tracking server up?)" >&2
     fi
 done
 

@@ -18,7 +18,13 @@ and a test checks that both files are current.
 
     python -m kronos_rolling.project failed --as-of YYYY-MM-DD CLASS ...
 
-is the monthly script's (deploy/monthly-job.sh) own alert naming the classes that failed.
+is the monthly script's (deploy/monthly-job.sh) own alert naming the classes that failed, and
+
+    python -m kronos_rolling.project unfinished --since EPOCH_MS EXPERIMENT
+
+ends as FAILED the runs `mlflow run` made in EXPERIMENT since then and left RUNNING: a launch
+that failed before our code ran (no conda for the default env manager, a broken environment)
+never ends the run MLflow created first.
 """
 
 from __future__ import annotations
@@ -256,6 +262,27 @@ def report_failed_classes(classes: list[str], as_of: str, webhook: str | None):
         f"the runs in kronos-rolling/<class>", {"as_of": as_of, "failed_classes": ", ".join(classes)}, webhook)
 
 
+UNFINISHED_REASON = "the launch failed before the job ended this run (see the monthly job's log)"
+
+
+def fail_unfinished_launches(client, experiment_name: str, since_ms: int) -> list[str]:
+    """End as FAILED every MLflow Project run of `experiment_name` started at or after `since_ms`
+    that is still RUNNING; returns their ids. Meant for after `mlflow run` has returned."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id],
+                              "attributes.status = 'RUNNING' and tags.`mlflow.source.type` = 'PROJECT'",
+                              max_results=1000)
+    ended = []
+    for run in runs:
+        if run.info.start_time >= since_ms:
+            client.set_tag(run.info.run_id, "kronos.failed_reason", UNFINISHED_REASON)
+            client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+    return ended
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = load_settings()
@@ -266,10 +293,17 @@ def main(argv: list[str] | None = None) -> None:
     if not argv:
         raise SystemExit(f"usage: python -m kronos_rolling.project ENTRY_POINT name=value ...\n"
                          f"       python -m kronos_rolling.project failed --as-of YYYY-MM-DD CLASS ...\n"
+                         f"       python -m kronos_rolling.project unfinished --since EPOCH_MS EXPERIMENT\n"
                          f"       python -m kronos_rolling.project --write-mlproject\n"
                          f"entry points: {', '.join(ENTRY_POINTS)} (see MLproject)")
     if argv[0] == "failed" and argv[1:2] == ["--as-of"] and len(argv) > 3:
         report_failed_classes(argv[3:], argv[2], settings.alert_webhook)
+        return
+    if argv[0] == "unfinished" and argv[1:2] == ["--since"] and len(argv) == 4:
+        from kronos_rolling.tracking.context import Tracking
+
+        for run_id in fail_unfinished_launches(Tracking.connect(settings.tracking_uri).client, argv[3], int(argv[2])):
+            print(f"ended run {run_id} in {argv[3]} as FAILED: {UNFINISHED_REASON}", file=sys.stderr)
         return
     from kronos_rolling.cli.main import main as kronos_rolling
 

@@ -13,6 +13,7 @@ tests/support/ (importable as `support`).
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import mlflow
@@ -35,6 +36,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if integration in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def isolated_from_this_machine(tmp_path, monkeypatch):
+    """Never this machine's ~/.kronos-rolling nor a tracking server already running here (the demo's
+    holds 127.0.0.1:5000 and its config names a default base): each test gets its own KRONOS_HOME,
+    and the default tracking address is a free port nothing listens on. Tests that need a server
+    start one on a free port and point MLFLOW_TRACKING_URI at it (`tracking_uri`)."""
+    monkeypatch.setenv("KRONOS_HOME", str(tmp_path / "kronos-home"))
+    monkeypatch.setenv("KRONOS_MLFLOW_PORT", str(free_port()))
+    for name in ("MLFLOW_TRACKING_URI", "KRONOS_BASE_MODEL", "KRONOS_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +99,25 @@ def clean_registry(tracking_uri):
 
 
 @pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server whose role may create databases: KRONOS_TEST_POSTGRES_URL when set, else a
+    throwaway cluster under a temp folder on a free port, started on first use and stopped (and
+    deleted) when the session ends. Nothing system-wide is started or configured."""
+    given = os.environ.get("KRONOS_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    from support.postgres import PostgresUnavailable, throwaway_postgres
+
+    with ExitStack() as cleanup:
+        try:
+            url = cleanup.enter_context(throwaway_postgres())
+        except PostgresUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield url
+
+
+@pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
     """A randomly initialised tiny base (tokenizer + predictor) in the hub folder format."""
     import torch
@@ -104,7 +136,7 @@ def tiny_base(tmp_path_factory):
 
 @pytest.fixture
 def kronos_home(tmp_path, monkeypatch):
-    """Locks, checkpoints and caches of this test only."""
+    """Locks, checkpoints and caches of this test only (the home `isolated_from_this_machine` set)."""
     home = tmp_path / "kronos-home"
     monkeypatch.setenv("KRONOS_HOME", str(home))
     monkeypatch.delenv("KRONOS_LOCK_DIR", raising=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from kronos_rolling.cli.options import configure_mlflow, settings_of
-from kronos_rolling.settings import DEFAULT_SERVE_PORT, ServeSettings
+from kronos_rolling.settings import DEFAULT_PORT, DEFAULT_SERVE_PORT, ServeSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ def _settings_options(command):
                      help="Base model: a folder with predictor/ and tokenizer/, or a hub id [env KRONOS_BASE_MODEL; "
                           "default: this machine's recorded base, else NeoQuasar/Kronos-base]."),
         click.option("--tracking-uri", default=None,
-                     help="MLflow tracking server [env MLFLOW_TRACKING_URI; default http://127.0.0.1:5000]."),
+                     help="MLflow tracking server [env MLFLOW_TRACKING_URI; default http://127.0.0.1:PORT, the "
+                          f"server `kronos-rolling server` starts, PORT = env KRONOS_MLFLOW_PORT or {DEFAULT_PORT}]."),
         click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Data folder with asset_classes.csv overrides and events.csv [env KRONOS_DATA_DIR]."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -162,6 +162,12 @@ def coverage_shortfall(
     return found
 
 
+def shortfall_summary(shortfalls: list[CoverageShortfall], series: int) -> str:
+    """One line for all of a window's shortfalls: how many series of how many, then each of them."""
+    return (f"{len(shortfalls)} of {series} series do not cover the whole window (trained on what they have): "
+            + "; ".join(str(s) for s in shortfalls))
+
+
 def check_data_reaches(coverage_by_class: Mapping[str, Mapping[str, SeriesCoverage]], window: TrainingWindow) -> None:
     """DataError (exit code 2) when no series of a class has a bar in the validation span: the
     decision date lies past the data. The message names each class's last bar and the fix."""

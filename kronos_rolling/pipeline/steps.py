@@ -30,6 +30,7 @@ from kronos_rolling.data.windows import (
     TrainingWindow,
     check_data_reaches,
     coverage_shortfall,
+    shortfall_summary,
 )
 from kronos_rolling.errors import ConfigError, RegistryError
 from kronos_rolling.evaluation.compare import Difference
@@ -127,8 +128,8 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
     symbols = training_symbols(config, store)
     check_data_reaches({c: store.coverage(store.symbols_for(c)) for c in evaluation_classes(config)}, window)
     shortfalls = coverage_shortfall(store.coverage(symbols), window)
-    for shortfall in shortfalls:
-        log.warning("window shortfall: %s", shortfall)
+    if shortfalls:  # one warning per run, with the count
+        log.warning("window shortfall: %s", shortfall_summary(shortfalls, len(symbols)))
     base = config.base
     if base is None:
         raise ConfigError("no base model to train on: TrainConfig.base must name one (the command resolves "

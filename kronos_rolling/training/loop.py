@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
-from tqdm import tqdm
 
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventVocabulary
@@ -42,6 +40,7 @@ from kronos_rolling.settings import Distributed
 from kronos_rolling.training.checkpoint import Checkpoint
 from kronos_rolling.training.config import TrainConfig
 from kronos_rolling.training.distributed import _all_mean
+from kronos_rolling.training.progress import progress_bar
 from kronos_rolling.training.schedule import warmup_cosine
 from kronos_rolling.training.tokens import TokenizedWindows, window_tokens
 
@@ -275,9 +274,8 @@ def fit(trainee: Trainee, train_set: BarWindowDataset, inner_val_set: BarWindowD
             break
         epoch_start = time.monotonic()
         sampler.set_epoch(epoch)
-        bar = tqdm(total=len(sampler) * dist_info.world, desc=f"{config.label} epoch {epoch + 1}/{config.epochs}",
-                   unit="sample", disable=not (progress and dist_info.is_main), file=sys.stderr,
-                   mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+        bar = progress_bar(len(sampler) * dist_info.world, f"{config.label} epoch {epoch + 1}/{config.epochs}",
+                           "sample", enabled=progress and dist_info.is_main)
         loss_sum, seen = 0.0, 0
         for batch in train_loader:
             loss = _step_loss(runner, batch, device, precision=config.precision)

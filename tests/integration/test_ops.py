@@ -8,9 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import requests
 import support.production as ps
@@ -66,8 +68,8 @@ def test_run_all_runs_classes_in_turn_keeps_going_after_a_failure_alerts_and_exi
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_the_monthly_job_runs_against_postgres_s3_and_basic_auth_as_the_job_user(
-        tmp_path, kronos_home, tiny_base, crypto_only, cli, monkeypatch):
-    with ps.production_stack(tmp_path) as stack:
+        tmp_path, kronos_home, tiny_base, crypto_only, cli, monkeypatch, postgres_url):
+    with ps.production_stack(tmp_path, postgres_url) as stack:
         # the job user, with no storage credentials: every artifact byte goes through the server
         for name in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE",
                      "KRONOS_MLFLOW_BACKEND_URI", "KRONOS_ALERT_WEBHOOK"):
@@ -135,3 +137,24 @@ def test_torchrun_trains_on_two_cpu_processes_into_one_run(clean_registry, track
     files = {a.path for a in clean_registry.list_artifacts(run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in files
     assert clean_registry.search_registered_models() == [], "--no-register registers nothing"
+
+
+def test_the_tests_postgres_is_a_throwaway_cluster_that_leaves_nothing_behind():
+    """tests/support/postgres.py: initdb under a temp folder, a free port, stopped and deleted after."""
+    import psycopg2
+    from support.postgres import throwaway_postgres
+
+    with throwaway_postgres() as url:
+        with psycopg2.connect(url, connect_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute("SHOW data_directory")
+            [data_directory] = cur.fetchone()
+            cur.execute("SHOW listen_addresses")
+            assert cur.fetchone() == ("127.0.0.1",)
+        conn.close()
+        assert data_directory.startswith(tempfile.gettempdir()), data_directory
+        assert any(data_directory in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+    assert not Path(data_directory).exists()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and p.status() != psutil.STATUS_ZOMBIE
+                and data_directory in " ".join(p.info["cmdline"])], "the cluster is still running"
+    with pytest.raises(psycopg2.OperationalError):
+        psycopg2.connect(url, connect_timeout=2)

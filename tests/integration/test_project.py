@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,9 @@ def monthly_job(tracking_server, tiny_base, tmp_path_factory):
     `deploy/monthly-job.sh` runs, for each class,
         mlflow run <repo> -e main --env-manager local --experiment-name kronos-rolling/<class>
             -P asset_class=<class> -P as_of=2018-06-01 -P base_model=<tiny base> -P epochs=1 ...
-    The bundled EURUSD series ends in 2017, so forex_commodity trains and then has nothing to be
-    evaluated on in May 2018: a real failure, which must not stop crypto."""
+    The bundled EURUSD series ends in 2017, so forex_commodity has no bars in May 2018, the month it
+    would be judged on, and fails at once (as_of later than its data): a real failure, which must
+    not stop crypto."""
     client = MlflowClient(tracking_server.url)
     for model in client.search_registered_models(max_results=1000):
         client.delete_registered_model(model.name)
@@ -108,7 +110,8 @@ def test_the_monthly_script_keeps_going_after_a_failed_class_alerts_and_exits_1(
     guard_alerts = [] if crypto.tags["guard_decision"] == "promoted" else ["guard_refused"]
     assert [event for event, _ in events if event != "regression"] == ["job_failed", *guard_alerts, "job_failed"]
     job, month = events[0][1], events[-1][1]
-    assert job["asset_class"] == "forex_commodity" and "no evaluation samples for EURUSD" in job["error"]
+    assert job["asset_class"] == "forex_commodity" and "is later than the data" in job["error"]
+    assert "forex_commodity's last bar ends 2017-" in job["error"] and "-P as_of=" in job["error"]
     assert month == {"as_of": AS_OF, "failed_classes": "forex_commodity"}
 
 
@@ -143,3 +146,85 @@ def test_a_bare_mlflow_run_works_and_points_to_the_class_run(monthly_job, tracki
     assert job_run.data.tags["kronos.complete"] == "true" and job_run.data.params["as_of"] == "2018-07-01"
     versions = {v.run_id: v for v in client.search_model_versions("name='kronos-lora-crypto'")}
     assert run_id in versions and versions[run_id].tags["guard_decision"] in ("promoted", "refused")
+
+
+LATE = "2026-12-01"  # the bundled data ends in 2019-2020: the cron's default as_of (today) is past it
+
+
+def assert_names_the_last_bar_and_the_fix(text: str) -> None:
+    assert f"as_of {LATE} is later than the data" in text, text[-3000:]
+    assert "crypto's last bar ends 2019-" in text or "crypto's last bar ends 2020-" in text, text[-3000:]
+    assert "-P as_of=" in text and "--as-of " in text and "kronos-rolling data import" in text, text[-3000:]
+
+
+def test_an_as_of_past_the_data_exits_2_naming_the_last_bar_and_the_fix(tracking_server, tiny_base, tmp_path):
+    """Through the real command: exit 2, the message and the job_failed alert name crypto's last bar
+    and the fix; nothing is registered and no run is left RUNNING."""
+    client = MlflowClient(tracking_server.url)
+    with Receiver() as receiver:
+        env = job_env(tracking_server.url, tmp_path / "home", KRONOS_ALERT_WEBHOOK=receiver.url)
+        done = subprocess.run([str(BIN / "kronos-rolling"), "run", "--asset-class", "crypto", "--as-of", LATE,
+                               "--base-model", str(tiny_base), "--device", "cpu"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "NotImplementedError" not in done.stderr, done.stderr[-3000:]
+    assert_names_the_last_bar_and_the_fix(done.stderr)
+    [alert] = [body["kronos"] for body in receiver.bodies]
+    assert alert["event"] == "job_failed" and alert["fields"]["asset_class"] == "crypto"
+    assert_names_the_last_bar_and_the_fix(alert["fields"]["error"])
+    running = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 f"params.as_of = '{LATE}' and attributes.status = 'RUNNING'")
+    assert running == []
+
+
+def test_mlflow_run_with_an_as_of_past_the_data_fails_clearly_and_leaves_no_run_running(
+        tracking_server, tiny_base, tmp_path):
+    """`mlflow run . --env-manager local -P asset_class=crypto` as cron runs it, with the date past the data."""
+    client = MlflowClient(tracking_server.url)
+    with Receiver() as receiver:
+        env = job_env(tracking_server.url, tmp_path / "home", KRONOS_ALERT_WEBHOOK=receiver.url)
+        done = subprocess.run(
+            [str(BIN / "mlflow"), "run", ".", "--env-manager", "local", "-P", "asset_class=crypto",
+             *minus_p({"as_of": LATE, "base_model": str(tiny_base), "device": "cpu"})],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert "NotImplementedError" not in output, output[-3000:]
+    assert_names_the_last_bar_and_the_fix(done.stderr)
+    [alert] = [body["kronos"] for body in receiver.bodies]
+    assert alert["event"] == "job_failed"
+    assert_names_the_last_bar_and_the_fix(alert["fields"]["error"])
+    launchers = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   f"params.as_of = '{LATE}'")
+    assert launchers and all(r.info.status == "FAILED" for r in launchers), [r.info.status for r in launchers]
+
+    # The entry point's command itself, as MLproject runs it, exits 2.
+    bridge = subprocess.run([sys.executable, "-m", "kronos_rolling.project", "main", "asset_class=crypto",
+                             f"as_of={LATE}", f"base_model={tiny_base}"],
+                            cwd=REPO, env={k: v for k, v in env.items() if k != "KRONOS_ALERT_WEBHOOK"},
+                            capture_output=True, text=True, timeout=300)
+    assert bridge.returncode == 2, bridge.stdout[-3000:] + bridge.stderr[-3000:]
+    assert_names_the_last_bar_and_the_fix(bridge.stderr)
+
+
+def test_a_launch_that_fails_before_the_job_runs_leaves_no_run_running(tracking_server, tiny_base, tmp_path):
+    """The design card's env manager (conda) on a machine without conda: `mlflow run` creates its run,
+    then fails to build the environment; the monthly script ends that run as FAILED and alerts."""
+    client = MlflowClient(tracking_server.url)
+    since = int(time.time() * 1000)
+    with Receiver() as receiver:
+        env = job_env(tracking_server.url, tmp_path / "home", KRONOS_ALERT_WEBHOOK=receiver.url, KRONOS_AS_OF=AS_OF,
+                      KRONOS_ASSET_CLASSES="crypto", KRONOS_ENV_MANAGER="conda",
+                      MLFLOW_CONDA_HOME=str(tmp_path / "no-conda-here"))
+        env.pop("CONDA_EXE", None)
+        done = subprocess.run(["bash", "deploy/monthly-job.sh", *minus_p({"base_model": str(tiny_base), **SMALL})],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Could not find Conda executable" in done.stderr, done.stderr[-3000:]
+    experiment = client.get_experiment_by_name("kronos-rolling/crypto")
+    launched = [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
+                if r.info.start_time >= since]
+    assert launched, "mlflow run created no run: the test no longer shows the failure it is about"
+    assert [r.info.status for r in launched] == ["FAILED"] * len(launched)
+    assert all(r.data.tags["kronos.failed_reason"] == project.UNFINISHED_REASON for r in launched)
+    assert [body["kronos"]["fields"]["failed_classes"] for body in receiver.bodies] == ["crypto"]

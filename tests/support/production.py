@@ -2,12 +2,12 @@
 
     from support.production import production_stack
 
-    with production_stack(tmp_path) as stack:
+    with production_stack(tmp_path, postgres_url) as stack:
         subprocess.run([...], env={**os.environ, **stack.client_env()})
 
 What runs, all real:
-- a fresh PostgreSQL database in the cluster that `scripts/test-services.sh` starts
-  (KRONOS_TEST_POSTGRES_URL, default below), dropped afterwards;
+- a fresh PostgreSQL database in the session's throwaway cluster (the `postgres_url` fixture:
+  tests/support/postgres.py, or KRONOS_TEST_POSTGRES_URL), dropped afterwards;
 - moto's S3 server (`python -m moto.server`) on a free port with one bucket;
 - the MLflow server, started the way the container starts it: `mlflow_server/start.sh`,
   configured only through environment variables, artifacts proxied to the bucket,
@@ -38,13 +38,8 @@ from kronos_rolling.tracking.server import free_port, is_healthy
 from support import REPO
 
 START_SCRIPT = REPO / "mlflow_server" / "start.sh"
-DEFAULT_POSTGRES_URL = "postgresql://kronos:kronos@127.0.0.1:55432/kronos_test"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def postgres_url() -> str:
-    return os.environ.get("KRONOS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
 
 
 def _connect(url: str):
@@ -56,16 +51,16 @@ def _connect(url: str):
         reason = str(exc).strip().splitlines()[0]
     pytest.fail(
         f"PostgreSQL is not reachable at {url.split('@')[-1]} ({reason}). "
-        "Run `bash scripts/test-services.sh` (`make test` runs it first), or point "
-        "KRONOS_TEST_POSTGRES_URL at a server whose role may create databases.",
+        "The tests start a throwaway cluster of their own (tests/support/postgres.py; "
+        "`bash scripts/test-services.sh` installs PostgreSQL), unless KRONOS_TEST_POSTGRES_URL "
+        "names a server whose role may create databases: check that server.",
         pytrace=False,
     )
 
 
 @contextmanager
-def postgres_database(prefix: str = "kronos_stack") -> Iterator[str]:
-    """A new, empty database for one test; dropped afterwards. Yields its URL."""
-    admin_url = postgres_url()
+def postgres_database(admin_url: str, prefix: str = "kronos_stack") -> Iterator[str]:
+    """A new, empty database on the server of `admin_url`, for one test; dropped afterwards. Yields its URL."""
     name = f"{prefix}_{secrets.token_hex(4)}"
     conn = _connect(admin_url)
     conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
@@ -200,11 +195,11 @@ def _create_user(stack: ProductionStack) -> None:
 
 
 @contextmanager
-def production_stack(tmp_path: Path, workers: int = 1) -> Iterator[ProductionStack]:
+def production_stack(tmp_path: Path, postgres_url: str, workers: int = 1) -> Iterator[ProductionStack]:
     """Start PostgreSQL database + moto S3 + `mlflow_server/start.sh` (basic auth, allowed
     hosts); yield a `ProductionStack`; stop and remove everything afterwards."""
     with ExitStack() as cleanup:
-        database_url = cleanup.enter_context(postgres_database())
+        database_url = cleanup.enter_context(postgres_database(postgres_url))
         s3_endpoint = cleanup.enter_context(moto_s3(tmp_path / "moto"))
         bucket = "kronos-artifacts"
         s3_client(s3_endpoint).create_bucket(Bucket=bucket)

@@ -111,8 +111,10 @@ def bars_json(frame: pd.DataFrame) -> list[dict]:
 class ServiceProcess:
     """`python -m kronos_rolling.serve serve ...` on a free port of 127.0.0.1."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, log_path: Path | None = None):
+    def __init__(self, *args: str, env: dict[str, str] | None = None, log_path: Path | None = None,
+                 cwd: Path | None = None):
         self.port = free_port()
+        self.cwd = cwd or REPO_ROOT
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "kronos_rolling.serve", "serve", "--host", "127.0.0.1",
                      "--port", str(self.port), *args]
@@ -123,7 +125,7 @@ class ServiceProcess:
     def start(self, timeout: float = 60.0) -> "ServiceProcess":
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        cwd=REPO_ROOT, start_new_session=True)
+                                        cwd=self.cwd, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -103,3 +103,20 @@ def test_operations_doc_uses_real_entry_points_parameters_commands_and_files():
                  "deploy/kubernetes/kubernetes_config.json", "deploy/kubernetes/job-template.yaml",
                  "deploy/kubernetes/MLproject", "kronos-service/finetune/train_event_conditioned.py"):
         assert path in doc and (REPO / path).exists(), path
+
+
+def test_the_image_has_conda_for_a_plain_mlflow_run(monkeypatch):
+    """deploy/Dockerfile installs Miniforge where MLflow looks for conda (MLFLOW_CONDA_HOME), off PATH,
+    with the project's environment created into the /data volume. (The image itself cannot be built
+    here: no network beyond package registries.)"""
+    from mlflow.utils.conda import get_conda_bin_executable
+
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    assert "Miniforge3-Linux-" in dockerfile and "bash /tmp/miniforge.sh -b -p /opt/conda" in dockerfile
+    env_block = dockerfile.split("ENV MLFLOW_CONDA_HOME", 1)[1].split("\n\n")[0]
+    for setting in ("=/opt/conda", "CONDA_ENVS_PATH=/data/conda/envs", "CONDA_PKGS_DIRS=/data/conda/pkgs"):
+        assert setting in env_block, env_block
+    assert "ENV PATH" not in dockerfile, "conda stays off PATH: the image's python is the installed one"
+    monkeypatch.setenv("MLFLOW_CONDA_HOME", "/opt/conda")
+    assert get_conda_bin_executable("conda") == "/opt/conda/bin/conda"
+    assert "conda_env: conda.yaml" in (REPO / "MLproject").read_text()

@@ -2,8 +2,8 @@
 
 Commands come from the README's ```bash blocks. Two things differ from a newcomer's
 machine, both so that the test cannot collide with anything else running here: the
-ports (the tracking server's and the predictor's) are free ones, and KRONOS_HOME is a
-fresh folder. A command marked `# runs until Ctrl-C` is started in the background and
+ports (the tracking server's and the predictor's) are free ones, and KRONOS_HOME (and the
+file simulate's report goes to) is a fresh folder. A command marked `# runs until Ctrl-C` is started in the background and
 waited for on its port, as a person would leave it running in another terminal. A block
 right after `<!-- not run by the tests: ... -->` is skipped (it needs the Hugging Face hub).
 """
@@ -11,6 +11,8 @@ right after `<!-- not run by the tests: ... -->` is skipped (it needs the Huggin
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
 
 import pytest
 from support import REPO
@@ -22,6 +24,9 @@ TEST_COMMAND = "make test"
 
 
 BACKGROUND = "# runs until Ctrl-C"
+
+
+REPORT = "simulation.csv"  # simulate's report: written into the test's folder, not the checkout
 
 
 def readme_commands(text: str) -> list[str]:
@@ -50,8 +55,8 @@ def as_script(commands: list[str], serve_port: int) -> str:
         "set -m  # background commands get their own process group, so cleanup stops their children",
     ]
     for command in commands:
-        command = command.replace("8080", str(serve_port))
-        lines.append(f"echo '+ {command}'")
+        command = command.replace("8080", str(serve_port)).replace(REPORT, '"$REPORT_FILE"')
+        lines.append(f"echo {shlex.quote('+ ' + command)}")
         if BACKGROUND in command:
             lines.append(f"{command.split('#')[0].strip()} > \"$BACKGROUND_LOG\" 2>&1 &")
             lines.append("background+=($!)")
@@ -76,3 +81,15 @@ def test_background_commands_wait_for_their_port(line):
     script = as_script([line], 9999)
     assert 'kronos-rolling serve --port 9999 > "$BACKGROUND_LOG" 2>&1 &' in script
     assert "http://127.0.0.1:9999/health" in script
+
+
+def test_the_simulation_report_goes_to_the_tests_folder():
+    script = as_script(["kronos-rolling simulate --start 2018-01 --months 3 --report simulation.csv   # replay"], 9999)
+    assert 'kronos-rolling simulate --start 2018-01 --months 3 --report "$REPORT_FILE"' in script
+
+
+def test_a_quote_in_a_comment_does_not_swallow_the_command(tmp_path):
+    script = as_script(["echo ran   # the demo's settings"], 9999)
+    (tmp_path / "s.sh").write_text(script)
+    out = subprocess.run(["bash", str(tmp_path / "s.sh")], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.splitlines() == ["+ echo ran   # the demo's settings", "ran"], out

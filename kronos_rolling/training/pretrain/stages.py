@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 
 import numpy as np
@@ -21,6 +20,7 @@ from kronos_rolling.model.kronos import Kronos, token_loss
 from kronos_rolling.model.tokenizer import KronosTokenizer, tokenizer_loss
 from kronos_rolling.training.pretrain.config import PretrainConfig, StageResult
 from kronos_rolling.training.pretrain.data import batch_indices, collate
+from kronos_rolling.training.progress import progress_bar
 from kronos_rolling.training.schedule import warmup_cosine
 
 
@@ -31,17 +31,14 @@ def _optimizer(params, lr: float, config: PretrainConfig, steps: int):
 
 
 class _StageLog:
-    """Per-step losses, a tqdm bar with loss and bars/s, and the stage's summary."""
+    """Per-step losses, a progress bar (training/progress.py) with loss and bars/s, and the stage's summary."""
 
     def __init__(self, name: str, steps: int, bars_per_step: int, progress: bool):
-        from tqdm import tqdm
-
         self.steps, self.bars_per_step = steps, bars_per_step
         self.losses: list[float] = []
         self.parts: list[dict[str, float]] = []
         self.started = time.monotonic()
-        self.bar = tqdm(total=steps, desc=name, unit="step", disable=not progress, file=sys.stderr,
-                        mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+        self.bar = progress_bar(steps, name, "step", enabled=progress)
 
     def step(self, loss: float, parts: dict[str, float] | None = None) -> None:
         self.losses.append(loss)

@@ -20,14 +20,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from kronos_rolling.errors import ConfigError
-from kronos_rolling.tracking.server import ServerConfig, TrackingServer
+from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with ps.production_stack(tmp_path_factory.mktemp("production")) as running:
+def stack(tmp_path_factory, postgres_url):
+    with ps.production_stack(tmp_path_factory.mktemp("production"), postgres_url) as running:
         yield running
 
 
@@ -128,7 +128,9 @@ def test_users_live_in_the_tracking_database_and_secrets_stay_private(stack):
 
 
 def test_missing_bucket_is_named_before_anything_starts(stack, tmp_path):
-    config = ServerConfig.from_options(tmp_path, artifacts_destination="s3://no-such-bucket/mlflow", environ={})
+    # A free port: the bucket check must not depend on 5000 being free (the demo's server may hold it).
+    config = ServerConfig.from_options(tmp_path, port=free_port(), artifacts_destination="s3://no-such-bucket/mlflow",
+                                       environ={})
     config.env = {"MLFLOW_S3_ENDPOINT_URL": stack.s3_endpoint, **ps.S3_KEYS}
     server = TrackingServer(config)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -138,8 +140,7 @@ def test_missing_bucket_is_named_before_anything_starts(stack, tmp_path):
     assert {p.pid for p in psutil.Process().children(recursive=True)} == before
 
 
-def test_without_postgres_the_tests_fail_and_say_what_to_run(monkeypatch):
-    monkeypatch.setenv("KRONOS_TEST_POSTGRES_URL", "postgresql://kronos:kronos@127.0.0.1:1/kronos_test")
+def test_without_postgres_the_tests_fail_and_say_what_to_run():
     with pytest.raises(pytest.fail.Exception, match="bash scripts/test-services.sh"):
-        with ps.postgres_database():
+        with ps.postgres_database("postgresql://kronos:kronos@127.0.0.1:1/kronos_test"):
             pass

@@ -6,10 +6,15 @@ the other runs here use a few steps on two symbols copied into a temporary data 
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -257,16 +262,25 @@ def test_killed_run_leaves_the_previous_base_untouched(two_symbol_store, tmp_pat
         f"pretrain_base(DataStore({str(two_symbol_store.root)!r}), {str(out)!r}, until='2017-01-01', seed=2,\n"
         "              tokenizer_steps=100000, predictor_steps=10, batch_size=8, lookback=32, horizon=8)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    # stderr is a terminal, so the live progress bar is drawn as soon as training runs
+    # (elsewhere only one line per finished stage is printed: training/progress.py).
+    terminal, child_end = pty.openpty()
+    fcntl.ioctl(child_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a real terminal's size
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=child_end)
+    os.close(child_end)
     try:
         seen, deadline = "", time.monotonic() + 120
-        while "pretrain tokenizer" not in seen:  # the progress bar appears once training runs
-            char = process.stderr.read(1)  # tqdm redraws with \r, not newlines
-            assert char and time.monotonic() < deadline, f"no training started: {seen!r}"
-            seen += char
+        while "pretrain tokenizer" not in seen:
+            try:
+                chunk = os.read(terminal, 1024).decode(errors="replace")
+            except OSError:  # the child closed the terminal: it exited
+                chunk = ""
+            assert chunk and time.monotonic() < deadline, f"no training started: {seen!r}"
+            seen += chunk
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+        os.close(terminal)
     assert weights_digests(out) == before
     assert read_pretrain_report(out)["settings"]["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]

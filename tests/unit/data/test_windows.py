@@ -12,6 +12,7 @@ from kronos_rolling.data.windows import (
     SeriesCoverage,
     TrainingWindow,
     coverage_shortfall,
+    shortfall_summary,
     select_training_window,
 )
 from kronos_rolling.errors import ConfigError
@@ -84,6 +85,10 @@ def test_forex_sample_covers_one_year_and_the_shortfall_is_reported():
     assert fx.missing_after == 0  # the last Friday of 2017 ends the data; the market reopens in 2018
     assert 0.45 < fx.covered_fraction < 0.55
     assert "EURUSD: covers" in str(fx) and "missing before" in str(fx)
+    # One line for the run, with the count and every series' shortfall.
+    summary = shortfall_summary(found, 3)
+    assert summary.startswith("2 of 3 series do not cover the whole window") and "\n" not in summary
+    assert str(fx) in summary and str(by_symbol["BTCUSD"]) in summary
     # A window inside 2017 is fully covered.
     assert coverage_shortfall(store.coverage(["EURUSD"]), select_training_window("2017-12-01", years=0.75)) == []
 
