@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader, Sampler
 
 from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.data.events import EventCalendar
@@ -69,22 +70,35 @@ def bars_digest(bars: Mapping[str, pd.DataFrame]) -> str:
     return digest.hexdigest()
 
 
-def batch_indices(n_samples: int, steps: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
-    """`steps` batches of sample indices: seeded shuffles, one after another, no repeat within a pass."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n_samples)
-    position = 0
-    for _ in range(steps):
-        batch = []
-        while len(batch) < batch_size:
-            if position == len(order):
-                order, position = rng.permutation(n_samples), 0
-            take = min(batch_size - len(batch), len(order) - position)
-            batch.extend(order[position:position + take])
-            position += take
-        yield np.asarray(batch, dtype=np.int64)
+class PassSampler(Sampler[int]):
+    """`count` sample indices: seeded shuffles of the `n` samples, one pass after another
+    (no repeat within a pass), for a stage measured in steps rather than epochs."""
+
+    def __init__(self, n: int, count: int, seed: int):
+        self.n, self.count, self.seed = n, count, seed
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng(self.seed)
+        produced = 0
+        while produced < self.count:
+            order = rng.permutation(self.n)[: self.count - produced]
+            produced += len(order)
+            yield from order.tolist()
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def stage_batches(dataset: BarWindowDataset, steps: int, batch_size: int, seed: int) -> DataLoader:
+    """`steps` batches of `batch_size` windows in a seeded order (a DataLoader over `PassSampler`)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=PassSampler(len(dataset), steps * batch_size, seed),
+                      collate_fn=stack_bars, num_workers=0)
+
+
+def stack_bars(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A batch of windows' bars and calendar features."""
+    return {key: torch.stack([item[key] for item in items]) for key in ("x", "stamp")}
 
 
 def collate(dataset: BarWindowDataset, indices: np.ndarray) -> dict[str, torch.Tensor]:
-    items = [dataset[int(i)] for i in indices]
-    return {key: torch.stack([item[key] for item in items]) for key in ("x", "stamp")}
+    return stack_bars([dataset[int(i)] for i in indices])

@@ -19,7 +19,7 @@ from kronos_rolling.data.dataset import BarWindowDataset
 from kronos_rolling.model.kronos import Kronos, token_loss
 from kronos_rolling.model.tokenizer import KronosTokenizer, tokenizer_loss
 from kronos_rolling.training.pretrain.config import PretrainConfig, StageResult
-from kronos_rolling.training.pretrain.data import batch_indices, collate
+from kronos_rolling.training.pretrain.data import stage_batches
 from kronos_rolling.training.progress import progress_bar
 from kronos_rolling.training.schedule import warmup_cosine
 
@@ -74,8 +74,8 @@ def train_tokenizer(tokenizer: KronosTokenizer, dataset: BarWindowDataset, confi
     params = [p for p in tokenizer.parameters() if p.requires_grad]
     optimizer, scheduler = _optimizer(params, config.tokenizer_lr, config, config.tokenizer_steps)
     stage = _StageLog("pretrain tokenizer", config.tokenizer_steps, config.batch_size * config.window, progress)
-    for indices in batch_indices(len(dataset), config.tokenizer_steps, config.batch_size, config.seed):
-        x = collate(dataset, indices)["x"]
+    for batch in stage_batches(dataset, config.tokenizer_steps, config.batch_size, config.seed):
+        x = batch["x"]
         loss, parts = tokenizer_loss(tokenizer(x), x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -108,8 +108,8 @@ def train_predictor(predictor: Kronos, tokenizer: KronosTokenizer, dataset: BarW
     optimizer, scheduler = _optimizer(params, config.predictor_lr, config, config.predictor_steps)
     stage = _StageLog("pretrain predictor", config.predictor_steps, config.batch_size * (config.window - 1), progress)
     # A different shuffle from stage 1, still fixed by the seed.
-    for indices in batch_indices(len(dataset), config.predictor_steps, config.batch_size, config.seed + 1):
-        loss = _next_token_loss(predictor, tokenizer, collate(dataset, indices))
+    for batch in stage_batches(dataset, config.predictor_steps, config.batch_size, config.seed + 1):
+        loss = _next_token_loss(predictor, tokenizer, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

@@ -23,7 +23,7 @@ from kronos_rolling.training.pretrain.config import (
 from kronos_rolling.training.pretrain.data import (
     bars_between,
     bars_digest,
-    batch_indices,
+    PassSampler,
     held_out_windows,
 )
 from kronos_rolling.training.pretrain.run import (
@@ -102,14 +102,14 @@ def test_output_folder_decisions(tmp_path):
         check_output_folder(tmp_path / "file", force=True)
 
 
-def test_batch_indices_cover_every_sample_once_per_pass_and_are_seeded():
-    batches = list(batch_indices(10, steps=5, batch_size=4, seed=0))
-    flat = np.concatenate(batches)
-    assert [len(b) for b in batches] == [4] * 5
+def test_a_stage_sampler_covers_every_sample_once_per_pass_and_is_seeded():
+    flat = np.array(list(PassSampler(10, count=20, seed=0)))
+    assert len(flat) == len(PassSampler(10, count=20, seed=0)) == 20
     assert sorted(flat[:10]) == list(range(10))  # first pass: each sample once
     assert sorted(flat[10:20]) == list(range(10))
-    again = np.concatenate(list(batch_indices(10, steps=5, batch_size=4, seed=0)))
-    other = np.concatenate(list(batch_indices(10, steps=5, batch_size=4, seed=1)))
+    assert len(list(PassSampler(10, count=13, seed=0))) == 13  # a stage may end inside a pass
+    again = np.array(list(PassSampler(10, count=20, seed=0)))
+    other = np.array(list(PassSampler(10, count=20, seed=1)))
     assert np.array_equal(flat, again) and not np.array_equal(flat, other)
 
 
