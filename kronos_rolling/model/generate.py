@@ -261,7 +261,7 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
 
         sequences = TokenSequences(s1, s2, stamps, pad_mask, extra)
         sampling = Sampling(temperature, top_k, top_p, generator)
-        cache = KVCache(capacity=max_context)
+        cache = KVCache(capacity=min(max_context, total))  # never more positions than the window holds
         query_table = kronos.s2_query_table()
         for step in range(pred_len):
             known = lookback + step  # tokens so far; the next bar is position `known`
