@@ -126,7 +126,7 @@ def test_torchrun_trains_on_two_cpu_processes_into_one_run(clean_registry, track
             if r.info.run_id not in before]
     [run] = runs  # only rank 0 talks to MLflow
     run_id = run.info.run_id
-    assert f"run {run_id}: val_mae" in done.stdout
+    assert f"run {run_id}: model " in done.stdout and "val_mae" in done.stdout  # the figures' table, then the run
     assert run.info.status == "FINISHED" and run.data.tags["kronos.complete"] == "true"
     assert run.data.params["as_of"] == "2018-09-01" and run.data.params["epochs"] == "2"
     for key in ("train_loss", "val_loss", "lr", "bars_per_second"):
