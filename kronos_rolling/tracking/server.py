@@ -30,6 +30,7 @@ import tenacity
 from kronos_rolling.errors import ConfigError, RegistryUnavailable
 from kronos_rolling.files import write_atomic
 from kronos_rolling.settings import DEFAULT_HOST, DEFAULT_PORT
+from kronos_rolling.tracking.supervisor import terminate
 
 log = logging.getLogger(__name__)
 
@@ -387,14 +388,7 @@ def stop_process_tree(pid: int, timeout: float = 15.0) -> bool:
                 tree.append(process)
     if not tree:
         return False
-    for process in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.terminate()
-    _, alive = psutil.wait_procs(tree, timeout=timeout)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
+    terminate(tree, timeout)
     return True
 
 

@@ -40,6 +40,18 @@ def _raise_stop(signum, frame):
     raise _Stop()
 
 
+def terminate(processes: list[psutil.Process], grace_s: float) -> None:
+    """SIGTERM `processes`, then SIGKILL those still alive after `grace_s`, and wait for them."""
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
 def _become_subreaper() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
@@ -53,14 +65,7 @@ def stop_descendants(grace_s: float = GRACE_S) -> None:
         tree = me.children(recursive=True)
         if not tree:
             return
-        for process in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.terminate()
-        _, alive = psutil.wait_procs(tree, timeout=grace_s)
-        for process in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        psutil.wait_procs(alive, timeout=5)
+        terminate(tree, grace_s)
         with contextlib.suppress(ChildProcessError):  # reap re-parented orphans
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
