@@ -90,7 +90,9 @@ def test_progress_shows_each_epoch_with_bars_per_second_and_loss(tiny_base, caps
     shown = capsys.readouterr().err
     for epoch in ("epoch 1/2", "epoch 2/2"):
         assert f"{config.label} {epoch}" in shown
-    assert "bars_s=" in shown and "loss=" in shown and "sample/s" in shown
+    # Not a terminal: one line per epoch, not a redrawn bar.
+    assert "bars_s=" in shown and "loss=" in shown and "64/64 samples in " in shown and "\r" not in shown
+    assert shown.count("\n") == 2
 
 
 def test_a_fixed_seed_gives_the_same_adapter(tiny_base):
