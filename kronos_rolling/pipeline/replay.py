@@ -384,9 +384,10 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
             try:
                 with tempfile.TemporaryDirectory(prefix="kronos-drill-") as tmp:
                     warm_start = "auto"
-                    if drill:  # sabotage what the job would warm-start from: class, else pooled production
+                    if drill:  # sabotage what the job would warm-start from: class, else pooled production,
+                        # else (the guard refused the pooled adapter) the pooled version this replay trained
                         source = (default_warm_start(asset_class, client)
-                                  or f"models:/{registered_model_name(POOLED)}@{PRODUCTION}")
+                                  or f"models:/{registered_model_name(POOLED)}/{pooled.version}")
                         warm_start = str(sabotage(source, ctx.tracking, Path(tmp), settings.seed))
                     result = monthly_job(settings.train_config("rolling", as_of, asset_class, base), ctx,
                                          warm_start=warm_start, eval_settings=eval_settings, progress=progress)

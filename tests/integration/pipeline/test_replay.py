@@ -39,9 +39,13 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     crypto = frame[frame["asset_class"] == "crypto"]
     assert list(crypto["action"]) == ["trained", "trained"] and list(crypto["version"]) == ["1", "2"]
     assert set(crypto["decision"]) <= {"promoted", "refused", "withdrawn"}
-    for column in ("candidate_val_mae", "candidate_val_nll", "warm_start_val_nll", "pooled_val_mae",
+    for column in ("candidate_val_mae", "candidate_val_nll", "warm_start_val_nll",
                    "persistence_val_mae", "serving_val_mae"):
         assert crypto[column].notna().all(), column
+    # Pooled figures exist exactly when the guard promoted the pooled adapter (it may refuse it:
+    # on these few samples pooled and the bare base are close, and a tie or a loss never promotes).
+    pooled_promoted = any(line.startswith("  pooled v1: promoted") for line in lines)
+    assert crypto["pooled_val_mae"].notna().all() if pooled_promoted else crypto["pooled_val_mae"].isna().all()
     assert crypto["run_id"].notna().all()
     # What serves after the job: the candidate when promoted, else production, else pooled or base.
     for row in crypto.itertuples():
