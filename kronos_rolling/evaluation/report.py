@@ -67,7 +67,7 @@ def log_evaluation(run, evaluation: SpanEvaluation, name: str = "candidate", pri
 
     first = evaluation.classes[0]
     samples = evaluation.samples[first]
-    shown = {m: evaluation.mean_paths[first][m] for m in (name, "pooled", "base") if m in evaluation.mean_paths[first]}
+    shown = {m: evaluation.point_paths[first][m] for m in (name, "pooled", "base") if m in evaluation.point_paths[first]}
     run.log_figure(plots.forecast_vs_actual(samples, shown), "plots/forecast_vs_actual.png")
     scores = {m: evaluation.per_class[first][m] for m in evaluation.models}
     run.log_figure(plots.equity_curves(samples, scores, evaluation.buyhold_returns([first])),

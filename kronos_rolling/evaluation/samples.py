@@ -40,6 +40,7 @@ class EvaluationSamples:
     last_close: np.ndarray  # (N,) close of the last lookback bar
     actual_close: np.ndarray  # (N, horizon)
     origin: np.ndarray  # (N,) ns timestamp of the first horizon bar
+    horizon_end: np.ndarray  # (N,) ns timestamp where the horizon ends: its last bar's start + the bar spacing
     blocks_per_year: dict[str, float]  # per symbol: horizon-long blocks in a year of its market
     settings: EvalSettings
     candidates: int  # origins in the span before any cap
@@ -80,6 +81,7 @@ def build_samples(store: DataStore, symbols: list[str], span: tuple, settings: E
     origins = refs["origin"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
     last_close = np.empty(len(refs))
     actual = np.empty((len(refs), settings.horizon))
+    horizon_end = np.empty(len(refs), dtype=np.int64)
     for symbol, rows in refs.groupby("symbol").indices.items():
         bars = store.load(symbol)
         times = pd.DatetimeIndex(bars["timestamp"]).asi8
@@ -87,7 +89,8 @@ def build_samples(store: DataStore, symbols: list[str], span: tuple, settings: E
         at = np.searchsorted(times, origins[rows])
         last_close[rows] = close[at - 1]
         actual[rows] = close[at[:, None] + np.arange(settings.horizon)]
+        horizon_end[rows] = times[at + settings.horizon - 1] + pd.Timedelta(store.bar_spacing(symbol)).value
     per_year = {s: bars_per_year(store.asset_class(s), store.bar_spacing(s)) / settings.horizon
                 for s in dataset.symbols if dataset.samples_per_symbol[s]}
     return EvaluationSamples(dataset, vocabulary, refs["symbol"].to_numpy(dtype=object), dataset.positions(),
-                             last_close, actual, origins, per_year, settings, dataset.candidates)
+                             last_close, actual, origins, horizon_end, per_year, settings, dataset.candidates)

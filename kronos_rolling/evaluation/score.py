@@ -7,16 +7,23 @@ Conventions (docs/evaluation.md has the formulas):
 - Returns are cumulative close returns over the horizon, relative to the last close of
   the lookback: r[h] = close[h] / last_close - 1, h = 1..H. They compare across symbols,
   classes and months, unlike price errors.
-- The point forecast is the mean of the K sampled paths; an origin's MAE is the mean over
-  the H steps of |point - actual| returns.
-- CRPS scores the K paths' returns at the horizon's end against the actual one:
-  mean_k |x_k - y| - 1/(2K^2) sum_jk |x_j - x_k|. Persistence (a point at 0) scores |y|.
+- The point forecast is the median of the K sampled paths, step by step: absolute error
+  is minimised by the median (the mean of the paths would minimise squared error); an
+  origin's MAE is the mean over the H steps of |point - actual| returns.
+- CRPS scores the K paths' returns at the horizon's end against the actual one, in the
+  fair (unbiased) ensemble form: mean_k |x_k - y| - 1/(2K(K-1)) sum_{j != k} |x_j - x_k|.
+  The 1/(2K^2) form would favour ensembles that are too narrow. Persistence (a point at 0)
+  scores |y|.
 - The sign rule holds sign(forecast return over the horizon) for the horizon, on
   non-overlapping blocks of H bars, pays `cost` per unit of position change (going long
   to short costs 2 x cost, the first block pays for opening), and is annualised with the
   number of blocks per year for the series' market and bar spacing. Buy-and-hold holds +1
   on the same blocks. A series' Sharpe is computed on its own blocks; a model's val_sharpe
-  is the mean over series, so one busy series cannot drown the others.
+  is the mean over the series with at least MIN_SHARPE_BLOCKS blocks (NaN when none has),
+  so one busy series cannot drown the others.
+- A model's val_mae, val_nll and val_crps weight the origins so that every origin time
+  counts once (`Scores.weights`, see evaluation/compare.time_weights): with one series, or
+  series on the same times, that is the plain mean over origins.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import pandas as pd
 # trades around the clock on weekdays (~260 days); equities keep exchange hours.
 TRADING_DAYS = {"crypto": 365, "forex_commodity": 260, "equity": 252}
 SESSION_HOURS = {"crypto": 24.0, "forex_commodity": 24.0, "equity": 6.5}
+MIN_SHARPE_BLOCKS = 3  # a Sharpe ratio from fewer non-overlapping blocks says nothing
 
 
 def cumulative_returns(closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
@@ -49,10 +57,13 @@ def origin_mae(forecast_returns: np.ndarray, actual_returns: np.ndarray) -> np.n
 
 
 def crps(sample_returns: np.ndarray, actual_returns: np.ndarray) -> np.ndarray:
-    """(N, K) sampled returns and (N,) actual returns -> (N,) CRPS of each origin's ensemble."""
+    """(N, K) sampled returns and (N,) actual returns -> (N,) fair CRPS of each origin's ensemble."""
     x = np.asarray(sample_returns, dtype=np.float64)
     y = np.asarray(actual_returns, dtype=np.float64)
-    spread = np.abs(x[:, :, None] - x[:, None, :]).mean(axis=(1, 2))
+    k = x.shape[1]
+    if k == 1:  # a point forecast: |x - y|
+        return np.abs(x[:, 0] - y)
+    spread = np.abs(x[:, :, None] - x[:, None, :]).sum(axis=(1, 2)) / (k * (k - 1))  # over j != k
     return np.abs(x - y[:, None]).mean(axis=1) - 0.5 * spread
 
 
@@ -111,9 +122,9 @@ def annualized_sharpe(period_returns: np.ndarray, periods_per_year: float) -> fl
 class Scores:
     """One model's scores on a span's origins (every array is per origin, in the samples' order).
 
-    `nll` is None for a model without token probabilities (persistence). `block_returns`
-    holds, per series, the sign rule's net returns on its non-overlapping blocks, and
-    `blocks_per_year` how to annualise them.
+    `nll` is None for a model without token probabilities (persistence). `weights` (sum 1)
+    make every origin time count once. `block_returns` holds, per series, the sign rule's
+    net returns on its non-overlapping blocks, and `blocks_per_year` how to annualise them.
     """
 
     mae: np.ndarray
@@ -121,6 +132,7 @@ class Scores:
     nll: np.ndarray | None
     block_returns: dict[str, np.ndarray]
     blocks_per_year: dict[str, float]
+    weights: np.ndarray
 
     @property
     def origins(self) -> int:
@@ -128,15 +140,15 @@ class Scores:
 
     @property
     def val_mae(self) -> float:
-        return float(np.mean(self.mae))
+        return float(self.weights @ self.mae)
 
     @property
     def val_crps(self) -> float:
-        return float(np.mean(self.crps))
+        return float(self.weights @ self.crps)
 
     @property
     def val_nll(self) -> float:
-        return float("nan") if self.nll is None else float(np.mean(self.nll))
+        return float("nan") if self.nll is None else float(self.weights @ self.nll)
 
     @property
     def val_sharpe(self) -> float:
@@ -148,6 +160,8 @@ class Scores:
 
 
 def sharpe_of(block_returns: dict[str, np.ndarray], blocks_per_year: dict[str, float]) -> float:
-    """The mean over series of each series' annualised Sharpe ratio."""
-    values = [annualized_sharpe(r, blocks_per_year[s]) for s, r in block_returns.items()]
-    return float(np.mean(values)) if values else 0.0
+    """The mean over series (those with MIN_SHARPE_BLOCKS blocks or more) of each series'
+    annualised Sharpe ratio; NaN when no series has that many."""
+    values = [annualized_sharpe(r, blocks_per_year[s]) for s, r in block_returns.items()
+              if len(r) >= MIN_SHARPE_BLOCKS]
+    return float(np.mean(values)) if values else float("nan")

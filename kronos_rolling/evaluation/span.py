@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import DataError
 from kronos_rolling.evaluation.compare import (
+    CalendarLayout,
     Difference,
     paired_difference,
     sharpe_difference,
+    time_weights,
 )
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.evaluation.forecasts import ForecastModel, forecast_paths, token_nll
@@ -46,7 +49,7 @@ class SpanEvaluation:
     settings: EvalSettings
     samples: dict[str, EvaluationSamples]  # per evaluated class
     per_class: dict[str, dict[str, Scores]]  # class -> model -> scores
-    mean_paths: dict[str, dict[str, np.ndarray]]  # class -> model -> (N, H) point forecasts in prices (plots)
+    point_paths: dict[str, dict[str, np.ndarray]]  # class -> model -> (N, H) point forecasts (median) in prices
     notes: list[str] = field(default_factory=list)  # symbols and classes left out, and why
 
     @property
@@ -59,19 +62,40 @@ class SpanEvaluation:
         return [name for name in next(iter(self.per_class.values())) if name != PERSISTENCE]
 
     def scores(self, name: str) -> Scores:
-        """`name`'s scores on every class's origins (in class order)."""
+        """`name`'s scores on every class's origins (in class order), weighted over all of them."""
         parts = [self.per_class[c][name] for c in self.classes]
         return Scores(
             mae=np.concatenate([p.mae for p in parts]), crps=np.concatenate([p.crps for p in parts]),
             nll=None if any(p.nll is None for p in parts) else np.concatenate([p.nll for p in parts]),
             block_returns={s: r for p in parts for s, r in p.block_returns.items()},
             blocks_per_year={s: v for p in parts for s, v in p.blocks_per_year.items()},
+            weights=self.layout.weights,
         )
 
     @property
     def groups(self) -> np.ndarray:
         """The series of each origin (class/symbol), aligned with `scores(...)` arrays."""
         return np.concatenate([np.char.add(f"{c}/", self.samples[c].symbols.astype(str)) for c in self.classes])
+
+    @property
+    def origin_times(self) -> np.ndarray:
+        """(N,) ns: each origin's first horizon bar, aligned with `scores(...)` arrays."""
+        return np.concatenate([self.samples[c].origin for c in self.classes])
+
+    @property
+    def horizon_ends(self) -> np.ndarray:
+        """(N,) ns: where each origin's horizon ends, aligned with `scores(...)` arrays."""
+        return np.concatenate([self.samples[c].horizon_end for c in self.classes])
+
+    @cached_property
+    def layout(self) -> CalendarLayout:
+        """Every origin on calendar time: the weights of every figure and the evidence of every interval."""
+        return CalendarLayout.of(self.groups, self.origin_times, self.settings.horizon, self.horizon_ends)
+
+    @property
+    def horizons(self) -> float:
+        """Non-overlapping horizons of calendar time that the origins span (the evidence behind an interval)."""
+        return self.layout.horizons
 
     @property
     def origins(self) -> int:
@@ -103,40 +127,52 @@ class SpanEvaluation:
         per_year = {s: v for samples in self.samples.values() for s, v in samples.blocks_per_year.items()}
         return sharpe_of(self.buyhold_returns(), per_year)
 
+    def blocks(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Per series, the sign rule's block starts (ns) and a block's length in time (ns)."""
+        starts, lengths = {}, {}
+        for samples in self.samples.values():
+            for symbol, rows in samples.blocks().items():
+                starts[symbol] = samples.origin[rows]
+                lengths[symbol] = float(np.median(samples.horizon_end[rows] - samples.origin[rows]))
+        return starts, lengths
+
     def difference(self, first: str, second: str, metric: str) -> Difference:
         """first - second on the same origins, for a loss (`val_mae`, `val_nll`, `val_crps`) or `val_sharpe`."""
         a, b = self.scores(first), self.scores(second)
         if metric == "val_sharpe":
-            return sharpe_difference(a.block_returns, b.block_returns, a.blocks_per_year,
+            starts, lengths = self.blocks()
+            return sharpe_difference(a.block_returns, b.block_returns, a.blocks_per_year, starts, lengths,
                                      confidence=self.settings.confidence,
                                      resamples=self.settings.bootstrap_resamples, seed=self.settings.seed)
         first_losses, second_losses = a.losses(metric), b.losses(metric)
         if first_losses is None or second_losses is None:
             return Difference(metric, float("nan"), float("nan"), float("nan"), a.origins, self.settings.confidence,
                               f"{first if first_losses is None else second} has no {metric}")
-        return paired_difference(first_losses, second_losses, self.groups, self.settings.horizon, metric=metric,
-                                 confidence=self.settings.confidence)
+        return paired_difference(first_losses, second_losses, series=self.groups, times=self.origin_times,
+                                 horizon=self.settings.horizon, ends=self.horizon_ends,
+                                 confidence=self.settings.confidence, metric=metric)
 
 
 def score_forecasts(samples: EvaluationSamples, paths: np.ndarray | None, nll: np.ndarray | None,
                     cost: float) -> Scores:
-    """Scores of (N, K, H) sampled close paths; None scores persistence (every return 0)."""
+    """Scores of (N, K, H) sampled close paths; None scores persistence (every return 0).
+    The point forecast is the median of the K paths at each step (what absolute error rewards)."""
     actual = samples.actual_returns
     if paths is None:
         point, ensemble = np.zeros_like(actual), np.zeros((len(actual), 1))
     else:
         returns = cumulative_returns(paths, samples.last_close)  # (N, K, H)
-        point, ensemble = returns.mean(axis=1), returns[:, :, -1]
+        point, ensemble = np.median(returns, axis=1), returns[:, :, -1]
     block_returns = {symbol: position_returns(np.sign(point[rows, -1]), actual[rows, -1], cost)
                      for symbol, rows in samples.blocks().items()}
     return Scores(origin_mae(point, actual), crps(ensemble, actual[:, -1]), nll, block_returns,
-                  dict(samples.blocks_per_year))
+                  dict(samples.blocks_per_year), time_weights(samples.symbols, samples.origin))
 
 
 def evaluate_span(store: DataStore, classes: list[str], span: tuple, models: dict[str, ForecastModel],
                   settings: EvalSettings, vocabulary) -> SpanEvaluation:
     """Every model in `models`, and persistence, on the same origins of `span` in each class."""
-    samples_of, per_class, mean_paths, notes = {}, {}, {}, []
+    samples_of, per_class, point_paths, notes = {}, {}, {}, []
     for asset_class in classes:
         symbols = store.symbols_for(asset_class)
         try:
@@ -147,16 +183,16 @@ def evaluate_span(store: DataStore, classes: list[str], span: tuple, models: dic
         empty = [s for s, n in samples.dataset.samples_per_symbol.items() if n == 0]
         if empty:
             notes.append(f"{asset_class}: {', '.join(empty)} left out: no origin in [{span[0]}, {span[1]})")
-        samples_of[asset_class], per_class[asset_class], mean_paths[asset_class] = samples, {}, {}
+        samples_of[asset_class], per_class[asset_class], point_paths[asset_class] = samples, {}, {}
         done: dict[int, str] = {}  # the same model under two names is run once
         for name, model in models.items():
             if id(model) in done:
                 per_class[asset_class][name] = per_class[asset_class][done[id(model)]]
-                mean_paths[asset_class][name] = mean_paths[asset_class][done[id(model)]]
+                point_paths[asset_class][name] = point_paths[asset_class][done[id(model)]]
                 continue
             paths = forecast_paths(model, samples)
             per_class[asset_class][name] = score_forecasts(samples, paths, token_nll(model, samples), settings.cost)
-            mean_paths[asset_class][name] = paths.mean(axis=1)
+            point_paths[asset_class][name] = np.median(paths, axis=1)
             done[id(model)] = name
         per_class[asset_class][PERSISTENCE] = score_forecasts(samples, None, None, settings.cost)
     for note in notes:
@@ -164,4 +200,4 @@ def evaluate_span(store: DataStore, classes: list[str], span: tuple, models: dic
     if not per_class:
         raise DataError(f"no data for {', '.join(classes)} in [{span[0]}, {span[1]}) to evaluate on: "
                         + "; ".join(notes))
-    return SpanEvaluation(span, settings, samples_of, per_class, mean_paths, notes)
+    return SpanEvaluation(span, settings, samples_of, per_class, point_paths, notes)

@@ -12,6 +12,7 @@ from kronos_rolling.evaluation.score import (
     non_overlapping,
     origin_mae,
     position_returns,
+    sharpe_of,
     skill,
 )
 
@@ -44,9 +45,29 @@ def test_crps_rewards_a_sharp_ensemble_around_the_outcome_and_equals_mae_for_a_p
     sharp = crps(np.array([[0.009, 0.011, 0.010, 0.012]]), y)
     wide = crps(np.array([[-0.05, 0.07, 0.01, -0.02]]), y)
     assert sharp < wide
-    np.testing.assert_allclose(crps(np.zeros((1, 3)), y), [0.01])  # persistence: |y|
-    # the closed form for two members: (|x1-y| + |x2-y|)/2 - |x1-x2|/4
-    np.testing.assert_allclose(crps(np.array([[0.0, 0.04]]), np.array([0.01])), [(0.01 + 0.03) / 2 - 0.04 / 4])
+    np.testing.assert_allclose(crps(np.zeros((1, 1)), y), [0.01])  # persistence: |y|
+    # the fair form for two members: (|x1-y| + |x2-y|)/2 - |x1-x2|/2 (pairs j != k only)
+    np.testing.assert_allclose(crps(np.array([[0.0, 0.04]]), np.array([0.05])), [(0.05 + 0.01) / 2 - 0.04 / 2])
+
+
+def test_the_fair_crps_is_lowest_for_the_true_spread_where_the_biased_form_favours_a_narrow_one():
+    """Outcomes ~ N(0, 1); ensembles of K=4 drawn with spread s. The fair CRPS is minimised at
+    the true spread; the 1/(2K^2) form would have preferred s = 0.7."""
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal(40_000)
+
+    def expected(spread):
+        return crps(rng.standard_normal((len(y), 4)) * spread, y).mean()
+
+    at_truth = expected(1.0)
+    assert at_truth < expected(0.7) and at_truth < expected(0.85) and at_truth < expected(1.25)
+
+
+def test_sharpe_of_leaves_out_series_with_fewer_than_three_blocks():
+    returns = {"BTC": np.array([0.01, -0.02, 0.03, 0.01]), "LTC": np.array([0.5, 0.6])}
+    per_year = {"BTC": 365.0, "LTC": 365.0}
+    assert sharpe_of(returns, per_year) == pytest.approx(annualized_sharpe(returns["BTC"], 365.0))
+    assert np.isnan(sharpe_of({"LTC": returns["LTC"]}, per_year))
 
 
 def test_skill_against_persistence():
