@@ -137,23 +137,35 @@ class Thresholds:
     # when it is strictly better on it than the reference (pooled, else the bare base) AND
     # than the current production, on the same origins; a tie keeps the incumbent.
     primary_metric: str = "val_mae"
-    # Guard: also require each difference's interval to lie entirely below zero.
-    min_confidence: bool = False
-    # Guard: fewer origins than this (or no interval): no evidence, no promotion.
-    min_origins: int = 30
-    # Alert when candidate val_mae > prior production val_mae * (1 + ratio), same span.
+    # Guard: require each difference's whole interval below zero (significance at the
+    # evaluation's `confidence`, 90%: a one-sided 5% test). Off, two point estimates below
+    # zero are enough, and a candidate no better than the incumbent is promoted in about
+    # half the months (docs/evaluation.md, "Error rates").
+    min_confidence: bool = True
+    # Guard: the evidence a decision needs: an interval resting on at least this many
+    # non-overlapping horizons of data. Short of it the candidate waits at @staging
+    # ("pending") while months of evidence accumulate, for at most max_evidence_months.
+    min_horizons: float = 3.0
+    max_evidence_months: int = 6
+    # Alert when candidate val_mae > prior production val_mae * (1 + ratio), same span, and
+    # the difference is significant (its interval above zero).
     regression_alert_ratio: float = 0.10
     # Also refuse a candidate that triggers the regression alert.
     refuse_on_regression: bool = False
-    # Alert when the version about to serve forecasts worse than no change (val_mae_skill < 0);
-    # with this on, a candidate with negative skill is refused as well.
+    # Alert when the version about to serve forecasts significantly worse than no change
+    # (its val_mae interval against persistence above zero); with this on, such a candidate
+    # is refused as well.
     refuse_negative_skill: bool = False
-    # Monthly incumbent check: withdraw @production when its val_mae is more than this fraction
-    # worse than pooled's on the month just closed (or significantly worse, with min_confidence).
+    # Monthly incumbent check: withdraw @production when its val_mae is more than this
+    # fraction worse than what would serve instead (pooled, else the base) on the months
+    # since it was chosen (the phase document's rule) ...
     withdraw_ratio: float = 0.10
-    # Cadence: switch monthly -> quarterly after `stall_retrains` monthly retrains in a row each
-    # changed val_sharpe by less than `stall_sharpe_delta`, measured: the whole interval of the
-    # change lies inside (-delta, +delta). An interval that merely straddles zero is not stable.
+    # ... and, with this on, that difference is significant (its interval above zero). Off,
+    # noise withdraws a good incumbent in some months (docs/evaluation.md, "Error rates").
+    withdraw_significant: bool = True
+    # Cadence: switch monthly -> quarterly when the last `stall_retrains` monthly retrains,
+    # measured together (the mean of their Sharpe changes over what served before them),
+    # improved val_sharpe by less than `stall_sharpe_delta`: retraining did not help.
     stall_sharpe_delta: float = 0.05
     stall_retrains: int = 3
     # Cadence: back to monthly when a quarterly retrain moves val_sharpe by at least this much

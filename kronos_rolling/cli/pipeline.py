@@ -300,9 +300,11 @@ def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_sa
               help="Sabotage that month's warm start to watch the guard refuse (repeatable).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report as CSV, one row per class and month.")
+@click.option("--horizon", type=click.IntRange(min=1), default=None,
+              help="Bars forecast and scored per origin (default: the CPU-sized replay's, 4).")
 @click.option("--no-progress", is_flag=True)
 def simulate(start, months, classes, data_dir, base_model, tracking_uri, port, workdir, drills, report_path,
-             no_progress):
+             horizon, no_progress):
     """Replay the monthly cron on past months, one month at a time, and report each class and
     month: what the job did, the guard's decision, the figures, and what serves afterwards."""
     from kronos_rolling.data.store import DataStore
@@ -310,6 +312,7 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, port, w
     from kronos_rolling.pipeline.context import JobContext
     from kronos_rolling.pipeline.replay import (
         REPORT_COLUMNS,
+        SimulationSettings,
         log_report,
         months_from,
         offline_tiny_base,
@@ -332,8 +335,9 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, port, w
         shutil.rmtree(server_dir)  # a replay starts from an empty registry
     with tracking_for_simulation(tracking_uri, server_dir, port) as tracking:
         ctx = JobContext.from_settings(settings, tracking, store)
-        report = replay(ctx, base, start, months, classes=list(classes) or None, drill_months=tuple(drills),
-                        progress=not no_progress, echo=click.echo)
+        replay_settings = SimulationSettings() if horizon is None else SimulationSettings(horizon=horizon)
+        report = replay(ctx, base, start, months, classes=list(classes) or None, settings=replay_settings,
+                        drill_months=tuple(drills), progress=not no_progress, echo=click.echo)
         report.run_id = log_report(report, start, months, tracking)
         frame = report.frame()
         click.echo(frame[list(REPORT_COLUMNS[:-1])].to_string(index=False, na_rep="-",

@@ -187,9 +187,8 @@ def cadence(asset_class: str, mode: str | None, reason: str, as_of: datetime | N
     since = f" since {state.since}" if state.since else ""
     click.echo(f"{registered_model_name(asset_class)}: {state.mode}{since} ({state.reason})")
     for record in state.retrains:
-        stable = "stable" if record.stable(settings.thresholds.stall_sharpe_delta) else "not stable"
         click.echo(f"  {record.on}  v{record.version or '?'}  {record.cadence:<9}  "
-                   f"val_sharpe change {record.describe()}  ({stable})")
+                   f"val_sharpe change {record.describe()}")
 
 
 COMMANDS = [history, promote, rollback, retention, due, cadence]

@@ -169,6 +169,27 @@ def score_forecasts(samples: EvaluationSamples, paths: np.ndarray | None, nll: n
                   dict(samples.blocks_per_year), time_weights(samples.symbols, samples.origin))
 
 
+def span_horizons(store: DataStore, classes: list[str], span: tuple, settings: EvalSettings, vocabulary) -> float:
+    """Non-overlapping horizons of calendar time that the span's origins hold, over every class
+    (the evidence an interval there would rest on); no model runs. 0 when there is no origin."""
+    names, times, ends = [], [], []
+    for asset_class in classes:
+        symbols = store.symbols_for(asset_class)
+        if not symbols:
+            continue
+        try:
+            samples = build_samples(store, symbols, span, settings, vocabulary)
+        except DataError:
+            continue
+        names.append(np.char.add(f"{asset_class}/", samples.symbols.astype(str)))
+        times.append(samples.origin)
+        ends.append(samples.horizon_end)
+    if not names:
+        return 0.0
+    layout = CalendarLayout.of(np.concatenate(names), np.concatenate(times), settings.horizon, np.concatenate(ends))
+    return 0.0 if layout.reason else layout.horizons
+
+
 def evaluate_span(store: DataStore, classes: list[str], span: tuple, models: dict[str, ForecastModel],
                   settings: EvalSettings, vocabulary) -> SpanEvaluation:
     """Every model in `models`, and persistence, on the same origins of `span` in each class."""

@@ -4,6 +4,10 @@ One job per class at a time: a job takes the class lock (locks.class_lock) and, 
 holds it, checks again whether the class already has a version as of this month or is no
 longer due; then it exits 0 and says so, instead of training the same month twice.
 
+A class whose last candidate is still pending (the guard had too little evidence, as daily
+bars at long horizons do) does not retrain: the month judges the challenger again on a
+longer span (pipeline/challenger.py), then checks the incumbent.
+
 A refusal is a decision, not a failure. A failure sends a `job_failed` alert and is
 raised again, after the registry has been left as it was.
 """
@@ -18,14 +22,17 @@ import pandas as pd
 
 from mlflow.exceptions import MlflowException
 
+from kronos_rolling.data.windows import to_utc
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.locks import class_lock
-from kronos_rolling.pipeline.context import JobContext
-from kronos_rolling.pipeline.incumbent import (
-    IncumbentCheck,
-    check_incumbent,
-    incumbent_step,
+from kronos_rolling.pipeline.challenger import (
+    ChallengerCheck,
+    challenger_step,
+    judged_this_month,
+    pending_challenger,
 )
+from kronos_rolling.pipeline.context import JobContext
+from kronos_rolling.pipeline.incumbent import IncumbentCheck, incumbent_step
 from kronos_rolling.pipeline.steps import (
     TrainOutcome,
     guard_step,
@@ -58,7 +65,8 @@ class JobResult:
     retention: RetentionReport | None = None
     outcome: TrainOutcome | None = None
     alerts: list[DeliveryResult] = field(default_factory=list)  # deliveries of the guard's alerts
-    incumbent: IncumbentCheck | None = None  # the monthly check of @production against pooled
+    incumbent: IncumbentCheck | None = None  # the monthly check of @production against its fallback
+    challenger: ChallengerCheck | None = None  # a pending challenger judged again instead of a retrain
 
     @property
     def promoted(self) -> bool:
@@ -77,6 +85,8 @@ def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None 
     as_of_day = pd.Timestamp(config.as_of).date()
     label = config.label
     try:
+        if check_due and label != POOLED and ctx.distributed.is_main and pending_challenger(ctx.client, label):
+            return _judge_challenger(config, ctx, as_of_day, eval_settings, wait_for_lock)
         if check_due and label != POOLED:
             due = retrain_due(ctx.client, label, as_of_day, ctx.thresholds)
             if not due.due:
@@ -115,6 +125,25 @@ def already_done(ctx: JobContext, label: str, as_of: str, as_of_day) -> str | No
     return None
 
 
+def _judge_challenger(config: TrainConfig, ctx: JobContext, as_of_day, eval_settings, wait_for_lock) -> JobResult:
+    """The pending challenger judged again (under the class lock, once a month), then the incumbent check."""
+    label = config.label
+    with class_lock(ctx.lock_dir, label, wait=wait_for_lock, job=f"judge {label} challenger {config.as_of}"):
+        version = pending_challenger(ctx.client, label)
+        if version is None or judged_this_month(version, to_utc(config.as_of)):
+            why = ("another job judged the challenger meanwhile" if version is None
+                   else f"challenger v{version.version} was judged as of {config.as_of} already")
+            return JobResult(label, config.as_of, False, f"{why}; this one exits")
+        check = challenger_step(label, ctx, config.as_of, version)
+        incumbent = None
+        if not check.decision.promote:
+            incumbent = incumbent_step(label, ctx, as_of_day, eval_settings, measured=check.evaluation,
+                                       versions=check.versions)
+    reason = f"challenger v{check.version} pending: judged again on {check.months} month(s) of evidence"
+    return JobResult(label, config.as_of, False, reason, check.version, check.decision, alerts=check.deliveries,
+                     incumbent=incumbent, challenger=check)
+
+
 def list_versions_if_any(client, name: str):
     try:
         return list_versions(client, name)
@@ -134,8 +163,9 @@ def _train_and_decide(config: TrainConfig, ctx: JobContext, reason: str, as_of_d
     version = register_step(outcome, ctx)
     decision, conclusion = guard_step(outcome, version, ctx, as_of=as_of_day)
     incumbent = None
-    if not decision.promote and label != POOLED:  # the production that stays is checked on the same figures
-        incumbent = check_incumbent(label, ctx, outcome.evaluation, outcome.compared_versions)
+    if not decision.promote and label != POOLED:  # the production that stays is checked (on these figures
+        incumbent = incumbent_step(label, ctx, as_of_day, eval_settings,  # when the spans agree)
+                                   measured=outcome.evaluation, versions=outcome.compared_versions)
     retention = retention_step(label, ctx)
     return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome,
                      conclusion.deliveries, incumbent)

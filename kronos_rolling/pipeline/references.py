@@ -5,7 +5,8 @@
     base        the bare base (zero-shot)
     warm_start  what the candidate started from, when it is none of the above (e.g. a folder)
 
-A model that stands under two names is loaded once and evaluated once.
+A model that stands under two names is loaded once and evaluated once. `fallback_name`
+says what the predictor would serve for a class without @production: pooled, else base.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from mlflow.exceptions import MlflowException
 
 from kronos_rolling.evaluation.forecasts import ForecastModel
-from kronos_rolling.evaluation.span import SpanEvaluation
+from kronos_rolling.evaluation.span import PERSISTENCE, SpanEvaluation
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.registry.guard import EvalFigures
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
@@ -64,11 +65,18 @@ def reference_models(tracking: Tracking, label: str, base: BaseModelRef,
     return refs
 
 
+def fallback_name(evaluation: SpanEvaluation) -> str | None:
+    """What the predictor serves for a class without @production: pooled, else the base."""
+    return next((name for name in ("pooled", "base") if name in evaluation.models), None)
+
+
 def figures_of(evaluation: SpanEvaluation, name: str, version: str | None = None) -> EvalFigures | None:
-    """`name`'s figures as the guard reads them (None when it was not evaluated)."""
+    """`name`'s figures as the guard reads them (None when it was not evaluated), with its
+    val_mae difference against no change (its skill, measured)."""
     if name not in evaluation.models:
         return None
     f = evaluation.figures(name)
     start, end = evaluation.span
     return EvalFigures(f["val_mae"], f["val_sharpe"], f["val_nll"], f["val_crps"], f["val_mae_skill"],
-                       int(f["val_origins"]), start.date(), end.date(), version)
+                       int(f["val_origins"]), start.date(), end.date(), version,
+                       evaluation.difference(name, PERSISTENCE, "val_mae"))

@@ -135,6 +135,14 @@ class MonthRow:
     drill: bool = False
     failed: bool = False
     seconds: float = 0.0
+    reference: str = ""  # pooled | base: what the predictor falls back to for the class after the job
+    reference_val_mae: float | None = None  # the reference's, on the evaluation's span
+    decision_diff: float | None = None  # the comparison the decision used (NaN where it had no interval)
+    decision_diff_lo: float | None = None
+    decision_diff_hi: float | None = None
+    decision_horizons: float | None = None  # non-overlapping horizons behind that comparison
+    evidence_months: int | None = None  # calendar months the evaluated span covers
+    challenger: str | None = None  # a pending version judged again this month instead of a retrain
 
 
 NOT_APPLICABLE = "n/a"
@@ -156,7 +164,7 @@ class SimulationReport:
     def frame(self) -> pd.DataFrame:
         frame = pd.DataFrame([asdict(r) for r in self.rows])
         figures = [c for c in frame.columns if c.endswith(("_mae", "_nll", "_sharpe", "_skill", "_lo", "_hi",
-                                                               "_diff", "sharpe_delta"))]
+                                                               "_diff", "sharpe_delta", "_horizons"))]
         frame[figures] = frame[figures].astype("float64")  # None (not measured) -> NaN
         return frame
 
@@ -171,9 +179,9 @@ class SimulationReport:
         """Counts over the class-months: what served, what the guard did with ties, what beat pooled."""
         frame = self.frame()
         trained = frame[frame["action"] == "trained"]
-        worse = frame["serving_val_mae"] > frame["pooled_val_mae"]
+        worse = frame["serving_val_mae"] > frame["reference_val_mae"]
         return {
-            "class-months where something worse than pooled served": int(worse.sum()),
+            "class-months where something worse than the fallback served": int(worse.sum()),
             "promotions on ties": int(((trained["decision"] == "promoted") & (trained["vs_pooled_mae_diff"] == 0)).sum()),
             "candidates that beat pooled": int((trained["candidate_val_mae"] < trained["pooled_val_mae"]).sum()),
             "candidates whose val_nll equals their warm start's": int(
@@ -291,27 +299,35 @@ def _serving(client: MlflowClient, asset_class: str) -> str:
     return "base"
 
 
+def _months(span) -> int:
+    start, end = span
+    return (end.year - start.year) * 12 + end.month - start.month
+
+
 def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, seconds: float,
          drill: bool) -> MonthRow:
     cadence = read_cadence(client, asset_class)
     kept, aliased = _versions_kept(client, asset_class)
     serving = _serving(client, asset_class)
+    reference = "base" if _serving(client, POOLED) == "base" else "pooled"
     row = MonthRow(asset_class, month, "trained" if result.due else "not_due", serving_after=serving,
                    reason=result.reason, cadence=cadence.mode, versions_kept=kept, aliased=aliased, drill=drill,
-                   seconds=round(seconds, 1))
-    evaluation, versions = None, {}
+                   seconds=round(seconds, 1), reference=reference)
+    evaluation, decision, compared = None, result.decision, None
     if result.due:
-        outcome, decision = result.outcome, result.decision
-        evaluation, versions = outcome.evaluation, outcome.compared_versions
-        row.decision, row.version, row.run_id = ("promoted" if decision.promote else "refused"), result.version, \
-            outcome.run_id
-        row.reason = decision.reason
+        evaluation = result.outcome.evaluation
+        row.run_id, row.version = result.outcome.run_id, result.version
+    elif result.challenger is not None:
+        evaluation, row.run_id = result.challenger.evaluation, result.challenger.run_id
+        row.challenger = row.version = result.challenger.version
+    if decision is not None:
+        row.decision, row.reason, compared = decision.outcome, decision.reason, decision.evidence
         candidate = evaluation.figures("candidate")
         row.candidate_val_mae, row.candidate_val_nll = candidate["val_mae"], candidate["val_nll"]
         row.candidate_val_mae_skill, row.candidate_val_sharpe = candidate["val_mae_skill"], candidate["val_sharpe"]
         if "warm_start" in evaluation.models:
             row.warm_start_val_nll = evaluation.figures("warm_start")["val_nll"]
-        elif outcome.warm_start is None and "base" in evaluation.models:
+        elif result.due and result.outcome.warm_start is None and "base" in evaluation.models:
             # A fresh adapter (LoRA B = 0, event table 0) forecasts exactly as the bare base does.
             row.warm_start_val_nll = evaluation.figures("base")["val_nll"]
         if "pooled" in evaluation.models:
@@ -323,19 +339,25 @@ def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, 
     check = result.incumbent
     if check is not None and check.evaluation is not None:
         evaluation = evaluation or check.evaluation
-        versions = versions or {}
         row.run_id = row.run_id or check.run_id
         if check.decision is not None:
             if check.decision.withdraw:
                 row.decision = "withdrawn"
-            elif not result.due:
+            elif decision is None:
                 row.decision = "kept"
+            if compared is None or check.decision.withdraw:
+                compared = check.decision.difference
             row.reason += f"; incumbent check: {check.decision.reason}"
+    if compared is not None:
+        row.decision_diff, row.decision_diff_lo, row.decision_diff_hi = compared.mean, compared.lo, compared.hi
+        row.decision_horizons = compared.horizons
     if evaluation is not None:
         figures = {name: evaluation.figures(name) for name in evaluation.models}
+        row.evidence_months = _months(evaluation.span)
         row.pooled_val_mae = figures.get("pooled", {}).get("val_mae")
         row.production_val_mae = figures.get("production", {}).get("val_mae")
         row.base_val_mae = figures.get("base", {}).get("val_mae")
+        row.reference_val_mae = figures.get(reference, {}).get("val_mae")
         row.persistence_val_mae = evaluation.figures(PERSISTENCE)["val_mae"]
         serving_model = ("candidate" if row.decision == "promoted" else
                          "pooled" if serving == "pooled" else "base" if serving == "base" else "production")
@@ -405,15 +427,19 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
 def _describe(row: MonthRow) -> str:
     text = f"  {row.month} {row.asset_class:<15} {row.action:<8} {row.decision:<9}"
     if row.version:
-        text += (f" v{row.version:<3} val_mae {row.candidate_val_mae:.5f} (pooled "
-                 f"{row.pooled_val_mae if row.pooled_val_mae is not None else float('nan'):.5f})")
+        reference = row.reference_val_mae if row.reference_val_mae is not None else float("nan")
+        text += f" v{row.version:<3} val_mae {row.candidate_val_mae:.5f} ({row.reference} {reference:.5f})"
+    if row.decision_diff is not None:
+        interval = ("no interval" if row.decision_diff_lo is None or pd.isna(row.decision_diff_lo)
+                    else f"[{row.decision_diff_lo:+.4f}, {row.decision_diff_hi:+.4f}]")
+        text += f" diff {row.decision_diff:+.4f} {interval} on {row.decision_horizons:.1f} horizons"
     text += f" serving {row.serving_after}"
     if row.alerts:
         text += f" alerts: {row.alerts}"
     text += f"  [{row.cadence}]"
     if row.drill:
         text += " (drill)"
-    if row.decision in ("refused", "withdrawn", "none", "kept"):
+    if row.decision in ("refused", "withdrawn", "none", "kept", "pending"):
         text += f"  {row.reason}"
     return text
 

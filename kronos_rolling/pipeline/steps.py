@@ -304,24 +304,26 @@ def guard_step(outcome: TrainOutcome, version: str, ctx: JobContext, *, as_of: d
 
 
 def judge_candidate(evaluation: SpanEvaluation, label: str, versions: dict[str, str],
-                    thresholds: Thresholds) -> GuardDecision:
+                    thresholds: Thresholds, evidence_months: int = 1) -> GuardDecision:
     """The guard's inputs read off an evaluation, and its decision. For the pooled label the
-    pooled production adapter is both the reference and the incumbent."""
+    pooled production adapter is both the reference and the incumbent. The Sharpe change
+    (the cadence's measure) is against what served before: production, else the fallback."""
     metric = thresholds.primary_metric
 
     def versus(other: str) -> Difference | None:
         return evaluation.difference("candidate", other, metric) if other in evaluation.models else None
 
+    # Under the pooled label, the "production" model is the pooled adapter itself: it is the reference.
+    pooled_as = "production" if label == POOLED else "pooled"
     production = None if label == POOLED else figures_of(evaluation, "production", versions.get("production"))
-    pooled_name = "production" if label == POOLED else "pooled"
-    sharpe_other = pooled_name if label == POOLED else "production"
+    served_before = next((m for m in ("production", pooled_as, "base") if m in evaluation.models), None)
     return decide_promotion(
-        figures_of(evaluation, "candidate"), pooled=figures_of(evaluation, pooled_name, versions.get(pooled_name)),
-        production=production, base=figures_of(evaluation, "base"), vs_pooled=versus(pooled_name),
+        figures_of(evaluation, "candidate"), pooled=figures_of(evaluation, pooled_as, versions.get(pooled_as)),
+        production=production, base=figures_of(evaluation, "base"), vs_pooled=versus(pooled_as),
         vs_production=None if production is None else versus("production"), vs_base=versus("base"),
-        sharpe_change=(evaluation.difference("candidate", sharpe_other, "val_sharpe")
-                       if sharpe_other in evaluation.models else None),
-        thresholds=thresholds)
+        sharpe_change=(evaluation.difference("candidate", served_before, "val_sharpe")
+                       if served_before else None),
+        thresholds=thresholds, evidence_months=evidence_months)
 
 
 def _production_version_number(client: MlflowClient, name: str) -> str | None:

@@ -126,15 +126,15 @@ def guard_alerts(decision: GuardDecision, name: str, version: str | int) -> list
             f"production v{production.version or '?'} ({production.val_mae:.6g}) on the same span"),
             {**fields, "production_version": production.version,
              "production_val_mae": production.val_mae}))
-    if not decision.promote:
+    if not decision.promote and not decision.pending:
         alerts.append(Alert(REFUSED, f":no_entry: {name} v{version} refused by the guard: "
                                      f"{decision.reason}; it stays @staging", fields))
     if decision.negative_skill_alert:
         serving = decision.candidate if decision.promote else decision.production
         who = f"{name} v{version}" if decision.promote else f"{name} production v{serving.version or '?'}"
         alerts.append(Alert(NEGATIVE_SKILL, (
-            f":chart_with_downwards_trend: {who}, which serves now, forecasts worse than no change "
-            f"(val_mae_skill {serving.val_mae_skill:.4g} against persistence)"),
+            f":chart_with_downwards_trend: {who}, which serves now, forecasts significantly worse than no "
+            f"change (val_mae_skill {serving.val_mae_skill:.4g}; {serving.vs_persistence.describe()})"),
             {**fields, "serving": who, "val_mae_skill": serving.val_mae_skill}))
     return alerts
 

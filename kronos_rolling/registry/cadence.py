@@ -7,16 +7,19 @@ the state on the registered model and calls these.
   quarterly means once the calendar month is `quarterly_interval_months` after the
   last retrain's. Counting calendar months, not days, keeps a retrain that ran late in
   its month (say on the 3rd) from pushing the next one past the 1st-of-month cron run.
-- After each retrain its Sharpe change is recorded: candidate val_sharpe minus the previous
-  production version's, same blocks of the same span, with its interval (a bootstrap over
-  the blocks, see evaluation/compare.py); None when there was no production to compare with.
-- A retrain is *stable* when the whole interval of its change lies inside
-  (-stall_sharpe_delta, +stall_sharpe_delta): the change is measured, and small. A change
-  whose interval straddles zero but reaches past the band is not evidence of stability, nor
-  is a change with no interval. When the last `stall_retrains` retrains run in monthly mode
-  were all stable, switch to quarterly.
+- After each retrain its Sharpe change is recorded: candidate val_sharpe minus that of the
+  version serving before it (production, else pooled, else the base), same blocks of the
+  same span, with its interval (a bootstrap over calendar buckets, evaluation/compare.py);
+  None when it could not be measured (fewer than 3 blocks in every series).
+- The phase document's rule, "the last 3 monthly retrains showed < 0.05 Sharpe improvement
+  over the prior version", is a one-sided statement: retraining did not help. It is measured
+  over the last `stall_retrains` monthly retrains TOGETHER: their mean change, with an
+  interval that combines theirs (`pooled_change`). When that mean improvement is below
+  `stall_sharpe_delta`, switch to quarterly. The interval is reported beside the decision,
+  not required to fit a band: one month's annualised Sharpe change has a 90% interval about
+  two units wide, so no band of +/-0.05 could ever hold it.
 - In quarterly mode a retrain whose whole interval lies at or beyond
-  ±`resume_monthly_sharpe_change` (the market moved a lot, measurably) switches back.
+  +/-`resume_monthly_sharpe_change` (the market moved a lot, measurably) switches back.
 - An operator may set either mode at any time; a monthly streak then starts afresh.
 """
 
@@ -46,22 +49,46 @@ class RetrainRecord:
     sharpe_hi: float | None = None
 
     def measured(self) -> bool:
-        return all(v is not None and math.isfinite(v) for v in (self.sharpe_delta, self.sharpe_lo, self.sharpe_hi))
+        """The change itself is known (a number)."""
+        return self.sharpe_delta is not None and math.isfinite(self.sharpe_delta)
 
-    def stable(self, band: float) -> bool:
-        """The whole interval of the change lies inside (-band, +band)."""
-        return self.measured() and -band < self.sharpe_lo and self.sharpe_hi < band
+    def has_interval(self) -> bool:
+        return self.measured() and all(v is not None and math.isfinite(v) for v in (self.sharpe_lo, self.sharpe_hi))
 
     def moved(self, change: float) -> bool:
         """The whole interval of the change lies at or beyond ±change."""
-        return self.measured() and (self.sharpe_lo >= change or self.sharpe_hi <= -change)
+        return self.has_interval() and (self.sharpe_lo >= change or self.sharpe_hi <= -change)
 
     def describe(self) -> str:
         if self.sharpe_delta is None:
             return "n/a (no production to compare with)"
-        if not self.measured():
+        if not self.has_interval():
             return f"{self.sharpe_delta:+.3f} (no interval)"
         return f"{self.sharpe_delta:+.3f} [{self.sharpe_lo:+.3f}, {self.sharpe_hi:+.3f}]"
+
+
+@dataclass(frozen=True)
+class PooledChange:
+    """The mean Sharpe change of several retrains, with an interval combining theirs."""
+
+    mean: float
+    lo: float | None
+    hi: float | None
+
+    def describe(self) -> str:
+        interval = f" [{self.lo:+.3f}, {self.hi:+.3f}]" if self.lo is not None else " (no interval)"
+        return f"{self.mean:+.3f}{interval}"
+
+
+def pooled_change(records: list[RetrainRecord]) -> PooledChange:
+    """Mean of the records' changes; its interval adds their half-widths in quadrature (the
+    months are disjoint spans, so their errors are close to independent): half = sqrt(sum
+    h_i^2) / n around the mean. No interval when one record has none."""
+    mean = sum(r.sharpe_delta for r in records) / len(records)
+    if not all(r.has_interval() for r in records):
+        return PooledChange(mean, None, None)
+    half = math.sqrt(sum(((r.sharpe_hi - r.sharpe_lo) / 2) ** 2 for r in records)) / len(records)
+    return PooledChange(mean, mean - half, mean + half)
 
 
 @dataclass(frozen=True)
@@ -119,11 +146,13 @@ def after_retrain(state: CadenceState, on: date, sharpe_delta: float | None, ver
         streak = [r for r in new.retrains
                   if r.cadence == MONTHLY and (state.since is None or r.on >= state.since)]
         last = streak[-thresholds.stall_retrains:]
-        if len(last) == thresholds.stall_retrains and all(r.stable(thresholds.stall_sharpe_delta) for r in last):
-            changes = ", ".join(r.describe() for r in last)
-            return replace(new, mode=QUARTERLY, since=on, reason=(
-                f"the last {len(last)} monthly retrains changed val_sharpe by {changes}: each interval lies "
-                f"inside ±{thresholds.stall_sharpe_delta}"))
+        if len(last) == thresholds.stall_retrains and all(r.measured() for r in last):
+            together = pooled_change(last)
+            if together.mean < thresholds.stall_sharpe_delta:
+                changes = ", ".join(r.describe() for r in last)
+                return replace(new, mode=QUARTERLY, since=on, reason=(
+                    f"the last {len(last)} monthly retrains improved val_sharpe by {together.describe()} on "
+                    f"average ({changes}): less than {thresholds.stall_sharpe_delta}, so retraining did not help"))
     elif record.moved(thresholds.resume_monthly_sharpe_change):
         return replace(new, mode=MONTHLY, since=on, reason=(
             f"quarterly retrain on {on} changed val_sharpe by {record.describe()}: the whole interval lies "

@@ -24,6 +24,7 @@ PROMOTE = "promote"
 ROLLBACK = "rollback"
 WITHDRAW = "withdraw"
 REFUSE = "refuse"
+PENDING = "pending"  # the guard could not judge yet: the version waits at @staging for evidence
 CADENCE = "cadence"
 RETENTION = "retention"
 

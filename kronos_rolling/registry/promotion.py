@@ -187,8 +187,8 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
     """Write the decision onto the version (tags, description), then act on it.
 
     Promote: @production moves to the version, @previous_production to the old holder,
-    @staging leaves it. Refuse: the version keeps (or gets) @staging. Either way one
-    audit entry says who, what, when and why.
+    @staging leaves it. Refuse, or pending (awaiting evidence): the version keeps (or gets)
+    @staging. Either way one audit entry says who, what, when and why.
     """
     version = str(version)
     actor = actor or Actor.current()
@@ -212,10 +212,11 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
                                         actor=actor, at=at)
             if state.staging != version:
                 _set_alias(steps, client, name, STAGING, version, before=state.staging)
-            entry = history.new_entry(history.next_seq(model_tags), history.REFUSE,
+            action = history.PENDING if decision.pending else history.REFUSE
+            entry = history.new_entry(history.next_seq(model_tags), action,
                                       state.production, version, decision.reason, actor, at)
             _write_audit(steps, client, name, entry)
-            return AliasMove(name, history.REFUSE, version, state.production, state.production,
+            return AliasMove(name, action, version, state.production, state.production,
                              state.previous_production, decision.reason, entry.seq)
 
 

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 import tempfile
 import threading
@@ -65,21 +67,32 @@ def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: 
 
 
 def figures(mae: float, sharpe: float = 0.5, version: str | None = None, skill: float = 0.1) -> EvalFigures:
-    return EvalFigures(val_mae=mae, val_sharpe=sharpe, val_mae_skill=skill, origins=100, version=version)
+    """A model's figures; `skill` sets its val_mae against no change, measured to +/- 0.001
+    (so a negative skill is significantly worse than no change)."""
+    persistence = mae / (1 - skill) if math.isfinite(mae) and skill < 1 else math.nan
+    against = mae - persistence
+    vs_persistence = Difference("val_mae", against, against - 0.001, against + 0.001, 100, 0.9, horizons=10, dof=4)
+    return EvalFigures(val_mae=mae, val_sharpe=sharpe, val_mae_skill=skill, origins=100, version=version,
+                       vs_persistence=vs_persistence)
 
 
 def difference(first: EvalFigures | None, second: EvalFigures | None, *, width: float = 0.001,
-               origins: int = 100) -> Difference | None:
-    """first - second in val_mae, with an interval of +/- width (what the evaluation would measure)."""
+               origins: int = 100, horizons: float = 10.0) -> Difference | None:
+    """first - second in val_mae, with an interval of +/- width resting on `horizons`
+    non-overlapping horizons (what the evaluation would measure)."""
     if first is None or second is None:
         return None
     mean = first.val_mae - second.val_mae
-    return Difference("val_mae", mean, mean - width, mean + width, origins, 0.9)
+    if horizons < 2.5:  # as paired_difference: too little data for an interval
+        return Difference("val_mae", mean, math.nan, math.nan, origins, 0.9,
+                          f"{horizons:.1f} non-overlapping horizons of data; an interval needs 2.5", horizons)
+    return Difference("val_mae", mean, mean - width, mean + width, origins, 0.9, horizons=horizons,
+                      dof=int(horizons // 2.5))
 
 
 def judge(candidate: EvalFigures, pooled: EvalFigures | None, production: EvalFigures | None = None,
-          base: EvalFigures | None = None, thresholds: Thresholds = Thresholds(), **kw):
-    """The guard's decision on figures whose differences are measured with `kw` (width, origins)."""
+          base: EvalFigures | None = None, thresholds: Thresholds = Thresholds(), evidence_months: int = 1, **kw):
+    """The guard's decision on figures whose differences are measured with `kw` (width, origins, horizons)."""
     sharpe = None
     if production is not None:  # the cadence's measure: the Sharpe change against production, +/- 0.01
         change = candidate.val_sharpe - production.val_sharpe
@@ -87,7 +100,8 @@ def judge(candidate: EvalFigures, pooled: EvalFigures | None, production: EvalFi
     return decide_promotion(candidate, pooled=pooled, production=production, base=base,
                             vs_pooled=difference(candidate, pooled, **kw),
                             vs_production=difference(candidate, production, **kw),
-                            vs_base=difference(candidate, base, **kw), sharpe_change=sharpe, thresholds=thresholds)
+                            vs_base=difference(candidate, base, **kw), sharpe_change=sharpe, thresholds=thresholds,
+                            evidence_months=evidence_months)
 
 
 def promote_decision(mae: float = 1.0, pooled_mae: float = 1.1):

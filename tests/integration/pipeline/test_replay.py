@@ -38,7 +38,7 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
         ("2018-01", "crypto"), ("2018-01", "forex_commodity"), ("2018-02", "crypto"), ("2018-02", "forex_commodity")]
     crypto = frame[frame["asset_class"] == "crypto"]
     assert list(crypto["action"]) == ["trained", "trained"] and list(crypto["version"]) == ["1", "2"]
-    assert set(crypto["decision"]) <= {"promoted", "refused", "withdrawn"}
+    assert set(crypto["decision"]) <= {"promoted", "refused", "withdrawn"}  # a month of hourly BTC decides
     for column in ("candidate_val_mae", "candidate_val_nll", "warm_start_val_nll",
                    "persistence_val_mae", "serving_val_mae"):
         assert crypto[column].notna().all(), column
@@ -46,6 +46,12 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     # on these few samples pooled and the bare base are close, and a tie or a loss never promotes).
     pooled_promoted = any(line.startswith("  pooled v1: promoted") for line in lines)
     assert crypto["pooled_val_mae"].notna().all() if pooled_promoted else crypto["pooled_val_mae"].isna().all()
+    # The reference is what the predictor falls back to; every decision records its comparison.
+    assert set(crypto["reference"]) == {"pooled" if pooled_promoted else "base"}
+    assert crypto["reference_val_mae"].notna().all()
+    assert (crypto["decision_diff_lo"] <= crypto["decision_diff"]).all()
+    assert (crypto["decision_diff"] <= crypto["decision_diff_hi"]).all()
+    assert (crypto["decision_horizons"] >= 3).all() and (crypto["evidence_months"] == 1).all()
     assert crypto["run_id"].notna().all()
     # What serves after the job: the candidate when promoted, else production, else pooled or base.
     for row in crypto.itertuples():
@@ -66,7 +72,7 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     written = pd.read_csv(report.write_csv(tmp_path / "report.csv"))
     assert list(written.columns[:len(REPORT_COLUMNS)]) == list(REPORT_COLUMNS) and len(written) == 4
     assert set(report.summary()) == {
-        "class-months where something worse than pooled served", "promotions on ties",
+        "class-months where something worse than the fallback served", "promotions on ties",
         "candidates that beat pooled", "candidates whose val_nll equals their warm start's", "withdrawals"}
     [february] = [r for r in mlflow.search_runs(experiment_names=["kronos-rolling/crypto"], output_format="list",
                                                 filter_string=f"attributes.start_time >= {started_ms}")

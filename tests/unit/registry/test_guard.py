@@ -38,8 +38,16 @@ CASES = [
      {"min_confidence": True}, {"width": 0.01}, False, "pooled", False),
     ("better, interval below 0, min_confidence", 0.98, 1.0, None, None,
      {"min_confidence": True}, {"width": 0.01}, True, "pooled", False),
-    ("better in the mean, no min_confidence", 0.999, 1.0, None, None, {}, {"width": 0.01}, True, "pooled", False),
-    ("too few origins: no evidence", 0.5, 1.0, None, None, {}, {"origins": 12}, False, "pooled", False),
+    ("better in the mean, min_confidence off", 0.999, 1.0, None, None, {"min_confidence": False}, {"width": 0.01},
+     True, "pooled", False),
+    ("better in the mean, interval reaches 0 (the default)", 0.999, 1.0, None, None, {}, {"width": 0.01}, False,
+     "pooled", False),
+    ("too few horizons: pending, not promoted", 0.5, 1.0, None, None, {}, {"horizons": 2.0}, False, "pooled",
+     False),
+    ("an interval on fewer than min_horizons: pending", 0.5, 1.0, None, None, {}, {"horizons": 2.8}, False,
+     "pooled", False),
+    ("10% worse than production but not significantly: no alert", 1.2, 1.0, 1.08, None, {}, {"width": 0.2},
+     False, "pooled", False),
     ("no pooled, beats base", 0.9, None, None, 1.0, {}, {}, True, "base", False),
     ("no pooled, loses to base", 1.1, None, None, 1.0, {}, {}, False, "base", False),
     ("pooled wins over base as reference", 0.95, 0.9, None, 1.0, {}, {}, False, "pooled", False),
@@ -69,25 +77,48 @@ def test_reasons_name_the_rule_that_decided():
     unclear = judge(f(1.001), f(1.0), width=0.01)
     assert not unclear.promote and unclear.reason.startswith("does not beat the pooled")
     assert "not significantly" in unclear.reason and "worse" not in unclear.reason
-    assert "no evidence" in judge(f(0.5), f(1.0), origins=12).reason and "min_origins 30" in judge(
-        f(0.5), f(1.0), origins=12).reason
-    confident = judge(f(0.999), f(1.0), thresholds=Thresholds(min_confidence=True), width=0.01)
+    waiting = judge(f(0.5), f(1.0), horizons=2.8)
+    assert waiting.pending and waiting.outcome == "pending" and "min_horizons 3" in waiting.reason
+    assert "judged again next month" in waiting.reason and waiting.describe().startswith(
+        "Kept in @staging, awaiting evidence")
+    confident = judge(f(0.999), f(1.0), width=0.01)
     assert "not significantly better" in confident.reason and "reaches 0" in confident.reason
     decision = judge(f(0.8), None, base=f(0.9))
     assert "beats the base" in decision.reason and "-0.1" in decision.reason
 
 
-def test_an_interval_that_could_not_be_computed_is_no_evidence():
+def test_an_interval_that_could_not_be_computed_is_no_evidence_yet():
     candidate, pooled = f(0.5), f(1.0)
-    none = Difference("val_mae", -0.5, NAN, NAN, 100, 0.9, "no series has the 12 an interval needs")
+    none = Difference("val_mae", -0.5, NAN, NAN, 100, 0.9, "1.3 non-overlapping horizons of data; an interval "
+                      "needs 2.5", 1.3)
     decision = decide_promotion(candidate, pooled=pooled, production=None, base=None, vs_pooled=none,
                                 vs_production=None, vs_base=None)
-    assert not decision.promote and "no series has the 12" in decision.reason
+    assert decision.pending and not decision.promote and "1.3 non-overlapping horizons" in decision.reason
+    assert decision.evidence is none and decision.as_tags()["guard_decision"] == "pending"
+
+
+@pytest.mark.parametrize("months, outcome", [(1, "pending"), (5, "pending"), (6, "refused"), (9, "refused")])
+def test_a_challenger_without_evidence_waits_at_most_max_evidence_months(months, outcome):
+    decision = judge(f(0.5), f(1.0), f(0.9, version="2"), horizons=2.0, evidence_months=months)
+    assert decision.outcome == outcome and not decision.promote
+    if outcome == "refused":
+        assert f"no evidence against the pooled after {months} month(s)" in decision.reason
+        assert "the incumbent keeps serving" in decision.reason
+
+
+def test_the_decision_records_the_comparison_that_decided_and_its_horizons():
+    promoted = judge(f(0.8), f(1.0), f(0.85, version="2"), horizons=7.5)
+    # both beaten: the closer call (against production, -0.05) is the one that decided
+    assert promoted.promote and promoted.evidence is promoted.vs_production
+    tags = promoted.as_tags()
+    assert float(tags["decision_diff"]) == pytest.approx(-0.05) and tags["decision_horizons"] == "7.5"
+    refused = judge(f(1.1), f(1.0), horizons=7.5)
+    assert refused.evidence is refused.vs_reference and float(refused.as_tags()["decision_diff_lo"]) > 0
 
 
 def test_the_primary_metric_decides():
     candidate, pooled = f(0.9), f(1.0)
-    worse_nll = Difference("val_nll", +0.02, 0.01, 0.03, 100, 0.9)
+    worse_nll = Difference("val_nll", +0.02, 0.01, 0.03, 100, 0.9, horizons=10, dof=4)
     thresholds = Thresholds(primary_metric="val_nll")
     candidate = EvalFigures(0.9, 0.5, val_nll=2.02, origins=100, val_mae_skill=0.1)
     pooled = EvalFigures(1.0, 0.5, val_nll=2.0, origins=100)
@@ -146,25 +177,37 @@ def test_figures_from_different_spans_are_a_bug_not_a_verdict():
         judge(a, b)
 
 
-@pytest.mark.parametrize("production, pooled, overrides, measured, withdraw", [
-    (1.05, 1.0, {}, None, False),  # within 10%
-    (1.11, 1.0, {}, None, True),  # more than 10% worse
-    (1.11, 1.0, {"withdraw_ratio": 0.2}, None, False),
-    (1.05, 1.0, {"min_confidence": True}, (0.01, 0.09), True),  # significantly worse
-    (1.05, 1.0, {"min_confidence": True}, (-0.01, 0.09), False),  # not significantly
+@pytest.mark.parametrize("production, fallback, overrides, measured, withdraw", [
+    (1.05, 1.0, {}, (0.01, 0.09), False),  # within 10%, even though significantly worse
+    (1.11, 1.0, {}, (0.01, 0.21), True),  # more than 10% worse, and significantly
+    (1.11, 1.0, {}, (-0.01, 0.23), False),  # more than 10% worse on average, not significantly
+    (1.11, 1.0, {}, None, False),  # no interval: no evidence to withdraw on
+    (1.11, 1.0, {"withdraw_significant": False}, (-0.01, 0.23), True),  # the bare ratio rule
+    (1.11, 1.0, {"withdraw_ratio": 0.2}, (0.01, 0.21), False),
     (NAN, 1.0, {}, None, True),
 ])
-def test_the_incumbent_check(production, pooled, overrides, measured, withdraw):
-    diff = None if measured is None else Difference("val_mae", production - pooled, *measured, 100, 0.9)
-    decision = decide_incumbent(f(production, version="7"), f(pooled), diff, Thresholds(**overrides))
+def test_the_incumbent_check(production, fallback, overrides, measured, withdraw):
+    diff = (None if measured is None else
+            Difference("val_mae", production - fallback, *measured, 100, 0.9, horizons=10, dof=4))
+    decision = decide_incumbent(f(production, version="7"), f(fallback), diff, Thresholds(**overrides))
     assert decision.withdraw is withdraw, decision.reason
     assert "v7" in decision.reason
     assert decision.as_tags()["incumbent_decision"] == ("withdrawn" if withdraw else "kept")
 
 
+def test_the_incumbent_is_judged_against_the_bare_base_when_no_pooled_version_serves():
+    """Crypto v6 served through 2019-02 while 18.7% worse than the bare base (0.1110 vs 0.0935):
+    with no pooled version serving, the base is what the predictor would fall back to."""
+    diff = Difference("val_mae", 0.1110 - 0.0935, 0.004, 0.031, 120, 0.9, horizons=6.2, dof=2)
+    decision = decide_incumbent(f(0.1110, version="6"), f(0.0935), diff, fallback_name="base")
+    assert decision.withdraw and decision.fallback_name == "base"
+    assert "base's 0.0935" in decision.reason and decision.as_tags()["incumbent_fallback"] == "base"
+
+
 @pytest.mark.parametrize("overrides", [
     {"regression_alert_ratio": -0.1}, {"regression_alert_ratio": math.nan}, {"primary_metric": "val_sharpe"},
-    {"stall_retrains": 0}, {"keep_versions": 0}, {"quarterly_interval_months": 1.5}, {"min_origins": 0}])
+    {"stall_retrains": 0}, {"keep_versions": 0}, {"quarterly_interval_months": 1.5}, {"min_horizons": -1.0},
+    {"max_evidence_months": 0}])
 def test_bad_thresholds_are_refused(overrides):
     with pytest.raises(ConfigError, match=list(overrides)[0]):
         Thresholds(**overrides)

@@ -1,0 +1,100 @@
+"""A challenger waiting for evidence, judged again each month on a longer span.
+
+One month of daily bars at H=16 holds about two non-overlapping horizons: too few for an
+interval, so the guard cannot decide a daily class's candidate on its validation month.
+Such a candidate stays at @staging as a *pending* challenger (tag guard_decision=pending)
+and, instead of retraining, each later month's job evaluates it again beside the class's
+@production, the pooled adapter and the bare base, on everything since its validation
+month began, all of it out of sample for every model compared:
+
+    challenger's val_start ........ as_of (1st month) ........ as_of (2nd month) ...
+    |<-------------------- the evidence span grows by a month -------------------->|
+
+The guard decides once the interval rests on `min_horizons` horizons (one look, so the
+error rates are those of a single test); after `max_evidence_months` without enough it
+refuses, the incumbent keeps serving, and the audit trail says so. The next month retrains.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+
+from kronos_rolling.data.windows import to_utc
+from kronos_rolling.evaluation.config import EvalSettings
+from kronos_rolling.evaluation.report import log_evaluation
+from kronos_rolling.evaluation.span import SpanEvaluation, evaluate_span
+from kronos_rolling.pipeline.context import JobContext
+from kronos_rolling.pipeline.references import reference_models
+from kronos_rolling.pipeline.steps import judge_candidate
+from kronos_rolling.registry import alerts
+from kronos_rolling.registry.alerts import DeliveryResult
+from kronos_rolling.registry.client import find_version, get_registered_model
+from kronos_rolling.registry.guard import PENDING, GuardDecision
+from kronos_rolling.registry.names import STAGING, registered_model_name
+from kronos_rolling.registry.promotion import GUARD_DECISION_TAG, AliasMove, apply_guard_decision
+from kronos_rolling.tracking.adapters import base_of, fetch_adapter, load_forecast_model
+from kronos_rolling.tracking.runs import experiment_name, start_run
+
+log = logging.getLogger(__name__)
+
+JUDGED_AS_OF_TAG = "guard_judged_as_of"  # the last month a pending challenger was judged in
+
+
+@dataclass
+class ChallengerCheck:
+    version: str
+    decision: GuardDecision
+    evaluation: SpanEvaluation
+    versions: dict[str, str]  # pooled / production -> the registry versions compared with
+    months: int  # calendar months of evidence
+    run_id: str
+    move: AliasMove
+    deliveries: list[DeliveryResult]
+
+
+def pending_challenger(client, label: str) -> ModelVersion | None:
+    """The class's @staging version when the guard left it pending; else None."""
+    name = registered_model_name(label)
+    try:
+        staging = get_registered_model(client, name).aliases.get(STAGING)
+    except Exception:  # noqa: BLE001 - no registered model yet: no challenger
+        return None
+    version = find_version(client, name, staging) if staging else None
+    return version if version is not None and version.tags.get(GUARD_DECISION_TAG) == PENDING else None
+
+
+def judged_this_month(version: ModelVersion, as_of: pd.Timestamp) -> bool:
+    return version.tags.get(JUDGED_AS_OF_TAG) == str(as_of.date())
+
+
+def challenger_step(label: str, ctx: JobContext, as_of, version: ModelVersion) -> ChallengerCheck:
+    """Evaluate the pending `version` on [its val_start, as_of) and let the guard decide again."""
+    name = registered_model_name(label)
+    as_of = to_utc(as_of)
+    source = fetch_adapter(f"models:/{name}/{version.version}", ctx.tracking)
+    metadata = source.metadata
+    settings = EvalSettings(**metadata["eval"])  # exactly how its validation month was scored
+    span = (to_utc(metadata["val_start"]), as_of)
+    months = (as_of.year - span[0].year) * 12 + as_of.month - span[0].month
+    challenger = load_forecast_model(source)
+    refs = reference_models(ctx.tracking, label, base_of(source))
+    evaluation = evaluate_span(ctx.store, [label], span, {"candidate": challenger, **refs.models}, settings,
+                               challenger.vocabulary)
+    decision = judge_candidate(evaluation, label, refs.versions, ctx.thresholds, evidence_months=months)
+    with start_run(ctx.tracking, experiment_name(label),
+                   run_name=f"{label}-{as_of.date()}-challenger-v{version.version}") as run:
+        run.set_tags({"kronos.run_kind": "challenger_check", "asset_class": label, "as_of": str(as_of.date()),
+                      "challenger_version": version.version, **decision.as_tags()})
+        run.log_params({"as_of": str(as_of.date()), "val_start": span[0].isoformat(), "val_end": span[1].isoformat(),
+                        "evidence_months": months, "challenger": source.describe()})
+        log_evaluation(run, evaluation, primary=ctx.thresholds.primary_metric)
+    move = apply_guard_decision(ctx.client, name, version.version, decision, lock_dir=ctx.lock_dir,
+                                actor=ctx.actor)
+    ctx.client.set_model_version_tag(name, version.version, JUDGED_AS_OF_TAG, str(as_of.date()))
+    deliveries = alerts.send_guard_alerts(decision, name, version.version, ctx.webhook)
+    log.info("%s v%s (challenger, %d month(s) of evidence): %s", name, version.version, months, decision.describe())
+    return ChallengerCheck(version.version, decision, evaluation, refs.versions, months, run.run_id, move, deliveries)
