@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import mlflow
+import numpy as np
+import pytest
 import pandas as pd
 from mlflow import MlflowClient
 from support.training import job_context
@@ -93,3 +95,33 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     names = {a.path for a in MlflowClient().list_artifacts(run_id, "simulation")}
     assert names == {"simulation/rows.json", "simulation/criteria.json", "simulation/summary.json",
                      "simulation/val_mae.png"}
+
+
+def test_daily_bars_at_a_long_horizon_wait_as_a_pending_challenger_then_decide_within_a_quarter(
+        tracking_uri, clean_registry, pretrained_base, kronos_home):
+    """Equity's daily indices at H=16: one month holds about 1.4 non-overlapping horizons (no
+    interval), so the first candidate waits at @staging; the next months judge it again on the
+    growing span instead of retraining, and the third month decides with an interval on more than
+    min_horizons horizons. The audit trail shows each step."""
+    from kronos_rolling.registry.history import read_history
+
+    settings = SimulationSettings(epochs=1, pooled_epochs=1, max_samples_per_epoch=32, pooled_max_samples_per_epoch=32,
+                                  eval_samples=2, lookback=16, horizon=16)
+    report = simulate(job_context(tracking_uri), BaseModelRef.resolve(str(pretrained_base)), "2018-01", 3,
+                      classes=["equity"], settings=settings, echo=lambda line: None)
+    frame = report.frame()
+    assert list(frame["action"]) == ["trained", "not_due", "not_due"]
+    assert list(frame["decision"][:2]) == ["pending", "pending"] and frame["decision"].iloc[2] in (
+        "promoted", "refused")
+    assert list(frame["version"]) == ["1", "1", "1"] and list(frame["challenger"][1:]) == ["1", "1"]
+    assert list(frame["evidence_months"]) == [1, 2, 3]
+    first, second, third = frame["decision_horizons"]
+    assert first < 2.5 and 2.5 <= second < 3 <= third, list(frame["decision_horizons"])
+    # No interval on one month; an interval on two, but on fewer than min_horizons (3) horizons: still waiting.
+    assert np.isnan(frame["decision_diff_lo"].iloc[0]) and frame["decision_diff_lo"].notna().iloc[1:].all()
+    assert frame["decision_diff_lo"].iloc[2] < frame["decision_diff"].iloc[2] < frame["decision_diff_hi"].iloc[2]
+    trail = [(e.action, e.to_version) for e in read_history(clean_registry, "kronos-lora-equity")]
+    assert trail[:2] == [("pending", "1"), ("pending", "1")] and trail[2][0] in ("promote", "refuse")
+    version = clean_registry.get_model_version("kronos-lora-equity", "1")
+    assert version.tags["guard_decision"] == frame["decision"].iloc[2]
+    assert float(version.tags["decision_horizons"]) == pytest.approx(third, rel=1e-4)
