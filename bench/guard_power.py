@@ -117,6 +117,8 @@ def measure(store, settings, base, pooled, month: pd.Timestamp, asset_class: str
               "ends": evaluation.horizon_ends, "actual": actual}
     for name in (*MODELS, PERSISTENCE):
         arrays[f"mae_{name}"] = evaluation.scores(name).mae
+    sharpe = evaluation.difference("cand_a", "pooled_a", "val_sharpe")  # how wide a month's Sharpe change is
+    arrays["sharpe_change"] = np.array([sharpe.mean, sharpe.lo, sharpe.hi])
     arrays["point_cand_a"] = cumulative_returns(evaluation.point_paths[asset_class]["cand_a"], samples.last_close)
     np.savez(cache, **arrays)
     return cache
@@ -141,6 +143,8 @@ def decisions(path: Path, horizon: int, rng: np.random.Generator) -> dict:
     fig = {m: figures(data[f"mae_{m}"], weights, persistence, diff(data[f"mae_{m}"], persistence), m)
            for m in MODELS}
     out = {"horizons": diff(data["mae_cand_a"], data["mae_cand_b"]).horizons}
+    if "sharpe_change" in data:
+        out["sharpe_width"] = float(data["sharpe_change"][2] - data["sharpe_change"][1])
     for label, thresholds in (("default", Thresholds()), ("point", Thresholds(min_confidence=False))):
         decision = decide_promotion(fig["cand_b"], pooled=fig["pooled_a"], production=fig["cand_a"], base=fig["base"],
                                     vs_pooled=diff(data["mae_cand_b"], data["mae_pooled_a"]),
@@ -242,6 +246,10 @@ def summary(frame: pd.DataFrame, args) -> str:
              "|---|---|---|"]
     for delta in DEGRADATIONS:
         lines.append(f"| {delta} | {frame[f'degradation_{delta}'].mean():+.1%} | {frame[f'power_{delta}'].mean():.0%} |")
+    if "sharpe_width" in frame:
+        widths = frame.groupby("asset_class")["sharpe_width"].median()
+        lines.append("\nmedian width of one month's 90% interval of a Sharpe change (candidate - pooled): "
+                     + ", ".join(f"{c} {w:.2f}" for c, w in widths.items() if np.isfinite(w)))
     return "\n".join(lines)
 
 

@@ -241,7 +241,8 @@ def _judge(candidate, reference, reference_figures, vs_reference, production, vs
 
 
 def _beats(difference: Difference, other: str, thresholds: Thresholds) -> tuple[bool, str]:
-    interval = (f" [{difference.lo:+.3g}, {difference.hi:+.3g}]" if difference.has_interval else "")
+    interval = (f" [{difference.lo:+.3g}, {difference.hi:+.3g}] on {difference.horizons:.1f} horizons"
+                if difference.has_interval else "")
     shown = f"{difference.metric} difference {difference.mean:+.3g}{interval}"
     if not math.isfinite(difference.mean):
         return False, f"no {difference.metric} difference with the {other}"
