@@ -49,7 +49,7 @@ def daily_store(folder: Path) -> DataStore:
     hourly.index = hourly.index + pd.Timedelta(hours=2)
     daily = hourly.resample("1D").agg({"open": "first", "high": "max", "low": "min", "close": "last",
                                        "volume": "sum", "amount": "sum"}).dropna(subset=["close"])
-    daily = daily[daily.index.dayofweek < 5]
+    daily = daily[daily.index.day_of_week < 5]
     daily.reset_index().to_parquet(folder / "EURUSD-1D.parquet", index=False)
     shutil.copy(BUNDLED_DATA_DIR / "events.csv", folder / "events.csv")
     return DataStore(folder)
