@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from kronos_rolling.data.windows import to_utc
 from kronos_rolling.evaluation.config import EvalSettings
@@ -32,7 +33,7 @@ from kronos_rolling.pipeline.references import reference_models
 from kronos_rolling.pipeline.steps import judge_candidate
 from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import DeliveryResult
-from kronos_rolling.registry.client import find_version, get_registered_model
+from kronos_rolling.registry.client import call, find_version, is_missing
 from kronos_rolling.registry.guard import PENDING, GuardDecision
 from kronos_rolling.registry.names import STAGING, registered_model_name
 from kronos_rolling.registry.promotion import GUARD_DECISION_TAG, AliasMove, apply_guard_decision
@@ -60,9 +61,11 @@ def pending_challenger(client, label: str) -> ModelVersion | None:
     """The class's @staging version when the guard left it pending; else None."""
     name = registered_model_name(label)
     try:
-        staging = get_registered_model(client, name).aliases.get(STAGING)
-    except Exception:  # noqa: BLE001 - no registered model yet: no challenger
-        return None
+        staging = call(f"read {name}", client.get_registered_model, name).aliases.get(STAGING)
+    except MlflowException as exc:
+        if is_missing(exc):  # no registered model yet: no challenger
+            return None
+        raise
     version = find_version(client, name, staging) if staging else None
     return version if version is not None and version.tags.get(GUARD_DECISION_TAG) == PENDING else None
 
