@@ -24,6 +24,7 @@ import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.data.windows import to_utc
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.evaluation.report import log_evaluation
@@ -35,7 +36,7 @@ from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import DeliveryResult
 from kronos_rolling.registry.client import call, find_version, is_missing
 from kronos_rolling.registry.guard import PENDING, GuardDecision
-from kronos_rolling.registry.names import STAGING, registered_model_name
+from kronos_rolling.registry.names import POOLED, STAGING, registered_model_name
 from kronos_rolling.registry.promotion import GUARD_DECISION_TAG, AliasMove, apply_guard_decision
 from kronos_rolling.tracking.adapters import base_of, fetch_adapter, load_forecast_model
 from kronos_rolling.tracking.runs import experiment_name, start_run
@@ -85,7 +86,8 @@ def challenger_step(label: str, ctx: JobContext, as_of, version: ModelVersion) -
     months = (as_of.year - span[0].year) * 12 + as_of.month - span[0].month
     challenger = load_forecast_model(source)
     refs = reference_models(ctx.tracking, label, base_of(source))
-    evaluation = evaluate_span(ctx.store, [label], span, {"candidate": challenger, **refs.models}, settings,
+    classes = [c for c in (ASSET_CLASSES if label == POOLED else [label]) if ctx.store.symbols_for(c)]
+    evaluation = evaluate_span(ctx.store, classes, span, {"candidate": challenger, **refs.models}, settings,
                                challenger.vocabulary)
     decision = judge_candidate(evaluation, label, refs.versions, ctx.thresholds, evidence_months=months)
     with start_run(ctx.tracking, experiment_name(label),

@@ -6,7 +6,8 @@ longer due; then it exits 0 and says so, instead of training the same month twic
 
 A class whose last candidate is still pending (the guard had too little evidence, as daily
 bars at long horizons do) does not retrain: the month judges the challenger again on a
-longer span (pipeline/challenger.py), then checks the incumbent.
+longer span (pipeline/challenger.py), then checks the incumbent. The pooled adapter is not
+retrained monthly, so a pending pooled candidate is judged by the month's first class job.
 
 A refusal is a decision, not a failure. A failure sends a `job_failed` alert and is
 raised again, after the registry has been left as it was.
@@ -67,6 +68,7 @@ class JobResult:
     alerts: list[DeliveryResult] = field(default_factory=list)  # deliveries of the guard's alerts
     incumbent: IncumbentCheck | None = None  # the monthly check of @production against its fallback
     challenger: ChallengerCheck | None = None  # a pending challenger judged again instead of a retrain
+    pooled_challenger: ChallengerCheck | None = None  # a pending pooled candidate this job judged first
 
     @property
     def promoted(self) -> bool:
@@ -85,14 +87,20 @@ def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None 
     as_of_day = pd.Timestamp(config.as_of).date()
     label = config.label
     try:
-        if check_due and label != POOLED and ctx.distributed.is_main and pending_challenger(ctx.client, label):
-            return _judge_challenger(config, ctx, as_of_day, eval_settings, wait_for_lock)
+        pooled_check = None
+        if check_due and label != POOLED and ctx.distributed.is_main and pending_challenger(ctx.client, POOLED):
+            pooled_check = _judge_challenger(POOLED, config.as_of, ctx, eval_settings, wait_for_lock).challenger
+        if check_due and ctx.distributed.is_main and pending_challenger(ctx.client, label):
+            result = _judge_challenger(label, config.as_of, ctx, eval_settings, wait_for_lock)
+            result.pooled_challenger = pooled_check
+            return result
         if check_due and label != POOLED:
             due = retrain_due(ctx.client, label, as_of_day, ctx.thresholds)
             if not due.due:
                 log.info("%s: not due on %s: %s", label, as_of_day, due.reason)
                 incumbent = incumbent_step(label, ctx, as_of_day, eval_settings)
-                return JobResult(label, config.as_of, False, due.reason, incumbent=incumbent)
+                return JobResult(label, config.as_of, False, due.reason, incumbent=incumbent,
+                                 pooled_challenger=pooled_check)
             reason = due.reason
         else:
             reason = "pooled adapter (trained on demand)" if label == POOLED else "due check skipped"
@@ -104,9 +112,11 @@ def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None 
                 if done is not None:  # another job did this month while we waited for the lock
                     log.info("%s as of %s: nothing to do: %s", label, config.as_of, done)
                     return JobResult(label, config.as_of, False, done)
-            return _train_and_decide(config, ctx, reason, as_of_day, warm_start=warm_start,
-                                     eval_settings=eval_settings, progress=progress, wait_for_lock=wait_for_lock,
-                                     launcher_run_id=launcher_run_id)
+            result = _train_and_decide(config, ctx, reason, as_of_day, warm_start=warm_start,
+                                       eval_settings=eval_settings, progress=progress, wait_for_lock=wait_for_lock,
+                                       launcher_run_id=launcher_run_id)
+            result.pooled_challenger = pooled_check
+            return result
     except Exception as exc:
         alert_job_failed(label, config.as_of, exc, ctx.webhook)
         raise
@@ -125,22 +135,22 @@ def already_done(ctx: JobContext, label: str, as_of: str, as_of_day) -> str | No
     return None
 
 
-def _judge_challenger(config: TrainConfig, ctx: JobContext, as_of_day, eval_settings, wait_for_lock) -> JobResult:
+def _judge_challenger(label: str, as_of: str, ctx: JobContext, eval_settings, wait_for_lock) -> JobResult:
     """The pending challenger judged again (under the class lock, once a month), then the incumbent check."""
-    label = config.label
-    with class_lock(ctx.lock_dir, label, wait=wait_for_lock, job=f"judge {label} challenger {config.as_of}"):
+    as_of_day = pd.Timestamp(as_of).date()
+    with class_lock(ctx.lock_dir, label, wait=wait_for_lock, job=f"judge {label} challenger {as_of}"):
         version = pending_challenger(ctx.client, label)
-        if version is None or judged_this_month(version, to_utc(config.as_of)):
+        if version is None or judged_this_month(version, to_utc(as_of)):
             why = ("another job judged the challenger meanwhile" if version is None
-                   else f"challenger v{version.version} was judged as of {config.as_of} already")
-            return JobResult(label, config.as_of, False, f"{why}; this one exits")
-        check = challenger_step(label, ctx, config.as_of, version)
+                   else f"challenger v{version.version} was judged as of {as_of} already")
+            return JobResult(label, as_of, False, f"{why}; this one exits")
+        check = challenger_step(label, ctx, as_of, version)
         incumbent = None
         if not check.decision.promote:
             incumbent = incumbent_step(label, ctx, as_of_day, eval_settings, measured=check.evaluation,
                                        versions=check.versions)
     reason = f"challenger v{check.version} pending: judged again on {check.months} month(s) of evidence"
-    return JobResult(label, config.as_of, False, reason, check.version, check.decision, alerts=check.deliveries,
+    return JobResult(label, as_of, False, reason, check.version, check.decision, alerts=check.deliveries,
                      incumbent=incumbent, challenger=check)
 
 

@@ -386,7 +386,7 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
     echo(f"pooled adapter as of {pooled_as_of} ...")
     pooled = monthly_job(settings.train_config("pooled", pooled_as_of, None, base), ctx,
                          warm_start=None, eval_settings=eval_settings, check_due=False, progress=progress)
-    echo(f"  pooled v{pooled.version}: {'promoted' if pooled.promoted else 'refused'} ({pooled.decision.reason})")
+    echo(f"  pooled v{pooled.version}: {pooled.decision.outcome} ({pooled.decision.reason})")
     bundled = Path(store.root).resolve() == BUNDLED_DATA_DIR.resolve()
     for month in schedule:
         as_of = month.strftime("%Y-%m-%d")
@@ -413,6 +413,9 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
                         warm_start = str(sabotage(source, ctx.tracking, Path(tmp), settings.seed))
                     result = monthly_job(settings.train_config("rolling", as_of, asset_class, base), ctx,
                                          warm_start=warm_start, eval_settings=eval_settings, progress=progress)
+                if result.pooled_challenger is not None:  # the month's first job judged a pending pooled adapter
+                    judged = result.pooled_challenger
+                    echo(f"  {label} pooled v{judged.version}: {judged.decision.outcome} ({judged.decision.reason})")
                 row = _row(label, asset_class, result, client, time.monotonic() - tick, drill)
             except KronosError as exc:
                 row = MonthRow(asset_class, label, "skipped", serving_after=_serving(client, asset_class),
