@@ -47,6 +47,8 @@ DEFAULT_PORT = 5000  # of the tracking server
 DEFAULT_SERVE_PORT = 8080  # of the predictor service
 DEFAULT_TRACKING_URI = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
+DEFAULT_MAX_GAP = 5
+"""Most missing bars tolerated between two consecutive bars before it counts as a gap."""
 
 
 # -- parsing, one dialect for every variable ---------------------------------------------

@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import click
-import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
 from kronos_rolling.cli.options import (
@@ -305,6 +304,8 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, port, w
              no_progress):
     """Replay the monthly cron on past months, one month at a time, and report each class and
     month: what the job did, the guard's decision, the figures, and what serves afterwards."""
+    import pandas as pd
+
     from kronos_rolling.data.store import DataStore
     from kronos_rolling.model.base import BaseModelRef
     from kronos_rolling.pipeline.context import JobContext

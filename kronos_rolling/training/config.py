@@ -11,14 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
-from kronos_rolling.data.windows import TrainingWindow, select_training_window, to_utc
 from kronos_rolling.errors import ConfigError
 from kronos_rolling.model.config import LoraSettings
 
-if TYPE_CHECKING:  # torch-free at run time: the command line takes its defaults from here
+if TYPE_CHECKING:  # torch- and pandas-free at import: the command line takes its defaults from here
+    from kronos_rolling.data.windows import TrainingWindow
     from kronos_rolling.model.base import BaseModelRef
 
 MODES = ("pooled", "rolling")
@@ -63,6 +61,8 @@ class TrainConfig:
             )
         if self.mode == "pooled" and self.asset_class is not None:
             raise ConfigError("the pooled adapter trains on every asset class; drop --asset-class")
+        from kronos_rolling.data.windows import to_utc
+
         self.as_of = to_utc(self.as_of).strftime("%Y-%m-%d")
         if self.epochs is None:
             self.epochs = MODE_DEFAULTS[self.mode]["epochs"]
@@ -85,6 +85,10 @@ class TrainConfig:
         return self.asset_class or "pooled"
 
     def window(self) -> TrainingWindow:
+        import pandas as pd
+
+        from kronos_rolling.data.windows import select_training_window
+
         return select_training_window(self.as_of, years=self.years,
                                       validation=pd.DateOffset(months=self.validation_months))
 
