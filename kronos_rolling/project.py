@@ -83,7 +83,7 @@ def _training_parameters(mode: str) -> tuple[Parameter, ...]:
         Parameter("base_model", "--base-model", comment="folder or hub id; empty: KRONOS_BASE_MODEL"),
         Parameter("epochs", "--epochs", str(MODE_DEFAULTS[mode]["epochs"])),
         Parameter("lr", "--lr", f"{MODE_DEFAULTS[mode]['lr']:f}".rstrip("0"), label="float"),  # YAML reads 5e-5 as text
-        Parameter("note", "--note", comment="why lr/epochs depart from the defaults (recorded on the run)"),
+        Parameter("note", "--note", comment="why settings depart from the defaults (recorded on the run)"),
         Parameter("batch_size", "--batch-size", str(config.batch_size)),
         Parameter("lookback", "--lookback", str(config.lookback)),
         Parameter("horizon", "--horizon", str(config.horizon)),

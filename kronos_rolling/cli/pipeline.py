@@ -58,8 +58,8 @@ def training_options(fn):
                      help=f"Peak learning rate. Default: {MODE_DEFAULTS['pooled']['lr']:g} pooled, "
                           f"{MODE_DEFAULTS['rolling']['lr']:g} rolling."),
         click.option("--note", default="",
-                     help="Why --lr/--epochs depart from the phase's defaults; recorded on the run "
-                          "(tags kronos.non_default_settings and kronos.non_default_reason)."),
+                     help="Why settings depart from the released defaults; recorded on the run with every "
+                          "setting that does (tags kronos.non_default_settings and kronos.non_default_reason)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True),
         click.option("--lookback", type=click.IntRange(min=1), default=TrainConfig.lookback, show_default=True),
         click.option("--horizon", type=click.IntRange(min=1), default=TrainConfig.horizon, show_default=True),

@@ -3,8 +3,8 @@
 Every month, also when no retrain is due, the class's @production and the pooled adapter
 are evaluated on the month just closed (the same origins, the same figures as a retrain's
 evaluation). A month that retrained already measured both, so its figures are reused;
-otherwise this is an evaluation-only MLflow run in `kronos-rolling/<class>` (tag
-`kronos.run_kind=incumbent_check`, no training). The pure rule, `registry.guard.
+otherwise this is an evaluation-only MLflow run in `kronos-rolling/<class>/evaluations`
+(tag `kronos.run_kind=incumbent_check`, no training), apart from the class's retrains. The pure rule, `registry.guard.
 decide_incumbent`, says whether @production is withdrawn: then the predictor falls back to
 the pooled adapter, the audit trail and an alert say why, a later retrain may promote
 again, and `rollback` puts the withdrawn version back.
@@ -28,7 +28,7 @@ from kronos_rolling.registry.guard import IncumbentDecision, decide_incumbent
 from kronos_rolling.registry.names import POOLED, registered_model_name
 from kronos_rolling.registry.promotion import AliasMove, withdraw_production
 from kronos_rolling.tracking.adapters import load_forecast_model
-from kronos_rolling.tracking.runs import experiment_name, start_run
+from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
 from kronos_rolling.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def incumbent_step(label: str, ctx: JobContext, as_of: date, eval_settings: Eval
     except DataError as exc:
         return IncumbentCheck(None, f"no data to check on: {exc}")
     versions = {"production": production.version, "pooled": pooled.version}
-    with start_run(ctx.tracking, experiment_name(label), run_name=f"{label}-{as_of}-incumbent-check") as run:
+    with start_run(ctx.tracking, evaluations_experiment_name(label),
+                   run_name=f"{label}-{as_of}-incumbent-check") as run:
         run.set_tags({"kronos.run_kind": "incumbent_check", "asset_class": label, "as_of": str(as_of),
                       "production_version": production.version, "pooled_version": pooled.version})
         run.log_params({"as_of": str(as_of), "val_start": window.val_start.isoformat(),

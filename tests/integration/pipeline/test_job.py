@@ -81,7 +81,8 @@ def test_the_pooled_adapter_is_judged_against_the_bare_base(jobs, env):
     assert decision.promote == (difference.mean < 0)
     version = env.get_model_version("kronos-lora-pooled", "1")
     assert version.tags["guard_decision"] == ("promoted" if decision.promote else "refused")
-    assert float(version.tags["base_val_mae"]) == pytest.approx(outcome.figures("base").val_mae, rel=1e-5)
+    figures = json.loads(open(env.download_artifacts(version.run_id, "guard/decision.json")).read())["tags"]
+    assert float(figures["base_val_mae"]) == pytest.approx(outcome.figures("base").val_mae, rel=1e-5)
     lo, hi = float(version.tags["vs_reference_diff_lo"]), float(version.tags["vs_reference_diff_hi"])
     assert lo < float(version.tags["vs_reference_diff"]) < hi
 
