@@ -162,7 +162,7 @@ def coverage_shortfall(
     return found
 
 
-SUMMARY_SYMBOLS = 4  # symbols a shortfall summary names; the rest are counted
+SUMMARY_SYMBOLS = 3  # symbols a shortfall summary names; the rest are counted
 
 
 def shortfall_summary(shortfalls: list[CoverageShortfall], series: int) -> str:
@@ -171,8 +171,8 @@ def shortfall_summary(shortfalls: list[CoverageShortfall], series: int) -> str:
     each CoverageShortfall, the `window_shortfall` tag and artifact)."""
     named = ", ".join(f"{s.symbol} {s.covered_fraction:.0%}" for s in shortfalls[:SUMMARY_SYMBOLS])
     more = f" and {len(shortfalls) - SUMMARY_SYMBOLS} more" if len(shortfalls) > SUMMARY_SYMBOLS else ""
-    return (f"{len(shortfalls)} of {series} series cover only part of the window ({named}{more}); "
-            "trained on what they have; details: the run's window_shortfall tag")
+    return (f"{len(shortfalls)} of {series} series cover part of the window ({named}{more}), "
+            "trained on what they have; details: run tag window_shortfall")
 
 
 def check_data_reaches(coverage_by_class: Mapping[str, Mapping[str, SeriesCoverage]], window: TrainingWindow) -> None:

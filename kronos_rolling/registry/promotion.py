@@ -255,12 +255,15 @@ def guard_version_tags(tags: dict[str, str]) -> dict[str, str]:
 def run_note(name: str, version: str, decision: GuardDecision) -> str:
     """The training run's one-line description: the decision and the figures it rests on."""
     verdict = "promoted to @production" if decision.promote else "refused, kept in @staging"
-    text = f"{name} v{version}: {verdict}. {decision.metric} {decision.candidate.metric(decision.metric):.6g}"
+    metric = decision.metric
+    text = f"{name} v{version}: {verdict}. {metric} {decision.candidate.metric(metric):.6g}"
     if decision.vs_reference is not None and decision.reference:
-        text += f", {decision.vs_reference.describe()} vs the {decision.reference}"
+        text += f"; minus the {decision.reference}'s: {decision.vs_reference.describe().removeprefix(metric + ' ')}"
     if decision.vs_production is not None and decision.production is not None:
-        text += f", {decision.vs_production.describe()} vs production v{decision.production.version or '?'}"
-    return text + f"; skill vs no change {decision.candidate.val_mae_skill:+.3f}, val_sharpe {decision.candidate.val_sharpe:+.3f}."
+        text += (f"; minus production v{decision.production.version or '?'}'s: "
+                 f"{decision.vs_production.describe().removeprefix(metric + ' ')}")
+    return (text + f"; skill against no change {decision.candidate.val_mae_skill:+.3f}, "
+                   f"val_sharpe {decision.candidate.val_sharpe:+.3f}.")
 
 
 def _log_decision(client: MlflowClient, version: ModelVersion, decision: GuardDecision, actor: Actor,

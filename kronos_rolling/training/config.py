@@ -106,7 +106,7 @@ class TrainConfig:
             used, default = getattr(self, f.name), getattr(released, f.name)
             if f.name == "lora":
                 found.update(_differences(used, default, "lora_"))
-            elif used != default:
+            elif _comparable(used) != _comparable(default):
                 found[f.name] = (used, default)
         if evaluation is not None:
             found.update(_differences(evaluation, type(evaluation)(lookback=self.lookback, horizon=self.horizon),
@@ -135,7 +135,12 @@ IDENTITY_FIELDS = ("mode", "as_of", "asset_class", "base", "note")
 
 def _differences(used, default, prefix: str) -> dict[str, tuple[object, object]]:
     return {prefix + f.name: (getattr(used, f.name), getattr(default, f.name)) for f in fields(used)
-            if getattr(used, f.name) != getattr(default, f.name)}
+            if _comparable(getattr(used, f.name)) != _comparable(getattr(default, f.name))}
+
+
+def _comparable(value):
+    """A list of names (LoRA's target modules) is a set: its order is no setting."""
+    return sorted(map(str, value)) if isinstance(value, (tuple, list)) else value
 
 
 def _shown(value) -> str:
