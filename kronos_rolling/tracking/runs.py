@@ -201,6 +201,10 @@ def training_dataset(store: DataStore, symbols: list[str], start, end, name: str
     # breaks on empty frames. Same bars, same digest, across months and machines.
     source = get_dataset_source_from_json(json.dumps({"uri": str(store.root)}), source_type="local")
     digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:8]
+    # MLflow infers the schema through Series.values, which pandas deprecates for tz-aware columns:
+    # it gets the timestamps as naive UTC (the digest above is of the bars as stored).
+    if len(frame) and isinstance(frame["timestamp"].dtype, pd.DatetimeTZDtype):
+        frame = frame.assign(timestamp=frame["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None))
     return mlflow.data.from_pandas(frame, name=name, source=source, digest=digest)
 
 

@@ -76,8 +76,9 @@ def test_the_registered_model_page_shows_the_current_alias_and_the_decision(demo
     sentence = crypto.decision.reason[:60]  # the guard's sentence, in the audit table of the description
     text = page_text_with(browser, ui_link(server.url, "models/kronos-lora-crypto"), "Audit trail", sentence,
                           f"Version {version.version}")
-    assert f"@{alias}" in text or f"@ {alias}" in text or alias in text.split(f"Version {version.version}")[1][:200]
-    assert "kronos.audit.000001" not in text.split("Audit trail")[0], "a table, not raw JSON, comes first"
+    row = text.split(f"Version {version.version}")[1]  # the versions table: tags, then aliases, then description
+    assert f"@ {alias}" in row and f"latest_decision\n: {version.tags['latest_decision']}" in row, row[:3000]
+    assert text.index("Audit trail") < text.index("kronos.audit.000001"), "the readable table before the raw tags"
 
 
 def test_the_experiment_opens_in_the_classic_view_with_its_description_and_runs(demo_sized, browser):
