@@ -297,8 +297,10 @@ def _record_by_hand(steps: "_Steps", client: MlflowClient, version: ModelVersion
     _set_version_tags(steps, client, version, {**(tags or {}), LATEST_DECISION_TAG: decision,
                                                LATEST_REASON_TAG: reason})
     guard = version.tags.get(GUARD_DECISION_TAG)
-    overrides = (f" This overrides the guard's {'refusal' if guard != GUARD_PROMOTED else 'promotion'} above."
-                 if guard and decision in ("promoted by hand", "withdrawn", "rolled back from") else "")
+    serves = decision in ("promoted by hand", "rolled back to")  # else it stops serving
+    overrides = ""
+    if guard and serves != (guard == GUARD_PROMOTED):
+        overrides = f" This overrides the guard's {'refusal' if serves else 'promotion'} above."
     paragraph = f"{_when(at)}, by {_who(actor)}: {text}{overrides}"
     _set_description(steps, client, version,
                      "\n\n".join(filter(None, [(version.description or "").strip(), paragraph])))
