@@ -153,7 +153,7 @@ def run_demo(settings: Settings, port: int = DEFAULT_PORT, *, echo=print, progre
 
     echo(f"[6/6] verdicts (demo finished in {time.monotonic() - started:.0f}s)")
     report.verdicts = [verdict_row(client, label, versions.get(label)) for label in (POOLED, *ASSET_CLASSES)]
-    for line in verdict_table(report.verdicts):
+    for line in verdict_table(report.verdicts, settings.thresholds.primary_metric):
         echo(line)
     for line in where_to_look(url, settings, tracking):
         echo(line)
@@ -200,12 +200,12 @@ def _serving_label(client, label: str) -> str:
 VERDICT_COLUMNS = ("class", "version", "decision", "reference", "difference", "skill", "serves now")
 
 
-def verdict_table(rows: list[dict[str, str]]) -> list[str]:
-    """The verdicts as an aligned table; `difference` is the candidate's val_mae minus the
-    reference's on the same origins, with its interval (below 0: better), `skill` its val_mae
+def verdict_table(rows: list[dict[str, str]], metric: str = "val_mae") -> list[str]:
+    """The verdicts as an aligned table; `difference` is the candidate's `metric` (the guard's) minus
+    the reference's on the same origins, with its interval (below 0: better), `skill` its val_mae
     skill against no change (above 0: better)."""
     header = {c: c for c in VERDICT_COLUMNS}
-    header["difference"] = "val_mae - reference [90% interval]"
+    header["difference"] = f"{metric} - reference [interval]"
     header["skill"] = "skill"
     widths = {c: max(len(r[c]) for r in [header, *rows]) for c in VERDICT_COLUMNS}
     return ["      " + "  ".join(r[c].ljust(widths[c]) for c in VERDICT_COLUMNS).rstrip() for r in [header, *rows]]
@@ -253,8 +253,9 @@ def where_to_look(url: str, settings: Settings, tracking: Tracking) -> list[str]
     run = " ".join([*env, command])
     crypto = tracking.client.get_experiment_by_name(experiment_name("crypto"))
     return [
-        "      (difference: candidate val_mae minus the reference's on the same origins, below 0 is better;",
-        "       skill: against a no-change forecast, above 0 is better; docs/evaluation.md)",
+        "      (difference: the candidate's minus the reference's on the same origins, with its interval;",
+        "       below 0 is better. skill: val_mae against a no-change forecast, above 0 is better.",
+        "       docs/evaluation.md has the rules)",
         f"      MLflow UI (machine-learning view): {ui_link(url, 'experiments')}",
         f"        crypto's retrains, one run per month: {ui_link(url, f'experiments/{crypto.experiment_id}')}"
         if crypto is not None else "        experiments kronos-rolling/<class>: one run per retrain",
