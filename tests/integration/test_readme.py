@@ -29,9 +29,10 @@ from kronos_rolling.tracking.server import free_port
 README_TIMEOUT_S = 1500
 
 
-def stop_script(shell: subprocess.Popen, env: dict[str, str]) -> None:
+def stop_script(shell: subprocess.Popen, env: dict[str, str]) -> str:
     """Kill the script and every process below it (`set -m` gives each command a process group
-    of its own), then stop the demo's server, which left the tree when its starter exited."""
+    of its own), then stop the demo's server, which left the tree when its starter exited; what
+    the script had printed."""
     try:
         family = psutil.Process(shell.pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -42,8 +43,9 @@ def stop_script(shell: subprocess.Popen, env: dict[str, str]) -> None:
         except psutil.NoSuchProcess:
             pass
     shell.kill()
-    shell.communicate()
+    printed, _ = shell.communicate()
     subprocess.run(["kronos-rolling", "demo", "--stop-server"], env=env, cwd=REPO, capture_output=True, timeout=300)
+    return printed or ""
 
 
 @pytest.mark.timeout(README_TIMEOUT_S + 600)  # its own limit (and cleanup) comes first
@@ -63,17 +65,22 @@ def test_a_newcomer_runs_every_readme_command(tmp_path):
     started = time.monotonic()
     shell = subprocess.Popen(["bash", str(script)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    out = None
+    out, partial = None, ""
     try:
         out, _ = shell.communicate(timeout=README_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pass
+    except subprocess.TimeoutExpired as exc:
+        partial = exc.output or ""
     finally:  # timed out, or pytest stopped the test: stop the script, its children and the demo's server
         if shell.poll() is None:
-            stop_script(shell, env)
+            partial = (partial if isinstance(partial, str) else partial.decode()) + stop_script(shell, env)
     if out is None:
-        pytest.fail(f"the README commands did not finish in {README_TIMEOUT_S}s")
-    print(f"README commands: {time.monotonic() - started:.0f}s of the {README_TIMEOUT_S}s limit")
+        commands_run = re.findall(r"^\+ .*$", partial, flags=re.M)
+        pytest.fail(f"the README commands did not finish in {README_TIMEOUT_S}s (load average "
+                    f"{os.getloadavg()[0]:.1f}); the last ones started: {commands_run[-3:]}\n{partial[-4000:]}")
+    print(f"README commands: {time.monotonic() - started:.0f}s of the {README_TIMEOUT_S}s limit "
+          f"(load average {os.getloadavg()[0]:.1f} at the end)")
+    for stamp in re.findall(r"^\[\d/6\].*$|^demo finished.*$", out, flags=re.M):
+        print(stamp)
     assert shell.returncode == 0, out[-6000:]
     demo = out.split("+ make demo")[1].split("+ ")[0] if "+ make demo" in out else out
     assert f"[2/6] base: the tiny Kronos shipped with the package (no pre-training)\n      {BUNDLED_BASE_DIR}" in out
