@@ -112,7 +112,7 @@ def delete_entry(client: MlflowClient, name: str, entry: AuditEntry) -> None:
     rewrite_description(client, name)
 
 
-MODEL_SUMMARY = "LoRA adapter + event embedding of Kronos, retrained monthly by kronos-rolling."
+MODEL_SUMMARY = "LoRA adapter + event embedding of Kronos, kept current by kronos-rolling."
 TABLE_ROWS = 25  # newest entries in the description; `kronos-rolling history` prints them all
 
 
