@@ -64,6 +64,7 @@ from kronos_rolling.registry.names import (
     registered_model_name,
 )
 from kronos_rolling.settings import REGISTRY_LOCK_TIMEOUT_S
+from kronos_rolling.tracking.context import NOTE_TAG
 
 log = logging.getLogger(__name__)
 GUARD_PREFIX = "Guard, "  # starts the guard's paragraph in a version's description
@@ -76,7 +77,6 @@ GUARD_VERSION_TAGS = ("guard_decision", "guard_reason", "guard_reference", "vs_r
 ALERT_TAGS = ("regression_alert", "negative_skill_alert")
 DECISION_ARTIFACT = "guard/decision.json"  # on the training run: every figure of the decision
 LATEST_DECISION_TAG, LATEST_REASON_TAG = "latest_decision", "latest_reason"  # the newest word on a version
-RUN_NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
             _set_description(steps, client, target, "\n\n".join(filter(None, [trained, guard])))
             if target.run_id:
                 _set_run_tags(steps, client, target.run_id, {GUARD_DECISION_TAG: decision.as_tags()[GUARD_DECISION_TAG],
-                                                             RUN_NOTE_TAG: run_note(name, version, decision)})
+                                                             NOTE_TAG: run_note(name, version, decision)})
             if decision.promote:
                 return _move_production(steps, client, name, state, model_tags, version,
                                         action=history.PROMOTE, reason=decision.reason,

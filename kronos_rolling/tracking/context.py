@@ -21,6 +21,9 @@ from kronos_rolling.errors import RegistryError, RegistryUnavailable
 from kronos_rolling.tracking.server import is_healthy, redact
 
 
+NOTE_TAG = "mlflow.note.content"  # an experiment's or a run's description in the MLflow UI
+
+
 @dataclass(frozen=True)
 class Tracking:
     uri: str

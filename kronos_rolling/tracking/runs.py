@@ -31,7 +31,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from kronos_rolling import __version__
 from kronos_rolling.data.store import DataStore
-from kronos_rolling.tracking.context import Tracking
+from kronos_rolling.tracking.context import NOTE_TAG, Tracking
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ _BATCH = 100  # MLflow accepts at most 100 params or tags per batch
 
 # MLflow 3 records an experiment's kind; ours are classic model training, not GenAI.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-NOTE_TAG = "mlflow.note.content"  # an experiment's or a run's description in the MLflow UI
 # The UI opens in its GenAI view unless told otherwise (a per-browser choice): every link to it we
 # print or write carries this, so the experiments open in the classic machine-learning view.
 UI_VIEW = "workflowType=machine_learning"
