@@ -92,7 +92,7 @@ def main() -> None:
             rows.append((" ".join(words), took, took / reference, name, goal, heavy_modules(words, env)))
     print(f"load average at start {load:.2f} on {os.cpu_count()} CPUs; median of {args.repeat} runs each")
     print(f"reference: python -c pass {bare * 1000:.0f} ms; python -c \"import mlflow\" {mlflow_import * 1000:.0f} ms")
-    print(f"{"command":<58} {'ms':>6} {'ratio':>7}  {'goal':<22} heavy modules loaded")
+    print(f"{'command':<58} {'ms':>6} {'ratio':>7}  {'goal':<22} heavy modules loaded")
     for words, took, ratio, name, goal, heavy in rows:
         verdict = "met" if ratio <= goal else "NOT met"
         print(f"kronos-rolling {words:<43} {took * 1000:>6.0f} {ratio:>6.1f}x  <= {goal}x {name:<15} "
