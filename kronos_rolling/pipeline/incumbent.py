@@ -4,10 +4,10 @@ Every month, also when no retrain is due, the class's @production and the pooled
 are evaluated on the month just closed (the same origins, the same figures as a retrain's
 evaluation). A month that retrained already measured both, so its figures are reused;
 otherwise this is an evaluation-only MLflow run in `kronos-rolling/<class>/evaluations`
-(tag `kronos.run_kind=incumbent_check`, no training), apart from the class's retrains. The pure rule, `registry.guard.
-decide_incumbent`, says whether @production is withdrawn: then the predictor falls back to
-the pooled adapter, the audit trail and an alert say why, a later retrain may promote
-again, and `rollback` puts the withdrawn version back.
+(tag `kronos.run_kind=incumbent_check`, no training), apart from the class's retrains. The
+pure rule, `registry.guard.decide_incumbent`, says whether @production is withdrawn: then
+the predictor falls back to the pooled adapter, the audit trail and an alert say why, a
+later retrain may promote again, and `rollback` puts the withdrawn version back.
 """
 
 from __future__ import annotations
