@@ -89,7 +89,3 @@ def test_the_experiment_opens_in_the_classic_view_with_its_description_and_runs(
                           "Retrains of the crypto adapter", "crypto-2018-01-01", "Run Name")
     assert "Token Usage" not in text and "Sessions" not in text, "the GenAI overview opened instead"
     assert "/runs" in browser.current_url and "workflowType=machine_learning" in browser.current_url
-    checks = client.get_experiment_by_name("kronos-rolling/crypto/evaluations")
-    assert checks is None or not [r for r in client.search_runs([experiment.experiment_id])
-                                  if r.data.tags.get("kronos.run_kind") == "incumbent_check"], \
-        "incumbent checks stay out of the retrains' experiment"

@@ -358,6 +358,8 @@ def test_a_stale_production_is_withdrawn_by_the_monthly_check_and_rollback_still
     assert "significantly worse than pooled" in check.decision.reason and check.decision.difference.lo > 0
     run = env.get_run(check.run_id)
     assert run.data.tags["kronos.run_kind"] == "incumbent_check" and run.data.tags["incumbent_decision"] == "withdrawn"
+    assert env.get_experiment(run.info.experiment_id).name == "kronos-rolling/crypto/evaluations", \
+        "incumbent checks apart from the retrains"
     assert "train_loss" not in run.data.metrics and "production_val_mae" not in run.data.metrics
     assert run.data.metrics["val_mae"] > run.data.metrics["pooled_val_mae"]  # production's, unprefixed
     state = alias_state(env, "kronos-lora-crypto")
