@@ -150,9 +150,10 @@ def test_the_first_version_of_a_class_warm_starts_from_pooled_and_is_compared_wi
     assert tags["guard_decision"] == ("promoted" if crypto.promoted else "refused")
     assert float(tags["val_mae"]) == pytest.approx(crypto.outcome.figures("candidate").val_mae, rel=1e-5)
     assert crypto.decision.reason in version.description
-    # One sentence on the training (window and figures), then the guard's decision.
+    # One sentence on the training (window and figures), then the guard's dated decision, linking its figures.
     assert version.description.startswith("Trained on 2016-01-01/2018-01-01, as of 2018-02-01; val_mae ")
-    assert version.description.count("Guard: ") == 1
+    assert version.description.count("\n\nGuard, ") == 1
+    assert f"`runs:/{version.run_id}/guard/decision.json`" in version.description
     aliases = env.get_registered_model("kronos-lora-crypto").aliases
     assert aliases.get("production" if crypto.promoted else "staging") == crypto.version
 
