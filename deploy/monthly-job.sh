@@ -8,7 +8,7 @@
 #
 #   bash deploy/monthly-job.sh [more `mlflow run` options, e.g. -P epochs=5 -P device=cuda]
 #
-# Environment (all optional except the tracking server):
+# Environment (all optional except the tracking server; without MLFLOW_TRACKING_URI it exits 2 at once):
 #   MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD   the tracking server
 #   KRONOS_ALERT_WEBHOOK   where failures are reported (Slack-compatible JSON)
 #   KRONOS_BASE_MODEL      the frozen base (default NeoQuasar/Kronos-base)
@@ -26,6 +26,14 @@
 # due. Otherwise 1, after one job_failed alert naming the classes that failed (each failure
 # inside a class's job has already sent its own alert with the error).
 set -uo pipefail
+
+if [ -z "${MLFLOW_TRACKING_URI:-}" ]; then
+    echo "error: MLFLOW_TRACKING_URI is not set: every class's run would go to MLflow's default store" \
+         "(./mlflow.db in the folder mlflow runs in), which no tracking server or predictor reads." \
+         "Set it to your tracking server, e.g. MLFLOW_TRACKING_URI=http://127.0.0.1:5000 bash deploy/monthly-job.sh" \
+         "for the demo's" >&2
+    exit 2
+fi
 
 project="${KRONOS_PROJECT_URI:-$(cd "$(dirname "$0")/.." && pwd)}"
 as_of="${KRONOS_AS_OF:-$(date -u +%Y-%m-%d)}"

@@ -25,6 +25,10 @@ is the monthly script's (deploy/monthly-job.sh) own alert naming the classes tha
 ends as FAILED the runs `mlflow run` made in EXPERIMENT since then and left RUNNING: a launch
 that failed before our code ran (no conda for the default env manager, a broken environment)
 never ends the run MLflow created first.
+
+An entry point refuses, before any work, a tracking store inside the project folder
+(`check_tracking_store`): that is where `mlflow run` puts MLflow's default store when
+MLFLOW_TRACKING_URI is not set, and no server, predictor or later job would see the result.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def _training_parameters(mode: str) -> tuple[Parameter, ...]:
         Parameter("base_model", "--base-model", comment="folder or hub id; empty: KRONOS_BASE_MODEL"),
         Parameter("epochs", "--epochs", str(MODE_DEFAULTS[mode]["epochs"])),
         Parameter("lr", "--lr", f"{MODE_DEFAULTS[mode]['lr']:f}".rstrip("0"), label="float"),  # YAML reads 5e-5 as text
-        Parameter("note", "--note", comment="why lr/epochs depart from the defaults (recorded on the run)"),
+        Parameter("note", "--note", comment="why settings depart from the defaults (recorded on the run)"),
         Parameter("batch_size", "--batch-size", str(config.batch_size)),
         Parameter("lookback", "--lookback", str(config.lookback)),
         Parameter("horizon", "--horizon", str(config.horizon)),
@@ -262,6 +266,38 @@ def report_failed_classes(classes: list[str], as_of: str, webhook: str | None):
         f"the runs in kronos-rolling/<class>", {"as_of": as_of, "failed_classes": ", ".join(classes)}, webhook)
 
 
+def check_tracking_store(tracking_uri: str, project_dirs: list[Path]) -> None:
+    """ConfigError when the job would log into a store inside the project folder.
+
+    `mlflow run` without MLFLOW_TRACKING_URI makes MLflow's default store, `./mlflow.db` (or
+    `./mlruns`), in the folder it runs in, and hands it to the job: a registry of its own that
+    no predictor, cron or demo server ever reads. The job refuses it and names the fix."""
+    path = _local_store_path(tracking_uri)
+    if path is None:
+        return
+    inside = [d for d in project_dirs if path == d.resolve() or d.resolve() in path.parents]
+    if inside:
+        raise ConfigError(
+            f"the tracking store is {tracking_uri}, inside the project folder {inside[0]}: MLflow's own default "
+            "when MLFLOW_TRACKING_URI is not set, which no tracking server, predictor or later job reads. Set "
+            "MLFLOW_TRACKING_URI to your tracking server, e.g. MLFLOW_TRACKING_URI=http://127.0.0.1:5000 mlflow run "
+            ". ... for the demo's (kronos-rolling server starts one), or to a store outside this folder")
+
+
+def _local_store_path(uri: str) -> Path | None:
+    """The folder or database file of a local store URI (sqlite:///, file:, a plain path); None for a server."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https", "databricks", "postgresql", "mysql", "mssql") or "+" in parsed.scheme:
+        return None
+    if parsed.scheme == "sqlite":
+        return Path(unquote(uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path)).resolve()
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path)).resolve()
+    return Path(uri).resolve() if parsed.scheme == "" else None
+
+
 UNFINISHED_REASON = "the launch failed before the job ended this run (see the monthly job's log)"
 
 
@@ -310,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     entry_name, values = argv[0], {}
     try:
         values = parse_arguments(argv[1:])
+        check_tracking_store(settings.tracking_uri, [REPO, Path.cwd()])
         command = command_for(entry_name, values, run_id=settings.mlflow_run_id)
         print(f"kronos-rolling {' '.join(command)}", file=sys.stderr, flush=True)
         code = kronos_rolling.main(args=command, prog_name="kronos-rolling", standalone_mode=False)

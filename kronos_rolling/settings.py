@@ -47,6 +47,11 @@ DEFAULT_PORT = 5000  # of the tracking server
 DEFAULT_SERVE_PORT = 8080  # of the predictor service
 DEFAULT_TRACKING_URI = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
+# A tiny Kronos pre-trained on the bundled bars before 2017-11-01 (`kronos-rolling model pretrain`;
+# its PROVENANCE.md gives the command that rebuilds it): the demo's and the replay's base.
+BUNDLED_BASE_DIR = BUNDLED_DATA_DIR / "tiny-base"
+DEFAULT_MAX_GAP = 5
+"""Most missing bars tolerated between two consecutive bars before it counts as a gap."""
 
 
 # -- parsing, one dialect for every variable ---------------------------------------------

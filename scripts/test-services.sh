@@ -10,6 +10,8 @@
 #               instead; then this script does nothing for PostgreSQL.
 #   S3          moto's S3 server, a Python package of the test extra: each test starts it on a
 #               free port and stops it (tests/support/production.py). Nothing to install here.
+#   Chromium    the Debian packages chromium and chromium-driver: the MLflow UI test drives a
+#               headless browser (selenium, of the test extra) against a tracking server it starts.
 #
 # Idempotent and fast when everything is installed. Exports nothing.
 set -euo pipefail
@@ -28,6 +30,23 @@ have_postgres_binaries() {
     return 1
 }
 
+install_chromium() {
+    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+        say "chromium and chromedriver present (the MLflow UI test starts a headless one of its own)"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        say "chromium and chromedriver are missing and this is not a Debian-like system: install them" \
+            "(/usr/bin/chromium, /usr/bin/chromedriver) for the MLflow UI test" >&2
+        return 1
+    fi
+    say "installing chromium and chromium-driver (apt-get)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+        chromium-driver >/dev/null
+}
+
+install_chromium
 if [ -n "${KRONOS_TEST_POSTGRES_URL:-}" ]; then
     say "using KRONOS_TEST_POSTGRES_URL; PostgreSQL binaries not needed"
     exit 0

@@ -2,7 +2,8 @@
 
 The data folder is `--data DIR` (on `data` or on any of its commands), else the
 `KRONOS_DATA_DIR` setting, else the bundled sample data. Problems raise `DataError`, which the
-top-level group prints as one message with a non-zero exit.
+top-level group prints as one message with a non-zero exit. The data modules (pandas) are
+imported inside the commands, so `kronos-rolling --help` does not load them.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ import click
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.cli.options import settings_of
-from kronos_rolling.data.assets import classify_asset
-from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, format_spacing
 from kronos_rolling.data.issues import listing, summary, write_report
-from kronos_rolling.data.store import DataStore
-from kronos_rolling.data.validate import validate_path
 from kronos_rolling.errors import ConfigError, DataError
+from kronos_rolling.settings import DEFAULT_MAX_GAP
 
 _DATA_HELP = "Data folder [env KRONOS_DATA_DIR; default: the bundled sample data]."
 
@@ -28,8 +26,10 @@ def _data_option(command):
                         help=_DATA_HELP)(command)
 
 
-def _store(ctx: click.Context, data_dir: Path | None) -> DataStore:
-    """The command's --data, else the group's --data, else the setting."""
+def _store(ctx: click.Context, data_dir: Path | None):
+    """The command's --data, else the group's --data, else the setting: a DataStore."""
+    from kronos_rolling.data.store import DataStore
+
     chosen = data_dir if data_dir is not None else ctx.find_object(dict).get("data_dir")
     return DataStore(settings_of(ctx, data_dir=chosen).data_dir)
 
@@ -67,6 +67,8 @@ def import_(ctx, src, symbol, asset_class, time_format, tz, replace, max_gap, dr
     seconds or milliseconds; they are stored in UTC. A failed import writes nothing and
     counts every kind of problem; --report FILE lists every offending row.
     """
+    from kronos_rolling.data.calendars import format_spacing
+
     store = _store(ctx, data_dir)
     report = store.import_csv(src, symbol, asset_class, time_format=time_format, tz=tz, replace=replace,
                               max_gap=max_gap, drop_invalid_rows=drop_invalid, report=report_path)
@@ -88,6 +90,8 @@ def import_(ctx, src, symbol, asset_class, time_format, tz, replace, max_gap, dr
 @click.pass_context
 def list_(ctx, data_dir):
     """Show each symbol's class, bar spacing, first and last bar and row count."""
+    from kronos_rolling.data.calendars import format_spacing
+
     store = _store(ctx, data_dir)
     rows = [("SYMBOL", "CLASS", "SPACING", "FIRST", "LAST", "ROWS")]
     for symbol in store.symbols():
@@ -125,6 +129,8 @@ def validate(ctx, paths, symbol, max_gap, time_format, report_path, data_dir):
     The first rows of each kind of problem are listed and every kind is counted;
     --report FILE lists every row.
     """
+    from kronos_rolling.data.validate import validate_path
+
     if symbol is not None and (len(paths) != 1 or Path(paths[0]).is_dir()):
         raise ConfigError("--symbol names the series of one FILE; pass exactly one file with it")
     targets = list(paths) or [_store(ctx, data_dir).root]
@@ -149,6 +155,8 @@ def validate(ctx, paths, symbol, max_gap, time_format, report_path, data_dir):
 @click.pass_context
 def classify(ctx, symbols, data_dir):
     """Print `SYMBOL<TAB>class` for each symbol (overrides from the data folder win)."""
+    from kronos_rolling.data.assets import classify_asset
+
     store = _store(ctx, data_dir)
     overrides = store.overrides()
     classes, problems = [], []

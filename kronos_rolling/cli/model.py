@@ -11,7 +11,6 @@ import click
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.cli.options import data_option, settings_of
-from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import ModelError
 from kronos_rolling.model.config import MODEL_SIZES
 from kronos_rolling.training.pretrain.config import DEFAULT_UNTIL, PretrainConfig
@@ -131,6 +130,7 @@ def forecast(model_source, tokenizer_source, csv_path, pred_len, top_k, top_p, t
 def pretrain(out_dir, size, until, data_dir, symbols, tokenizer_steps, predictor_steps, batch_size, lookback,
              horizon, seed, force, quiet):
     """Pre-train a small Kronos base (tokenizer, then predictor) on history before --until."""
+    from kronos_rolling.data.store import DataStore
     from kronos_rolling.training.pretrain.run import pretrain_base
 
     report = pretrain_base(

@@ -8,6 +8,7 @@ import their heavy dependencies (torch, mlflow, the pipeline) inside the command
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -62,6 +63,11 @@ def configure_mlflow(registry_timeout_s: float | None = None) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # The system-metrics sampler (CPU, memory, GPU of each training run) keeps sampling, and models
+    # are still validated and awaited; their progress lines ("started / terminated monitoring",
+    # "validating input example", "waiting up to 120 seconds") stay out of the job's log.
+    for chatty in ("mlflow.system_metrics", "mlflow.pyfunc", "mlflow.store.model_registry.abstract_store"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if registry_timeout_s is not None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, registry_timeout_s))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import click
-import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
 from kronos_rolling.cli.options import (
@@ -59,8 +58,8 @@ def training_options(fn):
                      help=f"Peak learning rate. Default: {MODE_DEFAULTS['pooled']['lr']:g} pooled, "
                           f"{MODE_DEFAULTS['rolling']['lr']:g} rolling."),
         click.option("--note", default="",
-                     help="Why --lr/--epochs depart from the phase's defaults; recorded on the run "
-                          "(tags kronos.non_default_settings and kronos.non_default_reason)."),
+                     help="Why settings depart from the released defaults; recorded on the run with every "
+                          "setting that does (tags kronos.non_default_settings and kronos.non_default_reason)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True),
         click.option("--lookback", type=click.IntRange(min=1), default=TrainConfig.lookback, show_default=True),
         click.option("--horizon", type=click.IntRange(min=1), default=TrainConfig.horizon, show_default=True),
@@ -307,6 +306,8 @@ def simulate(start, months, classes, data_dir, base_model, tracking_uri, port, w
              horizon, no_progress):
     """Replay the monthly cron on past months, one month at a time, and report each class and
     month: what the job did, the guard's decision, the figures, and what serves afterwards."""
+    import pandas as pd
+
     from kronos_rolling.data.store import DataStore
     from kronos_rolling.model.base import BaseModelRef
     from kronos_rolling.pipeline.context import JobContext

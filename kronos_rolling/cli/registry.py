@@ -48,6 +48,14 @@ def _day(as_of: datetime | None) -> date:
     return as_of.date() if as_of else datetime.now(timezone.utc).date()
 
 
+def describe_move(move) -> str:
+    """`kronos-lora-crypto@production: none -> v2 (@previous_production: none); audit entry 4`."""
+    from kronos_rolling.registry.history import version_label
+
+    return (f"{move.name}@production: {version_label(move.from_version)} -> {version_label(move.to_version)} "
+            f"(@previous_production: {version_label(move.previous_production)}); audit entry {move.audit_seq}")
+
+
 @click.command()
 @_asset_class_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Newest N entries only.")
@@ -88,9 +96,7 @@ def promote(asset_class: str, version: int, reason: str, tracking_uri: str | Non
     if move.audit_seq is None:
         click.echo(f"{move.name}@production is already v{version}; nothing to do")
         return
-    previous = f"v{move.previous_production}" if move.previous_production else "none"
-    click.echo(f"{move.name}@production: v{move.from_version or '-'} -> v{move.to_version} "
-               f"(@previous_production: {previous}); audit entry {move.audit_seq}")
+    click.echo(describe_move(move))
 
 
 @click.command()
@@ -114,9 +120,7 @@ def rollback(asset_class: str, to_version: int | None, reason: str,
                                webhook=settings.alert_webhook)
     for note in move.notes:
         click.echo(f"note: {note}")
-    previous = f"v{move.previous_production}" if move.previous_production else "none"
-    click.echo(f"{move.name}@production: v{move.from_version or '-'} -> v{move.to_version} "
-               f"(@previous_production: {previous}); audit entry {move.audit_seq}")
+    click.echo(describe_move(move))
 
 
 @click.command()

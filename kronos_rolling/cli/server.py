@@ -21,7 +21,6 @@ import click
 
 from kronos_rolling.cli.options import settings_of
 from kronos_rolling.settings import ServerSettings
-from kronos_rolling.tracking.server import ServerConfig, TrackingServer, redact
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +68,8 @@ def server(data_dir: Path | None, host: str | None, port: int | None, workers: i
     Upgrades the database schema once, then serves the UI, the REST API and the
     artifacts (proxied, so clients never need storage credentials).
     """
+    from kronos_rolling.tracking.server import ServerConfig, TrackingServer, redact
+
     settings = settings_of()
     flags = {"host": host, "port": port, "workers": workers, "backend_uri": backend_store_uri,
              "artifacts": artifacts_destination, "basic_auth": basic_auth, "auth_db_uri": auth_db_uri,

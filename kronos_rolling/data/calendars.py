@@ -38,10 +38,9 @@ from pandas.tseries.holiday import (
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.errors import DataError
+from kronos_rolling.settings import DEFAULT_MAX_GAP  # noqa: F401 - the data modules' default, kept importable here
 
 CRYPTO, FOREX_COMMODITY, EQUITY = ASSET_CLASSES
-DEFAULT_MAX_GAP = 5
-"""Most missing bars tolerated between two consecutive bars before it counts as a gap."""
 
 FOREX_TZ = "America/New_York"
 FOREX_HOLIDAYS = ((12, 25), (1, 1))  # (month, day): the interbank market is shut

@@ -162,10 +162,17 @@ def coverage_shortfall(
     return found
 
 
+SUMMARY_SYMBOLS = 3  # symbols a shortfall summary names; the rest are counted
+
+
 def shortfall_summary(shortfalls: list[CoverageShortfall], series: int) -> str:
-    """One line for all of a window's shortfalls: how many series of how many, then each of them."""
-    return (f"{len(shortfalls)} of {series} series do not cover the whole window (trained on what they have): "
-            + "; ".join(str(s) for s in shortfalls))
+    """One short line for all of a window's shortfalls (a log line): how many series of how many,
+    which ones and how much of the window each covers; each one's details go to the run (str of
+    each CoverageShortfall, the `window_shortfall` tag and artifact)."""
+    named = ", ".join(f"{s.symbol} {s.covered_fraction:.0%}" for s in shortfalls[:SUMMARY_SYMBOLS])
+    more = f" and {len(shortfalls) - SUMMARY_SYMBOLS} more" if len(shortfalls) > SUMMARY_SYMBOLS else ""
+    return (f"{len(shortfalls)} of {series} series cover part of the window ({named}{more}), "
+            "trained on what they have; details: run tag window_shortfall")
 
 
 def check_data_reaches(coverage_by_class: Mapping[str, Mapping[str, SeriesCoverage]], window: TrainingWindow) -> None:

@@ -15,21 +15,38 @@ from kronos_rolling.evaluation.samples import EvaluationSamples
 from kronos_rolling.evaluation.score import Scores
 
 
+BLOCKS_SHOWN = 6  # consecutive forecasts per series: the x-axis spans this many horizons, so each is readable
+
+
 def forecast_vs_actual(samples: EvaluationSamples, closes: dict[str, np.ndarray], max_series: int = 3):
-    """One panel per series: actual closes and each model's point forecast (mean of its paths)
-    from a few origins."""
+    """One panel per series: BLOCKS_SHOWN consecutive, non-overlapping forecasts from the middle of
+    the span, each model's point forecast (mean of its paths, with markers) against the actual
+    close, every forecast drawn from the last close it saw. The axis spans BLOCKS_SHOWN horizons,
+    so a 4-bar forecast is as readable as a 16-bar one."""
     symbols = list(dict.fromkeys(samples.symbols.tolist()))[:max_series]
-    fig, axes = plt.subplots(len(symbols), 1, figsize=(10, 3.2 * len(symbols)), squeeze=False)
+    fig, axes = plt.subplots(len(symbols), 1, figsize=(10, 3.4 * len(symbols)), squeeze=False)
     horizon = samples.settings.horizon
+    colors = dict(zip(closes, plt.rcParams["axes.prop_cycle"].by_key()["color"][1:]))
     for ax, symbol in zip(axes[:, 0], symbols):
-        rows = np.flatnonzero(samples.symbols == symbol)
-        spacing = _spacing(samples, rows)
-        for i, row in enumerate(rows[:: max(1, len(rows) // 4)][:4]):
-            times = pd.to_datetime(samples.origin[row], utc=True) + np.arange(horizon) * spacing
-            ax.plot(times, samples.actual_close[row], color="black", lw=1.2, label="actual" if i == 0 else None)
+        rows = samples.blocks()[symbol]
+        start = max(0, (len(rows) - BLOCKS_SHOWN) // 2)
+        rows = rows[start:start + BLOCKS_SHOWN]
+        spacing = _spacing(samples, np.flatnonzero(samples.symbols == symbol))
+        for i, row in enumerate(rows):
+            first = pd.to_datetime(samples.origin[row], utc=True)
+            times = first + np.arange(-1, horizon) * spacing  # from the last close seen, then the horizon
+            seen = samples.last_close[row]
+            ax.plot(times, np.r_[seen, samples.actual_close[row]], color="black", lw=1.4, marker="o", ms=3,
+                    label="actual" if i == 0 else None)
             for name, forecast in closes.items():
-                ax.plot(times, forecast[row], lw=1, ls="--", label=name if i == 0 else None)
-        ax.set_title(f"{symbol}: forecast (mean of {samples.settings.samples} paths) vs actual close")
+                ax.plot(times, np.r_[seen, forecast[row]], color=colors.get(name), lw=1.1, ls="--", marker="o",
+                        ms=2.5, label=name if i == 0 else None)
+            ax.axvline(times[0], color="grey", lw=0.5, ls=":")
+        ax.set_title(f"{symbol}: {len(rows)} consecutive {horizon}-bar forecasts (mean of "
+                     f"{samples.settings.samples} paths) vs actual close; dotted lines: forecast origins",
+                     fontsize=9)
+        ax.set_ylabel("close")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)  # each panel its own span, so each its own labels
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig

@@ -39,7 +39,7 @@ from kronos_rolling.registry.guard import PENDING, GuardDecision
 from kronos_rolling.registry.names import POOLED, STAGING, registered_model_name
 from kronos_rolling.registry.promotion import GUARD_DECISION_TAG, AliasMove, apply_guard_decision
 from kronos_rolling.tracking.adapters import base_of, fetch_adapter, load_forecast_model
-from kronos_rolling.tracking.runs import experiment_name, start_run
+from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def challenger_step(label: str, ctx: JobContext, as_of, version: ModelVersion) -
     evaluation = evaluate_span(ctx.store, classes, span, {"candidate": challenger, **refs.models}, settings,
                                challenger.vocabulary)
     decision = judge_candidate(evaluation, label, refs.versions, ctx.thresholds, evidence_months=months)
-    with start_run(ctx.tracking, experiment_name(label),
+    with start_run(ctx.tracking, evaluations_experiment_name(label),
                    run_name=f"{label}-{as_of.date()}-challenger-v{version.version}") as run:
         run.set_tags({"kronos.run_kind": "challenger_check", "asset_class": label, "as_of": str(as_of.date()),
                       "challenger_version": version.version, **decision.as_tags()})

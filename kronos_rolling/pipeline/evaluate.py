@@ -12,7 +12,7 @@ from kronos_rolling.evaluation.span import SpanEvaluation, evaluate_span
 from kronos_rolling.pipeline.references import reference_models
 from kronos_rolling.tracking.adapters import base_of, fetch_adapter, load_forecast_model
 from kronos_rolling.tracking.context import Tracking
-from kronos_rolling.tracking.runs import experiment_name, start_run
+from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
 
 
 def evaluate_adapter(model_uri: str, asset_class: str, as_of, tracking: Tracking, store: DataStore,
@@ -30,7 +30,7 @@ def evaluate_adapter(model_uri: str, asset_class: str, as_of, tracking: Tracking
     adapter = load_forecast_model(source, base)
     evaluation = evaluate_span(store, [asset_class], window.val_span, {"adapter": adapter, **refs.models}, settings,
                                adapter.vocabulary)
-    with start_run(tracking, experiment_name(asset_class),
+    with start_run(tracking, evaluations_experiment_name(asset_class),
                    run_name=f"evaluate-{asset_class}-{window.as_of:%Y-%m-%d}") as run:
         run.set_tags({"kronos.evaluation_of": model_uri, "kronos.run_kind": "evaluation", "asset_class": asset_class})
         run.log_params({"model": model_uri, "model_version": source.describe(), "asset_class": asset_class,

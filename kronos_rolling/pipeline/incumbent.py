@@ -13,7 +13,8 @@ at most `max_evidence_months`:
 
 A month that retrained already measured both on its validation month; when that is the
 evidence span, its figures are reused. Otherwise this is an evaluation-only MLflow run in
-`kronos-rolling/<class>` (tag `kronos.run_kind=incumbent_check`, no training). The pure
+`kronos-rolling/<class>/evaluations` (tag `kronos.run_kind=incumbent_check`, no training), apart
+from the class's retrains. The pure
 rule, `registry.guard.decide_incumbent`, says whether @production is withdrawn: then the
 predictor falls back, the audit trail and an alert say why, a later retrain may promote
 again, and `rollback` puts the withdrawn version back.
@@ -38,7 +39,7 @@ from kronos_rolling.registry.guard import IncumbentDecision, decide_incumbent
 from kronos_rolling.registry.names import POOLED, registered_model_name
 from kronos_rolling.registry.promotion import AliasMove, withdraw_production
 from kronos_rolling.tracking.adapters import base_of, load_base_forecast_model, load_forecast_model
-from kronos_rolling.tracking.runs import experiment_name, start_run
+from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
 from kronos_rolling.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ def incumbent_step(label: str, ctx: JobContext, as_of: date, eval_settings: Eval
     except DataError as exc:
         return IncumbentCheck(None, f"no data to check on: {exc}")
     versions = {"production": production.version, **({"pooled": pooled.version} if pooled is not None else {})}
-    with start_run(ctx.tracking, experiment_name(label), run_name=f"{label}-{as_of.date()}-incumbent-check") as run:
+    with start_run(ctx.tracking, evaluations_experiment_name(label),
+                   run_name=f"{label}-{as_of.date()}-incumbent-check") as run:
         run.set_tags({"kronos.run_kind": "incumbent_check", "asset_class": label, "as_of": str(as_of.date()),
                       "production_version": production.version, "fallback": fallback,
                       **({"pooled_version": pooled.version} if pooled is not None else {})})

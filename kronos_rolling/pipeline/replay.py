@@ -43,7 +43,7 @@ from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.job import JobResult, monthly_job
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.schedule import read_cadence
-from kronos_rolling.settings import BUNDLED_DATA_DIR, Thresholds
+from kronos_rolling.settings import BUNDLED_BASE_DIR, BUNDLED_DATA_DIR, Thresholds
 from kronos_rolling.tracking.adapters import default_warm_start, fetch_adapter
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.runs import start_run
@@ -68,8 +68,10 @@ class SimulationSettings:
 
     The phase's 5 epochs are kept; the LRs are 20x (rolling) and 10x (pooled) the phase's
     because each epoch here is a capped sample (`max_samples_per_epoch`), and the runs say
-    so (`note`, recorded as kronos.non_default_reason). The evaluation is the job's own:
-    K=16 paths, every origin of the month.
+    so (`note`, recorded as kronos.non_default_reason). The evaluation is the job's, every
+    origin of the month, with K=8 paths instead of 16: on two CPU cores the evaluation is most
+    of a month's job (the demo runs four), and the guard's paired intervals come from the
+    origins, not the paths.
     """
 
     lookback: int = 32
@@ -81,7 +83,7 @@ class SimulationSettings:
     batch_size: int = 32
     max_samples_per_epoch: int = 256
     pooled_max_samples_per_epoch: int = 512
-    eval_samples: int = EvalSettings.samples
+    eval_samples: int = 8  # half the job's EvalSettings.samples (recorded as eval_samples 8 instead of 16)
     eval_max_origins: int | None = None  # every origin
     seed: int = 42
     note: str = CPU_SIZED_NOTE
@@ -169,6 +171,9 @@ class SimulationReport:
         return frame
 
     def write_csv(self, path: Path) -> Path:
+        """The report at `path` (relative: to the working directory; its folders are made), whole or
+        not at all; returns where it went, as an absolute path."""
+        path = Path(path).expanduser().resolve()
         frame = self.frame()
         rest = [c for c in frame.columns if c not in REPORT_COLUMNS]
         with atomic_file(path) as tmp:
@@ -288,7 +293,7 @@ def _delivery_note(delivery) -> str:
     return "" if delivery.delivered else " (not delivered)"
 
 
-def _serving(client: MlflowClient, asset_class: str) -> str:
+def serving_now(client: MlflowClient, asset_class: str) -> str:
     """What the predictor serves for the class now: its @production version, else pooled, else base."""
     for label, answer in ((asset_class, None), (POOLED, "pooled")):
         try:
@@ -308,8 +313,8 @@ def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, 
          drill: bool) -> MonthRow:
     cadence = read_cadence(client, asset_class)
     kept, aliased = _versions_kept(client, asset_class)
-    serving = _serving(client, asset_class)
-    reference = "base" if _serving(client, POOLED) == "base" else "pooled"
+    serving = serving_now(client, asset_class)
+    reference = "base" if serving_now(client, POOLED) == "base" else "pooled"
     row = MonthRow(asset_class, month, "trained" if result.due else "not_due", serving_after=serving,
                    reason=result.reason, cadence=cadence.mode, versions_kept=kept, aliased=aliased, drill=drill,
                    seconds=round(seconds, 1), reference=reference)
@@ -395,7 +400,7 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
             if not has_validation_data(store, asset_class, month, settings):
                 kept, aliased = _versions_kept(client, asset_class)
                 data = "the bundled data" if bundled else f"your data ({store.root})"
-                report.rows.append(MonthRow(asset_class, label, "skipped", serving_after=_serving(client, asset_class),
+                report.rows.append(MonthRow(asset_class, label, "skipped", serving_after=serving_now(client, asset_class),
                                             reason=f"{data} has no bars in this validation span",
                                             cadence=read_cadence(client, asset_class).mode,
                                             versions_kept=kept, aliased=aliased))
@@ -418,7 +423,7 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
                     echo(f"  {label} pooled v{judged.version}: {judged.decision.outcome} ({judged.decision.reason})")
                 row = _row(label, asset_class, result, client, time.monotonic() - tick, drill)
             except KronosError as exc:
-                row = MonthRow(asset_class, label, "skipped", serving_after=_serving(client, asset_class),
+                row = MonthRow(asset_class, label, "skipped", serving_after=serving_now(client, asset_class),
                                reason=f"failed: {exc}", drill=drill, failed=True,
                                seconds=round(time.monotonic() - tick, 1))
             report.rows.append(row)
@@ -484,21 +489,25 @@ def tracking_for_simulation(tracking_uri: str | None, data_dir: Path, port: int 
 def offline_tiny_base(store: DataStore, home: Path, latest_until: pd.Timestamp, progress: bool) -> BaseModelRef:
     """A tiny base pre-trained on this store's bars before a date no later than `latest_until`.
 
-    Bases live in HOME/bases and are shared by the demo and every replay: the newest one that
-    fits (same data folder, pre-training cut at or before `latest_until`) is reused, else one
-    is pre-trained up to `latest_until`.
+    On the bundled data the base shipped with the package (BUNDLED_BASE_DIR) is one candidate;
+    the others live in HOME/bases, shared by every replay: the newest one that fits (same data
+    folder, pre-training cut at or before `latest_until`; the shipped one on a tie) is used,
+    else one is pre-trained up to `latest_until` into HOME/bases.
     """
     folder = home / "bases"
     fitting = []
+    shipped = read_pretrain_report(BUNDLED_BASE_DIR)
+    if shipped is not None and Path(store.root).resolve() == BUNDLED_DATA_DIR.resolve():
+        fitting.append((pd.Timestamp(shipped["settings"]["until"]), 1, BUNDLED_BASE_DIR))
     for candidate in sorted(folder.glob("tiny-until-*")):
         report = read_pretrain_report(candidate)
         if report is None or report.get("settings", {}).get("size") != "tiny":
             continue
-        until = pd.Timestamp(report["settings"]["until"])
-        if until <= latest_until and Path(report["data"]["dir"]).resolve() == Path(store.root).resolve():
-            fitting.append((until, candidate))
+        if Path(report["data"]["dir"]).resolve() == Path(store.root).resolve():
+            fitting.append((pd.Timestamp(report["settings"]["until"]), 0, candidate))
+    fitting = [f for f in fitting if f[0] <= latest_until]
     if fitting:
-        return BaseModelRef.resolve(str(max(fitting)[1]))
+        return BaseModelRef.resolve(str(max(fitting)[2]))
     target = folder / f"tiny-until-{latest_until:%Y-%m-%d}"
     pretrain_base(store, target, until=latest_until.isoformat(), force=True, progress=progress)
     return BaseModelRef.resolve(str(target))

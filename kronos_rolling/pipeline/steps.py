@@ -186,7 +186,8 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
     with start_run(tracking, experiment_name(config.label), run_id=run_id, run_name=f"{config.label}-{config.as_of}",
                    system_metrics=True) as run:
         if not resumed:
-            log_training_inputs(run, config, base, window, symbols, warm_source, dataset, train_set, inner_set)
+            log_training_inputs(run, config, base, window, symbols, warm_source, dataset, train_set, inner_set,
+                                eval_settings)
             if base_seen_until is not None:
                 run.set_tags({"base_pretrained_until": base_seen_until.isoformat(),
                               "base_saw_validation_span": str(base_seen_until > window.val_start).lower()})

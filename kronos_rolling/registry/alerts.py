@@ -163,8 +163,19 @@ def send_alias_move_alert(event: str, name: str, from_version: str | None, to_ve
 def send_guard_alerts(decision: GuardDecision, name: str, version: str | int,
                       webhook: str | None, *, retry: RetryPolicy = ALERT_RETRY
                       ) -> list[DeliveryResult]:
-    return [send_alert(a.event, a.text, a.fields, webhook, retry=retry)
-            for a in guard_alerts(decision, name, version)]
+    return send_alerts(guard_alerts(decision, name, version), webhook, f"{name} v{version}", retry=retry)
+
+
+def send_alerts(alerts: list[Alert], webhook: str | None, subject: str, *,
+                retry: RetryPolicy = ALERT_RETRY) -> list[DeliveryResult]:
+    """Send several alerts of one job; never raises. Without a webhook, one log line names them all
+    (what they say is recorded where the job writes its decision: the version's description)."""
+    if not webhook:
+        if alerts:
+            log.warning("%s: %d alert(s) raised, not sent (%s is not set): %s", subject, len(alerts),
+                        WEBHOOK_ENV, ", ".join(a.event for a in alerts))
+        return [DeliveryResult(a.event, False, 0, error=f"{WEBHOOK_ENV} is not set", skipped=True) for a in alerts]
+    return [send_alert(a.event, a.text, a.fields, webhook, retry=retry) for a in alerts]
 
 
 def _redact(url: str) -> str:

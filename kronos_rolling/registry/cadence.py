@@ -30,8 +30,6 @@ import math
 from dataclasses import dataclass, replace
 from datetime import date
 
-import pandas as pd
-
 from kronos_rolling.settings import CADENCE_RECORDS_KEPT, Thresholds
 
 MONTHLY = "monthly"
@@ -116,6 +114,8 @@ def interval_months(mode: str, thresholds: Thresholds = Thresholds()) -> int:
 
 def is_retrain_due(state: CadenceState, as_of: date,
                    thresholds: Thresholds = Thresholds()) -> DueDecision:
+    import pandas as pd  # here, not at the top: `kronos-rolling --help` lists MODES without loading pandas
+
     last = state.last_retrain
     if last is None:
         return DueDecision(True, f"no retrain recorded yet ({state.mode} cadence)", as_of)

@@ -1,9 +1,12 @@
 """The audit trail: who moved which alias, from where to where, when and why.
 
 Each entry is one registered-model tag `kronos.audit.NNNNNN` holding JSON, so the trail
-is readable in the MLflow UI on the model's page, survives the deletion of any version,
-and an entry is written (or undone) in one call. Writers hold the model's registry lock,
-so numbering never collides on one machine.
+survives the deletion of any version, and an entry is written (or undone) in one call.
+Writers hold the model's registry lock, so numbering never collides on one machine.
+
+Every write (and undo) of an entry also rewrites the registered model's description: what
+the model is, then the trail as a table a person reads on the model's page in the MLflow UI
+(newest first: when, action, from -> to, who, why), rendered from the tags.
 """
 
 from __future__ import annotations
@@ -101,11 +104,56 @@ def read_history(client: MlflowClient, name: str) -> list[AuditEntry]:
 def write_entry(client: MlflowClient, name: str, entry: AuditEntry) -> None:
     call(f"write audit entry {entry.seq} of {name}", client.set_registered_model_tag,
          name, entry.tag_key, entry.to_json())
+    rewrite_description(client, name)
 
 
 def delete_entry(client: MlflowClient, name: str, entry: AuditEntry) -> None:
     call(f"remove audit entry {entry.seq} of {name}", client.delete_registered_model_tag,
          name, entry.tag_key)
+    rewrite_description(client, name)
+
+
+MODEL_SUMMARY = "LoRA adapter + event embedding of Kronos, kept current by kronos-rolling."
+TABLE_ROWS = 25  # newest entries in the description; `kronos-rolling history` prints them all
+
+
+def rewrite_description(client: MlflowClient, name: str) -> None:
+    """The registered model's description, from its audit tags as they are now."""
+    entries = entries_from_tags(get_registered_model(client, name).tags)
+    call(f"describe {name}", client.update_registered_model, name, description=trail_table(name, entries))
+
+
+def trail_table(name: str, entries: list[AuditEntry]) -> str:
+    """Markdown: what the model is, then the newest TABLE_ROWS entries, newest first."""
+    label = name.removeprefix("kronos-lora-")
+    shown = entries[::-1][:TABLE_ROWS]
+    older = (f" ({len(entries) - len(shown)} older: `kronos-rolling history --asset-class {label}`)"
+             if len(entries) > len(shown) else "")
+    lines = [MODEL_SUMMARY, "", f"**Audit trail**, newest first{older}. Raw entries: tags `kronos.audit.NNNNNN`.",
+             "", "| # | when (UTC) | action | what moved | who | why |", "|---|---|---|---|---|---|"]
+    for e in shown:
+        lines.append(f"| {e.seq} | {e.at.replace('T', ' ').removesuffix('+00:00')} | {e.action} | {what_moved(e)} | "
+                     f"{_cell(f'{e.user}@{e.host} ({e.job})')} | {_cell(e.reason)} |")
+    if not shown:
+        lines.append("| | | no entries yet | | | |")
+    return "\n".join(lines)
+
+
+def what_moved(entry: AuditEntry) -> str:
+    if entry.action in (PROMOTE, ROLLBACK, WITHDRAW):
+        return f"@production {version_label(entry.from_version)} → {version_label(entry.to_version)}"
+    if entry.action == REFUSE:
+        return f"{version_label(entry.to_version)} refused; @production stays {version_label(entry.from_version)}"
+    return ""
+
+
+def version_label(version: str | None) -> str:
+    """`v2`, or `none` where no version held the alias."""
+    return f"v{version}" if version else "none"
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def format_history(entries: list[AuditEntry]) -> str:

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import torch
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -40,6 +40,9 @@ from kronos_rolling.serve.integrity import (
     recorded_files,
 )
 from kronos_rolling.tracking.adapters import METADATA_FILE, bundle_in
+
+# torch is imported only for a tensor dtype numpy lacks: `kronos-rolling promote` and `rollback`
+# verify a version without loading it.
 
 CLASS_TAG = "asset_class"
 
@@ -93,14 +96,26 @@ def check_bundle(bundle_dir: Path, registered_model: str, version: str, tags: di
 
 
 def _check_finite(bundle_dir: Path, what: str) -> None:
+    """Read as numpy arrays (no torch); a dtype numpy lacks (bf16) is read with torch."""
     for path in sorted(Path(bundle_dir).rglob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as tensors:
+        with safe_open(str(path), framework="numpy") as tensors:
             for key in tensors.keys():
-                tensor = tensors.get_tensor(key)
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    bad = int((~torch.isfinite(tensor)).sum())
+                try:
+                    array = tensors.get_tensor(key)
+                    bad = int((~np.isfinite(array)).sum()) if array.dtype.kind in "fc" else 0
+                except TypeError:  # "data type 'bfloat16' not understood"
+                    bad = _non_finite_with_torch(path, key)
+                if bad:
                     raise IntegrityError(f"{what}: tensor {key} of {path.name} holds {bad} non-finite value(s) "
                                          "(NaN or inf); it would forecast NaN, so it is never served")
+
+
+def _non_finite_with_torch(path: Path, key: str) -> int:
+    import torch
+
+    with safe_open(str(path), framework="pt") as tensors:
+        tensor = tensors.get_tensor(key)
+    return int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
 
 
 def verify_version(client: MlflowClient, version: ModelVersion) -> None:

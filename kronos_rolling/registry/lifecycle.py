@@ -46,11 +46,12 @@ def conclude_retrain(client: MlflowClient, asset_class: str, version: str | int,
                             thresholds=thresholds, actor=actor, at=at,
                             sharpe_lo=change.lo if change is not None else None,
                             sharpe_hi=change.hi if change is not None else None)
-    deliveries = alerts.send_guard_alerts(decision, name, version, webhook)
+    raised = alerts.guard_alerts(decision, name, version)
     if update.switched:
-        deliveries.append(alerts.send_alert(
+        raised.append(alerts.Alert(
             alerts.CADENCE_CHANGED,
             f"{name}: cadence {update.before.mode} -> {update.after.mode} ({update.after.reason})",
             {"registered_model": name, "cadence": update.after.mode,
-             "since": str(update.after.since), "reason": update.after.reason}, webhook))
+             "since": str(update.after.since), "reason": update.after.reason}))
+    deliveries = alerts.send_alerts(raised, webhook, f"{name} v{version}")  # one log line without a webhook
     return RetrainConclusion(move, update, deliveries)

@@ -5,18 +5,24 @@ Registered models
     kronos-lora-pooled     the pooled adapter trained on all classes
 Aliases (per registered model)
     @production            what the predictor serves
-    @staging               the newest candidate that is not in production
+    @staging               the newest version, unless it is in production (set at registration,
+                           kept by a refusal; after every move of @production, by the guard or by
+                           hand, it is put back on the newest version if that one does not serve)
     @previous_production   what @production replaced (kept by retention like any alias)
-Registered-model tags
+Registered-model tags (and description: the audit trail as a table, registry/history.py)
     kronos.cadence         JSON: monthly/quarterly, since, why, recent retrains with Sharpe deltas
     kronos.audit.NNNNNN    JSON, one per promotion / rollback / refusal / cadence change / retention
-Version tags (written from the guard's decision, see guard.GuardDecision.as_tags)
-    asset_class, val_mae, val_sharpe, pooled_val_mae, production_val_mae, base_val_mae,
-    sharpe_delta, guard_reference, guard_decision, guard_reason, regression_alert;
-    rolled_back_reason on a version a rollback moved away from; withdrawn_reason on a version
-    the monthly incumbent check took @production from; sha256.<file> per adapter file, written at
-    registration (tracking/pyfunc.register_adapter_model), checked before a version serves
-    (registry/integrity.py).
+Version tags
+    at registration (pipeline/steps.register_step): asset_class, as_of, train_window, val_span,
+    val_mae, val_nll, val_sharpe, warm_start; sha256.<file> per adapter file
+    (tracking/pyfunc.register_adapter_model), checked before a version serves (registry/integrity.py);
+    from the guard's decision, the few a person reads (registry/promotion.GUARD_VERSION_TAGS:
+    guard_decision, guard_reason, guard_reference, vs_reference_diff[_lo|_hi], val_mae_skill,
+    production_version; regression_alert / negative_skill_alert when raised; every figure is in
+    guard/decision.json on the training run);
+    latest_decision, latest_reason: the newest word on the version (the guard's, or a promote,
+    rollback or withdrawal after it); rolled_back_reason on a version a rollback moved away
+    from; withdrawn_reason on a version the monthly incumbent check took @production from.
 """
 
 from __future__ import annotations

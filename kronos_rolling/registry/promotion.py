@@ -10,6 +10,17 @@ Before a version may serve, `promote`, `rollback` and a guard promotion run the 
 verification (registry/integrity.py: recorded sha256 of every file, finite tensors, the
 right asset class); a version that fails it is refused with the reason and nothing moves.
 
+What a version says about itself stays true: its description is a dated log (how it was
+trained, the guard's decision, then every later move by hand: promote, rollback, withdrawal,
+with who and why), and `latest_decision` / `latest_reason` tags name the newest of them. Of the
+guard's figures the version keeps the few tags a person reads (GUARD_VERSION_TAGS); all of them
+go to `guard/decision.json` on the training run, linked from the description. The training run
+gets the decision too: a `guard_decision` tag and a one-line run description.
+
+@staging after every move of @production (promote, by the guard or by hand, and rollback): the
+newest version, unless it is the one in @production (then none). A refusal keeps (or gives) the
+refused version @staging; a withdrawal leaves @staging where it is.
+
 Rollback goes, by default, to the newest version older than the one serving (or, after a
 withdrawal, than none: the newest) that the guard promoted and that passes verification;
 hand-promoted and never-promoted versions, and versions that fail verification, are
@@ -23,7 +34,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import mlflow
@@ -53,10 +64,20 @@ from kronos_rolling.registry.names import (
     registered_model_name,
 )
 from kronos_rolling.settings import REGISTRY_LOCK_TIMEOUT_S
+from kronos_rolling.tracking.context import NOTE_TAG
 
 log = logging.getLogger(__name__)
-GUARD_PREFIX = "Guard: "  # starts the decision in a version's description
+GUARD_PREFIX = "Guard, "  # starts the guard's paragraph in a version's description
 GUARD_DECISION_TAG, GUARD_PROMOTED = "guard_decision", "promoted"  # as GuardDecision.as_tags writes them
+# Of GuardDecision.as_tags(), what a version keeps as tags (the rest is in DECISION_ARTIFACT); the
+# alert flags are kept only when raised.
+GUARD_VERSION_TAGS = ("guard_decision", "guard_reason", "guard_reference", "vs_reference_diff",
+                      "vs_reference_diff_lo", "vs_reference_diff_hi", "decision_diff", "decision_diff_lo",
+                      "decision_diff_hi", "decision_horizons", "val_span", "val_mae", "val_mae_skill",
+                      "production_version")
+ALERT_TAGS = ("regression_alert", "negative_skill_alert")
+DECISION_ARTIFACT = "guard/decision.json"  # on the training run: every figure of the decision
+LATEST_DECISION_TAG, LATEST_REASON_TAG = "latest_decision", "latest_reason"  # the newest word on a version
 
 
 @dataclass(frozen=True)
@@ -200,12 +221,18 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
                                 "decision on it")
         model = get_registered_model(client, name)
         state, model_tags = _aliases(model), model.tags
+        link = _log_decision(client, target, decision, actor, at)  # the run's record; the registry is untouched
+        verdict = "promoted by the guard" if decision.promote else "refused by the guard"
         with _all_or_nothing(client, name) as steps:
-            _set_version_tags(steps, client, target, decision.as_tags())
+            _set_version_tags(steps, client, target, {**guard_version_tags(decision.as_tags()),
+                                                      LATEST_DECISION_TAG: verdict, LATEST_REASON_TAG: decision.reason})
             # Keep what training wrote (window, figures) and put the decision after it.
-            trained = (target.description or "").split(GUARD_PREFIX)[0].strip()
-            _set_description(steps, client, target,
-                             " ".join(filter(None, [trained, GUARD_PREFIX + decision.describe()])))
+            trained = (target.description or "").split("\n\n" + GUARD_PREFIX)[0].split("Guard: ")[0].strip()
+            guard = f"{GUARD_PREFIX}{_when(at)}: {decision.describe()}{link}"
+            _set_description(steps, client, target, "\n\n".join(filter(None, [trained, guard])))
+            if target.run_id:
+                _set_run_tags(steps, client, target.run_id, {GUARD_DECISION_TAG: decision.as_tags()[GUARD_DECISION_TAG],
+                                                             NOTE_TAG: run_note(name, version, decision)})
             if decision.promote:
                 return _move_production(steps, client, name, state, model_tags, version,
                                         action=history.PROMOTE, reason=decision.reason,
@@ -220,18 +247,84 @@ def apply_guard_decision(client: MlflowClient, name: str, version: str | int,
                              state.previous_production, decision.reason, entry.seq)
 
 
+def guard_version_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The guard's tags a version keeps: GUARD_VERSION_TAGS, and the alert flags that were raised."""
+    kept = {key: tags[key] for key in GUARD_VERSION_TAGS if key in tags}
+    kept.update({key: tags[key] for key in ALERT_TAGS if tags.get(key) == "true"})
+    return kept
+
+
+def run_note(name: str, version: str, decision: GuardDecision) -> str:
+    """The training run's one-line description: the decision and the figures it rests on."""
+    verdict = "promoted to @production" if decision.promote else "refused, kept in @staging"
+    metric = decision.metric
+    text = f"{name} v{version}: {verdict}. {metric} {decision.candidate.metric(metric):.6g}"
+    if decision.vs_reference is not None and decision.reference:
+        text += f"; minus the {decision.reference}'s: {decision.vs_reference.describe().removeprefix(metric + ' ')}"
+    if decision.vs_production is not None and decision.production is not None:
+        text += (f"; minus production v{decision.production.version or '?'}'s: "
+                 f"{decision.vs_production.describe().removeprefix(metric + ' ')}")
+    return (text + f"; skill against no change {decision.candidate.val_mae_skill:+.3f}, "
+                   f"val_sharpe {decision.candidate.val_sharpe:+.3f}.")
+
+
+def _log_decision(client: MlflowClient, version: ModelVersion, decision: GuardDecision, actor: Actor,
+                  at: datetime | None) -> str:
+    """Every figure of the decision as DECISION_ARTIFACT on the version's training run; the link
+    the description gives to it ("" for a version without a run)."""
+    if not version.run_id:
+        return ""
+    record = {"registered_model": version.name, "version": version.version, "decided_at": _when(at),
+              "decided_by": f"{actor.user}@{actor.host} ({actor.job})", "decision": decision.describe(),
+              "tags": decision.as_tags()}
+    call(f"log {DECISION_ARTIFACT} of run {version.run_id}", client.log_dict, version.run_id, record,
+         DECISION_ARTIFACT)
+    experiment = call(f"read run {version.run_id}", client.get_run, version.run_id).info.experiment_id
+    return (f" Every figure: [{DECISION_ARTIFACT}](#/experiments/{experiment}/runs/{version.run_id}/artifacts/"
+            f"{DECISION_ARTIFACT}) (`runs:/{version.run_id}/{DECISION_ARTIFACT}`).")
+
+
+def _when(at: datetime | None) -> str:
+    return (at or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _who(actor: Actor) -> str:
+    return f"{actor.user}@{actor.host} ({actor.job})"
+
+
+def _record_by_hand(steps: "_Steps", client: MlflowClient, version: ModelVersion, decision: str, reason: str,
+                    text: str, actor: Actor, at: datetime | None, tags: dict[str, str] | None = None) -> None:
+    """A later decision on a version, after the guard's: tags name it the latest, and its
+    description gets one dated paragraph (what, who, why)."""
+    _set_version_tags(steps, client, version, {**(tags or {}), LATEST_DECISION_TAG: decision,
+                                               LATEST_REASON_TAG: reason})
+    guard = version.tags.get(GUARD_DECISION_TAG)
+    serves = decision in ("promoted by hand", "rolled back to")  # else it stops serving
+    overrides = ""
+    if guard and serves != (guard == GUARD_PROMOTED):
+        overrides = f" This overrides the guard's {'refusal' if serves else 'promotion'} above."
+    paragraph = f"{_when(at)}, by {_who(actor)}: {text}{overrides}"
+    _set_description(steps, client, version,
+                     "\n\n".join(filter(None, [(version.description or "").strip(), paragraph])))
+
+
 def promote(client: MlflowClient, name: str, version: str | int, reason: str, *, lock_dir: Path,
             actor: Actor | None = None, at: datetime | None = None) -> AliasMove:
     """Move @production to a version outside the guard (an operator's explicit choice)."""
-    version = str(version)
+    version, actor = str(version), actor or Actor.current()
     with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
-        check_version_servable(client, name, version)
+        target = check_version_servable(client, name, version)
         model = get_registered_model(client, name)
         state, model_tags = _aliases(model), model.tags
         with _all_or_nothing(client, name) as steps:
-            return _move_production(steps, client, name, state, model_tags, version,
-                                    action=history.PROMOTE, reason=reason,
-                                    actor=actor or Actor.current(), at=at)
+            move = _move_production(steps, client, name, state, model_tags, version,
+                                    action=history.PROMOTE, reason=reason, actor=actor, at=at)
+            if move.audit_seq is not None:
+                _record_by_hand(steps, client, target, "promoted by hand", reason,
+                                f"promoted to @production by hand ({history.version_label(state.production)} → "
+                                f"v{version}): {reason}.",
+                                actor, at)
+            return move
 
 
 def rollback(client: MlflowClient, asset_class: str, to_version: str | int | None = None, *,
@@ -239,6 +332,7 @@ def rollback(client: MlflowClient, asset_class: str, to_version: str | int | Non
              webhook: str | None = None) -> AliasMove:
     """Point @production back at `to_version` (default: `rollback_target`), say why, and alert."""
     name = registered_model_name(asset_class)
+    actor = actor or Actor.current()
     if not reason.strip():
         raise RegistryError("a rollback needs a reason (--reason), it goes into the audit trail")
     with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
@@ -249,9 +343,10 @@ def rollback(client: MlflowClient, asset_class: str, to_version: str | int | Non
             target = str(to_version)
             if target == state.production:
                 raise RegistryError(f"v{target} already holds {name}@production; nothing to roll back")
-            check_version_servable(client, name, target)
+            target_version = check_version_servable(client, name, target)
         else:
-            target, notes = rollback_target(client, name, state.production)
+            target, notes = rollback_target(client, name, state.production)  # verified there
+            target_version = find_version(client, name, target)
         for note in notes:
             log.warning("rollback of %s: %s", name, note)
         entries = history.entries_from_tags(model.tags)
@@ -260,13 +355,18 @@ def rollback(client: MlflowClient, asset_class: str, to_version: str | int | Non
             _set_alias(steps, client, name, PRODUCTION, target, before=state.production)
             _set_alias(steps, client, name, PREVIOUS_PRODUCTION, new_previous,
                        before=state.previous_production)
+            _set_staging_after_move(steps, client, name, state, target)
             if state.production is not None:
                 old = find_version(client, name, state.production)
                 if old is not None:
-                    _set_version_tags(steps, client, old, {ROLLED_BACK_TAG: reason})
+                    _record_by_hand(steps, client, old, "rolled back from", reason,
+                                    f"@production rolled back from this version to v{target}: {reason}.",
+                                    actor, at, tags={ROLLED_BACK_TAG: reason})
+            _record_by_hand(steps, client, target_version, "rolled back to", reason,
+                            f"@production rolled back to this version (from "
+                            f"{history.version_label(state.production)}): {reason}.", actor, at)
             entry = history.new_entry(history.next_seq(model.tags), history.ROLLBACK,
-                                      state.production, target, reason,
-                                      actor or Actor.current(), at)
+                                      state.production, target, reason, actor, at)
             _write_audit(steps, client, name, entry)
             move = AliasMove(name, history.ROLLBACK, target, state.production, target,
                              new_previous, reason, entry.seq, tuple(notes))
@@ -291,7 +391,9 @@ def withdraw_production(client: MlflowClient, asset_class: str, reason: str, *, 
             _set_alias(steps, client, name, PREVIOUS_PRODUCTION, state.production, before=state.previous_production)
             withdrawn = find_version(client, name, state.production)
             if withdrawn is not None:
-                _set_version_tags(steps, client, withdrawn, {WITHDRAWN_TAG: reason})
+                _record_by_hand(steps, client, withdrawn, "withdrawn", reason,
+                                f"withdrawn from @production (the predictor serves pooled meanwhile): {reason}.",
+                                actor or Actor.current(), at, tags={WITHDRAWN_TAG: reason})
             entry = history.new_entry(history.next_seq(model.tags), history.WITHDRAW, state.production, None,
                                       reason, actor or Actor.current(), at)
             _write_audit(steps, client, name, entry)
@@ -315,13 +417,20 @@ def _move_production(steps: "_Steps", client: MlflowClient, name: str, state: Al
     _set_alias(steps, client, name, PRODUCTION, version, before=state.production)
     _set_alias(steps, client, name, PREVIOUS_PRODUCTION, previous,
                before=state.previous_production)
-    if state.staging == version:
-        _set_alias(steps, client, name, STAGING, None, before=version)
+    _set_staging_after_move(steps, client, name, state, version)
     entry = history.new_entry(history.next_seq(model_tags), action, state.production, version,
                               reason, actor, at)
     _write_audit(steps, client, name, entry)
     return AliasMove(name, action, version, state.production, version, previous, reason,
                      entry.seq)
+
+
+def _set_staging_after_move(steps: "_Steps", client: MlflowClient, name: str, state: AliasState,
+                            production: str) -> None:
+    """@staging after @production moved to `production`: the newest version unless that is it."""
+    newest = list_versions(client, name)[0].version
+    _set_alias(steps, client, name, STAGING, None if str(newest) == production else str(newest),
+               before=state.staging)
 
 
 def _predecessor(client: MlflowClient, name: str, entries: list[history.AuditEntry],
@@ -417,6 +526,17 @@ def _set_description(steps: _Steps, client: MlflowClient, version: ModelVersion,
                           name, number, description=text),
              lambda: call(f"restore description of {name} v{number}",
                           client.update_model_version, name, number, description=old))
+
+
+def _set_run_tags(steps: _Steps, client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    before = call(f"read run {run_id}", client.get_run, run_id).data.tags
+    for key, value in tags.items():
+        old = before.get(key)
+        undo = ((lambda k=key: call(f"remove tag {k} of run {run_id}", client.delete_tag, run_id, k))
+                if old is None else
+                (lambda k=key, o=old: call(f"restore tag {k} of run {run_id}", client.set_tag, run_id, k, o)))
+        steps.do(f"tag {key} of run {run_id}",
+                 lambda k=key, v=value: call(f"tag run {run_id} {k}", client.set_tag, run_id, k, v), undo)
 
 
 def _write_audit(steps: _Steps, client: MlflowClient, name: str,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidato
 
 from kronos_rolling.data.bars import BarsError
 from kronos_rolling.serve.service import Answer, ForecastOptions, ItemError, SeriesInput
+from kronos_rolling.settings import RequestLimits
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -49,16 +50,21 @@ class Options(BaseModel):
                                self.quantiles)
 
 
+BARS_DESCRIPTION = (f"History, oldest first: at least {RequestLimits.min_bars} bars (the service's min_bars, "
+                    f"KRONOS_SERVE_MIN_BARS), at most {RequestLimits.max_bars} (max_bars, further capped by the "
+                    "model's context). A request with too few bars and bad bars gets every error at once.")
+
+
 class ForecastRequest(Options):
     symbol: str = Field(min_length=1, max_length=64, examples=["BTCUSDT"])
-    bars: list[Bar] = Field(min_length=1, description="History, oldest first")
+    bars: list[Bar] = Field(min_length=1, description=BARS_DESCRIPTION)
 
 
 class BatchItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     symbol: str = Field(min_length=1, max_length=64)
-    bars: list[Bar] = Field(min_length=1)
+    bars: list[Bar] = Field(min_length=1, description=BARS_DESCRIPTION)
 
 
 @dataclass

@@ -35,7 +35,8 @@ import pandas as pd
 import torch
 
 from kronos_rolling import ASSET_CLASSES
-from kronos_rolling.data.bars import clean_bars
+from kronos_rolling.data.bars import BarsError, clean_bars
+from kronos_rolling.data.issues import Issue
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import (
     ConfigError,
@@ -109,6 +110,19 @@ class Answer:
     model: ModelInfo
     warnings: list[str]
     result: ForecastResult
+
+
+def _checked_bars(item: SeriesInput, too_few: DataError | None) -> pd.DataFrame:
+    """The series' bars, cleaned; a history too short and every bad bar are refused together."""
+    try:
+        bars = clean_bars(item.bars, item.symbol, hint=BARS_HINT)
+    except BarsError as exc:
+        if too_few is None:
+            raise
+        raise BarsError(f"{too_few}; {exc}", [Issue(item.symbol, None, None, str(too_few)), *exc.issues]) from exc
+    if too_few is not None:
+        raise too_few
+    return bars
 
 
 @dataclass
@@ -432,8 +446,14 @@ class PredictorService:
         for index, item in enumerate(series):
             field = "bars"
             try:
-                self.limits.check_bars(item.symbol, len(item.bars))
-                clean[index] = replace(item, bars=clean_bars(item.bars, item.symbol, hint=BARS_HINT))
+                too_few = None
+                try:
+                    self.limits.check_bars(item.symbol, len(item.bars))
+                except DataError as exc:
+                    if len(item.bars) > self.limits.max_bars:
+                        raise  # too many: refused before reading them
+                    too_few = exc  # reported with every bad bar, not instead of them
+                clean[index] = replace(item, bars=_checked_bars(item, too_few))
                 field = "symbol"
                 groups.setdefault(asset_class_of(item.symbol, self.overrides), []).append(index)
             except DataError as exc:

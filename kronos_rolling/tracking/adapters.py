@@ -5,6 +5,9 @@ An adapter bundle is a folder with peft's `adapter_config.json` +
 event vocabulary (`event_vocab.json`) and `metadata.json` (the base it belongs to, the
 training window and its figures). A registered version is an MLflow pyfunc model whose
 `adapter` artifact is such a bundle.
+
+Finding and downloading a bundle needs no torch (the registry commands verify versions with
+it); the model code is imported by the functions that load one.
 """
 
 from __future__ import annotations
@@ -14,18 +17,19 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.errors import ModelError, RegistryError
-from kronos_rolling.evaluation.forecasts import ForecastModel
-from kronos_rolling.model.base import BaseModelRef
-from kronos_rolling.model.lora import load_adapter_bundle
 from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.tracking.context import Tracking
+
+if TYPE_CHECKING:
+    from kronos_rolling.evaluation.forecasts import ForecastModel
+    from kronos_rolling.model.base import BaseModelRef
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,8 @@ def default_warm_start(asset_class: str, client: MlflowClient) -> str | None:
 
 
 def base_of(source: AdapterSource) -> BaseModelRef:
+    from kronos_rolling.model.base import BaseModelRef
+
     if "base" not in source.metadata:
         raise ModelError(f"adapter {source.describe()} has no base model reference in {METADATA_FILE}")
     return BaseModelRef.from_dict(source.metadata["base"])
@@ -122,6 +128,10 @@ def base_of(source: AdapterSource) -> BaseModelRef:
 
 def load_forecast_model(source: AdapterSource, base: BaseModelRef | None = None) -> ForecastModel:
     """The adapter on a fresh copy of its base, ready for evaluation or forecasting."""
+    from kronos_rolling.data.events import EventVocabulary
+    from kronos_rolling.evaluation.forecasts import ForecastModel
+    from kronos_rolling.model.lora import load_adapter_bundle
+
     base = base or base_of(source)
     model, tokenizer = base.load()
     peft_model, event_embedding, vocab = load_adapter_bundle(model, source.bundle_dir)
@@ -131,5 +141,7 @@ def load_forecast_model(source: AdapterSource, base: BaseModelRef | None = None)
 
 def load_base_forecast_model(base: BaseModelRef) -> ForecastModel:
     """The bare base (zero-shot): no adapter, no events."""
+    from kronos_rolling.evaluation.forecasts import ForecastModel
+
     model, tokenizer = base.load()
     return ForecastModel(model, tokenizer, None, None, base.max_context)

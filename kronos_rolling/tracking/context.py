@@ -21,6 +21,9 @@ from kronos_rolling.errors import RegistryError, RegistryUnavailable
 from kronos_rolling.tracking.server import is_healthy, redact
 
 
+NOTE_TAG = "mlflow.note.content"  # an experiment's or a run's description in the MLflow UI
+
+
 @dataclass(frozen=True)
 class Tracking:
     uri: str
@@ -39,15 +42,21 @@ class Tracking:
     def describe(self) -> str:
         return redact(self.uri)
 
-    def experiment_id(self, name: str) -> str:
-        """The id of the experiment `name`, created when it does not exist yet."""
+    def experiment_id(self, name: str, tags: dict[str, str] | None = None) -> str:
+        """The id of the experiment `name`, created when it does not exist yet; `tags` (its kind and
+        description) are set where missing, also on an experiment made elsewhere (`mlflow run
+        --experiment-name`, an older version)."""
+        tags = tags or {}
         experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return self.client.create_experiment(name)
-        except MlflowException:  # created meanwhile by another job
-            return self.client.get_experiment_by_name(name).experiment_id
+        if experiment is None:
+            try:
+                return self.client.create_experiment(name, tags=tags)
+            except MlflowException:  # created meanwhile by another job
+                experiment = self.client.get_experiment_by_name(name)
+        for key, value in tags.items():
+            if key not in experiment.tags:
+                self.client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
 
     def model_version(self, uri: str) -> tuple[ModelVersion, str]:
         """The version a `models:/NAME/VERSION[/path]` or `models:/NAME@ALIAS[/path]` URI names, and the path."""

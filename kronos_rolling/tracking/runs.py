@@ -31,7 +31,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from kronos_rolling import __version__
 from kronos_rolling.data.store import DataStore
-from kronos_rolling.tracking.context import Tracking
+from kronos_rolling.tracking.context import NOTE_TAG, Tracking
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,53 @@ MODEL_NAME = "model"  # the pyfunc model inside a training run's artifacts
 _BATCH = 100  # MLflow accepts at most 100 params or tags per batch
 
 
+# MLflow 3 records an experiment's kind; ours are classic model training, not GenAI.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# The UI opens in its GenAI view unless told otherwise (a per-browser choice): every link to it we
+# print or write carries this, so the experiments open in the classic machine-learning view.
+UI_VIEW = "workflowType=machine_learning"
+EVALUATIONS = "evaluations"
+
+
 def experiment_name(label: str) -> str:
+    """A class's (or pooled's) retrains: one run per month."""
     return f"kronos-rolling/{label}"
+
+
+def evaluations_experiment_name(label: str) -> str:
+    """Evaluation-only runs of a class (the monthly incumbent check, `kronos-rolling evaluate`),
+    apart from its retrains."""
+    return f"kronos-rolling/{label}/{EVALUATIONS}"
+
+
+def experiment_tags(name: str) -> dict[str, str]:
+    """The kind and description of one of our experiments, from its name."""
+    parts = name.split("/")
+    if parts[-1] == EVALUATIONS:
+        label = parts[-2]
+        text = (f"Evaluation-only runs of kronos-lora-{label}, no training: the monthly incumbent check of "
+                f"@production against pooled (tag kronos.run_kind=incumbent_check; a withdrawal shows in "
+                f"incumbent_decision) and `kronos-rolling evaluate`. The retrains are in kronos-rolling/{label}.")
+    elif name == "kronos-rolling/simulation":
+        text = ("Replays of past months (`kronos-rolling simulate`): one run per replay with the table of "
+                "every class and month, the checklist and a plot of what served.")
+    elif name.startswith("kronos-rolling/"):
+        label = parts[-1]
+        what = "the pooled adapter (every class)" if label == "pooled" else f"the {label} adapter"
+        text = (f"Retrains of {what}, one run per month: params, per-epoch loss, the training window as a "
+                f"dataset input, val_mae / val_sharpe of the candidate and of pooled, production, base and "
+                f"no change on the same held-out month, plots, and the guard's decision (tag guard_decision, "
+                f"and the run's description). Versions: model kronos-lora-{label}. Incumbent checks: "
+                f"kronos-rolling/{label}/{EVALUATIONS}.")
+    else:
+        text = "Runs logged by kronos-rolling."
+    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, NOTE_TAG: text}
+
+
+def ui_link(tracking_uri: str, route: str = "") -> str:
+    """A link into the MLflow UI (`route`: e.g. `experiments/1`, `models/NAME`) in its
+    machine-learning view."""
+    return f"{tracking_uri.rstrip('/')}/#/{route.strip('/')}?{UI_VIEW}"
 
 
 @dataclass(frozen=True)
@@ -107,11 +152,12 @@ def start_run(tracking: Tracking, experiment: str, *, run_name: str | None = Non
               system_metrics: bool = False) -> Iterator[TrackedRun]:
     """A run of `experiment` (resumed when `run_id` is given), ended when the block ends."""
     client = tracking.client
-    if run_id:
+    if run_id:  # made by `mlflow run` (in this experiment) or resumed: the experiment gets its kind too
+        tracking.experiment_id(experiment, experiment_tags(experiment))
         client.update_run(run_id, status="RUNNING", name=run_name)
     else:  # with the tags MLflow's own runs carry: user, source name and type, git commit
-        run_id = client.create_run(tracking.experiment_id(experiment), run_name=run_name,
-                                   tags=resolve_tags()).info.run_id
+        run_id = client.create_run(tracking.experiment_id(experiment, experiment_tags(experiment)),
+                                   run_name=run_name, tags=resolve_tags()).info.run_id
     monitor = None
     if system_metrics:  # CPU, memory, GPU when present, sampled in a thread of this process
         monitor = SystemMetricsMonitor(run_id, resume_logging=False, tracking_uri=tracking.uri)
@@ -154,11 +200,15 @@ def training_dataset(store: DataStore, symbols: list[str], start, end, name: str
     # breaks on empty frames. Same bars, same digest, across months and machines.
     source = get_dataset_source_from_json(json.dumps({"uri": str(store.root)}), source_type="local")
     digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:8]
+    # MLflow infers the schema through Series.values, which pandas deprecates for tz-aware columns:
+    # it gets the timestamps as naive UTC (the digest above is of the bars as stored).
+    if len(frame) and isinstance(frame["timestamp"].dtype, pd.DatetimeTZDtype):
+        frame = frame.assign(timestamp=frame["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None))
     return mlflow.data.from_pandas(frame, name=name, source=source, digest=digest)
 
 
 def log_training_inputs(run: TrackedRun, config, base, window, symbols, warm_source, dataset, train_set,
-                        inner_set) -> None:
+                        inner_set, eval_settings=None) -> None:
     params = {
         "mode": config.mode, "asset_class": config.label, "as_of": config.as_of,
         "train_start": window.train_start.isoformat(), "train_end": window.train_end.isoformat(),
@@ -184,5 +234,5 @@ def log_training_inputs(run: TrackedRun, config, base, window, symbols, warm_sou
     run.log_params({(f"resolved.{key}" if key in launched and launched[key] != str(value) else key): value
                     for key, value in params.items()})
     run.set_tags({"asset_class": config.label, "as_of": config.as_of, "mode": config.mode,
-                  **config.departure_tags()})
+                  **config.departure_tags(eval_settings)})
     run.log_input(dataset, context="training")

@@ -8,17 +8,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
-from kronos_rolling.data.windows import TrainingWindow, select_training_window, to_utc
 from kronos_rolling.errors import ConfigError
 from kronos_rolling.model.config import LoraSettings
 
-if TYPE_CHECKING:  # torch-free at run time: the command line takes its defaults from here
+if TYPE_CHECKING:  # torch- and pandas-free at import: the command line takes its defaults from here
+    from kronos_rolling.data.windows import TrainingWindow
     from kronos_rolling.model.base import BaseModelRef
 
 MODES = ("pooled", "rolling")
@@ -52,7 +50,7 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     device: str = "auto"
     precision: str = "float32"  # or bf16: autocast forward, for GPUs with bf16 tensor cores
-    note: str = ""  # why lr/epochs depart from the mode's defaults; recorded on the run
+    note: str = ""  # why settings depart from the released defaults; recorded on the run
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -63,6 +61,8 @@ class TrainConfig:
             )
         if self.mode == "pooled" and self.asset_class is not None:
             raise ConfigError("the pooled adapter trains on every asset class; drop --asset-class")
+        from kronos_rolling.data.windows import to_utc
+
         self.as_of = to_utc(self.as_of).strftime("%Y-%m-%d")
         if self.epochs is None:
             self.epochs = MODE_DEFAULTS[self.mode]["epochs"]
@@ -85,21 +85,41 @@ class TrainConfig:
         return self.asset_class or "pooled"
 
     def window(self) -> TrainingWindow:
+        import pandas as pd
+
+        from kronos_rolling.data.windows import select_training_window
+
         return select_training_window(self.as_of, years=self.years,
                                       validation=pd.DateOffset(months=self.validation_months))
 
-    def departures(self) -> dict[str, tuple[float, float]]:
-        """{setting: (used, mode default)} for lr and epochs where they differ from the phase's defaults."""
-        defaults = MODE_DEFAULTS[self.mode]
-        return {name: (getattr(self, name), default) for name, default in defaults.items()
-                if getattr(self, name) != default}
+    def departures(self, evaluation=None) -> dict[str, tuple[object, object]]:
+        """{setting: (used, released default)} for every setting that differs from what the phase
+        releases: the mode's lr and epochs and every other field's default (LoRA fields as
+        `lora_<field>`), and, given the run's `EvalSettings`, its fields (as `eval_<field>`)
+        against the evaluation's defaults for this lookback and horizon. Fields that say which
+        training this is (IDENTITY_FIELDS) are never departures."""
+        released = TrainConfig(mode=self.mode, as_of=self.as_of, asset_class=self.asset_class)
+        found = {}
+        for f in fields(self):
+            if f.name in IDENTITY_FIELDS:
+                continue
+            used, default = getattr(self, f.name), getattr(released, f.name)
+            if f.name == "lora":
+                found.update(_differences(used, default, "lora_"))
+            elif _comparable(used) != _comparable(default):
+                found[f.name] = (used, default)
+        if evaluation is not None:
+            found.update(_differences(evaluation, type(evaluation)(lookback=self.lookback, horizon=self.horizon),
+                                      "eval_"))
+        return found
 
-    def departure_tags(self) -> dict[str, str]:
-        """Tags that say on the run which defaults were not used, and why (`note`)."""
-        departures = self.departures()
+    def departure_tags(self, evaluation=None) -> dict[str, str]:
+        """Tags that say on the run which released defaults were not used, and why (`note`)."""
+        departures = self.departures(evaluation)
         if not departures:
             return {}
-        text = ", ".join(f"{name} {used:g} instead of {default:g}" for name, (used, default) in departures.items())
+        text = ", ".join(f"{name} {_shown(used)} instead of {_shown(default)}"
+                         for name, (used, default) in departures.items())
         return {"kronos.non_default_settings": text,
                 "kronos.non_default_reason": self.note or "not given (set TrainConfig.note / --note)"}
 
@@ -108,3 +128,26 @@ class TrainConfig:
         values.pop("base")
         values["lora"] = asdict(self.lora)
         return values
+
+
+IDENTITY_FIELDS = ("mode", "as_of", "asset_class", "base", "note")
+
+
+def _differences(used, default, prefix: str) -> dict[str, tuple[object, object]]:
+    return {prefix + f.name: (getattr(used, f.name), getattr(default, f.name)) for f in fields(used)
+            if _comparable(getattr(used, f.name)) != _comparable(getattr(default, f.name))}
+
+
+def _comparable(value):
+    """A list of names (LoRA's target modules) is a set: its order is no setting."""
+    return sorted(map(str, value)) if isinstance(value, (tuple, list)) else value
+
+
+def _shown(value) -> str:
+    if value is None:  # the caps (max_samples_per_epoch, eval max_origins): none, so all
+        return "all"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)

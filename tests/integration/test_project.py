@@ -5,6 +5,7 @@ script runs the classes one after another, keeps going after a failure and alert
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -228,3 +229,41 @@ def test_a_launch_that_fails_before_the_job_runs_leaves_no_run_running(tracking_
     assert [r.info.status for r in launched] == ["FAILED"] * len(launched)
     assert all(r.data.tags["kronos.failed_reason"] == project.UNFINISHED_REASON for r in launched)
     assert [body["kronos"]["fields"]["failed_classes"] for body in receiver.bodies] == ["crypto"]
+
+
+def test_mlflow_run_without_a_tracking_uri_refuses_mlflows_default_store_in_the_checkout(tmp_path):
+    """The README's local command without MLFLOW_TRACKING_URI: MLflow makes ./mlflow.db in the checkout
+    and hands it to the job, which refuses it at once (exit 2), naming the fix; the monthly script
+    refuses before any `mlflow run`."""
+    env = job_env("", tmp_path / "home")
+    del env["MLFLOW_TRACKING_URI"]
+    made = [path for path in (REPO / "mlflow.db", REPO / "mlruns") if not path.exists()]
+    try:
+        done = subprocess.run([str(BIN / "mlflow"), "run", ".", "--env-manager", "local", "-P", "asset_class=crypto",
+                               "-P", "as_of=2018-03-01"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        for path in made:  # what this test's `mlflow run` left in the checkout
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    assert done.returncode != 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"is sqlite:///{REPO}/mlflow.db, inside the project folder" in done.stderr, done.stderr[-3000:]
+    assert "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 mlflow run" in done.stderr
+    assert "error: the tracking store is" in done.stderr, "our one-line refusal, not a traceback"
+
+    script = subprocess.run(["bash", "deploy/monthly-job.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert script.returncode == 2 and "MLFLOW_TRACKING_URI is not set" in script.stderr, script.stderr
+    assert "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 bash deploy/monthly-job.sh" in script.stderr
+    assert "== crypto" not in script.stdout, "no class ran"
+
+
+def test_the_checkout_ignores_local_stores_and_reports():
+    ignored = subprocess.run(["git", "check-ignore", "mlflow.db", "mlruns/x", "simulation.csv", "report.csv"],
+                             cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert ignored.stdout.split() == ["mlflow.db", "mlruns/x", "simulation.csv", "report.csv"], ignored
+    kept = subprocess.run(["git", "check-ignore", "kronos_rolling/sample_data/events.csv"], cwd=REPO,
+                          capture_output=True, text=True, timeout=30)
+    assert kept.returncode == 1, "bundled data stays tracked"

@@ -130,3 +130,19 @@ def test_conda_env_is_python_3_11_with_this_project_and_cpu_torch():
     # what MLflow itself makes of it for --env-manager virtualenv/uv
     env = _PythonEnv.from_conda_yaml(str(REPO / "conda.yaml"))
     assert env.python == "3.11" and ".[postgres]" in env.dependencies
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///{repo}/mlflow.db", "file://{repo}/mlruns", "{repo}/mlruns",
+                                 "sqlite:///{repo}/sub/x.db"])
+def test_a_store_inside_the_project_folder_is_refused_naming_the_fix(uri):
+    with pytest.raises(ConfigError) as refused:
+        project.check_tracking_store(uri.format(repo=REPO), [REPO])
+    message = str(refused.value)
+    assert "inside the project folder" in message and "MLflow's own default when MLFLOW_TRACKING_URI is not set" in message
+    assert "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 mlflow run" in message
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://mlflow.example.com", "sqlite:////srv/mlflow.db",
+                                 "postgresql://u@db/mlflow", "file:///srv/mlruns"])
+def test_a_server_or_a_store_elsewhere_is_accepted(uri):
+    project.check_tracking_store(uri, [REPO])

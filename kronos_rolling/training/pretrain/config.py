@@ -12,14 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from kronos_rolling import __version__
-from kronos_rolling.data.windows import to_utc
 from kronos_rolling.errors import ConfigError
 from kronos_rolling.model.config import MODEL_SIZES
 
-if TYPE_CHECKING:  # torch-free at run time: the command line reads the defaults here
+if TYPE_CHECKING:  # torch- and pandas-free at import: the command line reads the defaults here
+    import pandas as pd
+
     from kronos_rolling.model.base import BaseModelRef
 
 REPORT_NAME = "pretrain.json"
@@ -55,6 +54,8 @@ class PretrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        from kronos_rolling.data.windows import to_utc
+
         object.__setattr__(self, "until", to_utc(self.until).isoformat())
         if self.size not in MODEL_SIZES:
             raise ConfigError(f"unknown model size {self.size!r}; use one of {', '.join(MODEL_SIZES)}")
@@ -165,6 +166,8 @@ def read_pretrain_report(folder: str | os.PathLike) -> dict | None:
 def pretrained_until(base: BaseModelRef) -> pd.Timestamp | None:
     """Where a base pre-trained by `kronos-rolling model pretrain` stopped seeing bars (None: unknown,
     e.g. a hub checkpoint)."""
+    from kronos_rolling.data.windows import to_utc
+
     if not Path(base.predictor).is_dir():
         return None
     report = read_pretrain_report(Path(base.predictor).parent)

@@ -87,7 +87,8 @@ def test_the_pooled_adapter_is_judged_against_the_bare_base(jobs, env):
     version = env.get_model_version("kronos-lora-pooled", "1")
     assert version.tags["guard_decision"] == decision.outcome
     assert float(version.tags["decision_horizons"]) == pytest.approx(difference.horizons, rel=1e-5)
-    assert float(version.tags["base_val_mae"]) == pytest.approx(outcome.figures("base").val_mae, rel=1e-5)
+    figures = json.loads(open(env.download_artifacts(version.run_id, "guard/decision.json")).read())["tags"]
+    assert float(figures["base_val_mae"]) == pytest.approx(outcome.figures("base").val_mae, rel=1e-5)
     lo, hi = float(version.tags["vs_reference_diff_lo"]), float(version.tags["vs_reference_diff_hi"])
     assert lo < float(version.tags["vs_reference_diff"]) < hi
 
@@ -155,9 +156,10 @@ def test_the_first_version_of_a_class_warm_starts_from_pooled_and_is_compared_wi
     assert tags["guard_decision"] == crypto.decision.outcome
     assert float(tags["val_mae"]) == pytest.approx(crypto.outcome.figures("candidate").val_mae, rel=1e-5)
     assert crypto.decision.reason in version.description
-    # One sentence on the training (window and figures), then the guard's decision.
+    # One sentence on the training (window and figures), then the guard's dated decision, linking its figures.
     assert version.description.startswith("Trained on 2016-01-01/2018-01-01, as of 2018-02-01; val_mae ")
-    assert version.description.count("Guard: ") == 1
+    assert version.description.count("\n\nGuard, ") == 1
+    assert f"`runs:/{version.run_id}/guard/decision.json`" in version.description
     aliases = env.get_registered_model("kronos-lora-crypto").aliases
     assert aliases.get("production" if crypto.promoted else "staging") == crypto.version
 
@@ -363,6 +365,8 @@ def test_a_stale_production_is_withdrawn_by_the_monthly_check_and_rollback_still
     assert check.evaluation.span == (pd.Timestamp("2018-05-01", tz="UTC"), pd.Timestamp("2018-05-20", tz="UTC"))
     run = env.get_run(check.run_id)
     assert run.data.tags["kronos.run_kind"] == "incumbent_check" and run.data.tags["incumbent_decision"] == "withdrawn"
+    assert env.get_experiment(run.info.experiment_id).name == "kronos-rolling/crypto/evaluations", \
+        "incumbent checks apart from the retrains"
     assert "train_loss" not in run.data.metrics and "production_val_mae" not in run.data.metrics
     assert run.data.metrics["val_mae"] > 1.1 * run.data.metrics["pooled_val_mae"]  # production's, unprefixed
     state = alias_state(env, "kronos-lora-crypto")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -73,8 +74,20 @@ def test_first_version_is_promoted_against_pooled_with_an_audit_trail(clean_regi
     version = client.get_model_version(CRYPTO, v1)
     assert version.tags["guard_decision"] == "promoted"
     assert version.tags["guard_reference"] == "pooled"
-    assert float(version.tags["val_mae"]) == 0.9 and float(version.tags["pooled_val_mae"]) == 1.0
-    assert version.description.startswith(f"Guard: Promoted to @production: {decision.reason}")
+    assert float(version.tags["val_mae"]) == 0.9 and float(version.tags["vs_reference_diff"]) == -0.1
+    # The few tags a person reads; every figure in guard/decision.json on the run, linked from the description.
+    assert set(version.tags) - {"asset_class"} - {t for t in version.tags if t.startswith("sha256.")} == {
+        "guard_decision", "guard_reason", "guard_reference", "vs_reference_diff", "vs_reference_diff_lo",
+        "vs_reference_diff_hi", "val_mae", "val_mae_skill", "latest_decision", "latest_reason"}
+    assert version.tags["latest_decision"] == "promoted by the guard"
+    assert version.description.startswith(f"Guard, 2024-03-01 06:00 UTC: Promoted to @production: {decision.reason}")
+    assert f"(`runs:/{version.run_id}/guard/decision.json`)" in version.description
+    record = client.download_artifacts(version.run_id, "guard/decision.json")
+    full = json.loads(open(record).read())
+    assert float(full["tags"]["pooled_val_mae"]) == 1.0 and full["decided_by"] == "ops@cron-1 (monthly-2024-03)"
+    run = client.get_run(version.run_id)  # the training run carries the decision too
+    assert run.data.tags["guard_decision"] == "promoted"
+    assert run.data.tags["mlflow.note.content"].startswith(f"{CRYPTO} v{v1}: promoted to @production. val_mae 0.9")
     assert decision.reason.startswith("beats the pooled (val_mae difference -0.1 [-0.101, -0.099])")
     (entry,) = history.read_history(client, CRYPTO)
     assert (entry.action, entry.from_version, entry.to_version) == ("promote", None, v1)
@@ -100,7 +113,8 @@ def test_refused_version_keeps_staging_and_is_tagged_with_the_reason(clean_regis
     assert tags["guard_reason"] == decision.reason
     assert decision.reason.startswith("is worse than the pooled (val_mae difference +0.2")
     assert tags["production_version"] == v1
-    assert client.get_model_version(CRYPTO, v2).description.startswith("Guard: Kept in @staging")
+    assert client.get_model_version(CRYPTO, v2).description.startswith("Guard, ") and \
+        "Kept in @staging (refused)" in client.get_model_version(CRYPTO, v2).description
     last = history.read_history(client, CRYPTO)[-1]
     assert (last.action, last.from_version, last.to_version) == ("refuse", v1, v2)
 
@@ -311,3 +325,47 @@ def test_operator_promote_and_idempotence(clean_registry, lock_dir):
     assert alias_state(client, CRYPTO).staging is None  # the promoted candidate left @staging
     refuse = apply_guard_decision(client, CRYPTO, v1, refuse_decision(), lock_dir=lock_dir)
     assert refuse.action == "refuse" and alias_state(client, CRYPTO).staging == v1
+
+
+def test_manual_moves_keep_versions_true_staging_consistent_and_the_model_page_readable(
+        clean_registry, cli, lock_dir):
+    """The README's path: the guard promotes v1 and refuses v2; an operator promotes v2, then rolls
+    back to v1. Each version's description and tags say what happened last and who did it, @staging
+    follows one rule (the newest version unless it serves), and the registered model's description is
+    the audit trail as a table, rewritten on every move."""
+    client = clean_registry
+    v1, v2 = candidate(client), candidate(client)
+    apply_guard_decision(client, CRYPTO, v1, promote_decision(), lock_dir=lock_dir, actor=OPERATOR, at=AT)
+    apply_guard_decision(client, CRYPTO, v2, refuse_decision(), lock_dir=lock_dir, actor=OPERATOR, at=AT)
+
+    promoted = cli("promote", "--asset-class", "crypto", "--version", v2, "--reason", "operator override")
+    assert promoted.exit_code == 0, promoted.output
+    assert f"@production: v{v1} -> v{v2} (@previous_production: v{v1})" in promoted.output
+    assert alias_state(client, CRYPTO).staging is None, "the newest version serves: nothing waits in @staging"
+    version = client.get_model_version(CRYPTO, v2)
+    assert version.tags["guard_decision"] == "refused", "the guard's own record stays"
+    assert (version.tags["latest_decision"], version.tags["latest_reason"]) == ("promoted by hand",
+                                                                                "operator override")
+    last = version.description.split("\n\n")[-1]
+    assert f"promoted to @production by hand (v{v1} → v{v2}): operator override." in last
+    assert "This overrides the guard's refusal above." in last
+
+    rolled = cli("rollback", "--asset-class", "crypto", "--to-version", v1, "--reason", "back to January")
+    assert rolled.exit_code == 0, rolled.output
+    state = alias_state(client, CRYPTO)
+    assert (state.production, state.staging) == (v1, v2), "rolled back: the newest version waits in @staging again"
+    back, away = client.get_model_version(CRYPTO, v1), client.get_model_version(CRYPTO, v2)
+    assert back.tags["latest_decision"] == "rolled back to" and away.tags["latest_decision"] == "rolled back from"
+    assert away.tags["rolled_back_reason"] == "back to January"
+    assert f"@production rolled back from this version to v{v1}: back to January." in away.description
+    assert away.description.index("operator override") < away.description.index("back to January")
+
+    page = client.get_registered_model(CRYPTO).description
+    rows = [line for line in page.splitlines() if line.startswith(("| 1 ", "| 2 ", "| 3 ", "| 4 "))]
+    assert [row.split(" | ")[2] for row in rows] == ["rollback", "promote", "refuse", "promote"], page
+    assert f"@production v{v2} → v{v1}" in rows[0] and "back to January" in rows[0]
+    assert f"@production none → v{v1}" in rows[3] and "ops@cron-1 (monthly-2024-03)" in rows[3]
+    assert "**Audit trail**, newest first" in page
+
+    first = cli("promote", "--asset-class", "pooled", "--version", candidate(client, "pooled"), "--reason", "first")
+    assert "kronos-lora-pooled@production: none -> v1 (@previous_production: none)" in first.output, first.output

@@ -310,6 +310,14 @@ def test_requests_are_validated_with_clear_messages_and_auth(service):
     assert "cannot tell the asset class of symbol 'ZZZZZZZZ'" in problem({"symbol": "ZZZZZZZZ"})
     assert "asset_classes.csv" in problem({"symbol": "ZZZZZZZZ"})
     assert "at least 16 are needed" in problem({"bars": body["bars"][:5]})
+    short_and_bad = [dict(row) for row in body["bars"][:5]]
+    short_and_bad[2]["high"] = short_and_bad[2]["low"] / 2
+    both = requests.post(url, json={**body, "bars": short_and_bad}, headers=AUTH, timeout=10).json()
+    fields_named = [e["field"] for e in both["errors"]]
+    assert fields_named[0] == "bars" and set(fields_named) == {"bars", "bars[2].high"}, both  # every error
+    assert "at least 16 are needed" in both["errors"][0]["message"] and "below" in both["errors"][1]["message"]
+    schema = requests.get(service.url + "/openapi.json", timeout=10).json()
+    assert "at least 16 bars" in json.dumps(schema), "the API docs give the minimum"
     assert "over this service's limit of 32" in problem({"pred_len": 33})
     bad = [dict(row) for row in body["bars"]]
     bad[3]["close"] = "12,5x"

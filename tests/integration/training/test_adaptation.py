@@ -56,7 +56,9 @@ def test_the_settings_depart_from_the_phase_defaults_and_say_why(adapted):
     config = adapted["config"]
     assert config.epochs == 5, "the phase's 5 epochs are kept"
     tags = config.departure_tags()
-    assert tags["kronos.non_default_settings"] == f"lr {config.lr:g} instead of 5e-05"
+    assert tags["kronos.non_default_settings"] == (
+        f"lr {config.lr:g} instead of 5e-05, lookback 32 instead of 128, horizon 4 instead of 16, "
+        "max_samples_per_epoch 256 instead of all, max_inner_val_samples 64 instead of 2048")
     assert "CPU-sized" in tags["kronos.non_default_reason"]
 
 

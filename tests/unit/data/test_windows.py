@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import datetime as dt
 
 import pandas as pd
@@ -85,10 +87,12 @@ def test_forex_sample_covers_one_year_and_the_shortfall_is_reported():
     assert fx.missing_after == 0  # the last Friday of 2017 ends the data; the market reopens in 2018
     assert 0.45 < fx.covered_fraction < 0.55
     assert "EURUSD: covers" in str(fx) and "missing before" in str(fx)
-    # One line for the run, with the count and every series' shortfall.
+    # One short log line, with the count and each series' coverage; the details go to the run.
     summary = shortfall_summary(found, 3)
-    assert summary.startswith("2 of 3 series do not cover the whole window") and "\n" not in summary
-    assert str(fx) in summary and str(by_symbol["BTCUSD"]) in summary
+    assert summary.startswith("2 of 3 series cover part of the window (EURUSD 4") and "\n" not in summary
+    assert "BTCUSD" in summary and "window_shortfall" in summary and len(summary) <= 130, summary
+    many = [replace(fx, symbol=f"SYMBOL{i:03d}") for i in range(40)]
+    assert len(shortfall_summary(many, 40)) <= 160 and "and 37 more" in shortfall_summary(many, 40)
     # A window inside 2017 is fully covered.
     assert coverage_shortfall(store.coverage(["EURUSD"]), select_training_window("2017-12-01", years=0.75)) == []
 

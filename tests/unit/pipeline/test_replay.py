@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,7 @@ import pytest
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import ConfigError
 from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.settings import BUNDLED_BASE_DIR
 from kronos_rolling.pipeline.replay import (
     MonthRow,
     SimulationReport,
@@ -82,8 +84,17 @@ def test_the_newest_fitting_base_is_reused(tmp_path, tiny_base, monkeypatch):
     _fake_base(tmp_path / "bases" / "tiny-until-2017-11-01", "2017-11-01T00:00:00+00:00", store.root)
     _fake_base(tmp_path / "bases" / "tiny-until-2018-03-01", "2018-03-01T00:00:00+00:00", store.root)
     _fake_base(tmp_path / "bases" / "tiny-until-2017-12-01", "2017-12-01T00:00:00+00:00", tmp_path / "other-data")
+    # On the bundled data the shipped base (until 2017-11-01) is a candidate too, and wins a tie.
     chosen = offline_tiny_base(store, tmp_path, pd.Timestamp("2017-12-01", tz="UTC"), progress=False)
-    assert chosen.predictor == str((tmp_path / "bases" / "tiny-until-2017-11-01" / "predictor").resolve())
+    assert chosen.predictor == str(BUNDLED_BASE_DIR / "predictor")
+    _fake_base(tmp_path / "bases" / "tiny-until-2017-11-15", "2017-11-15T00:00:00+00:00", store.root)
+    chosen = offline_tiny_base(store, tmp_path, pd.Timestamp("2017-12-01", tz="UTC"), progress=False)
+    assert chosen.predictor == str((tmp_path / "bases" / "tiny-until-2017-11-15" / "predictor").resolve())
+    # Other data: never the shipped base.
+    other = tmp_path / "other-data"
+    shutil.copytree(store.root, other, ignore=shutil.ignore_patterns("tiny-base"))
+    chosen = offline_tiny_base(DataStore(other), tmp_path, pd.Timestamp("2018-01-01", tz="UTC"), progress=False)
+    assert chosen.predictor == str((tmp_path / "bases" / "tiny-until-2017-12-01" / "predictor").resolve())
 
 
 def test_where_a_base_stopped_seeing_bars_is_read_from_its_pretrain_report(tmp_path):
@@ -96,3 +107,12 @@ def test_where_a_base_stopped_seeing_bars_is_read_from_its_pretrain_report(tmp_p
     assert pretrained_until(folder_base) == pd.Timestamp("2017-11-01", tz="UTC")
     hub_base = BaseModelRef(predictor="NeoQuasar/Kronos-base", tokenizer="NeoQuasar/Kronos-Tokenizer-base")
     assert pretrained_until(hub_base) is None  # a hub checkpoint: where it stopped is unknown
+
+
+def test_the_report_goes_where_the_user_says_and_says_where(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = SimulationReport(rows=[_row("2018-01", "promoted")])
+    written = report.write_csv(Path("reports/simulation.csv"))  # relative: to where the command runs
+    assert written == tmp_path / "reports" / "simulation.csv" and written.is_absolute()
+    assert written.read_text().startswith("asset_class,month,action,")
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["simulation.csv"], "no staging file left"

@@ -93,3 +93,18 @@ def test_guard_decision_alerts(candidate, production, skill, events):
         assert "kronos-lora-crypto v5" in body["text"]
     if "regression" in events:
         assert "production v4" in receiver.bodies[0]["text"]
+
+
+def test_a_job_without_a_webhook_logs_one_line_naming_every_alert_it_raised(caplog):
+    from kronos_rolling.registry.alerts import Alert, send_alerts
+
+    raised = [Alert("guard_refused", "v2 refused", {}), Alert("negative_skill", "worse than no change", {})]
+    with caplog.at_level(logging.INFO, logger="kronos_rolling.registry.alerts"):
+        results = send_alerts(raised, None, "kronos-lora-crypto v2")
+    assert [(r.event, r.skipped, r.delivered) for r in results] == [("guard_refused", True, False),
+                                                                     ("negative_skill", True, False)]
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == ("kronos-lora-crypto v2: 2 alert(s) raised, not sent (KRONOS_ALERT_WEBHOOK is not set): "
+                    "guard_refused, negative_skill")
+    caplog.clear()
+    assert send_alerts([], None, "kronos-lora-crypto v3") == [] and caplog.records == []

@@ -135,3 +135,29 @@ def test_cli_reports_bad_input_without_traceback(two_symbol_store, tmp_path):
     ])
     assert result.exit_code == KronosError.exit_code
     assert "cannot read 'not a date' as a date" in result.output
+
+
+def test_the_shipped_base_is_what_its_provenance_says_and_loads_like_any_base():
+    """sample_data/tiny-base: pre-trained by `model pretrain --until 2017-11-01` on exactly the
+    bundled bars before the cut-off (the data digest is recomputed here), a few MB at most, and
+    loaded through the same code as any base folder."""
+    from kronos_rolling.model.base import BaseModelRef
+    from kronos_rolling.settings import BUNDLED_BASE_DIR
+    from kronos_rolling.training.pretrain.config import pretrained_until, read_pretrain_report
+
+    report = read_pretrain_report(BUNDLED_BASE_DIR)
+    assert report["settings"]["until"] == "2017-11-01T00:00:00+00:00" and report["settings"]["size"] == "tiny"
+    store = DataStore(BUNDLED_DATA_DIR)
+    read = bars_between(store, store.symbols(), end="2017-11-01")
+    assert bars_digest(read) == report["data"]["digest"]  # every bar read, LTCUSD's too (too few for a window)
+    assert pd.Timestamp(report["data"]["last_bar"]) < pd.Timestamp("2017-11-01", tz="UTC")
+    assert sum(f.stat().st_size for f in BUNDLED_BASE_DIR.rglob("*") if f.is_file()) < 3_000_000
+    provenance = (BUNDLED_BASE_DIR / "PROVENANCE.md").read_text()
+    assert "kronos-rolling model pretrain --until 2017-11-01 --out kronos_rolling/sample_data/tiny-base" in provenance
+    assert report["data"]["digest"] in provenance
+
+    base = BaseModelRef.resolve(str(BUNDLED_BASE_DIR))
+    assert base.predictor == str(BUNDLED_BASE_DIR / "predictor") and base.predictor_digest
+    assert pretrained_until(base) == pd.Timestamp("2017-11-01", tz="UTC")
+    model, tokenizer = base.load()
+    assert sum(p.numel() for p in model.parameters()) == 132_928

@@ -42,3 +42,25 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     Checkpoint(tmp_path, "one").save({"epoch": 1})
     assert Checkpoint(tmp_path, "one").load()["epoch"] == 1
     assert Checkpoint(tmp_path, "other").load() is None
+
+
+def test_every_setting_that_departs_from_the_released_defaults_is_recorded_with_the_reason():
+    from kronos_rolling.evaluation.config import EvalSettings
+    from kronos_rolling.model.config import LoraSettings
+    from kronos_rolling.training.config import TrainConfig
+
+    released = TrainConfig(mode="rolling", as_of="2018-02-01", asset_class="crypto")
+    assert released.departure_tags(EvalSettings(lookback=128, horizon=16)) == {}
+    config = TrainConfig(mode="rolling", as_of="2018-02-01", asset_class="crypto", lr=1e-3, lookback=32, horizon=4,
+                         max_samples_per_epoch=256, lora=LoraSettings(rank=4), device="cpu",
+                         note="CPU-sized, as the demo")
+    evaluation = EvalSettings(lookback=32, horizon=4, samples=4, max_origins=64)  # lookback/horizon: the run's own
+    tags = config.departure_tags(evaluation)
+    assert tags["kronos.non_default_settings"] == (
+        "lr 0.001 instead of 5e-05, lookback 32 instead of 128, horizon 4 instead of 16, max_samples_per_epoch 256 "
+        "instead of all, lora_rank 4 instead of 8, device cpu instead of auto, eval_samples 4 instead of 16, "
+        "eval_max_origins 64 instead of all")
+    assert tags["kronos.non_default_reason"] == "CPU-sized, as the demo"
+    unexplained = TrainConfig(mode="pooled", as_of="2018-02-01", epochs=3).departure_tags()
+    assert unexplained == {"kronos.non_default_settings": "epochs 3 instead of 10",
+                           "kronos.non_default_reason": "not given (set TrainConfig.note / --note)"}
