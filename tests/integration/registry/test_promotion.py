@@ -78,7 +78,9 @@ def test_first_version_is_promoted_against_pooled_with_an_audit_trail(clean_regi
     # The few tags a person reads; every figure in guard/decision.json on the run, linked from the description.
     assert set(version.tags) - {"asset_class"} - {t for t in version.tags if t.startswith("sha256.")} == {
         "guard_decision", "guard_reason", "guard_reference", "vs_reference_diff", "vs_reference_diff_lo",
-        "vs_reference_diff_hi", "val_mae", "val_mae_skill", "latest_decision", "latest_reason"}
+        "vs_reference_diff_hi", "decision_diff", "decision_diff_lo", "decision_diff_hi", "decision_horizons",
+        "val_mae", "val_mae_skill", "latest_decision", "latest_reason"}
+    assert float(version.tags["decision_horizons"]) == 10.0  # the evidence the decision rested on
     assert version.tags["latest_decision"] == "promoted by the guard"
     assert version.description.startswith(f"Guard, 2024-03-01 06:00 UTC: Promoted to @production: {decision.reason}")
     assert f"(`runs:/{version.run_id}/guard/decision.json`)" in version.description
@@ -88,7 +90,7 @@ def test_first_version_is_promoted_against_pooled_with_an_audit_trail(clean_regi
     run = client.get_run(version.run_id)  # the training run carries the decision too
     assert run.data.tags["guard_decision"] == "promoted"
     assert run.data.tags["mlflow.note.content"].startswith(f"{CRYPTO} v{v1}: promoted to @production. val_mae 0.9")
-    assert decision.reason.startswith("beats the pooled (val_mae difference -0.1 [-0.101, -0.099])")
+    assert decision.reason.startswith("beats the pooled (val_mae difference -0.1 [-0.101, -0.099] on 10.0 horizons)")
     (entry,) = history.read_history(client, CRYPTO)
     assert (entry.action, entry.from_version, entry.to_version) == ("promote", None, v1)
     assert (entry.user, entry.host, entry.job, entry.at) == (
