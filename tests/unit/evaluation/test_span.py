@@ -50,3 +50,28 @@ def test_every_model_is_scored_on_the_same_origins_and_a_model_under_two_names_o
     assert np.isnan(evaluation.figures(PERSISTENCE)["val_nll"])
     assert evaluation.figures("base")["val_mae_skill"] == pytest.approx(
         1 - evaluation.figures("base")["val_mae"] / evaluation.figures(PERSISTENCE)["val_mae"])
+
+
+def test_a_gap_inside_the_span_no_origin_spans_it_and_lags_follow_the_calendar(tmp_path):
+    """^GSPC with ten trading days missing in the middle of March 2018: no sample's window
+    (lookback and horizon) crosses the gap, and the interval's evidence is counted in calendar
+    time, so the missing days do not pass for contiguous origins."""
+    from kronos_rolling.data.events import EventVocabulary
+    from kronos_rolling.evaluation.compare import CalendarLayout
+    from kronos_rolling.evaluation.samples import build_samples
+
+    bars = DataStore().load("^GSPC")
+    gap = (bars["timestamp"] >= "2018-03-08") & (bars["timestamp"] < "2018-03-22")
+    bars[~gap].to_parquet(tmp_path / "^GSPC.parquet", index=False)
+    store = DataStore(tmp_path)
+    settings = EvalSettings(lookback=8, horizon=4, samples=1)
+    span = (pd.Timestamp("2018-02-01", tz="UTC"), pd.Timestamp("2018-05-01", tz="UTC"))
+    samples = build_samples(store, ["^GSPC"], span, settings, EventVocabulary.from_types([]))
+    assert samples.dataset.skipped_gap > 0
+    times = pd.DatetimeIndex(store.load("^GSPC")["timestamp"]).asi8
+    at = np.searchsorted(times, samples.origin)
+    first, last = times[at - settings.lookback], samples.horizon_end
+    spans_gap = (first < pd.Timestamp("2018-03-22", tz="UTC").value) & (last > pd.Timestamp("2018-03-08", tz="UTC").value)
+    assert not spans_gap.any()
+    layout = CalendarLayout.of(samples.symbols, samples.origin, settings.horizon, samples.horizon_end)
+    assert layout.slots == (samples.origin.max() - samples.origin.min()) // pd.Timedelta(days=1).value + 1
