@@ -33,6 +33,7 @@ import math
 import sys
 import time
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def pretrained_base(store: DataStore, folder: Path, until: pd.Timestamp) -> Base
     return BaseModelRef.resolve(str(folder))
 
 
-def train(store: DataStore, settings: SimulationSettings, mode: str, as_of: str, asset_class: str | None,
+def train(store: DataStore, settings: SimulationSettings, mode: str, as_of: date, asset_class: str | None,
           base: BaseModelRef, seed: int, warm_start: Path | None, out: Path) -> Path:
     """One fine-tune as the job runs it (CPU-sized), saved as an adapter bundle; reused when present."""
     if (out / "adapter_config.json").exists():
@@ -99,7 +100,7 @@ def measure(store, settings, base, pooled, month: pd.Timestamp, asset_class: str
     cache = workdir / f"{asset_class}-{month:%Y-%m}.npz"
     if cache.exists():
         return cache
-    as_of = month.strftime("%Y-%m-%d")
+    as_of = month.date()
     bundles = {name: train(store, settings, "rolling", as_of, asset_class, base, seed, pooled["pooled_a"],
                            workdir.parent / f"adapters-h{settings.horizon}" / f"{asset_class}-{month:%Y-%m}-{name}")
                for name, seed in (("cand_a", settings.seed), ("cand_b", settings.seed + 1))}
@@ -190,7 +191,7 @@ def main() -> int:
     months = list(pd.date_range(args.start + "-01", periods=args.months, freq="MS"))
     started = time.monotonic()
     base = pretrained_base(store, args.workdir / "base", (months[0] - pd.DateOffset(months=1)).tz_localize("UTC"))
-    as_of = months[0].strftime("%Y-%m-%d")
+    as_of = months[0].date()
     adapters = args.workdir / f"adapters-h{args.horizon}"
     pooled = {name: train(store, settings, "pooled", as_of, None, base, seed, None, adapters / name)
               for name, seed in (("pooled_a", settings.seed), ("pooled_b", settings.seed + 1))}

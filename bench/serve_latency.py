@@ -45,7 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from kronos_rolling.registry.names import registered_model_name  # noqa: E402
+from kronos_rolling.names import registered_model_name  # noqa: E402
 
 SYMBOLS = {"crypto": "BTCUSD", "forex_commodity": "EURUSD", "equity": "AAPL"}
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import click
@@ -42,7 +43,7 @@ import click
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.errors import ConfigError, KronosError
 from kronos_rolling.evaluation.config import EvalSettings
-from kronos_rolling.settings import load_settings, parse_bool
+from kronos_rolling.settings import load_settings, parse_as_of, parse_bool
 from kronos_rolling.training.config import MODE_DEFAULTS, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,7 +254,7 @@ def _alert_failure(entry_name: str, values: dict[str, str], error: str, webhook:
          "as_of": values.get("as_of") or "today", "error": error}, webhook)
 
 
-def report_failed_classes(classes: list[str], as_of: str, webhook: str | None):
+def report_failed_classes(classes: list[str], as_of: date, webhook: str | None):
     """The schedule's own alert: which classes of this month's job failed (deploy/monthly-job.sh).
 
     It also covers failures no job could report: a tracking server that refused `mlflow run`,
@@ -263,7 +264,7 @@ def report_failed_classes(classes: list[str], as_of: str, webhook: str | None):
     return alerts.send_alert(
         alerts.JOB_FAILED,
         f"kronos-rolling monthly job as of {as_of}: {', '.join(classes)} failed; see the job's log and "
-        f"the runs in kronos-rolling/<class>", {"as_of": as_of, "failed_classes": ", ".join(classes)}, webhook)
+        f"the runs in kronos-rolling/<class>", {"as_of": str(as_of), "failed_classes": ", ".join(classes)}, webhook)
 
 
 def check_tracking_store(tracking_uri: str, project_dirs: list[Path]) -> None:
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"       python -m kronos_rolling.project --write-mlproject\n"
                          f"entry points: {', '.join(ENTRY_POINTS)} (see MLproject)")
     if argv[0] == "failed" and argv[1:2] == ["--as-of"] and len(argv) > 3:
-        report_failed_classes(argv[3:], argv[2], settings.alert_webhook)
+        report_failed_classes(argv[3:], parse_as_of(argv[2]), settings.alert_webhook)
         return
     if argv[0] == "unfinished" and argv[1:2] == ["--since"] and len(argv) == 4:
         from kronos_rolling.tracking.context import Tracking

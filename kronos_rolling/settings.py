@@ -37,10 +37,11 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from kronos_rolling.errors import ConfigError, DataError
-from kronos_rolling.registry.names import model_targets
+from kronos_rolling.names import model_targets
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000  # of the tracking server
@@ -66,6 +67,25 @@ def parse_bool(name: str, raw: str) -> bool:
     if lowered in _FALSE:
         return False
     raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def parse_as_of(value) -> date:
+    """The decision date `as_of`, read once at the edge (command line, MLflow Project, replay):
+    a date, a datetime (its UTC day; naive means UTC), or text YYYY-MM-DD. Every layer below
+    takes this `date`; spans derived from it are computed where they are needed."""
+    if isinstance(value, datetime):
+        return (value.astimezone(timezone.utc) if value.tzinfo else value).date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip()[:10])
+    except ValueError:
+        raise ConfigError(f"as_of {value!r} is not a date; give YYYY-MM-DD, e.g. 2018-02-01") from None
+
+
+def today_utc() -> date:
+    """The default `as_of` of a command: today, in UTC."""
+    return datetime.now(timezone.utc).date()
 
 
 def _parse(name: str, raw: str, kind: type, example) -> object:

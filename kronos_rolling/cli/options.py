@@ -15,7 +15,27 @@ from pathlib import Path
 
 import click
 
-from kronos_rolling.settings import DEFAULT_TRACKING_URI, Settings, load_settings
+from kronos_rolling.errors import ConfigError
+from kronos_rolling.settings import DEFAULT_TRACKING_URI, Settings, load_settings, parse_as_of
+
+
+class AsOf(click.ParamType):
+    """--as-of: a decision date YYYY-MM-DD, read once here into a `datetime.date`."""
+
+    name = "YYYY-MM-DD"
+
+    def convert(self, value, param, ctx):
+        try:
+            return parse_as_of(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def as_of_option(fn=None, *, required: bool = False, help: str = "Decision date (default: today, UTC)."):
+    """The one --as-of option; without a value the command uses settings.today_utc()."""
+    def decorate(f):
+        return click.option("--as-of", "as_of", type=AsOf(), required=required, default=None, help=help)(f)
+    return decorate(fn) if fn is not None else decorate
 
 
 def settings_of(ctx: click.Context | None = None, *, data_dir: Path | None = None,

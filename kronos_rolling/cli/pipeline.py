@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,6 +19,7 @@ import click
 
 from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
 from kronos_rolling.cli.options import (
+    as_of_option,
     connect,
     data_option,
     settings_of,
@@ -28,7 +28,7 @@ from kronos_rolling.cli.options import (
 from kronos_rolling.errors import KronosError
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.model.config import LoraSettings
-from kronos_rolling.settings import DEFAULT_PORT
+from kronos_rolling.settings import DEFAULT_PORT, today_utc
 from kronos_rolling.training.config import MODE_DEFAULTS, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,10 @@ log = logging.getLogger(__name__)
 _EVAL = EvalSettings(lookback=TrainConfig.lookback, horizon=TrainConfig.horizon)  # the evaluation's defaults
 
 
-def _today() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
-
-
 def training_options(fn):
     """Options shared by every command that trains."""
     options = [
-        click.option("--as-of", default=None, help="Decision date YYYY-MM-DD (default: today, UTC); "
-                                                     "the window ends here."),
+        as_of_option(help="Decision date YYYY-MM-DD (default: today, UTC); the window ends here."),
         data_option,
         click.option("--base-model", default=None,
                      help="Frozen base: hub id (NeoQuasar/Kronos-base) or a folder with predictor/ and tokenizer/ "
@@ -107,7 +102,7 @@ def _build(mode: str, asset_class: str | None, kw: dict):
     base = BaseModelRef.resolve(default_base_model(settings.base_model, settings.home), kw["tokenizer"],
                                 kw["base_revision"])
     config = TrainConfig(
-        mode=mode, as_of=kw["as_of"] or _today(), asset_class=asset_class, base=base, epochs=kw["epochs"],
+        mode=mode, as_of=kw["as_of"] or today_utc(), asset_class=asset_class, base=base, epochs=kw["epochs"],
         lr=kw["lr"], years=kw["years"], batch_size=kw["batch_size"], lookback=kw["lookback"],
         horizon=kw["horizon"], stride=kw["stride"], max_samples_per_epoch=kw["max_samples_per_epoch"],
         lora=LoraSettings(rank=kw["lora_rank"], alpha=kw["lora_alpha"]), seed=kw["seed"], device=kw["device"],
@@ -170,7 +165,7 @@ def _job(mode: str, asset_class: str | None, kw: dict, *, check_due: bool, regis
     try:
         ctx, config, eval_settings = _build(mode, asset_class, kw)
     except KronosError as exc:  # the job could not even start: say so where operators look
-        alert_job_failed(asset_class or "pooled", kw["as_of"] or _today(), exc, settings_of().alert_webhook)
+        alert_job_failed(asset_class or "pooled", kw["as_of"] or today_utc(), exc, settings_of().alert_webhook)
         raise
     options = dict(warm_start=_warm_start(kw["warm_start"]), eval_settings=eval_settings,
                    progress=not kw["no_progress"], wait_for_lock=not kw["no_wait"],
@@ -258,7 +253,7 @@ def run_all(ctx, classes, **kw):
 @click.option("--model", "model_uri", required=True,
               help="Adapter to evaluate: models:/NAME@ALIAS, models:/NAME/N, runs:/ID/adapter or a folder.")
 @click.option("--asset-class", required=True, type=click.Choice(ASSET_CLASSES))
-@click.option("--as-of", required=True, help="The validation span is the month before this date.")
+@as_of_option(required=True, help="The validation span is the month before this date.")
 @data_option
 @click.option("--lookback", type=click.IntRange(min=1), default=None, help="Default: the adapter's own.")
 @click.option("--horizon", type=click.IntRange(min=1), default=None, help="Default: the adapter's own.")

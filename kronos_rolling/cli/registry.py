@@ -11,14 +11,15 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import asdict
-from datetime import date, datetime, timezone
+from datetime import date
 
 import click
 
-from kronos_rolling.cli.options import connect, settings_of, tracking_uri_option
+from kronos_rolling.cli.options import as_of_option, connect, settings_of, tracking_uri_option
 from kronos_rolling.errors import RegistryError
+from kronos_rolling.names import model_targets, registered_model_name
 from kronos_rolling.registry.cadence import MODES
-from kronos_rolling.registry.names import model_targets, registered_model_name
+from kronos_rolling.settings import today_utc
 
 
 def _asset_class_option(fn):
@@ -26,9 +27,6 @@ def _asset_class_option(fn):
                         help=f"One of: {', '.join(model_targets())}.")(fn)
 
 
-def _as_of_option(fn):
-    return click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None,
-                        help="Decision date, YYYY-MM-DD (default: today, UTC).")(fn)
 
 
 def _registry_errors(fn):
@@ -44,8 +42,8 @@ def _registry_errors(fn):
     return wrapper
 
 
-def _day(as_of: datetime | None) -> date:
-    return as_of.date() if as_of else datetime.now(timezone.utc).date()
+def _day(as_of: date | None) -> date:
+    return as_of or today_utc()
 
 
 def describe_move(move) -> str:
@@ -147,11 +145,11 @@ def retention(asset_class: str, keep: int | None, dry_run: bool, tracking_uri: s
 
 @click.command()
 @_asset_class_option
-@_as_of_option
+@as_of_option
 @tracking_uri_option
 @_registry_errors
 @click.pass_context
-def due(ctx: click.Context, asset_class: str, as_of: datetime | None,
+def due(ctx: click.Context, asset_class: str, as_of: date | None,
         tracking_uri: str | None) -> None:
     """Is a retrain due? Exit 0 (due) or 1 (not due), saying why / when."""
     from kronos_rolling.registry import schedule
@@ -172,10 +170,10 @@ def due(ctx: click.Context, asset_class: str, as_of: datetime | None,
 @click.option("--set", "mode", type=click.Choice(MODES), default=None,
               help="Switch the cadence (an operator's override).")
 @click.option("--reason", default="set by an operator", show_default=True)
-@_as_of_option
+@as_of_option
 @tracking_uri_option
 @_registry_errors
-def cadence(asset_class: str, mode: str | None, reason: str, as_of: datetime | None,
+def cadence(asset_class: str, mode: str | None, reason: str, as_of: date | None,
             tracking_uri: str | None) -> None:
     """Show a class's retrain cadence, or set it with --set monthly|quarterly."""
     from kronos_rolling.registry import schedule

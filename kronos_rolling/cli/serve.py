@@ -110,7 +110,7 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
     from kronos_rolling.data.assets import classify_asset
     from kronos_rolling.data.bars import read_bars_file
     from kronos_rolling.data.store import DataStore
-    from kronos_rolling.registry.names import POOLED
+    from kronos_rolling.names import POOLED
     from kronos_rolling.serve.service import (
         ForecastOptions,
         PredictorService,

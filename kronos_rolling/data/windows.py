@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 
 import pandas as pd
 
 from kronos_rolling.data.calendars import expected_bars
 from kronos_rolling.errors import ConfigError, DataError
+from kronos_rolling.settings import parse_as_of
 
 
 def to_utc(moment) -> pd.Timestamp:
@@ -35,7 +37,7 @@ def to_utc(moment) -> pd.Timestamp:
 
 @dataclass(frozen=True)
 class TrainingWindow:
-    as_of: pd.Timestamp
+    as_of: date  # the decision date; the spans below are UTC timestamps (val_end: as_of's midnight)
     train_start: pd.Timestamp
     train_end: pd.Timestamp
     val_start: pd.Timestamp
@@ -76,7 +78,8 @@ def select_training_window(
     """The training span is the `years` before the validation span; the validation span
     is the `validation` period just before `as_of`. `inner_validation_fraction` of the
     training span, at its end, is kept for early stopping."""
-    as_of = to_utc(as_of)
+    day = parse_as_of(as_of)
+    as_of = to_utc(day)
     if not years > 0:
         raise ConfigError(f"years must be positive, got {years}")
     if not 0 <= inner_validation_fraction < 1:
@@ -98,7 +101,7 @@ def select_training_window(
     inner_val_start = train_end - (train_end - train_start) * inner_validation_fraction
     if inner_val_start.floor("D") > train_start:
         inner_val_start = inner_val_start.floor("D")  # whole days read better in run parameters
-    return TrainingWindow(as_of, train_start, train_end, val_start, val_end, inner_val_start)
+    return TrainingWindow(day, train_start, train_end, val_start, val_end, inner_val_start)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import pandas as pd
+from datetime import date
+
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
@@ -36,7 +37,7 @@ from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import DeliveryResult
 from kronos_rolling.registry.client import call, find_version, is_missing
 from kronos_rolling.registry.guard import PENDING, GuardDecision
-from kronos_rolling.registry.names import POOLED, STAGING, registered_model_name
+from kronos_rolling.names import POOLED, STAGING, registered_model_name
 from kronos_rolling.registry.promotion import GUARD_DECISION_TAG, AliasMove, apply_guard_decision
 from kronos_rolling.tracking.adapters import base_of, fetch_adapter, load_forecast_model
 from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
@@ -71,18 +72,17 @@ def pending_challenger(client, label: str) -> ModelVersion | None:
     return version if version is not None and version.tags.get(GUARD_DECISION_TAG) == PENDING else None
 
 
-def judged_this_month(version: ModelVersion, as_of: pd.Timestamp) -> bool:
-    return version.tags.get(JUDGED_AS_OF_TAG) == str(as_of.date())
+def judged_this_month(version: ModelVersion, as_of: date) -> bool:
+    return version.tags.get(JUDGED_AS_OF_TAG) == str(as_of)
 
 
-def challenger_step(label: str, ctx: JobContext, as_of, version: ModelVersion) -> ChallengerCheck:
+def challenger_step(label: str, ctx: JobContext, as_of: date, version: ModelVersion) -> ChallengerCheck:
     """Evaluate the pending `version` on [its val_start, as_of) and let the guard decide again."""
     name = registered_model_name(label)
-    as_of = to_utc(as_of)
     source = fetch_adapter(f"models:/{name}/{version.version}", ctx.tracking)
     metadata = source.metadata
     settings = EvalSettings(**metadata["eval"])  # exactly how its validation month was scored
-    span = (to_utc(metadata["val_start"]), as_of)
+    span = (to_utc(metadata["val_start"]), to_utc(as_of))
     months = (as_of.year - span[0].year) * 12 + as_of.month - span[0].month
     challenger = load_forecast_model(source)
     refs = reference_models(ctx.tracking, label, base_of(source))
@@ -91,15 +91,15 @@ def challenger_step(label: str, ctx: JobContext, as_of, version: ModelVersion) -
                                challenger.vocabulary)
     decision = judge_candidate(evaluation, label, refs.versions, ctx.thresholds, evidence_months=months)
     with start_run(ctx.tracking, evaluations_experiment_name(label),
-                   run_name=f"{label}-{as_of.date()}-challenger-v{version.version}") as run:
-        run.set_tags({"kronos.run_kind": "challenger_check", "asset_class": label, "as_of": str(as_of.date()),
+                   run_name=f"{label}-{as_of}-challenger-v{version.version}") as run:
+        run.set_tags({"kronos.run_kind": "challenger_check", "asset_class": label, "as_of": str(as_of),
                       "challenger_version": version.version, **decision.as_tags()})
-        run.log_params({"as_of": str(as_of.date()), "val_start": span[0].isoformat(), "val_end": span[1].isoformat(),
+        run.log_params({"as_of": str(as_of), "val_start": span[0].isoformat(), "val_end": span[1].isoformat(),
                         "evidence_months": months, "challenger": source.describe()})
         log_evaluation(run, evaluation, primary=ctx.thresholds.primary_metric)
     move = apply_guard_decision(ctx.client, name, version.version, decision, lock_dir=ctx.lock_dir,
                                 actor=ctx.actor)
-    ctx.client.set_model_version_tag(name, version.version, JUDGED_AS_OF_TAG, str(as_of.date()))
+    ctx.client.set_model_version_tag(name, version.version, JUDGED_AS_OF_TAG, str(as_of))
     deliveries = alerts.send_guard_alerts(decision, name, version.version, ctx.webhook)
     log.info("%s v%s (challenger, %d month(s) of evidence): %s", name, version.version, months, decision.describe())
     return ChallengerCheck(version.version, decision, evaluation, refs.versions, months, run.run_id, move, deliveries)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +34,7 @@ from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.job import monthly_job
 from kronos_rolling.pipeline.replay import SimulationSettings, serving_now
-from kronos_rolling.registry.names import POOLED, registered_model_name
+from kronos_rolling.names import POOLED, registered_model_name
 from kronos_rolling.serve.service import ForecastOptions, PredictorService, SeriesInput
 from kronos_rolling.settings import (
     BUNDLED_BASE_DIR,
@@ -51,8 +52,8 @@ from kronos_rolling.tracking.server import (
     wait_until_healthy,
 )
 
-POOLED_AS_OF = "2017-12-01"
-MONTH_AS_OF = "2018-01-01"  # the shipped base saw bars before 2017-11-01, the pooled adapter's validation month
+POOLED_AS_OF = date(2017, 12, 1)
+MONTH_AS_OF = date(2018, 1, 1)  # the shipped base saw bars before 2017-11-01, the pooled adapter's validation month
 DEMO_SYMBOLS = {"crypto": "BTCUSD", "forex_commodity": "EURUSD", "equity": "^GSPC"}
 SERVER_PID_FILE = "server.pid"
 
@@ -100,7 +101,7 @@ def _pooled_done(client):
         versions = client.search_model_versions(f"name='{registered_model_name(POOLED)}'")
     except MlflowException:
         return None
-    done = [v for v in versions if v.tags.get("as_of") == POOLED_AS_OF and "guard_decision" in v.tags]
+    done = [v for v in versions if v.tags.get("as_of") == str(POOLED_AS_OF) and "guard_decision" in v.tags]
     return max(done, key=lambda v: int(v.version), default=None)
 
 
@@ -166,7 +167,7 @@ def _month_version(client, asset_class: str) -> str | None:
         versions = client.search_model_versions(f"name='{registered_model_name(asset_class)}'")
     except MlflowException:
         return None
-    month = [v for v in versions if v.tags.get("as_of") == MONTH_AS_OF]
+    month = [v for v in versions if v.tags.get("as_of") == str(MONTH_AS_OF)]
     return max(month, key=lambda v: int(v.version)).version if month else None
 
 

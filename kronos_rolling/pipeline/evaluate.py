@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import date
 
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import select_training_window
@@ -15,7 +16,7 @@ from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
 
 
-def evaluate_adapter(model_uri: str, asset_class: str, as_of, tracking: Tracking, store: DataStore,
+def evaluate_adapter(model_uri: str, asset_class: str, as_of: date, tracking: Tracking, store: DataStore,
                      settings: EvalSettings, *, lookback: int | None = None, horizon: int | None = None
                      ) -> tuple[SpanEvaluation, dict[str, str], str]:
     """Score an adapter, the pooled and production adapters, its bare base and persistence on the

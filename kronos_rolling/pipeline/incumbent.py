@@ -28,6 +28,7 @@ from datetime import date
 
 import pandas as pd
 
+from kronos_rolling.data.windows import to_utc
 from kronos_rolling.errors import DataError
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.evaluation.report import log_evaluation
@@ -36,7 +37,7 @@ from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.references import fallback_name, figures_of, production_source
 from kronos_rolling.registry.alerts import DeliveryResult
 from kronos_rolling.registry.guard import IncumbentDecision, decide_incumbent
-from kronos_rolling.registry.names import POOLED, registered_model_name
+from kronos_rolling.names import POOLED, registered_model_name
 from kronos_rolling.registry.promotion import AliasMove, withdraw_production
 from kronos_rolling.tracking.adapters import base_of, load_base_forecast_model, load_forecast_model
 from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
@@ -77,13 +78,13 @@ def check_incumbent(label: str, ctx: JobContext, evaluation: SpanEvaluation, ver
     return check
 
 
-def evidence_span(ctx: JobContext, label: str, as_of: pd.Timestamp, earliest: pd.Timestamp,
+def evidence_span(ctx: JobContext, label: str, as_of: date, earliest: pd.Timestamp,
                   settings: EvalSettings, vocabulary) -> tuple[tuple[pd.Timestamp, pd.Timestamp], int]:
     """([start, as_of), months): the month just closed, extended back a month at a time until its
     origins hold `min_horizons` horizons, but not before `earliest` nor past `max_evidence_months`."""
-    thresholds = ctx.thresholds
+    thresholds, end = ctx.thresholds, to_utc(as_of)
     for months in range(1, thresholds.max_evidence_months + 1):
-        span = (max(as_of - pd.DateOffset(months=months), earliest), as_of)
+        span = (max(end - pd.DateOffset(months=months), earliest), end)
         if span[0] <= earliest or span_horizons(ctx.store, [label], span, settings,
                                                 vocabulary) >= thresholds.min_horizons:
             break
@@ -102,12 +103,11 @@ def incumbent_step(label: str, ctx: JobContext, as_of: date, eval_settings: Eval
         return IncumbentCheck(None, "no production to check")
     pooled = production_source(ctx.tracking, POOLED)
     fallback = "pooled" if pooled is not None else "base"
-    as_of = pd.Timestamp(as_of, tz="UTC")
-    chosen = [pd.Timestamp(s.metadata["as_of"], tz="UTC") for s in (production, pooled)
-              if s is not None and s.metadata.get("as_of")]
-    earliest = max(chosen, default=as_of - pd.DateOffset(months=1))
-    if earliest >= as_of:
-        return IncumbentCheck(None, f"{registered_model_name(label)}@production was chosen as of {as_of.date()}: "
+    end = to_utc(as_of)
+    chosen = [to_utc(s.metadata["as_of"]) for s in (production, pooled) if s is not None and s.metadata.get("as_of")]
+    earliest = max(chosen, default=end - pd.DateOffset(months=1))
+    if earliest >= end:
+        return IncumbentCheck(None, f"{registered_model_name(label)}@production was chosen as of {as_of}: "
                                     "no month since to check it on")
     # The adapter's own lookback and horizon, as trained; else the evaluation's, else the training defaults.
     defaults = eval_settings or TrainConfig
@@ -129,11 +129,11 @@ def incumbent_step(label: str, ctx: JobContext, as_of: date, eval_settings: Eval
         return IncumbentCheck(None, f"no data to check on: {exc}")
     versions = {"production": production.version, **({"pooled": pooled.version} if pooled is not None else {})}
     with start_run(ctx.tracking, evaluations_experiment_name(label),
-                   run_name=f"{label}-{as_of.date()}-incumbent-check") as run:
-        run.set_tags({"kronos.run_kind": "incumbent_check", "asset_class": label, "as_of": str(as_of.date()),
+                   run_name=f"{label}-{as_of}-incumbent-check") as run:
+        run.set_tags({"kronos.run_kind": "incumbent_check", "asset_class": label, "as_of": str(as_of),
                       "production_version": production.version, "fallback": fallback,
                       **({"pooled_version": pooled.version} if pooled is not None else {})})
-        run.log_params({"as_of": str(as_of.date()), "val_start": span[0].isoformat(), "val_end": span[1].isoformat(),
+        run.log_params({"as_of": str(as_of), "val_start": span[0].isoformat(), "val_end": span[1].isoformat(),
                         "evidence_months": months, "production": production.describe(),
                         "fallback": pooled.describe() if pooled is not None else "the bare base"})
         log_evaluation(run, evaluation, name="production", primary=ctx.thresholds.primary_metric)

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from datetime import date
 from dataclasses import dataclass, field
 
-import pandas as pd
 
 from mlflow.exceptions import MlflowException
 
-from kronos_rolling.data.windows import to_utc
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.locks import class_lock
 from kronos_rolling.pipeline.challenger import (
@@ -48,7 +47,7 @@ from kronos_rolling.registry.cleanup import (
 )
 from kronos_rolling.registry.guard import GuardDecision
 from kronos_rolling.registry.client import is_missing, list_versions
-from kronos_rolling.registry.names import POOLED, registered_model_name
+from kronos_rolling.names import POOLED, registered_model_name
 from kronos_rolling.registry.schedule import retrain_due
 from kronos_rolling.training.config import TrainConfig
 
@@ -58,7 +57,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class JobResult:
     label: str
-    as_of: str
+    as_of: date
     due: bool
     reason: str
     version: str | None = None
@@ -84,70 +83,68 @@ def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None 
     A refusal is a decision, not a failure. A failure sends a `job_failed` alert and is
     raised again, after the registry has been left as it was.
     """
-    as_of_day = pd.Timestamp(config.as_of).date()
-    label = config.label
+    as_of, label = config.as_of, config.label
     try:
         pooled_check = None
         if check_due and label != POOLED and ctx.distributed.is_main and pending_challenger(ctx.client, POOLED):
-            pooled_check = _judge_challenger(POOLED, config.as_of, ctx, eval_settings, wait_for_lock).challenger
+            pooled_check = _judge_challenger(POOLED, as_of, ctx, eval_settings, wait_for_lock).challenger
         if check_due and ctx.distributed.is_main and pending_challenger(ctx.client, label):
-            result = _judge_challenger(label, config.as_of, ctx, eval_settings, wait_for_lock)
+            result = _judge_challenger(label, as_of, ctx, eval_settings, wait_for_lock)
             result.pooled_challenger = pooled_check
             return result
         if check_due and label != POOLED:
-            due = retrain_due(ctx.client, label, as_of_day, ctx.thresholds)
+            due = retrain_due(ctx.client, label, as_of, ctx.thresholds)
             if not due.due:
-                log.info("%s: not due on %s: %s", label, as_of_day, due.reason)
-                incumbent = incumbent_step(label, ctx, as_of_day, eval_settings)
-                return JobResult(label, config.as_of, False, due.reason, incumbent=incumbent,
+                log.info("%s: not due on %s: %s", label, as_of, due.reason)
+                incumbent = incumbent_step(label, ctx, as_of, eval_settings)
+                return JobResult(label, as_of, False, due.reason, incumbent=incumbent,
                                  pooled_challenger=pooled_check)
             reason = due.reason
         else:
             reason = "pooled adapter (trained on demand)" if label == POOLED else "due check skipped"
-        lock = (class_lock(ctx.lock_dir, label, wait=wait_for_lock, job=f"run {label} {config.as_of}")
+        lock = (class_lock(ctx.lock_dir, label, wait=wait_for_lock, job=f"run {label} {as_of}")
                 if ctx.distributed.is_main else contextlib.nullcontext())
         with lock:
             if check_due and label != POOLED and ctx.distributed.is_main:
-                done = already_done(ctx, label, config.as_of, as_of_day)
+                done = already_done(ctx, label, as_of)
                 if done is not None:  # another job did this month while we waited for the lock
-                    log.info("%s as of %s: nothing to do: %s", label, config.as_of, done)
-                    return JobResult(label, config.as_of, False, done)
-            result = _train_and_decide(config, ctx, reason, as_of_day, warm_start=warm_start,
+                    log.info("%s as of %s: nothing to do: %s", label, as_of, done)
+                    return JobResult(label, as_of, False, done)
+            result = _train_and_decide(config, ctx, reason, warm_start=warm_start,
                                        eval_settings=eval_settings, progress=progress, wait_for_lock=wait_for_lock,
                                        launcher_run_id=launcher_run_id)
             result.pooled_challenger = pooled_check
             return result
     except Exception as exc:
-        alert_job_failed(label, config.as_of, exc, ctx.webhook)
+        alert_job_failed(label, as_of, exc, ctx.webhook)
         raise
 
 
-def already_done(ctx: JobContext, label: str, as_of: str, as_of_day) -> str | None:
+def already_done(ctx: JobContext, label: str, as_of: date) -> str | None:
     """Why this class and month need no job any more (read under the class lock), or None."""
     name = registered_model_name(label)
-    same_month = [v.version for v in list_versions_if_any(ctx.client, name) if v.tags.get("as_of") == as_of]
+    same_month = [v.version for v in list_versions_if_any(ctx.client, name) if v.tags.get("as_of") == str(as_of)]
     if same_month:
         return (f"another job already registered {name} v{max(same_month, key=int)} as of {as_of}; "
                 "this one exits without training")
-    due = retrain_due(ctx.client, label, as_of_day, ctx.thresholds)
+    due = retrain_due(ctx.client, label, as_of, ctx.thresholds)
     if not due.due:
         return f"no longer due (another job retrained meanwhile): {due.reason}; this one exits without training"
     return None
 
 
-def _judge_challenger(label: str, as_of: str, ctx: JobContext, eval_settings, wait_for_lock) -> JobResult:
+def _judge_challenger(label: str, as_of: date, ctx: JobContext, eval_settings, wait_for_lock) -> JobResult:
     """The pending challenger judged again (under the class lock, once a month), then the incumbent check."""
-    as_of_day = pd.Timestamp(as_of).date()
     with class_lock(ctx.lock_dir, label, wait=wait_for_lock, job=f"judge {label} challenger {as_of}"):
         version = pending_challenger(ctx.client, label)
-        if version is None or judged_this_month(version, to_utc(as_of)):
+        if version is None or judged_this_month(version, as_of):
             why = ("another job judged the challenger meanwhile" if version is None
                    else f"challenger v{version.version} was judged as of {as_of} already")
             return JobResult(label, as_of, False, f"{why}; this one exits")
         check = challenger_step(label, ctx, as_of, version)
         incumbent = None
         if not check.decision.promote:
-            incumbent = incumbent_step(label, ctx, as_of_day, eval_settings, measured=check.evaluation,
+            incumbent = incumbent_step(label, ctx, as_of, eval_settings, measured=check.evaluation,
                                        versions=check.versions)
     reason = f"challenger v{check.version} pending: judged again on {check.months} month(s) of evidence"
     return JobResult(label, as_of, False, reason, check.version, check.decision, alerts=check.deliveries,
@@ -163,7 +160,7 @@ def list_versions_if_any(client, name: str):
         raise
 
 
-def _train_and_decide(config: TrainConfig, ctx: JobContext, reason: str, as_of_day, *, warm_start, eval_settings,
+def _train_and_decide(config: TrainConfig, ctx: JobContext, reason: str, *, warm_start, eval_settings,
                       progress, wait_for_lock, launcher_run_id) -> JobResult:
     label = config.label
     outcome = train_step(config, ctx, warm_start=warm_start, eval_settings=eval_settings, progress=progress,
@@ -171,18 +168,18 @@ def _train_and_decide(config: TrainConfig, ctx: JobContext, reason: str, as_of_d
     if outcome is None:  # a non-zero rank of a distributed run
         return JobResult(label, config.as_of, True, reason)
     version = register_step(outcome, ctx)
-    decision, conclusion = guard_step(outcome, version, ctx, as_of=as_of_day)
+    decision, conclusion = guard_step(outcome, version, ctx)
     incumbent = None
     if not decision.promote and label != POOLED:  # the production that stays is checked (on these figures
-        incumbent = incumbent_step(label, ctx, as_of_day, eval_settings,  # when the spans agree)
+        incumbent = incumbent_step(label, ctx, config.as_of, eval_settings,  # when the spans agree)
                                    measured=outcome.evaluation, versions=outcome.compared_versions)
     retention = retention_step(label, ctx)
     return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome,
                      conclusion.deliveries, incumbent)
 
 
-def alert_job_failed(label: str, as_of: str, exc: BaseException, webhook: str | None) -> DeliveryResult:
+def alert_job_failed(label: str, as_of: date, exc: BaseException, webhook: str | None) -> DeliveryResult:
     """The `job_failed` alert: what failed, for which class and month, and why."""
     return alerts.send_alert(alerts.JOB_FAILED, f"kronos-rolling {label} retrain as of {as_of} failed: {exc}",
-                             {"asset_class": label, "as_of": as_of, "error": f"{type(exc).__name__}: {exc}"},
+                             {"asset_class": label, "as_of": str(as_of), "error": f"{type(exc).__name__}: {exc}"},
                              webhook)

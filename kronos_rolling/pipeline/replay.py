@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -41,7 +42,7 @@ from kronos_rolling.files import atomic_file
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.job import JobResult, monthly_job
-from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.schedule import read_cadence
 from kronos_rolling.settings import BUNDLED_BASE_DIR, BUNDLED_DATA_DIR, Thresholds
 from kronos_rolling.tracking.adapters import default_warm_start, fetch_adapter
@@ -88,7 +89,7 @@ class SimulationSettings:
     seed: int = 42
     note: str = CPU_SIZED_NOTE
 
-    def train_config(self, mode: str, as_of: str, asset_class: str | None, base: BaseModelRef) -> TrainConfig:
+    def train_config(self, mode: str, as_of: date, asset_class: str | None, base: BaseModelRef) -> TrainConfig:
         pooled = mode == "pooled"
         return TrainConfig(
             mode=mode, as_of=as_of, asset_class=asset_class, base=base,
@@ -237,7 +238,7 @@ def _keeps_the_last(kept: str, aliased: str, keep: int) -> bool:
     return set(versions) == set(range(max(1, newest - keep + 1), newest + 1)) | set(_numbers(aliased))
 
 
-def months_from(start: str, count: int) -> list[pd.Timestamp]:
+def months_from(start: str, count: int) -> list[date]:
     """`count` first-of-month dates from the month of `start` (YYYY-MM or YYYY-MM-DD)."""
     if not re.fullmatch(r"\d{4}-\d{2}(-\d{2})?", start.strip()):
         raise ConfigError(f"--start {start!r} is not a month; use YYYY-MM, e.g. 2018-01")
@@ -247,10 +248,10 @@ def months_from(start: str, count: int) -> list[pd.Timestamp]:
         raise ConfigError(f"--start {start!r} is not a month; use YYYY-MM, e.g. 2018-01") from exc
     if count < 1:
         raise ConfigError(f"--months must be >= 1, got {count}")
-    return list(pd.date_range(first, periods=count, freq="MS"))
+    return [month.date() for month in pd.date_range(first, periods=count, freq="MS")]
 
 
-def has_validation_data(store: DataStore, asset_class: str, as_of: pd.Timestamp, settings: SimulationSettings) -> bool:
+def has_validation_data(store: DataStore, asset_class: str, as_of: date, settings: SimulationSettings) -> bool:
     """Enough bars in the month before `as_of` to score at least one forecast."""
     window = select_training_window(as_of)
     for symbol in store.symbols_for(asset_class):
@@ -387,14 +388,12 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
     eval_settings = settings.eval_settings()
 
     started = time.monotonic()
-    pooled_as_of = schedule[0].strftime("%Y-%m-%d")
-    echo(f"pooled adapter as of {pooled_as_of} ...")
-    pooled = monthly_job(settings.train_config("pooled", pooled_as_of, None, base), ctx,
+    echo(f"pooled adapter as of {schedule[0]} ...")
+    pooled = monthly_job(settings.train_config("pooled", schedule[0], None, base), ctx,
                          warm_start=None, eval_settings=eval_settings, check_due=False, progress=progress)
     echo(f"  pooled v{pooled.version}: {pooled.decision.outcome} ({pooled.decision.reason})")
     bundled = Path(store.root).resolve() == BUNDLED_DATA_DIR.resolve()
     for month in schedule:
-        as_of = month.strftime("%Y-%m-%d")
         for asset_class in classes:
             label = month.strftime("%Y-%m")
             if not has_validation_data(store, asset_class, month, settings):
@@ -416,7 +415,7 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
                         source = (default_warm_start(asset_class, client)
                                   or f"models:/{registered_model_name(POOLED)}/{pooled.version}")
                         warm_start = str(sabotage(source, ctx.tracking, Path(tmp), settings.seed))
-                    result = monthly_job(settings.train_config("rolling", as_of, asset_class, base), ctx,
+                    result = monthly_job(settings.train_config("rolling", month, asset_class, base), ctx,
                                          warm_start=warm_start, eval_settings=eval_settings, progress=progress)
                 if result.pooled_challenger is not None:  # the month's first job judged a pending pooled adapter
                     judged = result.pooled_challenger

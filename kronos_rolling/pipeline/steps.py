@@ -18,7 +18,6 @@ import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
-from datetime import date
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -48,7 +47,7 @@ from kronos_rolling.registry.cleanup import (
 )
 from kronos_rolling.registry.guard import EvalFigures, GuardDecision, decide_promotion
 from kronos_rolling.registry.lifecycle import RetrainConclusion, conclude_retrain
-from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.promotion import mark_staging
 from kronos_rolling.settings import Thresholds
 from kronos_rolling.tracking.adapters import (
@@ -263,7 +262,7 @@ def register_step(outcome: TrainOutcome, ctx: JobContext) -> str:
     window = outcome.window
     candidate = outcome.figures("candidate")
     tags = {
-        "asset_class": outcome.label, "as_of": outcome.config.as_of,
+        "asset_class": outcome.label, "as_of": str(outcome.config.as_of),
         "train_window": f"{window.train_start:%Y-%m-%d}/{window.train_end:%Y-%m-%d}",
         "val_span": f"{window.val_start:%Y-%m-%d}/{window.val_end:%Y-%m-%d}",
         "val_mae": f"{candidate.val_mae:.6g}", "val_nll": f"{candidate.val_nll:.6g}",
@@ -284,8 +283,7 @@ def register_step(outcome: TrainOutcome, ctx: JobContext) -> str:
     return version.version
 
 
-def guard_step(outcome: TrainOutcome, version: str, ctx: JobContext, *, as_of: date
-               ) -> tuple[GuardDecision, RetrainConclusion]:
+def guard_step(outcome: TrainOutcome, version: str, ctx: JobContext) -> tuple[GuardDecision, RetrainConclusion]:
     """Decide from the differences measured on one span, then move aliases, record cadence and alert."""
     client, thresholds = ctx.client, ctx.thresholds
     name = registered_model_name(outcome.label)
@@ -298,8 +296,8 @@ def guard_step(outcome: TrainOutcome, version: str, ctx: JobContext, *, as_of: d
             f"v{outcome.compared_versions.get('production')}; rerun the job to evaluate against the new production"
         )
     decision = judge_candidate(outcome.evaluation, outcome.label, outcome.compared_versions, thresholds)
-    conclusion = conclude_retrain(client, outcome.label, version, decision, as_of=as_of, lock_dir=ctx.lock_dir,
-                                  thresholds=thresholds, webhook=ctx.webhook, actor=ctx.actor)
+    conclusion = conclude_retrain(client, outcome.label, version, decision, as_of=outcome.config.as_of,
+                                  lock_dir=ctx.lock_dir, thresholds=thresholds, webhook=ctx.webhook, actor=ctx.actor)
     log.info("%s v%s: %s", name, version, decision.describe())
     return decision, conclusion
 

@@ -34,7 +34,7 @@ from kronos_rolling.registry.client import (
     list_versions,
 )
 from kronos_rolling.registry.history import Actor
-from kronos_rolling.registry.names import registered_model_name
+from kronos_rolling.names import registered_model_name
 from kronos_rolling.registry.retention import VersionInfo, choose_versions_to_delete
 from kronos_rolling.settings import REGISTRY_LOCK_TIMEOUT_S, Thresholds
 from kronos_rolling.tracking.adapters import ADAPTER_ARTIFACT

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from kronos_rolling.locks import current_user
 from kronos_rolling.registry.client import call, get_registered_model
-from kronos_rolling.registry.names import AUDIT_TAG_PREFIX
+from kronos_rolling.names import AUDIT_TAG_PREFIX
 
 PROMOTE = "promote"
 ROLLBACK = "rollback"

@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 from safetensors import safe_open
 
 from kronos_rolling.errors import ModelError, RegistryError, RegistryUnavailable
-from kronos_rolling.registry.names import MODEL_PREFIX
+from kronos_rolling.names import MODEL_PREFIX
 from kronos_rolling.serve.integrity import (
     DIGEST_TAG_PREFIX,
     check_formats,

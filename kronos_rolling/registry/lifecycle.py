@@ -21,7 +21,7 @@ from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import DeliveryResult
 from kronos_rolling.registry.guard import GuardDecision
 from kronos_rolling.registry.history import Actor
-from kronos_rolling.registry.names import registered_model_name
+from kronos_rolling.names import registered_model_name
 from kronos_rolling.registry.promotion import AliasMove, apply_guard_decision
 from kronos_rolling.registry.schedule import CadenceUpdate, record_retrain
 from kronos_rolling.settings import Thresholds

@@ -55,7 +55,7 @@ from kronos_rolling.registry.client import (
 from kronos_rolling.registry.guard import GuardDecision
 from kronos_rolling.registry.history import Actor
 from kronos_rolling.registry.integrity import verify_version
-from kronos_rolling.registry.names import (
+from kronos_rolling.names import (
     PREVIOUS_PRODUCTION,
     PRODUCTION,
     ROLLED_BACK_TAG,

@@ -20,7 +20,7 @@ from kronos_rolling.registry import cadence, history
 from kronos_rolling.registry.cadence import CadenceState, DueDecision
 from kronos_rolling.registry.client import call, get_registered_model, is_missing
 from kronos_rolling.registry.history import Actor
-from kronos_rolling.registry.names import CADENCE_TAG, registered_model_name
+from kronos_rolling.names import CADENCE_TAG, registered_model_name
 from kronos_rolling.settings import REGISTRY_LOCK_TIMEOUT_S, Thresholds
 
 

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from kronos_rolling.data.assets import classify_asset
 from kronos_rolling.model.base import BaseModelRef
-from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
 
 BASE = "base"  # the label of the bare base model in answers
 

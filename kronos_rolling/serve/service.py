@@ -49,7 +49,7 @@ from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.forecast import ForecastResult
 from kronos_rolling.registry import alerts
 from kronos_rolling.registry.integrity import check_bundle, check_class
-from kronos_rolling.registry.names import POOLED, PRODUCTION
+from kronos_rolling.names import POOLED, PRODUCTION
 from kronos_rolling.serve.cache import CachedVersion, VersionCache
 from kronos_rolling.serve.pool import AdapterPool, LoadedAdapter
 from kronos_rolling.serve.selection import (

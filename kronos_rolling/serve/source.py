@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from kronos_rolling.errors import RegistryError, RegistryUnavailable
 from kronos_rolling.registry.client import is_missing
-from kronos_rolling.registry.names import PRODUCTION, registered_model_name
+from kronos_rolling.names import PRODUCTION, registered_model_name
 from kronos_rolling.serve.integrity import (
     check_digest,
     check_formats,

@@ -20,7 +20,7 @@ import base64
 import hashlib
 import hmac
 
-from kronos_rolling.registry.names import MODEL_PREFIX
+from kronos_rolling.names import MODEL_PREFIX
 
 SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"

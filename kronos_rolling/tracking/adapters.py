@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from kronos_rolling.errors import ModelError, RegistryError
-from kronos_rolling.registry.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.tracking.context import Tracking
 
 if TYPE_CHECKING:

@@ -233,6 +233,6 @@ def log_training_inputs(run: TrackedRun, config, base, window, symbols, warm_sou
     launched = run.params()
     run.log_params({(f"resolved.{key}" if key in launched and launched[key] != str(value) else key): value
                     for key, value in params.items()})
-    run.set_tags({"asset_class": config.label, "as_of": config.as_of, "mode": config.mode,
+    run.set_tags({"asset_class": config.label, "as_of": str(config.as_of), "mode": config.mode,
                   **config.departure_tags(eval_settings)})
     run.log_input(dataset, context="training")

@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from datetime import date
 from typing import TYPE_CHECKING
 
 from kronos_rolling import ASSET_CLASSES, TRAINING_PRECISIONS
 from kronos_rolling.errors import ConfigError
 from kronos_rolling.model.config import LoraSettings
+from kronos_rolling.settings import parse_as_of
 
 if TYPE_CHECKING:  # torch- and pandas-free at import: the command line takes its defaults from here
     from kronos_rolling.data.windows import TrainingWindow
@@ -29,7 +31,7 @@ MODE_DEFAULTS = {"pooled": {"lr": 1e-4, "epochs": 10}, "rolling": {"lr": 5e-5, "
 @dataclass
 class TrainConfig:
     mode: str
-    as_of: str
+    as_of: date  # the decision date (settings.parse_as_of reads any other form once, here)
     asset_class: str | None = None  # rolling: the class; pooled: None (all classes)
     base: BaseModelRef | None = None  # the frozen base, resolved by the command (needed to train)
     epochs: int | None = None  # None: the mode's default
@@ -61,9 +63,7 @@ class TrainConfig:
             )
         if self.mode == "pooled" and self.asset_class is not None:
             raise ConfigError("the pooled adapter trains on every asset class; drop --asset-class")
-        from kronos_rolling.data.windows import to_utc
-
-        self.as_of = to_utc(self.as_of).strftime("%Y-%m-%d")
+        self.as_of = parse_as_of(self.as_of)
         if self.epochs is None:
             self.epochs = MODE_DEFAULTS[self.mode]["epochs"]
         if self.lr is None:

@@ -26,7 +26,7 @@ from mlflow import MlflowClient
 
 from kronos_rolling.evaluation.compare import Difference
 from kronos_rolling.registry.guard import EvalFigures, decide_promotion
-from kronos_rolling.registry.names import registered_model_name
+from kronos_rolling.names import registered_model_name
 from kronos_rolling.settings import Thresholds
 
 

@@ -34,7 +34,7 @@ from kronos_rolling.model.config import LoraSettings
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.lora import attach_lora, save_adapter_bundle
-from kronos_rolling.registry.names import registered_model_name
+from kronos_rolling.names import registered_model_name
 from kronos_rolling.settings import load_settings
 from kronos_rolling.tracking.adapters import ADAPTER_ARTIFACT, METADATA_FILE
 from kronos_rolling.tracking.context import Tracking

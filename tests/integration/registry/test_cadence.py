@@ -13,7 +13,7 @@ from kronos_rolling.registry.cadence import (
     QUARTERLY,
     CadenceState,
 )
-from kronos_rolling.registry.names import CADENCE_TAG
+from kronos_rolling.names import CADENCE_TAG
 
 D = date.fromisoformat
 

@@ -27,7 +27,7 @@ from kronos_rolling.locks import registry_lock
 from kronos_rolling.registry import alerts, history
 from kronos_rolling.registry.history import Actor
 from kronos_rolling.registry.lifecycle import conclude_retrain
-from kronos_rolling.registry.names import CADENCE_TAG
+from kronos_rolling.names import CADENCE_TAG
 from kronos_rolling.registry.promotion import (
     alias_state,
     apply_guard_decision,

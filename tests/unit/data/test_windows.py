@@ -29,7 +29,7 @@ def ts(text):
 def test_default_window_is_two_years_then_one_month():
     w = select_training_window("2019-06-01")
     assert w == TrainingWindow(
-        as_of=ts("2019-06-01"), train_start=ts("2017-05-01"), train_end=ts("2019-05-01"),
+        as_of=dt.date(2019, 6, 1), train_start=ts("2017-05-01"), train_end=ts("2019-05-01"),
         val_start=ts("2019-05-01"), val_end=ts("2019-06-01"), inner_val_start=ts("2019-02-17"),
     )
     assert (w.train_end - w.inner_val_start).days == 73  # 10% of 730 days
@@ -37,14 +37,15 @@ def test_default_window_is_two_years_then_one_month():
     assert w.inner_val_span == (w.inner_val_start, w.train_end)
     assert w.val_span == (w.val_start, w.val_end)
     # Spans are half-open and contiguous: nothing is in two of them, nothing after as_of.
-    assert w.train_start < w.inner_val_start < w.train_end == w.val_start < w.val_end == w.as_of
-    assert w.to_dict()["val_end"] == "2019-06-01T00:00:00+00:00"
+    assert w.train_start < w.inner_val_start < w.train_end == w.val_start < w.val_end == ts(w.as_of)
+    assert w.to_dict()["val_end"] == "2019-06-01T00:00:00+00:00" and w.to_dict()["as_of"] == "2019-06-01"
 
 
 @pytest.mark.parametrize("as_of", ["2019-06-01", dt.date(2019, 6, 1), dt.datetime(2019, 6, 1),
                                    pd.Timestamp("2019-06-01 02:00", tz="Europe/Berlin")])
 def test_as_of_in_any_form_means_the_same_utc_instant(as_of):
-    assert select_training_window(as_of).val_end == ts("2019-06-01")
+    window = select_training_window(as_of)
+    assert window.val_end == ts("2019-06-01") and window.as_of == dt.date(2019, 6, 1)
 
 
 def test_window_depends_only_on_as_of():

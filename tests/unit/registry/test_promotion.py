@@ -7,7 +7,7 @@ import time
 import pytest
 
 from kronos_rolling.errors import ConfigError, RegistryUnavailable
-from kronos_rolling.registry.names import registered_model_name
+from kronos_rolling.names import registered_model_name
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.server import free_port
 

@@ -30,7 +30,7 @@ def test_mode_defaults_follow_the_phase_document(tiny_base):
     ({"mode": "weekly"}, "mode must be one of"),
     ({"asset_class": "bonds"}, "needs --asset-class"),
     ({"epochs": 0}, "epochs must be >= 1"),
-    ({"as_of": "not a date"}, "cannot read"),
+    ({"as_of": "not a date"}, "as_of 'not a date' is not a date; give YYYY-MM-DD"),
     ({"precision": "fp16"}, "precision must be one of float32, bf16"),
 ])
 def test_bad_settings_are_named(tiny_base, kwargs, words):
