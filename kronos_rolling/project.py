@@ -81,7 +81,7 @@ class EntryPoint:
 
 
 def _training_parameters(mode: str) -> tuple[Parameter, ...]:
-    config, evaluation = TrainConfig, EvalSettings(lookback=TrainConfig.lookback, horizon=TrainConfig.horizon)
+    config, evaluation = TrainConfig, EvalSettings
     return (
         Parameter("as_of", "--as-of", comment="YYYY-MM-DD; empty: today, UTC"),
         Parameter("data", "--data", comment="data folder (absolute); empty: KRONOS_DATA_DIR or bundled"),

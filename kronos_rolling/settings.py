@@ -167,6 +167,9 @@ class Thresholds:
     # zero are enough, and a candidate no better than the incumbent is promoted in about
     # half the months (docs/evaluation.md, "Error rates").
     min_confidence: bool = True
+    # The level of every interval the decisions read (paired differences, Sharpe changes):
+    # 0.90, so requiring the whole interval on one side of zero is a one-sided 5% test.
+    confidence: float = 0.90
     # Guard: the evidence a decision needs: an interval resting on at least this many
     # non-overlapping horizons of data. Short of it the candidate waits at @staging
     # ("pending") while months of evidence accumulate, for at most max_evidence_months.
@@ -201,6 +204,9 @@ class Thresholds:
     keep_versions: int = 6
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.confidence, float) and 0 < self.confidence < 1):
+            raise ConfigError(f"threshold confidence={self.confidence!r} must lie strictly between 0 and 1 "
+                              "(set KRONOS_CONFIDENCE to e.g. 0.9)")
         if self.primary_metric not in ("val_mae", "val_nll", "val_crps"):
             raise ConfigError(f"threshold primary_metric={self.primary_metric!r} must be val_mae, val_nll or "
                               "val_crps (set KRONOS_PRIMARY_METRIC)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,7 +32,6 @@ from kronos_rolling.training.config import MODE_DEFAULTS, TrainConfig
 
 log = logging.getLogger(__name__)
 
-_EVAL = EvalSettings(lookback=TrainConfig.lookback, horizon=TrainConfig.horizon)  # the evaluation's defaults
 
 
 def training_options(fn):
@@ -75,11 +73,11 @@ def training_options(fn):
         click.option("--warm-start", default="auto", show_default=True,
                      help="Adapter to continue from: a folder, runs:/ID/adapter, models:/NAME@ALIAS, 'auto' "
                           "(rolling: the class's production adapter, else the pooled one) or 'none'."),
-        click.option("--eval-samples", type=click.IntRange(min=1), default=_EVAL.samples, show_default=True,
+        click.option("--eval-samples", type=click.IntRange(min=1), default=EvalSettings.samples, show_default=True,
                      help="Sample paths per origin in the evaluation; their mean is the point forecast."),
         click.option("--eval-max-origins", type=click.IntRange(min=1), default=None,
                      help="Cap on evaluation origins (a seeded subset; default: every origin of the month)."),
-        click.option("--eval-cost", type=click.FloatRange(min=0), default=_EVAL.cost, show_default=True,
+        click.option("--eval-cost", type=click.FloatRange(min=0), default=EvalSettings.cost, show_default=True,
                      help="Trading cost per unit of position change."),
         click.option("--no-wait", is_flag=True, help="Exit with code 75 at once if another training holds the lock."),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
@@ -108,8 +106,8 @@ def _build(mode: str, asset_class: str | None, kw: dict):
         lora=LoraSettings(rank=kw["lora_rank"], alpha=kw["lora_alpha"]), seed=kw["seed"], device=kw["device"],
         precision=kw["precision"], note=kw["note"],
     )
-    eval_settings = replace(_EVAL, lookback=kw["lookback"], horizon=kw["horizon"], samples=kw["eval_samples"],
-                            cost=kw["eval_cost"], max_origins=kw["eval_max_origins"])
+    eval_settings = EvalSettings(lookback=kw["lookback"], horizon=kw["horizon"], samples=kw["eval_samples"],
+                                 cost=kw["eval_cost"], max_origins=kw["eval_max_origins"])  # the choices
     ctx = JobContext.from_settings(settings, connect(kw["tracking_uri"], settings), DataStore(settings.data_dir))
     return ctx, config, eval_settings
 
@@ -160,7 +158,6 @@ def _print_result(result) -> None:
 
 def _job(mode: str, asset_class: str | None, kw: dict, *, check_due: bool, register: bool):
     from kronos_rolling.pipeline.job import alert_job_failed, monthly_job
-    from kronos_rolling.pipeline.steps import train_step
 
     try:
         ctx, config, eval_settings = _build(mode, asset_class, kw)
@@ -170,13 +167,13 @@ def _job(mode: str, asset_class: str | None, kw: dict, *, check_due: bool, regis
     options = dict(warm_start=_warm_start(kw["warm_start"]), eval_settings=eval_settings,
                    progress=not kw["no_progress"], wait_for_lock=not kw["no_wait"],
                    launcher_run_id=kw["mlflow_run_id"])
-    if not register:
-        outcome = train_step(config, ctx, **options)
-        if outcome is not None:
-            click.echo(evaluation_table(outcome.evaluation, outcome.compared_versions))
-            click.echo(f"run {outcome.run_id}: model {outcome.model_uri}")
-        return None
-    return monthly_job(config, ctx, check_due=check_due, **options)
+    result = monthly_job(config, ctx, check_due=check_due, register=register, **options)
+    if register:
+        return result
+    if result.outcome is not None:  # trained and evaluated in one run, nothing registered
+        click.echo(evaluation_table(result.outcome.evaluation, result.outcome.compared_versions))
+        click.echo(f"run {result.outcome.run_id}: model {result.outcome.model_uri}")
+    return None
 
 
 @click.group()
@@ -257,9 +254,9 @@ def run_all(ctx, classes, **kw):
 @data_option
 @click.option("--lookback", type=click.IntRange(min=1), default=None, help="Default: the adapter's own.")
 @click.option("--horizon", type=click.IntRange(min=1), default=None, help="Default: the adapter's own.")
-@click.option("--eval-samples", type=click.IntRange(min=1), default=_EVAL.samples, show_default=True)
+@click.option("--eval-samples", type=click.IntRange(min=1), default=EvalSettings.samples, show_default=True)
 @click.option("--eval-max-origins", type=click.IntRange(min=1), default=None)
-@click.option("--eval-cost", type=click.FloatRange(min=0), default=_EVAL.cost, show_default=True)
+@click.option("--eval-cost", type=click.FloatRange(min=0), default=EvalSettings.cost, show_default=True)
 @tracking_uri_option
 def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_samples, eval_max_origins, eval_cost,
              tracking_uri):
@@ -271,7 +268,8 @@ def evaluate(model_uri, asset_class, as_of, data_dir, lookback, horizon, eval_sa
     settings = settings_of(data_dir=data_dir)
     evaluation, versions, run_id = evaluate_adapter(
         model_uri, asset_class, as_of, connect(tracking_uri, settings), DataStore(settings.data_dir),
-        replace(_EVAL, samples=eval_samples, max_origins=eval_max_origins, cost=eval_cost), lookback=lookback,
+        EvalSettings(lookback=TrainConfig.lookback, horizon=TrainConfig.horizon, samples=eval_samples,
+                     max_origins=eval_max_origins, cost=eval_cost), settings.thresholds, lookback=lookback,
         horizon=horizon)
     click.echo(evaluation_table(evaluation, versions, name="adapter"))
     click.echo(f"logged to run {run_id}")

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.data.windows import to_utc
-from kronos_rolling.evaluation.config import EvalSettings
+from kronos_rolling.evaluation.config import EvalSettings, settings_for
 from kronos_rolling.evaluation.report import log_evaluation
 from kronos_rolling.evaluation.span import SpanEvaluation, evaluate_span
 from kronos_rolling.pipeline.context import JobContext
@@ -81,7 +81,8 @@ def challenger_step(label: str, ctx: JobContext, as_of: date, version: ModelVers
     name = registered_model_name(label)
     source = fetch_adapter(f"models:/{name}/{version.version}", ctx.tracking)
     metadata = source.metadata
-    settings = EvalSettings(**metadata["eval"])  # exactly how its validation month was scored
+    chosen = EvalSettings(**metadata["eval"])  # exactly how its validation month was scored
+    settings = settings_for(chosen.lookback, chosen.horizon, chosen, ctx.thresholds)
     span = (to_utc(metadata["val_start"]), to_utc(as_of))
     months = (as_of.year - span[0].year) * 12 + as_of.month - span[0].month
     challenger = load_forecast_model(source)

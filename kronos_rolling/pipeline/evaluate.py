@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import date
 
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import select_training_window
-from kronos_rolling.evaluation.config import EvalSettings
+from kronos_rolling.evaluation.config import EvalSettings, settings_for
 from kronos_rolling.evaluation.report import log_evaluation
 from kronos_rolling.evaluation.span import SpanEvaluation, evaluate_span
 from kronos_rolling.pipeline.references import reference_models
+from kronos_rolling.settings import Thresholds
 from kronos_rolling.tracking.adapters import base_of, fetch_adapter, load_forecast_model
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
 
 
 def evaluate_adapter(model_uri: str, asset_class: str, as_of: date, tracking: Tracking, store: DataStore,
-                     settings: EvalSettings, *, lookback: int | None = None, horizon: int | None = None
-                     ) -> tuple[SpanEvaluation, dict[str, str], str]:
+                     choices: EvalSettings, thresholds: Thresholds, *, lookback: int | None = None,
+                     horizon: int | None = None) -> tuple[SpanEvaluation, dict[str, str], str]:
     """Score an adapter, the pooled and production adapters, its bare base and persistence on the
     month before `as_of` (the same origins); log it as a run of `kronos-rolling/<class>`.
     Returns the evaluation, the registry versions compared, and the run id."""
     source = fetch_adapter(model_uri, tracking)
-    settings = replace(settings, lookback=lookback or int(source.metadata.get("lookback", settings.lookback)),
-                       horizon=horizon or int(source.metadata.get("horizon", settings.horizon)))
+    settings = settings_for(lookback or int(source.metadata.get("lookback", choices.lookback)),
+                            horizon or int(source.metadata.get("horizon", choices.horizon)), choices, thresholds)
     window = select_training_window(as_of)
     base = base_of(source)
     refs = reference_models(tracking, asset_class, base)

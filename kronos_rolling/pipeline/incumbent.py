@@ -23,14 +23,14 @@ again, and `rollback` puts the withdrawn version back.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 
 import pandas as pd
 
 from kronos_rolling.data.windows import to_utc
 from kronos_rolling.errors import DataError
-from kronos_rolling.evaluation.config import EvalSettings
+from kronos_rolling.evaluation.config import EvalSettings, settings_for
 from kronos_rolling.evaluation.report import log_evaluation
 from kronos_rolling.evaluation.span import SpanEvaluation, evaluate_span, span_horizons
 from kronos_rolling.pipeline.context import JobContext
@@ -113,8 +113,7 @@ def incumbent_step(label: str, ctx: JobContext, as_of: date, eval_settings: Eval
     defaults = eval_settings or TrainConfig
     lookback = int(production.metadata.get("lookback", 0)) or defaults.lookback
     horizon = int(production.metadata.get("horizon", 0)) or defaults.horizon
-    settings = (replace(eval_settings, lookback=lookback, horizon=horizon) if eval_settings
-                else EvalSettings(lookback=lookback, horizon=horizon))
+    settings = settings_for(lookback, horizon, eval_settings, ctx.thresholds)
     production_model = load_forecast_model(production)
     span, months = evidence_span(ctx, label, as_of, earliest, settings, production_model.vocabulary)
     if measured is not None and tuple(measured.span) == span and fallback in measured.models \

@@ -33,9 +33,13 @@ from kronos_rolling.pipeline.challenger import (
 )
 from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.incumbent import IncumbentCheck, incumbent_step
+from kronos_rolling.evaluation.config import settings_for
 from kronos_rolling.pipeline.steps import (
     TrainOutcome,
+    device_lock,
+    evaluate_step,
     guard_step,
+    log_model_step,
     register_step,
     retention_step,
     train_step,
@@ -76,9 +80,13 @@ class JobResult:
 
 def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None = "auto",
                 eval_settings: EvalSettings | None = None, check_due: bool = True, progress: bool = True,
-                wait_for_lock: bool = True, launcher_run_id: str | None = None) -> JobResult:
-    """One class (or pooled), one month: due? -> train -> register -> guard -> incumbent check
-    -> retention. Not due: the incumbent check alone (an evaluation-only run).
+                wait_for_lock: bool = True, launcher_run_id: str | None = None, register: bool = True) -> JobResult:
+    """One class (or pooled), one month: due? -> train -> evaluate -> register -> guard ->
+    incumbent check -> retention. Not due: the incumbent check alone (an evaluation-only run).
+    A pending challenger: judged again instead of a retrain. register=False: train and
+    evaluate only (one run, nothing registered).
+
+    eval_settings: the evaluation's choices (paths, cap, cost); its window is the model's.
 
     A refusal is a decision, not a failure. A failure sends a `job_failed` alert and is
     raised again, after the registry has been left as it was.
@@ -112,7 +120,7 @@ def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None 
                     return JobResult(label, as_of, False, done)
             result = _train_and_decide(config, ctx, reason, warm_start=warm_start,
                                        eval_settings=eval_settings, progress=progress, wait_for_lock=wait_for_lock,
-                                       launcher_run_id=launcher_run_id)
+                                       launcher_run_id=launcher_run_id, register=register)
             result.pooled_challenger = pooled_check
             return result
     except Exception as exc:
@@ -161,20 +169,28 @@ def list_versions_if_any(client, name: str):
 
 
 def _train_and_decide(config: TrainConfig, ctx: JobContext, reason: str, *, warm_start, eval_settings,
-                      progress, wait_for_lock, launcher_run_id) -> JobResult:
-    label = config.label
-    outcome = train_step(config, ctx, warm_start=warm_start, eval_settings=eval_settings, progress=progress,
-                         wait_for_lock=wait_for_lock, launcher_run_id=launcher_run_id)
-    if outcome is None:  # a non-zero rank of a distributed run
-        return JobResult(label, config.as_of, True, reason)
+                      progress, wait_for_lock, launcher_run_id, register: bool = True) -> JobResult:
+    """train -> evaluate -> log the model (holding the device) -> register -> guard -> incumbent
+    check -> retain."""
+    label, as_of = config.label, config.as_of
+    eval_settings = settings_for(config.lookback, config.horizon, eval_settings, ctx.thresholds)
+    with device_lock(config, ctx, wait=wait_for_lock):
+        trained = train_step(config, ctx, eval_settings, warm_start=warm_start, progress=progress,
+                             launcher_run_id=launcher_run_id)
+        if trained is None:  # a non-zero rank of a distributed run: rank 0 does the rest
+            return JobResult(label, as_of, True, reason)
+        evaluated = evaluate_step(trained, ctx, eval_settings)
+        outcome = log_model_step(trained, evaluated, ctx)
+    if not register:
+        return JobResult(label, as_of, True, reason, outcome=outcome)
     version = register_step(outcome, ctx)
     decision, conclusion = guard_step(outcome, version, ctx)
     incumbent = None
     if not decision.promote and label != POOLED:  # the production that stays is checked (on these figures
-        incumbent = incumbent_step(label, ctx, config.as_of, eval_settings,  # when the spans agree)
+        incumbent = incumbent_step(label, ctx, as_of, eval_settings,  # when the spans agree)
                                    measured=outcome.evaluation, versions=outcome.compared_versions)
     retention = retention_step(label, ctx)
-    return JobResult(label, config.as_of, True, reason, version, decision, retention, outcome,
+    return JobResult(label, as_of, True, reason, version, decision, retention, outcome,
                      conclusion.deliveries, incumbent)
 
 

@@ -1,10 +1,13 @@
-"""The monthly job's steps, each a function with explicit inputs.
+"""The monthly job's steps, each a function with one job and explicit inputs.
 
-    train_step      one MLflow run: fit the adapter, evaluate the candidate, the pooled
-                    and production adapters, the bare base and persistence on the SAME
-                    held-out span, log everything, log the pyfunc model last
+    train_step      fit the adapter in an MLflow run (the run stays open for the next steps)
+    evaluate_step   the candidate, the pooled and production adapters, the bare base and the
+                    naive baselines on the SAME held-out span, logged into that run
+    log_model_step  the adapter bundle, its metadata and the pyfunc model, logged last: only
+                    then is the run complete (the device lock covers these three steps)
     register_step   a version of kronos-lora-<label> from that run, @staging, window tags
-    guard_step      the pure guard decision, applied (aliases, cadence, audit, alerts)
+    guard_step      the pure guard decision, applied (aliases: registry/promotion.py via
+                    registry/lifecycle.conclude_retrain; cadence, audit, alerts)
     retention_step  keep the newest versions plus aliased ones; reclaim storage
 
 Failures leave the registry as it was: a run that did not finish has no model to
@@ -53,6 +56,7 @@ from kronos_rolling.settings import Thresholds
 from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,
+    AdapterSource,
     default_warm_start,
     fetch_adapter,
 )
@@ -75,6 +79,7 @@ from kronos_rolling.training.distributed import (
 from kronos_rolling.training.loop import (
     EpochRecord,
     FitResult,
+    Trainee,
     build_trainee,
     fit,
     training_symbols,
@@ -104,25 +109,41 @@ def evaluation_classes(config: TrainConfig) -> list[str]:
     return [config.asset_class] if config.mode == "rolling" else list(ASSET_CLASSES)
 
 
-def train_step(config: TrainConfig, ctx: JobContext, *, warm_start: str | None = "auto",
-               eval_settings: EvalSettings | None = None, progress: bool = True, wait_for_lock: bool = True,
-               launcher_run_id: str | None = None) -> TrainOutcome | None:
-    """Train and evaluate in one MLflow run; returns None on ranks other than 0.
-
-    launcher_run_id: the run `mlflow run` made in another experiment; it gets a pointer to
-    this run (`kronos.job_run`)."""
-    dist_info = ctx.distributed
-    # The device lock comes first: a second job waits before it does any work at all.
-    lock = (training_lock(ctx.lock_dir, wait=wait_for_lock, job=f"train {config.label} {config.as_of}")
-            if dist_info.is_main else contextlib.nullcontext())
-    with lock:
-        return _train_locked(config, ctx, warm_start, eval_settings, progress, dist_info, launcher_run_id)
+def device_lock(config: TrainConfig, ctx: JobContext, *, wait: bool = True):
+    """The machine's training lock, held by the main process across train, evaluate and log: a
+    second job waits before it does any work at all."""
+    if not ctx.distributed.is_main:
+        return contextlib.nullcontext()
+    return training_lock(ctx.lock_dir, wait=wait, job=f"train {config.label} {config.as_of}")
 
 
-def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, dist_info,
-                  launcher_run_id) -> TrainOutcome | None:
-    store, tracking = ctx.store, ctx.tracking
-    eval_settings = eval_settings or EvalSettings(lookback=config.lookback, horizon=config.horizon)
+@dataclass
+class Trained:
+    """What training hands on: the open run, the fitted adapter and what it was trained from."""
+
+    run_id: str
+    config: TrainConfig
+    window: TrainingWindow
+    symbols: list[str]
+    trainee: Trainee
+    warm_source: AdapterSource | None
+    fit: FitResult
+    checkpoint: Checkpoint
+    launcher_run_id: str | None
+
+    @property
+    def experiment(self) -> str:
+        return experiment_name(self.config.label)
+
+
+def train_step(config: TrainConfig, ctx: JobContext, eval_settings: EvalSettings, *, warm_start: str | None = "auto",
+               progress: bool = True, launcher_run_id: str | None = None) -> Trained | None:
+    """Fit the adapter in a run of `kronos-rolling/<label>`; None on ranks other than 0.
+
+    The run records the training's inputs (window, data digest, warm start, every setting that
+    departs from the released defaults, `eval_settings` among them) and its per-epoch losses.
+    launcher_run_id: the run `mlflow run` made; logged into when it is in our experiment."""
+    store, tracking, dist_info = ctx.store, ctx.tracking, ctx.distributed
     window = config.window()
     symbols = training_symbols(config, store)
     check_data_reaches({c: store.coverage(store.symbols_for(c)) for c in evaluation_classes(config)}, window)
@@ -139,16 +160,7 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
         log.warning("the base %s was pre-trained on bars up to %s, after the validation span starts (%s): "
                     "its figures on that span are not out-of-sample; pre-train it on earlier data",
                     base.describe(), base_seen_until.date(), window.val_start.date())
-
-    # Warm start: rolling defaults to the class's production adapter, else the pooled one.
-    if config.mode == "pooled" and warm_start == "auto":
-        warm_start = None
-    if warm_start == "auto":
-        warm_start = default_warm_start(config.asset_class, tracking.client)
-        if warm_start is None:
-            log.warning("no production adapter for %s or pooled: the rolling fine-tune starts from a fresh adapter",
-                        config.asset_class)
-    warm_source = fetch_adapter(warm_start, tracking) if warm_start else None
+    warm_source = _warm_source(config, ctx, warm_start)
 
     device = resolve_device(config.device)
     if device.type == "cuda" and dist_info.enabled:
@@ -174,8 +186,7 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
         # Same checkpoint as rank 0 (read only: fit saves on rank 0), so a resumed job starts
         # every rank at the same epoch; otherwise the ranks' collectives no longer pair up.
         fit(trainee, train_set, inner_set, config, device=device, dist_info=dist_info, checkpoint=checkpoint,
-            token_cache=ctx.home.token_cache,
-            progress=False)
+            token_cache=ctx.home.token_cache, progress=False)
         return None
 
     resumed = checkpoint.load()
@@ -203,48 +214,83 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
                      state_extra={"run_id": run.run_id}, token_cache=ctx.home.token_cache)
         run.log_metrics({"best_epoch": fitted.best_epoch, "best_val_loss": fitted.best_val_loss,
                          "train_seconds": fitted.seconds, "stopped_early": float(fitted.stopped_early)})
-        log.info("%s: trained %d epoch(s) on %d samples in %.0fs; best epoch %d (inner val loss %.4f)",
-                 config.label, len(fitted.history), fitted.samples, fitted.seconds, fitted.best_epoch,
-                 fitted.best_val_loss)
+    log.info("%s: trained %d epoch(s) on %d samples in %.0fs; best epoch %d (inner val loss %.4f)",
+             config.label, len(fitted.history), fitted.samples, fitted.seconds, fitted.best_epoch,
+             fitted.best_val_loss)
+    trainee.model.eval()
+    trainee.event_embedding.eval()
+    return Trained(run.run_id, config, window, symbols, trainee, warm_source, fitted, checkpoint, launcher_run_id)
 
-        trainee.model.eval()
-        candidate = ForecastModel(trainee.model, trainee.tokenizer, trainee.event_embedding.eval(),
-                                  trainee.vocabulary, base.max_context)
-        refs = reference_models(tracking, config.label, base, warm_source)
-        classes = [c for c in evaluation_classes(config) if store.symbols_for(c)]
-        evaluation = evaluate_span(store, classes, window.val_span, {"candidate": candidate, **refs.models},
-                                   eval_settings, trainee.vocabulary)
+
+def _warm_source(config: TrainConfig, ctx: JobContext, warm_start: str | None) -> AdapterSource | None:
+    """What the adapter continues from: rolling defaults ("auto") to the class's production
+    adapter, else the pooled one; the pooled adapter starts fresh."""
+    if config.mode == "pooled" and warm_start == "auto":
+        return None
+    if warm_start == "auto":
+        warm_start = default_warm_start(config.asset_class, ctx.client)
+        if warm_start is None:
+            log.warning("no production adapter for %s or pooled: the rolling fine-tune starts from a fresh adapter",
+                        config.asset_class)
+    return fetch_adapter(warm_start, ctx.tracking) if warm_start else None
+
+
+@dataclass
+class Evaluated:
+    evaluation: SpanEvaluation  # candidate, pooled, production, base, warm start, baselines: same origins
+    versions: dict[str, str]  # pooled / production / warm_start -> the registry version evaluated
+    settings: EvalSettings
+
+
+def evaluate_step(trained: Trained, ctx: JobContext, eval_settings: EvalSettings) -> Evaluated:
+    """The candidate beside what it would replace, on the validation span, logged into the run."""
+    config, store = trained.config, ctx.store
+    base, trainee = config.base, trained.trainee
+    candidate = ForecastModel(trainee.model, trainee.tokenizer, trainee.event_embedding, trainee.vocabulary,
+                              base.max_context)
+    refs = reference_models(ctx.tracking, config.label, base, trained.warm_source)
+    classes = [c for c in evaluation_classes(config) if store.symbols_for(c)]
+    evaluation = evaluate_span(store, classes, trained.window.val_span, {"candidate": candidate, **refs.models},
+                               eval_settings, trainee.vocabulary)
+    with start_run(ctx.tracking, trained.experiment, run_id=trained.run_id) as run:
         log_evaluation(run, evaluation, primary=ctx.thresholds.primary_metric)
-        candidate_figures = evaluation.figures("candidate")
-        log.info("%s: evaluated on %d of %d origins of %s..%s: val_mae %.6g (persistence %.6g), val_nll %.4f",
-                 config.label, evaluation.origins, evaluation.candidates, window.val_start.date(),
-                 window.val_end.date(), candidate_figures["val_mae"], evaluation.figures("persistence")["val_mae"],
-                 candidate_figures["val_nll"])
+    figures = evaluation.figures("candidate")
+    log.info("%s: evaluated on %d of %d origins of %s..%s: val_mae %.6g (persistence %.6g), val_nll %.4f",
+             config.label, evaluation.origins, evaluation.candidates, trained.window.val_start.date(),
+             trained.window.val_end.date(), figures["val_mae"], evaluation.figures(PERSISTENCE)["val_mae"],
+             figures["val_nll"])
+    return Evaluated(evaluation, refs.versions, eval_settings)
 
-        with tempfile.TemporaryDirectory(prefix="kronos-bundle-") as tmp:
-            bundle_dir = Path(tmp) / ADAPTER_ARTIFACT
-            trainee.save(bundle_dir)
-            metadata = {
-                "label": config.label, "asset_class": config.asset_class, "mode": config.mode,
-                "as_of": config.as_of, **{k: v for k, v in window.to_dict().items() if k != "as_of"},
-                **candidate_figures,
-                "figures": {name: evaluation.figures(name) for name in [*evaluation.models, PERSISTENCE]},
-                "compared_versions": refs.versions, "base": base.to_dict(), "symbols": symbols,
-                "warm_start": warm_source.describe() if warm_source else None,
-                "run_id": run.run_id, "code_version": git_commit(), "kronos_rolling": __version__,
-                "eval": asdict(eval_settings), "lookback": config.lookback, "horizon": config.horizon,
-            }
-            (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
-            run.log_artifacts(bundle_dir, ADAPTER_ARTIFACT)
-            run.log_dict(metadata, METADATA_FILE)
-            example = store.load(symbols[0]).tail(max(config.lookback, 32)).reset_index(drop=True)
-            model_uri = log_adapter_model(run, bundle_dir, example)
+
+def log_model_step(trained: Trained, evaluated: Evaluated, ctx: JobContext) -> TrainOutcome:
+    """The adapter bundle with its metadata and the pyfunc model, logged last: the run is complete."""
+    config, window, evaluation = trained.config, trained.window, evaluated.evaluation
+    warm = trained.warm_source.describe() if trained.warm_source else None
+    with start_run(ctx.tracking, trained.experiment, run_id=trained.run_id) as run, \
+            tempfile.TemporaryDirectory(prefix="kronos-bundle-") as tmp:
+        bundle_dir = Path(tmp) / ADAPTER_ARTIFACT
+        trained.trainee.save(bundle_dir)
+        metadata = {
+            "label": config.label, "asset_class": config.asset_class, "mode": config.mode,
+            "as_of": config.as_of, **{k: v for k, v in window.to_dict().items() if k != "as_of"},
+            **evaluation.figures("candidate"),
+            "figures": {name: evaluation.figures(name) for name in [*evaluation.models, PERSISTENCE]},
+            "compared_versions": evaluated.versions, "base": config.base.to_dict(), "symbols": trained.symbols,
+            "warm_start": warm, "run_id": run.run_id, "code_version": git_commit(), "kronos_rolling": __version__,
+            "eval": asdict(evaluated.settings), "lookback": config.lookback, "horizon": config.horizon,
+        }
+        (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+        run.log_artifacts(bundle_dir, ADAPTER_ARTIFACT)
+        run.log_dict(json.loads(json.dumps(metadata, default=str)), METADATA_FILE)
+        example = ctx.store.load(trained.symbols[0]).tail(max(config.lookback, 32)).reset_index(drop=True)
+        model_uri = log_adapter_model(run, bundle_dir, example)
         run.set_tags({COMPLETE_TAG: "true"})
-    checkpoint.clear()
-    if launcher_run_id and launcher_run_id != run.run_id:  # `mlflow run` made a run elsewhere: point it here
-        tracking.client.set_tag(launcher_run_id, JOB_RUN_TAG, f"{experiment_name(config.label)}/{run.run_id}")
-    return TrainOutcome(run.run_id, config.label, config, window, model_uri, evaluation, refs.versions,
-                        fitted, warm_source.describe() if warm_source else None)
+    trained.checkpoint.clear()
+    launcher = trained.launcher_run_id
+    if launcher and launcher != run.run_id:  # `mlflow run` made a run elsewhere: point it here
+        ctx.client.set_tag(launcher, JOB_RUN_TAG, f"{trained.experiment}/{run.run_id}")
+    return TrainOutcome(run.run_id, config.label, config, window, model_uri, evaluation, evaluated.versions,
+                        trained.fit, warm)
 
 
 def _in_experiment(tracking: Tracking, run_id: str, experiment: str) -> bool:
