@@ -46,13 +46,13 @@ for asset_class in ${KRONOS_ASSET_CLASSES:-crypto forex_commodity equity}; do
             -P asset_class="$asset_class" -P as_of="$as_of" "$@"; then
         failed+=("$asset_class")
         echo "== $asset_class FAILED" >&2
-        "${PYTHON:-python}" -m kronos_rolling.project unfinished --since "$started_ms" "kronos-rolling/$asset_class" ||
+        "${PYTHON:-python}" -m kronos_rolling.cli cron unfinished --since "$started_ms" "kronos-rolling/$asset_class" ||
             echo "== could not end $asset_class's unfinished runs (is the tracking server up?)" >&2
     fi
 done
 
 if [ "${#failed[@]}" -gt 0 ]; then
-    "${PYTHON:-python}" -m kronos_rolling.project failed --as-of "$as_of" "${failed[@]}"
+    "${PYTHON:-python}" -m kronos_rolling.cli cron failed --as-of "$as_of" "${failed[@]}"
     exit 1
 fi
 echo "== every class finished"

@@ -14,17 +14,9 @@ generated from it:
 
     python -m kronos_rolling.project --write-mlproject
 
-and a test checks that both files are current.
-
-    python -m kronos_rolling.project failed --as-of YYYY-MM-DD CLASS ...
-
-is the monthly script's (deploy/monthly-job.sh) own alert naming the classes that failed, and
-
-    python -m kronos_rolling.project unfinished --since EPOCH_MS EXPERIMENT
-
-ends as FAILED the runs `mlflow run` made in EXPERIMENT since then and left RUNNING: a launch
-that failed before our code ran (no conda for the default env manager, a broken environment)
-never ends the run MLflow created first.
+and a test checks that both files are current. What the monthly script does around `mlflow
+run` (end a failed launch's runs, alert the failed classes) is `kronos-rolling cron`
+(cli/cron.py).
 
 An entry point refuses, before any work, a tracking store inside the project folder
 (`check_tracking_store`): that is where `mlflow run` puts MLflow's default store when
@@ -35,7 +27,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 import click
@@ -43,7 +34,7 @@ import click
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.errors import ConfigError, KronosError
 from kronos_rolling.evaluation.config import EvalSettings
-from kronos_rolling.settings import load_settings, parse_as_of, parse_bool
+from kronos_rolling.settings import load_settings, parse_bool
 from kronos_rolling.training.config import MODE_DEFAULTS, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,19 +245,6 @@ def _alert_failure(entry_name: str, values: dict[str, str], error: str, webhook:
          "as_of": values.get("as_of") or "today", "error": error}, webhook)
 
 
-def report_failed_classes(classes: list[str], as_of: date, webhook: str | None):
-    """The schedule's own alert: which classes of this month's job failed (deploy/monthly-job.sh).
-
-    It also covers failures no job could report: a tracking server that refused `mlflow run`,
-    a process killed for memory."""
-    from kronos_rolling.registry import alerts
-
-    return alerts.send_alert(
-        alerts.JOB_FAILED,
-        f"kronos-rolling monthly job as of {as_of}: {', '.join(classes)} failed; see the job's log and "
-        f"the runs in kronos-rolling/<class>", {"as_of": str(as_of), "failed_classes": ", ".join(classes)}, webhook)
-
-
 def check_tracking_store(tracking_uri: str, project_dirs: list[Path]) -> None:
     """ConfigError when the job would log into a store inside the project folder.
 
@@ -299,27 +277,6 @@ def _local_store_path(uri: str) -> Path | None:
     return Path(uri).resolve() if parsed.scheme == "" else None
 
 
-UNFINISHED_REASON = "the launch failed before the job ended this run (see the monthly job's log)"
-
-
-def fail_unfinished_launches(client, experiment_name: str, since_ms: int) -> list[str]:
-    """End as FAILED every MLflow Project run of `experiment_name` started at or after `since_ms`
-    that is still RUNNING; returns their ids. Meant for after `mlflow run` has returned."""
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        return []
-    runs = client.search_runs([experiment.experiment_id],
-                              "attributes.status = 'RUNNING' and tags.`mlflow.source.type` = 'PROJECT'",
-                              max_results=1000)
-    ended = []
-    for run in runs:
-        if run.info.start_time >= since_ms:
-            client.set_tag(run.info.run_id, "kronos.failed_reason", UNFINISHED_REASON)
-            client.set_terminated(run.info.run_id, "FAILED")
-            ended.append(run.info.run_id)
-    return ended
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = load_settings()
@@ -329,19 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not argv:
         raise SystemExit(f"usage: python -m kronos_rolling.project ENTRY_POINT name=value ...\n"
-                         f"       python -m kronos_rolling.project failed --as-of YYYY-MM-DD CLASS ...\n"
-                         f"       python -m kronos_rolling.project unfinished --since EPOCH_MS EXPERIMENT\n"
                          f"       python -m kronos_rolling.project --write-mlproject\n"
                          f"entry points: {', '.join(ENTRY_POINTS)} (see MLproject)")
-    if argv[0] == "failed" and argv[1:2] == ["--as-of"] and len(argv) > 3:
-        report_failed_classes(argv[3:], parse_as_of(argv[2]), settings.alert_webhook)
-        return
-    if argv[0] == "unfinished" and argv[1:2] == ["--since"] and len(argv) == 4:
-        from kronos_rolling.tracking.context import Tracking
-
-        for run_id in fail_unfinished_launches(Tracking.connect(settings.tracking_uri).client, argv[3], int(argv[2])):
-            print(f"ended run {run_id} in {argv[3]} as FAILED: {UNFINISHED_REASON}", file=sys.stderr)
-        return
     from kronos_rolling.cli.main import main as kronos_rolling
 
     entry_name, values = argv[0], {}

@@ -2,7 +2,8 @@
 
 One module per command group: data.py, model.py, pipeline.py (train, run, run-all,
 evaluate, simulate, demo), registry.py (history, promote, rollback, retention, due,
-cadence), serve.py (serve, predict), server.py; shared options in options.py.
+cadence), serve.py (serve, predict), server.py, cron.py (around the monthly `mlflow run`);
+shared options in options.py.
 
 The command modules import torch, MLflow's model code and the pipeline inside the commands
 that use them, not at the top: `kronos-rolling --help`, option errors and the MLproject
@@ -17,6 +18,7 @@ import sys
 import click
 
 from kronos_rolling import __version__
+from kronos_rolling.cli.cron import COMMANDS as CRON_COMMANDS
 from kronos_rolling.cli.data import data
 from kronos_rolling.cli.model import forecast, model, pretrain
 from kronos_rolling.cli.options import configure_mlflow
@@ -56,6 +58,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
 
 
 model.add_command(pretrain)
-for command in (model, forecast, data, *PIPELINE_COMMANDS, *REGISTRY_COMMANDS, *SERVE_COMMANDS, server):
+for command in (model, forecast, data, *PIPELINE_COMMANDS, *REGISTRY_COMMANDS, *SERVE_COMMANDS, server,
+                *CRON_COMMANDS):
     main.add_command(command)
 

@@ -199,3 +199,12 @@ def alert_job_failed(label: str, as_of: date, exc: BaseException, webhook: str |
     return alerts.send_alert(alerts.JOB_FAILED, f"kronos-rolling {label} retrain as of {as_of} failed: {exc}",
                              {"asset_class": label, "as_of": str(as_of), "error": f"{type(exc).__name__}: {exc}"},
                              webhook)
+
+
+def alert_classes_failed(classes: list[str], as_of: date, webhook: str | None) -> DeliveryResult:
+    """The schedule's own alert (`kronos-rolling cron failed`): which classes of this month's job
+    failed, also when no job could say so (a server that refused `mlflow run`, a process killed)."""
+    return alerts.send_alert(
+        alerts.JOB_FAILED,
+        f"kronos-rolling monthly job as of {as_of}: {', '.join(classes)} failed; see the job's log and "
+        f"the runs in kronos-rolling/<class>", {"as_of": str(as_of), "failed_classes": ", ".join(classes)}, webhook)

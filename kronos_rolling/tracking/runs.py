@@ -236,3 +236,24 @@ def log_training_inputs(run: TrackedRun, config, base, window, symbols, warm_sou
     run.set_tags({"asset_class": config.label, "as_of": str(config.as_of), "mode": config.mode,
                   **config.departure_tags(eval_settings)})
     run.log_input(dataset, context="training")
+
+
+UNFINISHED_REASON = "the launch failed before the job ended this run (see the monthly job's log)"
+
+
+def fail_unfinished_launches(client, experiment_name: str, since_ms: int) -> list[str]:
+    """End as FAILED every MLflow Project run of `experiment_name` started at or after `since_ms`
+    that is still RUNNING; returns their ids. Meant for after `mlflow run` has returned."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id],
+                              "attributes.status = 'RUNNING' and tags.`mlflow.source.type` = 'PROJECT'",
+                              max_results=1000)
+    ended = []
+    for run in runs:
+        if run.info.start_time >= since_ms:
+            client.set_tag(run.info.run_id, "kronos.failed_reason", UNFINISHED_REASON)
+            client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+    return ended

@@ -17,6 +17,7 @@ from support import REPO
 from support.registry import Receiver
 
 from kronos_rolling import project
+from kronos_rolling.tracking.runs import UNFINISHED_REASON
 
 BIN = Path(sys.executable).parent
 
@@ -227,7 +228,7 @@ def test_a_launch_that_fails_before_the_job_runs_leaves_no_run_running(tracking_
                 if r.info.start_time >= since]
     assert launched, "mlflow run created no run: the test no longer shows the failure it is about"
     assert [r.info.status for r in launched] == ["FAILED"] * len(launched)
-    assert all(r.data.tags["kronos.failed_reason"] == project.UNFINISHED_REASON for r in launched)
+    assert all(r.data.tags["kronos.failed_reason"] == UNFINISHED_REASON for r in launched)
     assert [body["kronos"]["fields"]["failed_classes"] for body in receiver.bodies] == ["crypto"]
 
 
