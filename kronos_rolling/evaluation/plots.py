@@ -72,14 +72,15 @@ def equity_curves(samples: EvaluationSamples, scores: dict[str, Scores], buyhold
 
 
 def loss_differences(origin_times: np.ndarray, differences: dict[str, np.ndarray], metric: str):
-    """Per-origin loss difference (candidate - other) over time; below zero the candidate is better."""
+    """Per-origin difference (candidate - other) over time; below zero the candidate is better (above, for a skill)."""
     fig, ax = plt.subplots(figsize=(10, 4))
     order = np.argsort(origin_times, kind="stable")
     times = pd.to_datetime(origin_times[order], utc=True)
     for name, d in differences.items():
         ax.plot(times, d[order], lw=0.8, marker=".", ms=2, label=f"candidate - {name} (mean {np.mean(d):+.3g})")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_title(f"Per-origin {metric} difference (below 0: the candidate is better)")
+    better = "above" if metric.endswith("_skill") else "below"
+    ax.set_title(f"Per-origin {metric} difference ({better} 0: the candidate is better)")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig
@@ -90,3 +91,22 @@ def _spacing(samples: EvaluationSamples, rows: np.ndarray) -> pd.Timedelta:
     if len(origins) < 2:
         return pd.Timedelta(days=1)
     return pd.Timedelta(int(np.median(np.diff(origins))), unit="ns")
+
+
+def pit_histograms(pits: dict[str, np.ndarray], weights: np.ndarray, samples: int):
+    """The PIT (rank) histogram of each model's paths at the horizon's end, weighted as every figure:
+    flat at 1 when the outcomes are exchangeable with the paths; a U says the paths are too narrow,
+    a hump too wide, a slope biased (evaluation/calibration.py)."""
+    fig, axes = plt.subplots(1, len(pits), figsize=(3.4 * len(pits), 3.2), squeeze=False, sharey=True)
+    edges = np.linspace(0, 1, samples + 2)  # K paths: K + 1 equally likely ranks
+    for ax, (name, pit) in zip(axes[0], pits.items()):
+        density, _ = np.histogram(pit, bins=edges, weights=weights, density=True)
+        ax.bar(edges[:-1], density, width=np.diff(edges), align="edge", color="tab:blue", alpha=0.7,
+               edgecolor="white")
+        ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("PIT (rank of the outcome among the paths)", fontsize=8)
+    axes[0, 0].set_ylabel("density (1: calibrated)")
+    fig.suptitle(f"PIT histograms at the horizon's end, {samples} paths per origin", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -2,10 +2,13 @@
 the paired differences with their intervals, a per-series table and plots.
 
 Names: the evaluated model's figures are `val_mae`, `val_nll`, `val_crps`, `val_mae_skill`,
-`val_sharpe`; every other model's carry its name as a prefix (`pooled_val_nll`,
-`production_val_crps`, `base_val_mae_skill`, `persistence_val_mae`, `buyhold_val_sharpe`).
-Differences (evaluated model - other, same origins): `vs_<other>_<mae|nll|crps|sharpe>_diff`
-with `_lo` and `_hi`, the ends of the interval.
+`val_crps_skill`, `val_sharpe`, `val_coverage_50|80|90` (and `_steps`); every other model's
+carry its name as a prefix (`pooled_val_nll`, `production_val_crps`, `base_val_mae_skill`,
+`persistence_val_mae`, `naive_val_crps`, `buyhold_val_sharpe`); a model carrying a
+calibration adds `calibrated_val_coverage_*` and, out of sample, `served_val_coverage_*`
+(`production_served_val_coverage_80`). Differences (evaluated model - other, same origins):
+`vs_<other>_<mae|nll|crps|sharpe>_diff` with `_lo` and `_hi`, the ends of the interval;
+against the naive baseline `vs_naive_<mae|crps>_diff`.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import pandas as pd
 
 from kronos_rolling.evaluation import plots
 from kronos_rolling.evaluation.compare import Difference
-from kronos_rolling.evaluation.span import BUY_AND_HOLD, PERSISTENCE, SpanEvaluation
+from kronos_rolling.evaluation.span import BASELINES, BUY_AND_HOLD, NAIVE, SpanEvaluation
 
 COMPARED = ("pooled", "production", "base", "warm_start")  # what an evaluated model is compared with
+NAIVE_METRICS = ("val_mae", "val_crps")  # compared with the naive baseline (it has no NLL; its Sharpe is noise)
 
 
 def differences(evaluation: SpanEvaluation, name: str = "candidate") -> dict[str, dict[str, Difference]]:
@@ -30,13 +34,14 @@ def differences(evaluation: SpanEvaluation, name: str = "candidate") -> dict[str
         if other in evaluation.models and other != name:
             found[other] = {metric: evaluation.difference(name, other, metric)
                             for metric in ("val_mae", "val_nll", "val_crps", "val_sharpe")}
+    found[NAIVE] = {metric: evaluation.difference(name, NAIVE, metric) for metric in NAIVE_METRICS}
     return found
 
 
 def metrics_of(evaluation: SpanEvaluation, name: str = "candidate") -> dict[str, float]:
     """Every figure and difference of the run, named as the module docstring says (NaN left out)."""
     metrics = {}
-    for model in [*evaluation.models, PERSISTENCE]:
+    for model in [*evaluation.models, *BASELINES]:
         prefix = "" if model == name else f"{model}_"
         metrics.update({f"{prefix}{key}": value for key, value in evaluation.figures(model).items()})
     metrics[f"{BUY_AND_HOLD}_val_sharpe"] = evaluation.buyhold_sharpe()
@@ -74,12 +79,15 @@ def log_evaluation(run, evaluation: SpanEvaluation, name: str = "candidate", pri
                    "plots/equity_curve.png")
     others = [o for o in ("pooled", "production") if o in evaluation.models and o != name]
     if others:
-        own = evaluation.scores(name).losses(primary)
-        diffs = {o: own - evaluation.scores(o).losses(primary) for o in others
-                 if own is not None and evaluation.scores(o).losses(primary) is not None}
+        own = evaluation.per_origin(name, primary)
+        diffs = {o: own - evaluation.per_origin(o, primary) for o in others
+                 if own is not None and evaluation.per_origin(o, primary) is not None}
         times = np.concatenate([evaluation.samples[c].origin for c in evaluation.classes])
         if diffs:
             run.log_figure(plots.loss_differences(times, diffs, primary), "plots/loss_differences.png")
+    shown = {m: evaluation.scores(m).pit for m in (name, "production", "pooled", NAIVE) if m in evaluation.per_class[first]}
+    run.log_figure(plots.pit_histograms(shown, evaluation.layout.weights, evaluation.settings.samples),
+                   "plots/pit.png")
 
 
 def per_series(evaluation: SpanEvaluation) -> pd.DataFrame:
@@ -91,6 +99,8 @@ def per_series(evaluation: SpanEvaluation) -> pd.DataFrame:
                 mine = symbols == symbol
                 rows.append({"class": asset_class, "model": model, "symbol": symbol, "origins": int(mine.sum()),
                              "val_mae": float(scores.mae[mine].mean()), "val_crps": float(scores.crps[mine].mean()),
-                             "val_nll": float("nan") if scores.nll is None else float(scores.nll[mine].mean())})
+                             "val_nll": float("nan") if scores.nll is None else float(scores.nll[mine].mean()),
+                             "val_coverage_80": (float("nan") if scores.inside is None
+                                                 else float(scores.inside[0.8][mine, -1].mean()))})
     return pd.DataFrame(rows)
 

@@ -38,6 +38,7 @@ class EvaluationSamples:
     symbols: np.ndarray  # (N,) symbol of each sample
     position: np.ndarray  # (N,) bar number of the first horizon bar within its symbol's series
     last_close: np.ndarray  # (N,) close of the last lookback bar
+    lookback_close: np.ndarray  # (N, lookback) the lookback's closes (the naive baseline's volatility)
     actual_close: np.ndarray  # (N, horizon)
     origin: np.ndarray  # (N,) ns timestamp of the first horizon bar
     horizon_end: np.ndarray  # (N,) ns timestamp where the horizon ends: its last bar's start + the bar spacing
@@ -80,6 +81,7 @@ def build_samples(store: DataStore, symbols: list[str], span: tuple, settings: E
     refs = dataset.origins()
     origins = refs["origin"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
     last_close = np.empty(len(refs))
+    lookback_close = np.empty((len(refs), settings.lookback))
     actual = np.empty((len(refs), settings.horizon))
     horizon_end = np.empty(len(refs), dtype=np.int64)
     for symbol, rows in refs.groupby("symbol").indices.items():
@@ -88,9 +90,10 @@ def build_samples(store: DataStore, symbols: list[str], span: tuple, settings: E
         close = bars["close"].to_numpy(dtype=np.float64)
         at = np.searchsorted(times, origins[rows])
         last_close[rows] = close[at - 1]
+        lookback_close[rows] = close[at[:, None] - settings.lookback + np.arange(settings.lookback)]
         actual[rows] = close[at[:, None] + np.arange(settings.horizon)]
         horizon_end[rows] = times[at + settings.horizon - 1] + pd.Timedelta(store.bar_spacing(symbol)).value
     per_year = {s: bars_per_year(store.asset_class(s), store.bar_spacing(s)) / settings.horizon
                 for s in dataset.symbols if dataset.samples_per_symbol[s]}
     return EvaluationSamples(dataset, vocabulary, refs["symbol"].to_numpy(dtype=object), dataset.positions(),
-                             last_close, actual, origins, horizon_end, per_year, settings, dataset.candidates)
+                             last_close, lookback_close, actual, origins, horizon_end, per_year, settings, dataset.candidates)

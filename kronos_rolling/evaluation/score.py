@@ -125,6 +125,10 @@ class Scores:
     `nll` is None for a model without token probabilities (persistence). `weights` (sum 1)
     make every origin time count once. `block_returns` holds, per series, the sign rule's
     net returns on its non-overlapping blocks, and `blocks_per_year` how to annualise them.
+    A model with sample paths also has, per origin: `inside` (level -> (N, H) bool, the outcome
+    inside the paths' central interval at each step), `pit` (the outcome's rank among the paths
+    at the horizon's end) and `z` ((N, H) its distance from the median in spreads, what a
+    calibration scales; evaluation/calibration.py). A point forecast (persistence) has none.
     """
 
     mae: np.ndarray
@@ -133,6 +137,9 @@ class Scores:
     block_returns: dict[str, np.ndarray]
     blocks_per_year: dict[str, float]
     weights: np.ndarray
+    inside: dict[float, np.ndarray] | None = None
+    pit: np.ndarray | None = None
+    z: np.ndarray | None = None
 
     @property
     def origins(self) -> int:
@@ -157,6 +164,16 @@ class Scores:
     def losses(self, metric: str) -> np.ndarray | None:
         """The per-origin losses of `val_mae`, `val_nll` or `val_crps`."""
         return {"val_mae": self.mae, "val_nll": self.nll, "val_crps": self.crps}[metric]
+
+    def coverage(self, level: float, inside: np.ndarray | None = None) -> tuple[float, float]:
+        """(at the horizon's end, averaged over the steps): the weighted share of outcomes inside
+        the central `level` interval (`inside`: another (N, H) verdict, e.g. calibrated); NaN
+        for a point forecast."""
+        inside = self.inside[level] if inside is None and self.inside is not None else inside
+        if inside is None:
+            return float("nan"), float("nan")
+        inside = np.asarray(inside, dtype=np.float64)
+        return float(self.weights @ inside[:, -1]), float(self.weights @ inside.mean(axis=1))
 
 
 def sharpe_of(block_returns: dict[str, np.ndarray], blocks_per_year: dict[str, float]) -> float:

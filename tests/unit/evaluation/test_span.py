@@ -75,3 +75,56 @@ def test_a_gap_inside_the_span_no_origin_spans_it_and_lags_follow_the_calendar(t
     assert not spans_gap.any()
     layout = CalendarLayout.of(samples.symbols, samples.origin, settings.horizon, samples.horizon_end)
     assert layout.slots == (samples.origin.max() - samples.origin.min()) // pd.Timedelta(days=1).value + 1
+
+
+def test_the_naive_baseline_is_scored_beside_every_model_with_coverage_and_skill(model):
+    """naive: K seeded random-walk paths with the lookback's volatility, on the same origins; every
+    model gets val_crps_skill against it and the coverage of its 50/80/90% intervals."""
+    from kronos_rolling.evaluation.span import NAIVE, naive_paths
+
+    settings = EvalSettings(lookback=16, horizon=4, samples=8, max_origins=60, batch_size=64)
+    evaluation = evaluate_span(DataStore(), ["crypto"], JUNE_2018, {"base": model}, settings, None)
+    assert evaluation.models == ["base"]  # the baselines are not models
+    samples = evaluation.samples["crypto"]
+    paths = naive_paths(samples)
+    assert paths.shape == (evaluation.origins, 8, 4)
+    np.testing.assert_array_equal(paths, naive_paths(samples))  # seeded: the same figures every time
+    # Its spread is the lookback's: sigma * sqrt(h) in log returns, median the last close.
+    sigma = np.diff(np.log(samples.lookback_close), axis=1).std(axis=1, ddof=1)
+    steps = np.log(paths / samples.last_close[:, None, None])
+    assert np.median(np.abs(steps[:, :, 3]) / (sigma[:, None] * 2)) == pytest.approx(0.674, abs=0.15)
+    base, naive = evaluation.figures("base"), evaluation.figures(NAIVE)
+    assert naive["val_crps_skill"] == 0 and base["val_crps_skill"] == pytest.approx(
+        1 - base["val_crps"] / naive["val_crps"])
+    for figures in (base, naive):
+        for level in ("50", "80", "90"):
+            assert 0 <= figures[f"val_coverage_{level}"] <= 1 and 0 <= figures[f"val_coverage_{level}_steps"] <= 1
+        assert figures["val_coverage_50"] <= figures["val_coverage_80"] <= figures["val_coverage_90"]
+    assert np.isnan(evaluation.figures(PERSISTENCE)["val_coverage_80"])  # a point forecast has no interval
+    skill_diff = evaluation.difference("base", NAIVE, "val_crps_skill")
+    assert skill_diff.mean == pytest.approx(base["val_crps_skill"] - naive["val_crps_skill"])
+    crps_diff = evaluation.difference("base", NAIVE, "val_crps")
+    assert crps_diff.mean == pytest.approx(base["val_crps"] - naive["val_crps"])
+
+
+def test_a_calibration_is_fitted_per_class_and_scored_out_of_sample_only_after_its_span(model):
+    settings = EvalSettings(lookback=16, horizon=4, samples=8, max_origins=120, batch_size=64)
+    may = (pd.Timestamp("2018-05-01", tz="UTC"), pd.Timestamp("2018-06-01", tz="UTC"))
+    fitted_on = evaluate_span(DataStore(), ["crypto", "equity"], may, {"base": model}, settings, None)
+    calibration = fitted_on.fit_calibration("base", min_outcomes=100)
+    assert set(calibration.classes) == {"crypto"} and calibration.fitted_on == ("2018-05-01", "2018-06-01")
+    assert "fewer than the minimum 100" in calibration.not_fitted["equity"]
+    entry = calibration.classes["crypto"]
+    assert entry.coverage["calibrated_val_coverage_80"] == pytest.approx(0.8, abs=0.05)  # in sample
+    # On its own span: calibrated (in sample) figures, never "served" ones.
+    fitted_on.calibrations["base"] = calibration
+    assert "calibrated_val_coverage_80" in fitted_on.figures("base")
+    assert "served_val_coverage_80" not in fitted_on.figures("base")
+    # The next month: out of sample, served as the version carries it; withheld, the served
+    # intervals are the model's own.
+    june = evaluate_span(DataStore(), ["crypto"], JUNE_2018, {"base": model}, settings, None, {"base": calibration})
+    figures = june.figures("base")
+    assert figures["served_val_coverage_80"] == figures["calibrated_val_coverage_80"]
+    assert june.class_coverage("base", "crypto", calibration)[0.8] == pytest.approx(figures["calibrated_val_coverage_80"])
+    june.calibrations["base"] = calibration.with_withheld({"crypto"})
+    assert june.figures("base")["served_val_coverage_80"] == figures["val_coverage_80"]
