@@ -153,13 +153,17 @@ class Home:
 # -- decisions -----------------------------------------------------------------------------
 
 
+PRIMARY_METRICS = ("val_mae", "val_nll", "val_crps", "val_crps_skill")  # what the guard may decide on
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Every number the registry lifecycle decides or waits by; the pure decisions take one.
     docs/evaluation.md states the rules they feed."""
 
-    # Guard: the loss that decides (val_mae | val_nll | val_crps). A candidate is promoted only
-    # when it is strictly better on it than the reference (pooled, else the bare base) AND
+    # Guard: the figure that decides (val_mae | val_nll | val_crps: lower is better;
+    # val_crps_skill, 1 - val_crps / naive_val_crps: higher is better). A candidate is promoted
+    # only when it is strictly better on it than the reference (pooled, else the bare base) AND
     # than the current production, on the same origins; a tie keeps the incumbent.
     primary_metric: str = "val_mae"
     # Guard: require each difference's whole interval below zero (significance at the
@@ -202,14 +206,21 @@ class Thresholds:
     quarterly_interval_months: int = 3
     # Retention: newest versions kept per registered model (plus every aliased version).
     keep_versions: int = 6
+    # Calibration: the fewest validation outcomes (origins) a class's calibration is fitted on;
+    # with fewer the class serves uncalibrated quantiles and the version says so. With 100
+    # independent outcomes a conformal 80% interval's coverage varies by about 4 points.
+    calibration_min_outcomes: int = 100
+    # Guard: `miscalibrated` alert when the version about to serve covers more or less than
+    # 80% of outcomes by more than this (0.10: outside 70-90%) with its 80% intervals as served.
+    miscalibration_points: float = 0.10
 
     def __post_init__(self) -> None:
         if not (isinstance(self.confidence, float) and 0 < self.confidence < 1):
             raise ConfigError(f"threshold confidence={self.confidence!r} must lie strictly between 0 and 1 "
                               "(set KRONOS_CONFIDENCE to e.g. 0.9)")
-        if self.primary_metric not in ("val_mae", "val_nll", "val_crps"):
-            raise ConfigError(f"threshold primary_metric={self.primary_metric!r} must be val_mae, val_nll or "
-                              "val_crps (set KRONOS_PRIMARY_METRIC)")
+        if self.primary_metric not in PRIMARY_METRICS:
+            raise ConfigError(f"threshold primary_metric={self.primary_metric!r} must be one of "
+                              f"{', '.join(PRIMARY_METRICS)} (set KRONOS_PRIMARY_METRIC)")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(f.default, str):

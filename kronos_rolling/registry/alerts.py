@@ -32,6 +32,7 @@ WITHDRAWN = "withdrawn"
 NEGATIVE_SKILL = "negative_skill"
 CADENCE_CHANGED = "cadence_changed"
 VERSION_REFUSED = "version_refused"  # a version failed verification (registry/integrity.py) and does not serve
+MISCALIBRATED = "miscalibrated"  # what serves next covers far from 80% with its 80% intervals
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,15 @@ def guard_alerts(decision: GuardDecision, name: str, version: str | int) -> list
             f":chart_with_downwards_trend: {who}, which serves now, forecasts significantly worse than no "
             f"change (val_mae_skill {serving.val_mae_skill:.4g}; {serving.vs_persistence.describe()})"),
             {**fields, "serving": who, "val_mae_skill": serving.val_mae_skill}))
+    if decision.miscalibrated_alert:
+        serving = decision.candidate if decision.promote else decision.production
+        who = f"{name} v{version}" if decision.promote else f"{name} production v{serving.version or '?'}"
+        measured = ("with the calibration fitted on its validation month" if decision.promote
+                    else "out of sample, as served")
+        alerts.append(Alert(MISCALIBRATED, (
+            f":dart: {who}, which serves now, covers {serving.coverage_80:.1%} of outcomes with its 80% intervals "
+            f"({measured}); its quantiles are not to be trusted as stated"),
+            {**fields, "serving": who, "coverage_80": serving.coverage_80}))
     return alerts
 
 

@@ -4,7 +4,8 @@ They take figures measured by the evaluation on ONE evidence span (the candidate
 validation month, or the months a pending challenger has accumulated since), with paired
 differences (candidate - other, time-weighted over the same origins, with an interval
 whose coverage is measured: evaluation/compare.py) in the primary metric
-(`Thresholds.primary_metric`: val_mae, val_nll or val_crps; lower is better):
+(`Thresholds.primary_metric`: val_mae, val_nll or val_crps, lower is better; or
+val_crps_skill, higher is better: "beats" then means an interval above 0):
 
 decide_promotion (after a retrain, and each month a challenger waits for evidence):
   1. A candidate whose primary metric is not finite (a diverged run) is refused.
@@ -25,7 +26,14 @@ decide_promotion (after a retrain, and each month a challenger waits for evidenc
      refused too with `refuse_on_regression`. `negative_skill` when the version about to
      serve (the candidate if promoted, else production) is significantly worse than no
      change (its interval against persistence above 0); with `refuse_negative_skill` such
-     a candidate is refused.
+     a candidate is refused. `miscalibrated` when the version about to serve covers a share of
+     outcomes with its 80% intervals, as it would serve them, that is off 80% by more than
+     `miscalibration_points` (a candidate: with the calibration just fitted, on its validation
+     month; production: with the calibration it carries, out of sample).
+
+decide_calibration (each month, for every version that serves a class with a calibration):
+  its calibration keeps being served unless, out of sample, it made coverage worse: the mean
+  over the 50/80/90% intervals of |coverage - level| is larger calibrated than uncalibrated.
 
 decide_incumbent (every month, also when no retrain is due):
   @production is withdrawn when its val_mae is more than `withdraw_ratio` above what the
@@ -63,6 +71,8 @@ class EvalFigures:
     val_end: date | None = None
     version: str | None = None  # the registry version these figures belong to, if any
     vs_persistence: Difference | None = None  # this model - no change, in val_mae (negative skill, measured)
+    val_crps_skill: float = math.nan  # 1 - val_crps / naive_val_crps
+    coverage_80: float = math.nan  # share of outcomes inside its 80% intervals as it would serve them
 
     def metric(self, name: str) -> float:
         return getattr(self, name)
@@ -90,6 +100,7 @@ class GuardDecision:
     negative_skill_alert: bool
     sharpe_change: Difference | None  # candidate - what served, val_sharpe (the cadence's measure)
     evidence: Difference | None = None  # the comparison that decided (the closer call when both passed)
+    miscalibrated_alert: bool = False  # what serves next covers far from 80% with its 80% intervals
 
     @property
     def promote(self) -> bool:
@@ -122,6 +133,7 @@ class GuardDecision:
             "guard_reference": self.reference or "none",
             "regression_alert": str(self.regression_alert).lower(),
             "negative_skill_alert": str(self.negative_skill_alert).lower(),
+            "miscalibrated_alert": str(self.miscalibrated_alert).lower(),
         })
         for label, figures in (("pooled", self.pooled), ("production", self.production), ("base", self.base)):
             if figures is not None:
@@ -159,10 +171,15 @@ class GuardDecision:
             text += " Regression alert raised."
         if self.negative_skill_alert:
             text += " Significantly worse than no change: negative_skill alert raised."
+        if self.miscalibrated_alert:
+            serving = self.candidate if self.promote else self.production
+            text += (f" Its 80% intervals cover {serving.coverage_80:.0%} of outcomes as served: miscalibrated "
+                     "alert raised.")
         return text
 
 
-FIGURES = ("val_mae", "val_nll", "val_crps", "val_mae_skill", "val_sharpe")
+FIGURES = ("val_mae", "val_nll", "val_crps", "val_mae_skill", "val_crps_skill", "val_sharpe", "coverage_80")
+HIGHER_IS_BETTER = ("val_crps_skill",)  # every other primary metric is a loss
 
 
 def decide_promotion(candidate: EvalFigures, *, pooled: EvalFigures | None, production: EvalFigures | None,
@@ -197,8 +214,22 @@ def decide_promotion(candidate: EvalFigures, *, pooled: EvalFigures | None, prod
                                     f"({candidate.vs_persistence.describe()}) and refuse_negative_skill is on")
     serving = candidate if outcome == PROMOTED else production
     negative_skill = serving is not None and serving.significantly_worse_than_no_change
+    miscalibrated = serving is not None and miscalibrated_80(serving.coverage_80, thresholds)
     return GuardDecision(outcome, reason, metric, reference, candidate, reference_figures, production, pooled, base,
-                         vs_reference, vs_production, regression, negative_skill, sharpe_change, evidence)
+                         vs_reference, vs_production, regression, negative_skill, sharpe_change, evidence,
+                         miscalibrated)
+
+
+def miscalibrated_80(coverage_80: float, thresholds: Thresholds) -> bool:
+    """80% intervals that cover a share off 80% by more than `miscalibration_points` (NaN: unknown, no)."""
+    return math.isfinite(coverage_80) and abs(coverage_80 - 0.8) > thresholds.miscalibration_points + 1e-12
+
+
+def _as_loss(difference: Difference) -> tuple[float, float, float]:
+    """(mean, lo, hi) of `difference` oriented as a loss (below 0: the first is better)."""
+    if difference.metric not in HIGHER_IS_BETTER:
+        return difference.mean, difference.lo, difference.hi
+    return -difference.mean, -difference.hi, -difference.lo
 
 
 def _significantly_above_zero(difference: Difference | None) -> bool:
@@ -235,7 +266,7 @@ def _judge(candidate, reference, reference_figures, vs_reference, production, vs
         if not beats:
             return REFUSED, f"{reasons[0]}, but {why}", vs_production
         reasons.append(why)
-        if vs_production.hi > vs_reference.hi:  # the closer call is the one that decided
+        if _as_loss(vs_production)[2] > _as_loss(vs_reference)[2]:  # the closer call is the one that decided
             evidence = vs_production
     return PROMOTED, "; ".join(reasons), evidence
 
@@ -244,15 +275,17 @@ def _beats(difference: Difference, other: str, thresholds: Thresholds) -> tuple[
     interval = (f" [{difference.lo:+.3g}, {difference.hi:+.3g}] on {difference.horizons:.1f} horizons"
                 if difference.has_interval else "")
     shown = f"{difference.metric} difference {difference.mean:+.3g}{interval}"
-    if not math.isfinite(difference.mean):
+    worse_side = "lower" if difference.metric in HIGHER_IS_BETTER else "higher"
+    mean, lo, hi = _as_loss(difference)  # below 0: the candidate is better
+    if not math.isfinite(mean):
         return False, f"no {difference.metric} difference with the {other}"
-    if difference.mean == 0:
+    if mean == 0:
         return False, f"ties the {other} ({shown}): a tie keeps the incumbent"
-    if difference.mean > 0:
-        if difference.has_interval and difference.lo > 0:
+    if mean > 0:
+        if difference.has_interval and lo > 0:
             return False, f"is worse than the {other} ({shown})"
-        return False, f"does not beat the {other} ({shown}: higher on average, not significantly)"
-    if thresholds.min_confidence and not (difference.has_interval and difference.hi < 0):
+        return False, f"does not beat the {other} ({shown}: {worse_side} on average, not significantly)"
+    if thresholds.min_confidence and not (difference.has_interval and hi < 0):
         return False, f"is not significantly better than the {other} ({shown} reaches 0)"
     return True, f"beats the {other} ({shown})"
 
@@ -304,6 +337,32 @@ def decide_incumbent(production: EvalFigures, fallback: EvalFigures, difference:
                              f"({difference.describe()})")
     return decided(False, f"{shown}: more than {thresholds.withdraw_ratio:.0%} worse on average, but not "
                           f"significantly ({difference.describe()}); it stays")
+
+
+@dataclass(frozen=True)
+class CalibrationDecision:
+    served: bool
+    reason: str
+
+
+def decide_calibration(uncalibrated: dict[float, float], calibrated: dict[float, float], *, span: str
+                       ) -> CalibrationDecision:
+    """Serve a calibration unless, out of sample (`span`), it moved the coverage of the central
+    intervals (level -> share of outcomes inside) further from their levels on average than
+    the uncalibrated intervals were. Unknown coverage (NaN) keeps it served."""
+    def error(coverage: dict[float, float]) -> float:
+        return sum(abs(value - level) for level, value in coverage.items()) / len(coverage)
+
+    shown = ", ".join(f"{level:.0%}: {calibrated[level]:.1%} calibrated vs {uncalibrated[level]:.1%} uncalibrated"
+                      for level in sorted(calibrated))
+    before, after = error(uncalibrated), error(calibrated)
+    if not (math.isfinite(before) and math.isfinite(after)):
+        return CalibrationDecision(True, f"coverage on {span} not measured ({shown}); the calibration stays served")
+    if after > before:
+        return CalibrationDecision(False, f"out of sample on {span} the calibration made coverage worse (mean "
+                                          f"error {after:.1%} vs {before:.1%} uncalibrated; {shown}); it is not served")
+    return CalibrationDecision(True, f"out of sample on {span} the calibration kept or improved coverage (mean "
+                                     f"error {after:.1%} vs {before:.1%} uncalibrated; {shown}); it is served")
 
 
 def _check_same_span(candidate: EvalFigures, *others: EvalFigures | None) -> None:

@@ -211,3 +211,70 @@ def test_the_incumbent_is_judged_against_the_bare_base_when_no_pooled_version_se
 def test_bad_thresholds_are_refused(overrides):
     with pytest.raises(ConfigError, match=list(overrides)[0]):
         Thresholds(**overrides)
+
+
+def skill_difference(candidate: float, other: float, width: float = 0.01) -> Difference:
+    """candidate - other in val_crps_skill (higher is better), +/- width on 10 horizons."""
+    mean = candidate - other
+    return Difference("val_crps_skill", mean, mean - width, mean + width, 100, 0.9, horizons=10, dof=4)
+
+
+@pytest.mark.parametrize("candidate_skill, pooled_skill, promote, words", [
+    (0.20, 0.10, True, "beats the pooled (val_crps_skill difference +0.1"),
+    (0.10, 0.20, False, "is worse than the pooled"),
+    (0.105, 0.10, False, "is not significantly better than the pooled"),
+    (0.10, 0.10, False, "ties the pooled"),
+    (0.095, 0.10, False, "lower on average, not significantly"),
+])
+def test_val_crps_skill_as_the_primary_metric_is_higher_is_better(candidate_skill, pooled_skill, promote, words):
+    candidate = EvalFigures(1.0, 0.5, val_crps_skill=candidate_skill, origins=100)
+    pooled = EvalFigures(1.0, 0.5, val_crps_skill=pooled_skill, origins=100)
+    decision = decide_promotion(candidate, pooled=pooled, production=None, base=None,
+                                vs_pooled=skill_difference(candidate_skill, pooled_skill), vs_production=None,
+                                vs_base=None, thresholds=Thresholds(primary_metric="val_crps_skill"))
+    assert decision.promote is promote and words in decision.reason, decision.reason
+    assert decision.metric == "val_crps_skill"
+
+
+def test_with_a_skill_the_closer_call_against_production_is_the_evidence():
+    candidate = EvalFigures(1.0, 0.5, val_crps_skill=0.3, origins=100)
+    pooled = EvalFigures(1.0, 0.5, val_crps_skill=0.1, origins=100)
+    production = EvalFigures(1.0, 0.5, val_crps_skill=0.25, origins=100, version="4")
+    decision = decide_promotion(candidate, pooled=pooled, production=production, base=None,
+                                vs_pooled=skill_difference(0.3, 0.1), vs_production=skill_difference(0.3, 0.25),
+                                vs_base=None, thresholds=Thresholds(primary_metric="val_crps_skill"))
+    assert decision.promote and decision.evidence.mean == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("promoted, candidate_coverage, production_coverage, points, alert", [
+    (True, 0.79, 0.5, 0.10, False),  # the candidate serves next: its own coverage counts
+    (True, 0.65, 0.8, 0.10, True),
+    (False, 0.8, 0.69, 0.10, True),  # refused: production keeps serving, off by 11 points
+    (False, 0.8, 0.71, 0.10, False),
+    (False, 0.8, 0.88, 0.05, True),  # a tighter setting
+    (False, 0.8, NAN, 0.10, False),  # not measured: no alert
+])
+def test_miscalibrated_alert_for_what_serves_next(promoted, candidate_coverage, production_coverage, points, alert):
+    candidate = EvalFigures(0.9 if promoted else 1.1, 0.5, origins=100, coverage_80=candidate_coverage)
+    pooled = EvalFigures(1.0, 0.5, origins=100)
+    production = EvalFigures(0.95 if promoted else 1.0, 0.5, origins=100, version="2", coverage_80=production_coverage)
+    decision = decide_promotion(candidate, pooled=pooled, production=production, base=None,
+                                vs_pooled=difference(candidate, pooled), vs_production=difference(candidate, production),
+                                vs_base=None, thresholds=Thresholds(miscalibration_points=points))
+    assert decision.promote is promoted
+    assert decision.miscalibrated_alert is alert
+    assert decision.as_tags()["miscalibrated_alert"] == str(alert).lower()
+    assert ("miscalibrated alert raised" in decision.describe()) is alert
+
+
+def test_a_calibration_that_made_coverage_worse_out_of_sample_is_not_served():
+    from kronos_rolling.registry.guard import decide_calibration
+
+    worse = decide_calibration({0.5: 0.45, 0.8: 0.75, 0.9: 0.86}, {0.5: 0.62, 0.8: 0.93, 0.9: 0.98},
+                               span="2018-02-01..2018-03-01")
+    assert not worse.served and "made coverage worse" in worse.reason and "2018-02-01..2018-03-01" in worse.reason
+    assert "80%: 93.0% calibrated vs 75.0% uncalibrated" in worse.reason
+    better = decide_calibration({0.5: 0.25, 0.8: 0.46, 0.9: 0.46}, {0.5: 0.49, 0.8: 0.81, 0.9: 0.91}, span="s")
+    assert better.served and "it is served" in better.reason
+    unknown = decide_calibration({0.5: NAN, 0.8: NAN, 0.9: NAN}, {0.5: NAN, 0.8: NAN, 0.9: NAN}, span="s")
+    assert unknown.served
