@@ -14,7 +14,7 @@ Registered-model tags (and description: the audit trail as a table, registry/his
     kronos.audit.NNNNNN    JSON, one per promotion / rollback / refusal / cadence change / retention
 Version tags
     at registration (pipeline/steps.register_step): asset_class, as_of, train_window, val_span,
-    val_mae, val_nll, val_sharpe, warm_start; sha256.<file> per adapter file
+    val_mae, val_nll, val_sharpe, warm_start, calibration; sha256.<file> per adapter file
     (tracking/pyfunc.register_adapter_model), checked before a version serves (registry/integrity.py);
     from the guard's decision, the few a person reads (registry/promotion.GUARD_VERSION_TAGS:
     guard_decision, guard_reason, guard_reference, vs_reference_diff[_lo|_hi], val_mae_skill,
@@ -22,7 +22,10 @@ Version tags
     guard/decision.json on the training run);
     latest_decision, latest_reason: the newest word on the version (the guard's, or a promote,
     rollback or withdrawal after it); rolled_back_reason on a version a rollback moved away
-    from; withdrawn_reason on a version the monthly incumbent check took @production from.
+    from; withdrawn_reason on a version the monthly incumbent check took @production from;
+    calibration_served.<class> (true/false) and calibration_reason.<class>: whether the version's
+    calibration for that class is served, decided out of sample each month (pipeline/calibrate.py;
+    no tag: served). The calibration itself is calibration.json in the adapter bundle.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ CADENCE_TAG = "kronos.cadence"
 AUDIT_TAG_PREFIX = "kronos.audit."
 ROLLED_BACK_TAG = "rolled_back_reason"
 WITHDRAWN_TAG = "withdrawn_reason"
+CALIBRATION_TAG = "calibration"  # at registration: per class, fitted (on what) or why not
+CALIBRATION_SERVED_TAG = "calibration_served."  # + class: "false" when withheld
+CALIBRATION_REASON_TAG = "calibration_reason."  # + class: why it is served or not
+
+
+def withheld_calibrations(tags: dict[str, str] | None) -> frozenset[str]:
+    """The classes whose calibration a version's tags withhold (made coverage worse out of sample)."""
+    return frozenset(key[len(CALIBRATION_SERVED_TAG):] for key, value in (tags or {}).items()
+                     if key.startswith(CALIBRATION_SERVED_TAG) and value == "false")
 
 
 def model_targets() -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from kronos_rolling import ASSET_CLASSES
-from kronos_rolling.cli.options import data_option, settings_of
+from kronos_rolling.cli.options import connect, data_option, settings_of, tracking_uri_option
 from kronos_rolling.errors import ModelError
 from kronos_rolling.model.config import MODEL_SIZES
 from kronos_rolling.training.pretrain.config import DEFAULT_UNTIL, PretrainConfig
@@ -61,8 +61,13 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
 
 
 @click.command()
-@click.option("--model", "model_source", required=True, help="Predictor folder or hub id.")
-@click.option("--tokenizer", "tokenizer_source", required=True, help="Tokenizer folder or hub id.")
+@click.option("--model", "model_source", default=None,
+              help="Predictor folder or hub id [required without --adapter; with it: the adapter's base].")
+@click.option("--tokenizer", "tokenizer_source", default=None, help="Tokenizer folder or hub id (with --model).")
+@click.option("--adapter", default=None,
+              help="Forecast with a registered version or adapter on its base: models:/kronos-lora-crypto@production, "
+                   "runs:/<run id>/adapter or a bundle folder; its calibration then applies to the close quantiles.")
+@tracking_uri_option
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Bars: timestamp, open, high, low, close (volume, amount optional); read and checked as "
                    "`data import` reads them (any case, unix seconds or ms, UTC offsets).")
@@ -72,7 +77,8 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
               help="Nucleus sampling mass (when top-k is 0).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Sample paths to average.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Sample paths whose median is the forecast [default: 1; 32 or more with --quantiles].")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed that makes sampling reproducible.")
 @click.option("--max-context", type=click.IntRange(min=1), default=None,
               help="Context of the predictor in bars [default: 2048 for Kronos-mini, else 512].")
@@ -83,29 +89,57 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--precision", type=click.Choice(["float32", "bf16", "fp16"]), default="float32", show_default=True,
               help="Autocast precision (bf16/fp16 need CUDA).")
-@click.option("--quantiles", is_flag=True, help="Add p10/p50/p90 columns across the sample paths.")
+@click.option("--quantiles", default=None, is_flag=False, flag_value="true", metavar="[LEVELS]",
+              help="Add quantile columns across the sample paths: levels such as 0.05,0.5,0.95 (columns <column>_p5, "
+                   "_p50, _p95), or no value for p10/p50/p90.")
 @click.option("--revision", default=None, help="Hub revision for --model and --tokenizer ids.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="CSV to write: timestamp + open..amount of the mean forecast.")
-def forecast(model_source, tokenizer_source, csv_path, pred_len, top_k, top_p, temperature, samples, seed,
-             max_context, lookback, asset_class, device, precision, quantiles, revision, out_path):
+              help="CSV to write: timestamp + open..amount of the point forecast (the median of the paths).")
+def forecast(model_source, tokenizer_source, adapter, tracking_uri, csv_path, pred_len, top_k, top_p, temperature,
+             samples, seed, max_context, lookback, asset_class, device, precision, quantiles, revision, out_path):
     """Forecast the next bars of a CSV of candles."""
+    from kronos_rolling.evaluation.calibration import apply_calibration
     from kronos_rolling.model.forecast import Forecaster
     from kronos_rolling.model.kronos import Kronos
+    from kronos_rolling.model.quantiles import paths_for, quantile_levels
     from kronos_rolling.model.tokenizer import KronosTokenizer
 
-    predictor = Kronos.from_pretrained(model_source, revision=revision)
-    tokenizer = KronosTokenizer.from_pretrained(tokenizer_source, revision=revision)
-    forecaster = Forecaster(predictor, tokenizer, device=device, max_context=max_context, precision=precision)
+    levels = quantile_levels(quantiles)
+    calibration = note = None
+    if adapter is not None:
+        from kronos_rolling.tracking.adapters import calibration_of, fetch_adapter, load_forecast_model
+
+        source = fetch_adapter(adapter, None if Path(adapter).expanduser().is_dir() else connect(tracking_uri))
+        if source.registered_model is not None:  # checked as before it may serve: files, weights, calibration
+            from kronos_rolling.registry.integrity import check_bundle
+
+            check_bundle(source.bundle_dir, source.registered_model, source.version, source.tags)
+        loaded = load_forecast_model(source)
+        predictor, tokenizer, events = loaded.model, loaded.tokenizer, loaded.event_embedding
+        calibration, asset_class = calibration_of(source), asset_class or source.metadata.get("asset_class")
+        max_context = max_context or loaded.max_context
+    elif model_source is None or tokenizer_source is None:
+        raise click.UsageError("give --model and --tokenizer (a base), or --adapter (a version on its base)")
+    else:
+        predictor = Kronos.from_pretrained(model_source, revision=revision)
+        tokenizer = KronosTokenizer.from_pretrained(tokenizer_source, revision=revision)
+        events = None
+    forecaster = Forecaster(predictor, tokenizer, device=device, max_context=max_context, precision=precision,
+                            event_embedding=events)
     result = forecaster.forecast(
-        csv_path, pred_len, temperature=temperature, top_k=top_k, top_p=top_p, samples=samples, seed=seed,
-        quantiles=quantiles, lookback=lookback, asset_class=asset_class,
+        csv_path, pred_len, temperature=temperature, top_k=top_k, top_p=top_p, samples=paths_for(samples, levels),
+        seed=seed, quantiles=levels, lookback=lookback, asset_class=asset_class,
     )
+    if levels:
+        note = apply_calibration(result, levels, calibration, asset_class,
+                                 source.describe() if adapter is not None else "the bare base")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.name}.partial")
     result.to_frame().to_csv(partial, index=False)
     os.replace(partial, out_path)
     click.echo(f"wrote {pred_len} forecast bars to {out_path}", err=True)
+    if note:
+        click.echo(f"calibration: {note}", err=True)
 
 
 @click.command("pretrain")

@@ -26,9 +26,8 @@ from kronos_rolling.model.config import default_max_context
 from kronos_rolling.model.device import resolve_device
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.generate import _unwrap, check_pair, check_sampling, generate
+from kronos_rolling.model.quantiles import path_quantiles, quantile_levels, quantile_name
 from kronos_rolling.model.tokenizer import KronosTokenizer
-
-QUANTILES = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
 
 
 PRECISIONS = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,21 +38,31 @@ class ForecastResult:
     """Forecast of one series, in price units.
 
     mean: `timestamp` + open..amount, the average over sample paths (the reference's output).
-    paths: one such frame per sample path (when asked). quantiles: p10/p50/p90 frames
-    across the paths (when asked).
+    point: the same columns, the median over sample paths, column by column: the point
+    forecast the evaluation scores (docs/evaluation.md) and every entry point returns.
+    paths: one such frame per sample path (when asked). quantiles: one frame per level asked
+    (model/quantiles.py: `p10`, `p5`, ...) across the paths; close_paths: (K, H) the paths'
+    closes, so a caller can apply a calibration to the close quantiles (when quantiles were asked).
     """
 
     mean: pd.DataFrame
     paths: list[pd.DataFrame] | None = None
     quantiles: dict[str, pd.DataFrame] | None = None
+    point: pd.DataFrame | None = None
+    close_paths: np.ndarray | None = None
 
     def to_frame(self) -> pd.DataFrame:
-        """The mean frame, plus `<column>_p10/_p50/_p90` columns when quantiles were computed."""
-        frame = self.mean.copy()
+        """The point forecast, plus `<column>_<p10|p5|...>` columns when quantiles were computed."""
+        frame = (self.point if self.point is not None else self.mean).copy()
         for name, band in (self.quantiles or {}).items():
             for column in FEATURE_COLUMNS:
                 frame[f"{column}_{name}"] = band[column].to_numpy()
         return frame
+
+    def set_close_quantiles(self, levels, values: np.ndarray) -> None:
+        """Replace the close of each quantile frame (e.g. with calibrated values, (len(levels), H))."""
+        for level, row in zip(levels, np.asarray(values)):
+            self.quantiles[quantile_name(level)]["close"] = row
 
 
 @dataclass
@@ -159,7 +168,7 @@ class Forecaster:
 
     def forecast(self, bars, pred_len: int, future_timestamps=None, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 0.9, samples: int = 1, seed: int | None = None, event_ids=None,
-                 quantiles: bool = False, return_paths: bool = False, lookback: int | None = None,
+                 quantiles=False, return_paths: bool = False, lookback: int | None = None,
                  asset_class=None):
         """Forecast `pred_len` bars after each series.
 
@@ -170,7 +179,9 @@ class Forecaster:
         timestamps default to the series' own calendar and its asset class's market hours,
         event ids cover the bars plus the horizon. lookback: use only the last N bars
         (default: all). top_k=1 is greedy and deterministic; seed makes sampling
-        reproducible.
+        reproducible. quantiles: levels (model/quantiles.py: a list such as [0.05, 0.5, 0.95],
+        or True for p10/p50/p90) from the `samples` paths (the entry points ask for at least
+        `quantiles.paths_for` of them).
         """
         if isinstance(bars, (str, os.PathLike)):
             bars = read_bars_file(bars)
@@ -188,6 +199,7 @@ class Forecaster:
             )
         if any(e is not None for e in events) and self.event_embedding is None:
             raise ConfigError("event_ids given but this Forecaster has no event_embedding")
+        levels = quantile_levels(quantiles)
         check_sampling(temperature, top_k, top_p, samples)
         if pred_len < 1:
             raise ConfigError(f"pred_len must be >= 1 bar, got {pred_len}")
@@ -227,7 +239,7 @@ class Forecaster:
             lengths=None if min(lengths) == longest else lengths, autocast_dtype=self.autocast_dtype,
         ).numpy()
 
-        results = [self._result(p, paths[i], quantiles, return_paths) for i, p in enumerate(prepared)]
+        results = [self._result(p, paths[i], levels, return_paths) for i, p in enumerate(prepared)]
         for i, result in enumerate(results):
             if not np.isfinite(result.mean[FEATURE_COLUMNS].to_numpy()).all():
                 raise DataError(f"{'bars' if single else f'series {i}'}: the forecast is not finite; the bars' "
@@ -235,7 +247,8 @@ class Forecaster:
         return results[0] if single else results
 
     @staticmethod
-    def _result(series: PreparedSeries, normalised_paths: np.ndarray, quantiles: bool, return_paths: bool):
+    def _result(series: PreparedSeries, normalised_paths: np.ndarray, levels: tuple[float, ...],
+                return_paths: bool):
         price_paths = denormalize(normalised_paths, series.mean, series.std)  # (S, H, 6)
 
         def frame(values: np.ndarray) -> pd.DataFrame:
@@ -243,11 +256,11 @@ class Forecaster:
             out.insert(0, "timestamp", series.future.to_numpy())
             return out
 
+        bands = path_quantiles(price_paths, levels) if levels else None  # (levels, H, 6)
         return ForecastResult(
             mean=frame(price_paths.mean(axis=0)),
             paths=[frame(path) for path in price_paths] if return_paths else None,
-            quantiles=(
-                {name: frame(np.quantile(price_paths, q, axis=0)) for name, q in QUANTILES.items()}
-                if quantiles else None
-            ),
+            quantiles={quantile_name(q): frame(band) for q, band in zip(levels, bands)} if levels else None,
+            point=frame(np.median(price_paths, axis=0)),
+            close_paths=price_paths[..., FEATURE_COLUMNS.index("close")] if levels else None,
         )

@@ -39,7 +39,7 @@ from kronos_rolling.registry.client import call, find_version, is_missing
 from kronos_rolling.registry.guard import PENDING, GuardDecision
 from kronos_rolling.names import POOLED, STAGING, registered_model_name
 from kronos_rolling.registry.promotion import GUARD_DECISION_TAG, AliasMove, apply_guard_decision
-from kronos_rolling.tracking.adapters import base_of, fetch_adapter, load_forecast_model
+from kronos_rolling.tracking.adapters import base_of, calibration_of, fetch_adapter, load_forecast_model
 from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,9 @@ def challenger_step(label: str, ctx: JobContext, as_of: date, version: ModelVers
     challenger = load_forecast_model(source)
     refs = reference_models(ctx.tracking, label, base_of(source))
     classes = [c for c in (ASSET_CLASSES if label == POOLED else [label]) if ctx.store.symbols_for(c)]
+    calibrations = {**refs.calibrations, **({"candidate": own} if (own := calibration_of(source)) else {})}
     evaluation = evaluate_span(ctx.store, classes, span, {"candidate": challenger, **refs.models}, settings,
-                               challenger.vocabulary)
+                               challenger.vocabulary, calibrations)
     decision = judge_candidate(evaluation, label, refs.versions, ctx.thresholds, evidence_months=months)
     with start_run(ctx.tracking, evaluations_experiment_name(label),
                    run_name=f"{label}-{as_of}-challenger-v{version.version}") as run:

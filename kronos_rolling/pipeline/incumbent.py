@@ -23,7 +23,7 @@ again, and `rollback` puts the withdrawn version back.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import pandas as pd
@@ -39,7 +39,7 @@ from kronos_rolling.registry.alerts import DeliveryResult
 from kronos_rolling.registry.guard import IncumbentDecision, decide_incumbent
 from kronos_rolling.names import POOLED, registered_model_name
 from kronos_rolling.registry.promotion import AliasMove, withdraw_production
-from kronos_rolling.tracking.adapters import base_of, load_base_forecast_model, load_forecast_model
+from kronos_rolling.tracking.adapters import base_of, calibration_of, load_base_forecast_model, load_forecast_model
 from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
 from kronos_rolling.training.config import TrainConfig
 
@@ -54,6 +54,7 @@ class IncumbentCheck:
     run_id: str | None = None  # the evaluation-only run, when one was made
     move: AliasMove | None = None  # the withdrawal, when there was one
     deliveries: list[DeliveryResult] | None = None
+    versions: dict[str, str] = field(default_factory=dict)  # production / pooled -> the registry versions evaluated
 
 
 def check_incumbent(label: str, ctx: JobContext, evaluation: SpanEvaluation, versions: dict[str, str]
@@ -61,12 +62,13 @@ def check_incumbent(label: str, ctx: JobContext, evaluation: SpanEvaluation, ver
     """Apply the rule to figures already measured: production and its fallback on one span."""
     fallback = fallback_name(evaluation)
     if "production" not in evaluation.models or fallback is None:
-        return IncumbentCheck(None, "no production, or nothing it would fall back to, to compare", evaluation)
+        return IncumbentCheck(None, "no production, or nothing it would fall back to, to compare", evaluation,
+                              versions=versions)
     production = figures_of(evaluation, "production", versions.get("production"))
     fallback_figures = figures_of(evaluation, fallback, versions.get(fallback))
     difference = evaluation.difference("production", fallback, "val_mae")  # the phase rule is about val_mae
     decision = decide_incumbent(production, fallback_figures, difference, ctx.thresholds, fallback_name=fallback)
-    check = IncumbentCheck(decision, decision.reason, evaluation)
+    check = IncumbentCheck(decision, decision.reason, evaluation, versions=versions)
     log.info("%s: incumbent check: %s", registered_model_name(label), decision.reason)
     if decision.withdraw:
         check.move = withdraw_production(
@@ -122,8 +124,12 @@ def incumbent_step(label: str, ctx: JobContext, as_of: date, eval_settings: Eval
     fallback_model = (load_forecast_model(pooled) if pooled is not None
                       else load_base_forecast_model(base_of(production)))
     models = {"production": production_model, fallback: fallback_model}
+    calibrations = {name: c for name, c in (("production", calibration_of(production)),
+                                            ("pooled", calibration_of(pooled) if pooled is not None else None))
+                    if c is not None}
     try:
-        evaluation = evaluate_span(ctx.store, [label], span, models, settings, production_model.vocabulary)
+        evaluation = evaluate_span(ctx.store, [label], span, models, settings, production_model.vocabulary,
+                                   calibrations)
     except DataError as exc:
         return IncumbentCheck(None, f"no data to check on: {exc}")
     versions = {"production": production.version, **({"pooled": pooled.version} if pooled is not None else {})}

@@ -31,6 +31,7 @@ from kronos_rolling.pipeline.challenger import (
     judged_this_month,
     pending_challenger,
 )
+from kronos_rolling.pipeline.calibrate import CalibrationCheck, calibration_step
 from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.incumbent import IncumbentCheck, incumbent_step
 from kronos_rolling.evaluation.config import settings_for
@@ -72,6 +73,7 @@ class JobResult:
     incumbent: IncumbentCheck | None = None  # the monthly check of @production against its fallback
     challenger: ChallengerCheck | None = None  # a pending challenger judged again instead of a retrain
     pooled_challenger: ChallengerCheck | None = None  # a pending pooled candidate this job judged first
+    calibration: list[CalibrationCheck] = field(default_factory=list)  # serving calibrations checked out of sample
 
     @property
     def promoted(self) -> bool:
@@ -105,8 +107,10 @@ def monthly_job(config: TrainConfig, ctx: JobContext, *, warm_start: str | None 
             if not due.due:
                 log.info("%s: not due on %s: %s", label, as_of, due.reason)
                 incumbent = incumbent_step(label, ctx, as_of, eval_settings)
+                checks = (calibration_step(label, ctx, incumbent.evaluation, incumbent.versions)
+                          if incumbent.evaluation is not None else [])
                 return JobResult(label, as_of, False, due.reason, incumbent=incumbent,
-                                 pooled_challenger=pooled_check)
+                                 pooled_challenger=pooled_check, calibration=checks)
             reason = due.reason
         else:
             reason = "pooled adapter (trained on demand)" if label == POOLED else "due check skipped"
@@ -156,7 +160,8 @@ def _judge_challenger(label: str, as_of: date, ctx: JobContext, eval_settings, w
                                        versions=check.versions)
     reason = f"challenger v{check.version} pending: judged again on {check.months} month(s) of evidence"
     return JobResult(label, as_of, False, reason, check.version, check.decision, alerts=check.deliveries,
-                     incumbent=incumbent, challenger=check)
+                     incumbent=incumbent, challenger=check,
+                     calibration=calibration_step(label, ctx, check.evaluation, check.versions))
 
 
 def list_versions_if_any(client, name: str):
@@ -185,13 +190,14 @@ def _train_and_decide(config: TrainConfig, ctx: JobContext, reason: str, *, warm
         return JobResult(label, as_of, True, reason, outcome=outcome)
     version = register_step(outcome, ctx)
     decision, conclusion = guard_step(outcome, version, ctx)
+    checks = calibration_step(label, ctx, outcome.evaluation, outcome.compared_versions)
     incumbent = None
     if not decision.promote and label != POOLED:  # the production that stays is checked (on these figures
         incumbent = incumbent_step(label, ctx, as_of, eval_settings,  # when the spans agree)
                                    measured=outcome.evaluation, versions=outcome.compared_versions)
     retention = retention_step(label, ctx)
     return JobResult(label, as_of, True, reason, version, decision, retention, outcome,
-                     conclusion.deliveries, incumbent)
+                     conclusion.deliveries, incumbent, calibration=checks)
 
 
 def alert_job_failed(label: str, as_of: date, exc: BaseException, webhook: str | None) -> DeliveryResult:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from mlflow.exceptions import MlflowException
 
+from kronos_rolling.evaluation.calibration import Calibration
 from kronos_rolling.evaluation.forecasts import ForecastModel
 from kronos_rolling.evaluation.span import PERSISTENCE, SpanEvaluation
 from kronos_rolling.model.base import BaseModelRef
@@ -22,6 +23,7 @@ from kronos_rolling.registry.guard import EvalFigures
 from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.tracking.adapters import (
     AdapterSource,
+    calibration_of,
     fetch_adapter,
     load_base_forecast_model,
     load_forecast_model,
@@ -33,6 +35,7 @@ from kronos_rolling.tracking.context import Tracking
 class References:
     models: dict[str, ForecastModel] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)  # name -> registry version evaluated
+    calibrations: dict[str, Calibration] = field(default_factory=dict)  # name -> the calibration it carries
 
 
 def production_source(tracking: Tracking, label: str) -> AdapterSource | None:
@@ -61,6 +64,9 @@ def reference_models(tracking: Tracking, label: str, base: BaseModelRef,
         refs.models[name] = loaded[key]
         if source.version:
             refs.versions[name] = source.version
+        calibration = calibration_of(source)
+        if calibration is not None:
+            refs.calibrations[name] = calibration
     refs.models["base"] = load_base_forecast_model(base)
     return refs
 
@@ -77,6 +83,10 @@ def figures_of(evaluation: SpanEvaluation, name: str, version: str | None = None
         return None
     f = evaluation.figures(name)
     start, end = evaluation.span
+    # As it would serve: out of sample with the calibration it carries, else with the one just
+    # fitted on this span (a candidate's), else uncalibrated.
+    coverage = f.get("served_val_coverage_80", f.get("calibrated_val_coverage_80", f["val_coverage_80"]))
     return EvalFigures(f["val_mae"], f["val_sharpe"], f["val_nll"], f["val_crps"], f["val_mae_skill"],
                        int(f["val_origins"]), start.date(), end.date(), version,
-                       evaluation.difference(name, PERSISTENCE, "val_mae"))
+                       evaluation.difference(name, PERSISTENCE, "val_mae"), val_crps_skill=f["val_crps_skill"],
+                       coverage_80=coverage)

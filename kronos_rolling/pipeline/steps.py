@@ -35,11 +35,12 @@ from kronos_rolling.data.windows import (
     shortfall_summary,
 )
 from kronos_rolling.errors import ConfigError, RegistryError
+from kronos_rolling.evaluation.calibration import Calibration
 from kronos_rolling.evaluation.compare import Difference
 from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.evaluation.forecasts import ForecastModel
 from kronos_rolling.evaluation.report import log_evaluation
-from kronos_rolling.evaluation.span import PERSISTENCE, SpanEvaluation, evaluate_span
+from kronos_rolling.evaluation.span import NAIVE, PERSISTENCE, SpanEvaluation, evaluate_span
 from kronos_rolling.locks import training_lock
 from kronos_rolling.model.device import resolve_device
 from kronos_rolling.pipeline.context import JobContext
@@ -50,7 +51,7 @@ from kronos_rolling.registry.cleanup import (
 )
 from kronos_rolling.registry.guard import EvalFigures, GuardDecision, decide_promotion
 from kronos_rolling.registry.lifecycle import RetrainConclusion, conclude_retrain
-from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.names import CALIBRATION_TAG, POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.promotion import mark_staging
 from kronos_rolling.settings import Thresholds
 from kronos_rolling.tracking.adapters import (
@@ -100,6 +101,7 @@ class TrainOutcome:
     compared_versions: dict[str, str]  # pooled / production / warm_start -> registry version evaluated
     fit: FitResult
     warm_start: str | None
+    calibration: Calibration | None = None  # stored in the bundle as calibration.json
 
     def figures(self, name: str) -> EvalFigures | None:
         return figures_of(self.evaluation, name, self.compared_versions.get(name))
@@ -240,6 +242,7 @@ class Evaluated:
     evaluation: SpanEvaluation  # candidate, pooled, production, base, warm start, baselines: same origins
     versions: dict[str, str]  # pooled / production / warm_start -> the registry version evaluated
     settings: EvalSettings
+    calibration: Calibration  # the candidate's, fitted per class on the validation span (stored with it)
 
 
 def evaluate_step(trained: Trained, ctx: JobContext, eval_settings: EvalSettings) -> Evaluated:
@@ -251,15 +254,20 @@ def evaluate_step(trained: Trained, ctx: JobContext, eval_settings: EvalSettings
     refs = reference_models(ctx.tracking, config.label, base, trained.warm_source)
     classes = [c for c in evaluation_classes(config) if store.symbols_for(c)]
     evaluation = evaluate_span(store, classes, trained.window.val_span, {"candidate": candidate, **refs.models},
-                               eval_settings, trainee.vocabulary)
+                               eval_settings, trainee.vocabulary, refs.calibrations)
+    calibration = evaluation.fit_calibration("candidate", ctx.thresholds.calibration_min_outcomes)
+    evaluation.calibrations["candidate"] = calibration  # its in-sample calibrated coverage, logged
     with start_run(ctx.tracking, trained.experiment, run_id=trained.run_id) as run:
         log_evaluation(run, evaluation, primary=ctx.thresholds.primary_metric)
+        run.set_tags({CALIBRATION_TAG: calibration.describe()})
     figures = evaluation.figures("candidate")
-    log.info("%s: evaluated on %d of %d origins of %s..%s: val_mae %.6g (persistence %.6g), val_nll %.4f",
+    log.info("%s: evaluated on %d of %d origins of %s..%s: val_mae %.6g (persistence %.6g), val_nll %.4f, "
+             "val_crps %.4g (naive %.4g), 80%% intervals cover %.1f%%; calibration: %s",
              config.label, evaluation.origins, evaluation.candidates, trained.window.val_start.date(),
              trained.window.val_end.date(), figures["val_mae"], evaluation.figures(PERSISTENCE)["val_mae"],
-             figures["val_nll"])
-    return Evaluated(evaluation, refs.versions, eval_settings)
+             figures["val_nll"], figures["val_crps"], evaluation.figures(NAIVE)["val_crps"],
+             100 * figures["val_coverage_80"], calibration.describe())
+    return Evaluated(evaluation, refs.versions, eval_settings, calibration)
 
 
 def log_model_step(trained: Trained, evaluated: Evaluated, ctx: JobContext) -> TrainOutcome:
@@ -270,6 +278,7 @@ def log_model_step(trained: Trained, evaluated: Evaluated, ctx: JobContext) -> T
             tempfile.TemporaryDirectory(prefix="kronos-bundle-") as tmp:
         bundle_dir = Path(tmp) / ADAPTER_ARTIFACT
         trained.trainee.save(bundle_dir)
+        evaluated.calibration.write(bundle_dir)  # covered by the version's sha256 tags like every bundle file
         metadata = {
             "label": config.label, "asset_class": config.asset_class, "mode": config.mode,
             "as_of": config.as_of, **{k: v for k, v in window.to_dict().items() if k != "as_of"},
@@ -278,6 +287,7 @@ def log_model_step(trained: Trained, evaluated: Evaluated, ctx: JobContext) -> T
             "compared_versions": evaluated.versions, "base": config.base.to_dict(), "symbols": trained.symbols,
             "warm_start": warm, "run_id": run.run_id, "code_version": git_commit(), "kronos_rolling": __version__,
             "eval": asdict(evaluated.settings), "lookback": config.lookback, "horizon": config.horizon,
+            "calibration": evaluated.calibration.describe(),
         }
         (bundle_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
         run.log_artifacts(bundle_dir, ADAPTER_ARTIFACT)
@@ -290,7 +300,7 @@ def log_model_step(trained: Trained, evaluated: Evaluated, ctx: JobContext) -> T
     if launcher and launcher != run.run_id:  # `mlflow run` made a run elsewhere: point it here
         ctx.client.set_tag(launcher, JOB_RUN_TAG, f"{trained.experiment}/{run.run_id}")
     return TrainOutcome(run.run_id, config.label, config, window, model_uri, evaluation, evaluated.versions,
-                        trained.fit, warm)
+                        trained.fit, warm, evaluated.calibration)
 
 
 def _in_experiment(tracking: Tracking, run_id: str, experiment: str) -> bool:
@@ -314,6 +324,8 @@ def register_step(outcome: TrainOutcome, ctx: JobContext) -> str:
         "val_mae": f"{candidate.val_mae:.6g}", "val_nll": f"{candidate.val_nll:.6g}",
         "val_sharpe": f"{candidate.val_sharpe:.6g}", "warm_start": outcome.warm_start or "none",
     }
+    if outcome.calibration is not None:
+        tags[CALIBRATION_TAG] = outcome.calibration.describe()
     version = register_adapter_model(
         client, name, outcome.model_uri, outcome.run_id, tags=tags,
         description=f"Trained on {tags['train_window']}, as of {outcome.config.as_of}; "

@@ -29,6 +29,7 @@ WITHDRAW = "withdraw"
 REFUSE = "refuse"
 PENDING = "pending"  # the guard could not judge yet: the version waits at @staging for evidence
 CADENCE = "cadence"
+CALIBRATION = "calibration"  # a version's calibration for a class withheld, or served again
 RETENTION = "retention"
 
 
@@ -144,6 +145,8 @@ def what_moved(entry: AuditEntry) -> str:
         return f"@production {version_label(entry.from_version)} → {version_label(entry.to_version)}"
     if entry.action == REFUSE:
         return f"{version_label(entry.to_version)} refused; @production stays {version_label(entry.from_version)}"
+    if entry.action == CALIBRATION:
+        return f"calibration of {version_label(entry.to_version)}"
     return ""
 
 

@@ -9,7 +9,9 @@ may serve, `check_bundle` requires, of the downloaded bundle:
 - digests: the bundle holds exactly the recorded files, each with its recorded sha256
   (a same-size corrupted file, a missing one, a planted extra one are refused);
 - formats: JSON files parse, safetensors files hold whole tensors;
-- finite: every tensor of every safetensors file is finite (NaN or inf weights are refused).
+- finite: every tensor of every safetensors file is finite (NaN or inf weights are refused);
+- calibration: the bundle's calibration.json, when it has one, is a calibration every entry
+  point can apply (finite, non-negative scales that never decrease, so quantiles keep their order).
 
 A version without `sha256.*` tags (registered before they were recorded) is refused: what
 it would serve cannot be told apart from a corrupted copy. The fix is to register it again
@@ -32,6 +34,7 @@ from mlflow.exceptions import MlflowException
 from safetensors import safe_open
 
 from kronos_rolling.errors import ModelError, RegistryError, RegistryUnavailable
+from kronos_rolling.evaluation.calibration import CALIBRATION_FILE, Calibration, CalibrationError
 from kronos_rolling.names import MODEL_PREFIX
 from kronos_rolling.serve.integrity import (
     DIGEST_TAG_PREFIX,
@@ -87,6 +90,10 @@ def check_bundle(bundle_dir: Path, registered_model: str, version: str, tags: di
                 f"({actual[name]['sha256'][:12]} != {recorded[name][:12]}); it is corrupt or tampered with")
     check_formats(bundle_dir, what)
     _check_finite(bundle_dir, what)
+    try:
+        Calibration.read(bundle_dir, f"{what}: {CALIBRATION_FILE}")
+    except CalibrationError as exc:
+        raise IntegrityError(str(exc)) from None
     metadata_path = Path(bundle_dir) / METADATA_FILE
     if metadata_path.exists():
         label = json.loads(metadata_path.read_text()).get("label")

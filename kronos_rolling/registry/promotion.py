@@ -52,16 +52,19 @@ from kronos_rolling.registry.client import (
     is_missing,
     list_versions,
 )
-from kronos_rolling.registry.guard import GuardDecision
+from kronos_rolling.registry.guard import CalibrationDecision, GuardDecision
 from kronos_rolling.registry.history import Actor
 from kronos_rolling.registry.integrity import verify_version
 from kronos_rolling.names import (
+    CALIBRATION_REASON_TAG,
+    CALIBRATION_SERVED_TAG,
     PREVIOUS_PRODUCTION,
     PRODUCTION,
     ROLLED_BACK_TAG,
     STAGING,
     WITHDRAWN_TAG,
     registered_model_name,
+    withheld_calibrations,
 )
 from kronos_rolling.settings import REGISTRY_LOCK_TIMEOUT_S
 from kronos_rolling.tracking.context import NOTE_TAG
@@ -75,7 +78,7 @@ GUARD_VERSION_TAGS = ("guard_decision", "guard_reason", "guard_reference", "vs_r
                       "vs_reference_diff_lo", "vs_reference_diff_hi", "decision_diff", "decision_diff_lo",
                       "decision_diff_hi", "decision_horizons", "val_span", "val_mae", "val_mae_skill",
                       "production_version")
-ALERT_TAGS = ("regression_alert", "negative_skill_alert")
+ALERT_TAGS = ("regression_alert", "negative_skill_alert", "miscalibrated_alert")
 DECISION_ARTIFACT = "guard/decision.json"  # on the training run: every figure of the decision
 LATEST_DECISION_TAG, LATEST_REASON_TAG = "latest_decision", "latest_reason"  # the newest word on a version
 
@@ -403,6 +406,32 @@ def withdraw_production(client: MlflowClient, asset_class: str, reason: str, *, 
                                             {"version": move.version, "audit_seq": move.audit_seq,
                                              **(alert_fields or {})})
     return replace(move, deliveries=(delivery,))
+
+
+def record_calibration(client: MlflowClient, name: str, version: str | int, asset_class: str,
+                       decision: CalibrationDecision, *, lock_dir: Path, actor: Actor | None = None,
+                       at: datetime | None = None) -> bool:
+    """Whether `version` serves its calibration for `asset_class`, on the version
+    (`calibration_served.<class>`, `calibration_reason.<class>`); a change of that state is an
+    audit entry too. All or nothing; returns whether the state changed."""
+    version = str(version)
+    with registry_lock(lock_dir, name, timeout=REGISTRY_LOCK_TIMEOUT_S):
+        target = find_version(client, name, version)
+        if target is None:
+            raise RegistryError(f"{name} v{version} does not exist; cannot record whether its calibration serves")
+        was_served = asset_class not in withheld_calibrations(target.tags)
+        changed = was_served != decision.served
+        with _all_or_nothing(client, name) as steps:
+            _set_version_tags(steps, client, target, {CALIBRATION_SERVED_TAG + asset_class: str(decision.served).lower(),
+                                                      CALIBRATION_REASON_TAG + asset_class: decision.reason})
+            if changed:
+                model = get_registered_model(client, name)
+                verdict = "served again" if decision.served else "withheld"
+                entry = history.new_entry(history.next_seq(model.tags), history.CALIBRATION, version, version,
+                                          f"{asset_class} calibration {verdict}: {decision.reason}",
+                                          actor or Actor.current(), at)
+                _write_audit(steps, client, name, entry)
+    return changed
 
 
 def _move_production(steps: "_Steps", client: MlflowClient, name: str, state: AliasState,

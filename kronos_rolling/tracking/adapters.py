@@ -24,7 +24,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from kronos_rolling.errors import ModelError, RegistryError
-from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.evaluation.calibration import CALIBRATION_FILE, Calibration
+from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name, withheld_calibrations
 from kronos_rolling.tracking.context import Tracking
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class AdapterSource:
     version: str | None = None
     run_id: str | None = None
     metadata: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)  # the registered version's tags (its recorded file digests)
 
     def describe(self) -> str:
         if self.registered_model:
@@ -79,6 +81,7 @@ def fetch_adapter(uri: str, tracking: Tracking | None, dst: Path | None = None) 
         if uri.startswith("models:/"):
             version, _ = tracking.model_version(uri)
             source.registered_model, source.version, source.run_id = version.name, version.version, version.run_id
+            source.tags = dict(version.tags or {})
             uri = f"models:/{source.registered_model}/{source.version}"  # pin: an alias may move meanwhile
         elif uri.startswith("runs:/"):
             source.run_id = uri[len("runs:/"):].split("/", 1)[0]
@@ -100,6 +103,13 @@ def fetch_adapter(uri: str, tracking: Tracking | None, dst: Path | None = None) 
     if metadata_path.exists():
         source.metadata = json.loads(metadata_path.read_text())
     return source
+
+
+def calibration_of(source: AdapterSource) -> Calibration | None:
+    """The calibration the adapter carries (its bundle's calibration.json, checked), with the
+    classes its version's tags withhold; None when it carries none."""
+    calibration = Calibration.read(source.bundle_dir, f"{source.describe()}: {CALIBRATION_FILE}")
+    return None if calibration is None else calibration.with_withheld(withheld_calibrations(source.tags))
 
 
 def alias_exists(client: MlflowClient, name: str, alias: str) -> bool:

@@ -17,15 +17,22 @@ validator (type `any`), so MLflow's schema check refuses nothing the validator w
 accept and never answers with a dump of the input.
 
 Output: one row per forecast bar, `timestamp, open, high, low, close, volume, amount`
-(and `symbol` first when given; with `quantiles=true`, `close_p10`, `close_p50`,
-`close_p90`). Future timestamps follow each series' calendar (its symbol's asset class,
-else the adapter's). They are UTC: naive when the input's were naive datetimes, tz-aware
-otherwise.
+(and `symbol` first when given): the point forecast, the median of the sample paths column
+by column (what the evaluation scores). Quantiles: `quantile_levels=[0.05, 0.5, 0.95]` adds
+`close_p5`, `close_p50`, `close_p95` (any levels in (0, 1)); `quantiles=true` is the old
+form, `close_p10`, `close_p50`, `close_p90`. A quantile request draws at least 32 paths
+(`samples` may ask for more). The close quantiles carry the version's calibration for the
+series' class when it has one and serves it (evaluation/calibration.py); a `calibration`
+column says, per row, whether it was applied and from which version, or why not. MLflow
+gives every param one type, so the list form is `quantile_levels`, not `quantiles`.
+Future timestamps follow each series' calendar (its symbol's asset class, else the
+adapter's). They are UTC: naive when the input's were naive datetimes, tz-aware otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -37,18 +44,23 @@ from mlflow.entities import LoggedModelOutput
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.store.artifact.models_artifact_repo import REGISTERED_MODEL_META_FILE_NAME
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.utils.yaml_utils import read_yaml
 
 from kronos_rolling.data.assets import classify_asset
 from kronos_rolling.data.bars import clean_bars
 from kronos_rolling.errors import DataError
+from kronos_rolling.evaluation.calibration import apply_calibration
 from kronos_rolling.model.forecast import Forecaster
+from kronos_rolling.model.quantiles import LEGACY_LEVELS, paths_for, quantile_levels, quantile_name
 from kronos_rolling.serve.integrity import digest_tags
 from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,
     AdapterSource,
     bundle_in,
+    calibration_of,
     load_forecast_model,
 )
 from kronos_rolling.tracking.runs import MODEL_NAME, TrackedRun
@@ -60,10 +72,11 @@ DEFAULT_PARAMS = {
     "top_k": 0,
     "top_p": 0.9,
     "seed": 0,  # -1: unseeded
-    "quantiles": False,
+    "quantiles": False,  # true: p10, p50, p90 (the old form)
+    "quantile_levels": [],  # any levels in (0, 1), e.g. [0.05, 0.5, 0.95]
 }
+log = logging.getLogger(__name__)
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # what MLflow runs to rebuild the model
-QUANTILE_COLUMNS = {"p10": "close_p10", "p50": "close_p50", "p90": "close_p90"}
 EXAMPLE_BARS = 32
 
 
@@ -75,13 +88,15 @@ def model_signature() -> ModelSignature:
                      ColSpec("string", "symbol", required=False)])
     outputs = Schema([ColSpec("string", "symbol", required=False), ColSpec("datetime", "timestamp"),
                       *[ColSpec("double", c) for c in (*values, "volume", "amount")],
-                      *[ColSpec("double", c, required=False) for c in QUANTILE_COLUMNS.values()]])
-    params = ParamSchema([ParamSpec(name, _param_type(value), value) for name, value in DEFAULT_PARAMS.items()])
+                      *[ColSpec("double", f"close_{quantile_name(q)}", required=False) for q in LEGACY_LEVELS],
+                      ColSpec("string", "calibration", required=False)])
+    params = ParamSchema([ParamSpec(name, _param_type(value), value, shape=(-1,) if isinstance(value, list) else None)
+                          for name, value in DEFAULT_PARAMS.items()])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def _param_type(value) -> str:
-    return {bool: "boolean", int: "long", float: "double"}[type(value)]
+    return {bool: "boolean", int: "long", float: "double", list: "double"}[type(value)]
 
 
 def input_example(bars: pd.DataFrame) -> pd.DataFrame:
@@ -97,8 +112,14 @@ class KronosAdapterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         bundle_dir = Path(context.artifacts[ADAPTER_ARTIFACT])
         metadata = json.loads((bundle_dir / METADATA_FILE).read_text())
-        loaded = load_forecast_model(AdapterSource(uri=str(bundle_dir), bundle_dir=bundle_dir, metadata=metadata))
+        source = AdapterSource(uri=str(bundle_dir), bundle_dir=bundle_dir, metadata=metadata)
+        config = context.model_config or {}
+        tracking_uri = config.get("tracking_uri") or mlflow.get_tracking_uri()
+        source.registered_model, source.version, source.tags = registered_version(bundle_dir, tracking_uri)
+        loaded = load_forecast_model(source)
         self.metadata = metadata
+        self.calibration = calibration_of(source)
+        self.source = source.describe() if source.registered_model else f"{metadata.get('label')} adapter"
         self.forecaster = Forecaster(loaded.model, loaded.tokenizer, device="auto",
                                      max_context=loaded.max_context, event_embedding=loaded.event_embedding)
 
@@ -110,20 +131,24 @@ class KronosAdapterModel(mlflow.pyfunc.PythonModel):
         groups = _by_symbol(frame)
         bars = [clean_bars(part, "bars" if symbol is None else f"symbol {symbol}") for symbol, part in groups]
         seed = int(settings["seed"])
+        levels = quantile_levels(list(settings["quantile_levels"]) or bool(settings["quantiles"]))
+        classes = [self._asset_class(symbol) for symbol, _ in groups]
         results = self.forecaster.forecast(
             bars, int(settings["pred_len"]), temperature=float(settings["temperature"]), top_k=int(settings["top_k"]),
-            top_p=float(settings["top_p"]), samples=int(settings["samples"]), seed=None if seed < 0 else seed,
-            quantiles=bool(settings["quantiles"]), asset_class=[self._asset_class(symbol) for symbol, _ in groups],
+            top_p=float(settings["top_p"]), samples=paths_for(int(settings["samples"]), levels),
+            seed=None if seed < 0 else seed, quantiles=levels, asset_class=classes,
         )
         naive = pd.api.types.is_datetime64_any_dtype(frame["timestamp"]) and frame["timestamp"].dt.tz is None
         frames = []
-        for (symbol, _), result in zip(groups, results):
-            out = result.mean.copy()
+        for (symbol, _), result, asset_class in zip(groups, results, classes):
+            out = result.point.copy()
             if naive:
                 out["timestamp"] = out["timestamp"].dt.tz_localize(None)
-            if result.quantiles:
-                for name, column in QUANTILE_COLUMNS.items():
-                    out[column] = result.quantiles[name]["close"].to_numpy()
+            if levels:
+                note = apply_calibration(result, levels, self.calibration, asset_class, self.source)
+                for level in levels:
+                    out[f"close_{quantile_name(level)}"] = result.quantiles[quantile_name(level)]["close"].to_numpy()
+                out["calibration"] = note
             if symbol is not None:
                 out.insert(0, "symbol", symbol)
             frames.append(out)
@@ -135,6 +160,26 @@ class KronosAdapterModel(mlflow.pyfunc.PythonModel):
             return classify_asset(symbol) if symbol is not None else self.metadata.get("asset_class")
         except DataError:
             return self.metadata.get("asset_class")
+
+
+def registered_version(bundle_dir: Path, tracking_uri: str) -> tuple[str | None, str | None, dict]:
+    """(registered model, version, its tags) of a pyfunc model MLflow downloaded by `models:/...`
+    (it notes the name and version beside MLmodel), asked of the registry at `tracking_uri`;
+    (None, None, {}) for a model loaded from a folder or run."""
+    for folder in (bundle_dir, *bundle_dir.parents[:3]):
+        note = folder / REGISTERED_MODEL_META_FILE_NAME
+        if (folder / "MLmodel").is_file() and note.is_file():
+            meta = read_yaml(str(folder), REGISTERED_MODEL_META_FILE_NAME)
+            name, version = meta.get("model_name"), str(meta.get("model_version"))
+            try:
+                tags = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(
+                    name, version).tags
+            except (MlflowException, OSError) as exc:
+                log.warning("%s v%s: cannot read its tags (%s); its calibration is applied as stored", name,
+                            version, exc)
+                tags = {}
+            return name, version, dict(tags or {})
+    return None, None, {}
 
 
 def _by_symbol(frame: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:

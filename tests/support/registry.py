@@ -32,11 +32,12 @@ from kronos_rolling.settings import Thresholds
 
 def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: int = 4096,
                       experiment: str = "registry-tests", label: str | None = None, nan: bool = False,
-                      class_tag: str | None = None):
+                      class_tag: str | None = None, calibration: dict | None = None):
     """Train-run stand-in: a run (params, metrics, a plot, the bundle as its `adapter` artifact) + a
     logged model holding a small adapter bundle (a safetensors file of
     `adapter_bytes` bytes of finite weights, or NaN ones with `nan`, and metadata.json saying it was
-    trained for `label`, default the class), registered the way training registers a version: by
+    trained for `label`, default the class; `calibration`: a calibration.json's content), registered
+    the way training registers a version: by
     its `models:/` URI, with the `asset_class` tag (`class_tag`, default the class) and the sha256
     of every file."""
     import torch
@@ -58,6 +59,8 @@ def register_stand_in(client: MlflowClient, asset_class: str, *, adapter_bytes: 
         model = mlflow.initialize_logged_model(name="adapter", source_run_id=run.info.run_id)
         save_file({"lora_A": weights}, str(Path(folder, "adapter_model.safetensors")))
         Path(folder, "metadata.json").write_text(json.dumps({"label": label or asset_class}))
+        if calibration is not None:  # the bundle's calibration.json, as training writes it
+            Path(folder, "calibration.json").write_text(json.dumps(calibration))
         mlflow.log_artifacts(folder, "adapter")  # the run's copy of the bundle, as training logs it
         client.log_model_artifacts(model.model_id, folder)
         mlflow.finalize_logged_model(model.model_id, "READY")

@@ -134,12 +134,54 @@ def test_a_rolling_run_records_everything_the_guard_and_operators_need(jobs, env
     assert {f"adapter/{n}" for n in ("adapter_config.json", "adapter_model.safetensors",
                                      "event_embedding.safetensors", "event_vocab.json", "metadata.json")} <= files
     plots = {a.path for a in env.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {"plots/forecast_vs_actual.png", "plots/equity_curve.png", "plots/loss_differences.png"}
+    assert plots == {"plots/forecast_vs_actual.png", "plots/equity_curve.png", "plots/loss_differences.png",
+                     "plots/pit.png"}
     metadata = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metadata.json"))
     for key in ("train_start", "train_end", "val_sharpe", "val_mae", "val_nll", "base", "figures",
                 "compared_versions"):
         assert key in metadata
     assert metadata["val_mae"] == pytest.approx(metrics["val_mae"])
+
+
+def test_distributions_are_scored_against_the_naive_baseline_and_a_version_carries_its_calibration(jobs, env):
+    """naive beside every model (val_crps_skill, coverage, paired differences); the candidate's
+    calibration fitted on its validation month, stored in its bundle (a file its sha256 tags cover)
+    and described on the version; pooled's calibration, fitted on December, scored out of sample
+    on January and its served state recorded on pooled v1."""
+    crypto = jobs["crypto"]
+    metrics = env.get_run(crypto.outcome.run_id).data.metrics
+    for key in ("naive_val_crps", "naive_val_coverage_80", "val_crps_skill", "pooled_val_crps_skill",
+                "base_val_crps_skill", "vs_naive_crps_diff", "vs_naive_crps_diff_lo", "vs_naive_crps_diff_hi",
+                "vs_naive_mae_diff", "calibrated_val_coverage_80", "pooled_served_val_coverage_80"):
+        assert np.isfinite(metrics[key]), key
+    for level in ("50", "80", "90"):
+        for model in ("", "pooled_", "base_", "naive_"):
+            assert 0 <= metrics[f"{model}val_coverage_{level}"] <= 1 and f"{model}val_coverage_{level}_steps" in metrics
+    assert metrics["val_crps_skill"] == pytest.approx(1 - metrics["val_crps"] / metrics["naive_val_crps"])
+    assert metrics["vs_naive_crps_diff"] == pytest.approx(metrics["val_crps"] - metrics["naive_val_crps"], abs=1e-9)
+    assert "served_val_coverage_80" not in metrics  # the candidate's calibration is in sample here
+
+    calibration = crypto.outcome.calibration
+    assert set(calibration.classes) == {"crypto"} and calibration.fitted_on == ("2018-01-01", "2018-02-01")
+    assert metrics["calibrated_val_coverage_80"] == pytest.approx(0.8, abs=0.06)
+    version = env.get_model_version("kronos-lora-crypto", crypto.version)
+    assert version.tags["calibration"].startswith("crypto: fitted on 120 outcomes of 2018-01-01..2018-02-01")
+    assert "sha256.calibration.json" in version.tags
+    source = fetch_adapter(f"models:/kronos-lora-crypto/{crypto.version}", Tracking.connect(env.tracking_uri))
+    stored = json.loads((source.bundle_dir / "calibration.json").read_text())
+    assert stored["fitted_on"] == {"start": "2018-01-01", "end": "2018-02-01"} and list(stored["classes"]) == ["crypto"]
+
+    pooled = env.get_model_version("kronos-lora-pooled", "1")
+    assert "equity: not fitted, serves uncalibrated" in pooled.tags["calibration"]
+    served = pooled.tags["calibration_served.crypto"]
+    assert served in ("true", "false") and "out of sample on 2018-01-01..2018-02-01" in \
+        pooled.tags["calibration_reason.crypto"]
+    [check] = [c for c in crypto.calibration if c.registered_model == "kronos-lora-pooled"]
+    assert check.asset_class == "crypto" and check.decision.served == (served == "true")
+    from kronos_rolling.registry.history import read_history
+
+    withheld = [e for e in read_history(env, "kronos-lora-pooled") if e.action == "calibration"]
+    assert len(withheld) == (0 if served == "true" else 1)  # an audit entry when the served state changes
 
 
 def test_the_first_version_of_a_class_warm_starts_from_pooled_and_is_compared_with_it(jobs, env):
@@ -189,6 +231,35 @@ def test_the_registered_version_forecasts_as_a_pyfunc(jobs, env):
     again = model.predict(bars, params={"pred_len": 5, "seed": 3})
     pd.testing.assert_frame_equal(out, again)
     assert model.metadata.signature.params is not None
+
+
+def test_the_registered_version_answers_calibrated_quantiles_and_says_so(jobs, env):
+    """Any levels (`quantile_levels`), the old p10/p50/p90 form, at least 32 paths, the median as
+    the point forecast, the version's calibration applied unless its tags withhold it."""
+    version = jobs["crypto"].version
+    bars = DataStore().load("BTCUSD").iloc[-64:].reset_index(drop=True)
+    model = mlflow.pyfunc.load_model(f"models:/kronos-lora-crypto/{version}")
+    out = model.predict(bars, params={"pred_len": 4, "seed": 3, "quantile_levels": [0.95, 0.05, 0.5]})
+    assert (out["close_p5"] <= out["close_p50"]).all() and (out["close_p50"] <= out["close_p95"]).all()
+    np.testing.assert_allclose(out["close_p50"], out["close"])  # the spread is calibrated, never the median
+    assert set(out["calibration"]) == {f"applied: kronos-lora-crypto v{version}'s crypto calibration, fitted on "
+                                       "2018-01-01..2018-02-01"}
+    old = model.predict(bars, params={"pred_len": 4, "seed": 3, "quantiles": True})
+    assert {"close_p10", "close_p50", "close_p90"} <= set(old.columns)
+    np.testing.assert_allclose(old["close"], out["close"])  # both from the same 32 seeded paths
+    assert (old["close_p90"] - old["close_p10"] < out["close_p95"] - out["close_p5"]).all()
+    point = model.predict(bars, params={"pred_len": 4, "seed": 3})
+    assert "calibration" not in point.columns and "close_p50" not in point.columns
+
+    env.set_model_version_tag("kronos-lora-crypto", version, "calibration_served.crypto", "false")
+    try:
+        withheld = mlflow.pyfunc.load_model(f"models:/kronos-lora-crypto/{version}").predict(
+            bars, params={"pred_len": 4, "seed": 3, "quantile_levels": [0.05, 0.5, 0.95]})
+    finally:
+        env.delete_model_version_tag("kronos-lora-crypto", version, "calibration_served.crypto")
+    assert withheld["calibration"].iloc[0].startswith(f"not applied: kronos-lora-crypto v{version}: its crypto "
+                                                      "calibration made coverage worse out of sample")
+    assert (withheld["close_p95"] - withheld["close_p5"] != out["close_p95"] - out["close_p5"]).all()
 
 
 def test_evaluation_is_deterministic_and_logged(jobs, env, home):

@@ -127,3 +127,37 @@ def test_rollback_after_a_withdrawal_goes_to_the_newest_verified_guard_promotion
     events = [(b["kronos"]["event"], b["kronos"]["fields"]["to_version"]) for b in receiver.bodies]
     assert events == [("withdrawn", "none"), ("rollback", v1)]
     assert mlflow.get_tracking_uri()  # the fixtures' URI: the package itself set none
+
+
+def calibration_file(**changes) -> dict:
+    """calibration.json's content as training writes it (one class, two steps), with `changes`."""
+    from kronos_rolling.evaluation.calibration import GRID, Calibration, ClassCalibration
+
+    scales = tuple(tuple(1.6 * level for level in GRID) for _ in range(2))
+    content = Calibration({"crypto": ClassCalibration(scales, 400)}, {}, ("2018-01-01", "2018-02-01"), 100).to_dict()
+    content.update(changes)
+    return content
+
+
+def test_a_tampered_calibration_is_refused_as_a_bad_adapter_file(clean_registry, tracking_server, lock_dir):
+    client = clean_registry
+    good = promoted(client, lock_dir, calibration=calibration_file())
+    assert "sha256.calibration.json" in client.get_model_version(CRYPTO, good).tags
+    other = register_stand_in(client, "crypto", calibration=calibration_file()).version
+    stored = stored_file(tracking_server, client, other, "calibration.json")
+    stored.write_text(stored.read_text().replace('"outcomes": 400', '"outcomes": 900'))  # same size, new figure
+    with pytest.raises(IntegrityError, match="calibration.json does not match the sha256 recorded"):
+        promote(client, CRYPTO, other, "operator", lock_dir=lock_dir)
+    assert alias_state(client, CRYPTO).production == good, "nothing moved"
+
+
+def test_a_calibration_that_would_reorder_quantiles_is_refused_even_with_matching_digests(clean_registry,
+                                                                                        lock_dir):
+    client = clean_registry
+    content = calibration_file()
+    content["classes"]["crypto"]["scales"][1][40] = 0.0  # a scale that decreases along the levels
+    bad = register_stand_in(client, "crypto", calibration=content).version
+    with pytest.raises(IntegrityError, match=rf"kronos-lora-crypto v{bad}: calibration.json: "
+                                             r"classes\.crypto\.scales must start at 0 and never decrease"):
+        promote(client, CRYPTO, bad, "operator", lock_dir=lock_dir)
+    assert alias_state(client, CRYPTO).production is None

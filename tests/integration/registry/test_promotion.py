@@ -371,3 +371,28 @@ def test_manual_moves_keep_versions_true_staging_consistent_and_the_model_page_r
 
     first = cli("promote", "--asset-class", "pooled", "--version", candidate(client, "pooled"), "--reason", "first")
     assert "kronos-lora-pooled@production: none -> v1 (@previous_production: none)" in first.output, first.output
+
+
+def test_a_withheld_calibration_is_on_the_version_and_each_change_in_the_audit_trail(clean_registry, lock_dir):
+    from kronos_rolling.names import withheld_calibrations
+    from kronos_rolling.registry.guard import CalibrationDecision
+    from kronos_rolling.registry.promotion import record_calibration
+
+    client = clean_registry
+    version = register_stand_in(client, "pooled").version
+    name = "kronos-lora-pooled"
+    kept = CalibrationDecision(True, "out of sample on s the calibration kept or improved coverage")
+    worse = CalibrationDecision(False, "out of sample on s the calibration made coverage worse")
+    assert not record_calibration(client, name, version, "crypto", kept, lock_dir=lock_dir)  # served already
+    assert record_calibration(client, name, version, "crypto", worse, lock_dir=lock_dir)
+    assert not record_calibration(client, name, version, "crypto", worse, lock_dir=lock_dir)  # no new entry
+    tags = client.get_model_version(name, version).tags
+    assert withheld_calibrations(tags) == {"crypto"}
+    assert tags["calibration_reason.crypto"] == worse.reason and tags["calibration_served.crypto"] == "false"
+    assert record_calibration(client, name, version, "crypto", kept, lock_dir=lock_dir)
+    entries = [e for e in history.read_history(client, name) if e.action == "calibration"]
+    assert [e.reason.split(":")[0] for e in entries] == ["crypto calibration withheld",
+                                                         "crypto calibration served again"]
+    assert entries[0].to_version == version
+    assert "calibration of v" in client.get_registered_model(name).description
+    assert withheld_calibrations(client.get_model_version(name, version).tags) == frozenset()

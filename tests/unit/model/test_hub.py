@@ -214,3 +214,43 @@ def test_forecast_command_reports_bad_input_without_traceback(tiny_dir, bars_csv
         "--csv", str(bars_csv), "--pred-len", "3", "--out", str(tmp_path / "out.csv"),
     ])
     assert swapped.exit_code == 2 and "swapped" in swapped.output
+
+
+def test_forecast_command_any_quantile_levels_from_32_paths_and_an_adapters_calibration(tiny_dir, bars_csv, tmp_path):
+    """--quantiles 0.05,0.5,0.95 (columns <column>_p5 ...), the point forecast the median of at least
+    32 paths, and with --adapter the version's calibration on the close quantiles, said on stderr."""
+    from support.serve import build_bundle
+
+    from kronos_rolling.evaluation.calibration import GRID, Calibration, ClassCalibration
+
+    bare = run_forecast(tiny_dir, bars_csv, tmp_path / "bare.csv", "--quantiles", "0.05,0.5,0.95", "--seed", "2")
+    assert bare.exit_code == 0, bare.output
+    assert "calibration: not applied: the bare base carries no calibration" in bare.output
+    out = pd.read_csv(tmp_path / "bare.csv")
+    assert {"close_p5", "close_p50", "close_p95", "high_p95"} <= set(out.columns)
+    assert (out["close_p5"] <= out["close_p50"]).all() and (out["close_p50"] <= out["close_p95"]).all()
+    np.testing.assert_allclose(out["close"], out["close_p50"], rtol=1e-6)  # the median of the paths
+
+    bundle = build_bundle(tiny_dir, tmp_path / "adapter", seed=4, label="crypto")
+    wide = tuple(tuple(3.0 * level for level in GRID) for _ in range(2))
+    Calibration({"crypto": ClassCalibration(wide, 500)}, {}, ("2018-01-01", "2018-02-01"), 100).write(bundle)
+    args = ["forecast", "--adapter", str(bundle), "--csv", str(bars_csv), "--pred-len", "6", "--device", "cpu",
+            "--seed", "2", "--quantiles", "0.05,0.5,0.95", "--out"]
+    calibrated = CliRunner().invoke(main, [*args, str(tmp_path / "cal.csv")])
+    assert calibrated.exit_code == 0, calibrated.output
+    assert f"calibration: applied: {bundle}'s crypto calibration, fitted on 2018-01-01..2018-02-01" in \
+        calibrated.output
+    cal = pd.read_csv(tmp_path / "cal.csv")
+    assert (cal["close_p5"] <= cal["close_p50"]).all() and (cal["close_p50"] <= cal["close_p95"]).all()
+    unfitted = shutil.copytree(bundle, tmp_path / "unfitted")
+    Calibration({}, {"crypto": "40 outcomes, fewer than the minimum 100"}, ("2018-01-01", "2018-02-01"),
+                100).write(unfitted)
+    args[2] = str(unfitted)
+    other = CliRunner().invoke(main, [*args, str(tmp_path / "uncal.csv")])
+    assert f"calibration: not applied: {unfitted}: 40 outcomes, fewer than the minimum 100" in other.output
+    uncal = pd.read_csv(tmp_path / "uncal.csv")
+    np.testing.assert_allclose(cal["close"], uncal["close"], rtol=1e-6)  # same paths, same median
+    assert (cal["close_p95"] - cal["close_p5"] > uncal["close_p95"] - uncal["close_p5"]).all()
+    neither = CliRunner().invoke(main, ["forecast", "--csv", str(bars_csv), "--pred-len", "2", "--out",
+                                        str(tmp_path / "x.csv")])
+    assert neither.exit_code == 2 and "give --model and --tokenizer" in neither.output
