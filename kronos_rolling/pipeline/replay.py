@@ -36,8 +36,8 @@ from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import select_training_window
 from kronos_rolling.errors import ConfigError, KronosError
-from kronos_rolling.evaluation.config import EvalSettings
-from kronos_rolling.evaluation.span import PERSISTENCE
+from kronos_rolling.evaluation.config import EvalSettings, settings_for
+from kronos_rolling.evaluation.span import NAIVE, PERSISTENCE, SpanEvaluation, evaluate_span
 from kronos_rolling.files import atomic_file
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.pipeline.context import JobContext
@@ -45,7 +45,13 @@ from kronos_rolling.pipeline.job import JobResult, monthly_job
 from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.schedule import read_cadence
 from kronos_rolling.settings import BUNDLED_BASE_DIR, BUNDLED_DATA_DIR, Thresholds
-from kronos_rolling.tracking.adapters import default_warm_start, fetch_adapter
+from kronos_rolling.tracking.adapters import (
+    calibration_of,
+    default_warm_start,
+    fetch_adapter,
+    load_base_forecast_model,
+    load_forecast_model,
+)
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.runs import start_run
 from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
@@ -146,6 +152,11 @@ class MonthRow:
     decision_horizons: float | None = None  # non-overlapping horizons behind that comparison
     evidence_months: int | None = None  # calendar months the evaluated span covers
     challenger: str | None = None  # a pending version judged again this month instead of a retrain
+    naive_val_crps: float | None = None  # the random walk with the lookback's volatility, this month's span
+    serving_val_crps: float | None = None  # of what serves after the job, on this month's span
+    serving_coverage_80: float | None = None  # its 80% intervals as served (calibrated or not), over the month it
+    # serves (out of sample: the month after the job)
+    serving_coverage_80_uncalibrated: float | None = None  # the same intervals without its calibration
 
 
 NOT_APPLICABLE = "n/a"
@@ -167,7 +178,8 @@ class SimulationReport:
     def frame(self) -> pd.DataFrame:
         frame = pd.DataFrame([asdict(r) for r in self.rows])
         figures = [c for c in frame.columns if c.endswith(("_mae", "_nll", "_sharpe", "_skill", "_lo", "_hi",
-                                                               "_diff", "sharpe_delta", "_horizons"))]
+                                                               "_diff", "sharpe_delta", "_horizons", "_crps",
+                                                               "_80", "_uncalibrated"))]
         frame[figures] = frame[figures].astype("float64")  # None (not measured) -> NaN
         return frame
 
@@ -194,6 +206,15 @@ class SimulationReport:
                 (trained["candidate_val_nll"] == trained["warm_start_val_nll"]).sum()),
             "withdrawals": int((frame["decision"] == "withdrawn").sum()),
         }
+
+    def coverage(self) -> pd.DataFrame:
+        """Per class, over the months measured: the mean share of outcomes inside the 80% intervals
+        as served (out of sample) and uncalibrated, and how many months that mean rests on."""
+        frame = self.frame()
+        measured = frame[frame["serving_coverage_80"].notna()]
+        return measured.groupby("asset_class").agg(
+            months=("month", "count"), served_80=("serving_coverage_80", "mean"),
+            uncalibrated_80=("serving_coverage_80_uncalibrated", "mean"))
 
     def criteria(self) -> dict[str, bool | str]:
         """The phase's success criteria, read off the rows; "n/a (needs N months)" where the replay
@@ -365,10 +386,83 @@ def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, 
         row.base_val_mae = figures.get("base", {}).get("val_mae")
         row.reference_val_mae = figures.get(reference, {}).get("val_mae")
         row.persistence_val_mae = evaluation.figures(PERSISTENCE)["val_mae"]
+        row.naive_val_crps = evaluation.figures(NAIVE)["val_crps"]
         serving_model = ("candidate" if row.decision == "promoted" else
                          "pooled" if serving == "pooled" else "base" if serving == "base" else "production")
         row.serving_val_mae = figures.get(serving_model, {}).get("val_mae")
+        row.serving_val_crps = figures.get(serving_model, {}).get("val_crps")
     return row
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the predictor serves a class after a month's job: a name in an evaluation and its version."""
+
+    name: str  # "production" | "pooled" | "base"
+    version: str | None
+    month: date  # the first day of the month it serves (the job's as_of)
+
+    @property
+    def span(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        start = pd.Timestamp(self.month, tz="UTC")
+        return start, start + pd.DateOffset(months=1)
+
+
+def serving_after(client: MlflowClient, asset_class: str, month: date) -> Serving:
+    for name, label in (("production", asset_class), ("pooled", POOLED)):
+        try:
+            version = client.get_model_version_by_alias(registered_model_name(label), PRODUCTION).version
+        except MlflowException:
+            continue
+        return Serving(name, str(version), month)
+    return Serving("base", None, month)
+
+
+def record_serving_coverage(row: MonthRow, serving: Serving, evaluation: SpanEvaluation | None,
+                            versions: dict[str, str]) -> bool:
+    """Fill `row`'s serving coverage from an evaluation of the month `serving` served (the next
+    month's job measures it beside its candidate); False when that evaluation is of another span
+    or another version."""
+    if (evaluation is None or tuple(evaluation.span) != serving.span or serving.name not in evaluation.models
+            or versions.get(serving.name) != serving.version):
+        return False
+    served = evaluation.figures(serving.name)
+    row.serving_coverage_80 = served.get("served_val_coverage_80", served["val_coverage_80"])
+    row.serving_coverage_80_uncalibrated = served["val_coverage_80"]
+    return True
+
+
+def job_evaluation(result: JobResult) -> tuple[SpanEvaluation | None, dict[str, str]]:
+    """The evaluation a month's job made of its validation month, with the versions it scored."""
+    if result.outcome is not None:
+        return result.outcome.evaluation, result.outcome.compared_versions
+    for check in (result.challenger, result.incumbent):
+        if check is not None and check.evaluation is not None:
+            return check.evaluation, check.versions
+    return None, {}
+
+
+def measure_serving(row: MonthRow, serving: Serving, asset_class: str, ctx: JobContext, base: BaseModelRef,
+                    settings: EvalSettings) -> None:
+    """Evaluate what served `asset_class` after a job on the month it served, as it served it
+    (nothing when that month has no data: the end of the history)."""
+    calibrations = {}
+    try:
+        if serving.name == "base":
+            model = load_base_forecast_model(base)
+        else:
+            label = asset_class if serving.name == "production" else POOLED
+            source = fetch_adapter(f"models:/{registered_model_name(label)}/{serving.version}", ctx.tracking)
+            model = load_forecast_model(source)
+            calibration = calibration_of(source)
+            if calibration is not None:
+                calibrations[serving.name] = calibration
+        evaluation = evaluate_span(ctx.store, [asset_class], serving.span, {serving.name: model}, settings,
+                                   model.vocabulary, calibrations)
+    except KronosError as exc:
+        log.info("%s %s: the month its version served is not measured: %s", asset_class, row.month, exc)
+        return
+    record_serving_coverage(row, serving, evaluation, {serving.name: serving.version})
 
 
 def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
@@ -386,6 +480,13 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
     report = SimulationReport(tracking_uri=ctx.tracking.uri, keep_versions=ctx.thresholds.keep_versions,
                               stall_retrains=ctx.thresholds.stall_retrains)
     eval_settings = settings.eval_settings()
+    awaiting: dict[str, tuple[MonthRow, Serving]] = {}  # per class: the last row, until its serving month is measured
+
+    def measure(asset_class: str, evaluation: SpanEvaluation | None = None, versions: dict | None = None) -> None:
+        row, serving = awaiting.pop(asset_class)
+        if not record_serving_coverage(row, serving, evaluation, versions or {}):
+            measure_serving(row, serving, asset_class, ctx, base,
+                            settings_for(settings.lookback, settings.horizon, eval_settings, ctx.thresholds))
 
     started = time.monotonic()
     echo(f"pooled adapter as of {schedule[0]} ...")
@@ -421,13 +522,23 @@ def simulate(ctx: JobContext, base: BaseModelRef, start: str, months: int, *,
                     judged = result.pooled_challenger
                     echo(f"  {label} pooled v{judged.version}: {judged.decision.outcome} ({judged.decision.reason})")
                 row = _row(label, asset_class, result, client, time.monotonic() - tick, drill)
+                evaluated = job_evaluation(result)  # the month the last job's version served, measured here
             except KronosError as exc:
                 row = MonthRow(asset_class, label, "skipped", serving_after=serving_now(client, asset_class),
                                reason=f"failed: {exc}", drill=drill, failed=True,
                                seconds=round(time.monotonic() - tick, 1))
+                evaluated = (None, {})
+            if asset_class in awaiting:
+                measure(asset_class, *evaluated)
             report.rows.append(row)
+            awaiting[asset_class] = (row, serving_after(client, asset_class, month))
             echo(_describe(row))
+    for asset_class in list(awaiting):  # the last month's versions, on the month after it
+        measure(asset_class)
     echo(f"replayed {months} month(s) in {time.monotonic() - started:.0f}s")
+    for asset_class, measured in report.coverage().iterrows():
+        echo(f"  {asset_class}: 80% intervals as served covered {measured['served_80']:.1%} of outcomes out of "
+             f"sample ({measured['uncalibrated_80']:.1%} uncalibrated), mean of {measured['months']} month(s)")
     return report
 
 
@@ -459,6 +570,7 @@ def log_report(report: SimulationReport, start: str, months: int, tracking: Trac
         run.log_table(frame, "simulation/rows.json")
         run.log_dict(report.criteria(), "simulation/criteria.json")
         run.log_dict(report.summary(), "simulation/summary.json")
+        run.log_dict(report.coverage().reset_index().to_dict(orient="records"), "simulation/coverage.json")
         fig, ax = plt.subplots(figsize=(10, 4))
         for asset_class, rows in frame[frame["serving_val_mae"].notna()].groupby("asset_class"):
             months = pd.to_datetime(rows["month"])

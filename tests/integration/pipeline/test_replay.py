@@ -70,9 +70,20 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     assert any("pooled v1" in line for line in lines)
     # The drill month warm-started crypto from a sabotaged copy of what the job would have used.
     assert list(crypto["drill"]) == [False, True]
-    # The report file: the contract's columns first, one row per class and month.
+    # Distributions: the naive baseline, what serves scored on the month, and its 80% intervals as served
+    # over the month after the job (out of sample; 64 origins a month fit no calibration: served = uncalibrated).
+    assert crypto["naive_val_crps"].notna().all() and crypto["serving_val_crps"].notna().all()
+    assert crypto["serving_coverage_80"].between(0, 1).all()
+    assert (crypto["serving_coverage_80"] == crypto["serving_coverage_80_uncalibrated"]).all()
+    # EURUSD has no bars in the months forex's versions served (2018): nothing measured there.
+    assert frame.loc[frame["asset_class"] == "forex_commodity", "serving_coverage_80"].isna().all()
+    assert list(report.coverage().index) == ["crypto"] and report.coverage().loc["crypto", "months"] == 2
+    assert any("80% intervals as served covered" in line for line in lines)
+    # The report file: the contract's columns first, one row per class and month, the new ones last.
     written = pd.read_csv(report.write_csv(tmp_path / "report.csv"))
     assert list(written.columns[:len(REPORT_COLUMNS)]) == list(REPORT_COLUMNS) and len(written) == 4
+    assert list(written.columns[-4:]) == ["naive_val_crps", "serving_val_crps", "serving_coverage_80",
+                                          "serving_coverage_80_uncalibrated"]
     assert set(report.summary()) == {
         "class-months where something worse than the fallback served", "promotions on ties",
         "candidates that beat pooled", "candidates whose val_nll equals their warm start's", "withdrawals"}
@@ -94,7 +105,7 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     assert set(logged) == set(report.criteria())
     names = {a.path for a in MlflowClient().list_artifacts(run_id, "simulation")}
     assert names == {"simulation/rows.json", "simulation/criteria.json", "simulation/summary.json",
-                     "simulation/val_mae.png"}
+                     "simulation/coverage.json", "simulation/val_mae.png"}
 
 
 def test_daily_bars_at_a_long_horizon_wait_as_a_pending_challenger_then_decide_within_a_quarter(
