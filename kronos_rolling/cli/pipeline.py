@@ -119,15 +119,17 @@ def _warm_start(value: str) -> str | None:
 def evaluation_table(evaluation, versions: dict[str, str], name: str = "candidate") -> str:
     """Every model's figures on the span, and the evaluated model's differences with their intervals."""
     from kronos_rolling.evaluation.report import differences
-    from kronos_rolling.evaluation.span import PERSISTENCE
+    from kronos_rolling.evaluation.span import BASELINES
 
-    rows = [("model", "val_mae", "skill", "val_nll", "val_crps", "val_sharpe")]
-    for model in [*evaluation.models, PERSISTENCE]:
+    rows = [("model", "val_mae", "skill", "val_nll", "val_crps", "crps_skill", "cover_80", "val_sharpe")]
+    for model in [*evaluation.models, *BASELINES]:
         f = evaluation.figures(model)
         label = model + (f" (v{versions[model]})" if model in versions else "")
+        cover = f.get("served_val_coverage_80", f["val_coverage_80"])
         rows.append((label, f"{f['val_mae']:.6f}", f"{f['val_mae_skill']:+.3f}", f"{f['val_nll']:.4f}",
-                     f"{f['val_crps']:.6f}", f"{f['val_sharpe']:+.3f}"))
-    rows.append(("buy-and-hold", "", "", "", "", f"{evaluation.buyhold_sharpe():+.3f}"))
+                     f"{f['val_crps']:.6f}", f"{f['val_crps_skill']:+.3f}", f"{cover:.1%}".replace("nan%", "-"),
+                     f"{f['val_sharpe']:+.3f}"))
+    rows.append(("buy-and-hold", "", "", "", "", "", "", f"{evaluation.buyhold_sharpe():+.3f}"))
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  " + "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, width)))
              for row in rows]
@@ -135,7 +137,8 @@ def evaluation_table(evaluation, versions: dict[str, str], name: str = "candidat
         lines.append(f"  {name} - {other}: " + "; ".join(d.describe() for d in by_metric.values()))
     capped = f" (capped from {evaluation.candidates})" if evaluation.candidates != evaluation.origins else ""
     lines.append(f"  on {evaluation.origins} origins{capped} of {evaluation.span[0]:%Y-%m-%d}.."
-                 f"{evaluation.span[1]:%Y-%m-%d}, {evaluation.settings.samples} paths each"
+                 f"{evaluation.span[1]:%Y-%m-%d}, {evaluation.settings.samples} paths each; cover_80: the share of "
+                 "outcomes inside the 80% intervals (as served, where a version carries a calibration)"
                  + "".join(f"\n  note: {note}" for note in evaluation.notes))
     return "\n".join(lines)
 

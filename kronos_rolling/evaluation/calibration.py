@@ -171,7 +171,7 @@ class Calibration:
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / CALIBRATION_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        path.write_text(json.dumps(self.to_dict(), separators=(",", ":")) + "\n")  # 100 numbers a step: compact
         return path
 
     @classmethod
