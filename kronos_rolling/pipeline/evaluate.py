@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import select_training_window
@@ -10,7 +12,8 @@ from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.evaluation.report import log_evaluation
 from kronos_rolling.evaluation.span import SpanEvaluation, evaluate_span
 from kronos_rolling.pipeline.references import reference_models
-from kronos_rolling.tracking.adapters import base_of, fetch_adapter, load_forecast_model
+from kronos_rolling.registry.integrity import fetch_verified
+from kronos_rolling.tracking.adapters import base_of, load_forecast_model
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.runs import experiment_name, start_run
 
@@ -21,12 +24,17 @@ def evaluate_adapter(model_uri: str, asset_class: str, as_of, tracking: Tracking
     """Score an adapter, the pooled and production adapters, its bare base and persistence on the
     month before `as_of` (the same origins); log it as a run of `kronos-rolling/<class>`.
     Returns the evaluation, the registry versions compared, and the run id."""
-    source = fetch_adapter(model_uri, tracking)
+    with tempfile.TemporaryDirectory(prefix="kronos-adapter-") as scratch:  # removed however this ends
+        return _evaluate(model_uri, asset_class, as_of, tracking, store, settings, lookback, horizon, Path(scratch))
+
+
+def _evaluate(model_uri, asset_class, as_of, tracking, store, settings, lookback, horizon, scratch: Path):
+    source = fetch_verified(model_uri, tracking, scratch / "adapter")
     settings = replace(settings, lookback=lookback or int(source.metadata.get("lookback", settings.lookback)),
                        horizon=horizon or int(source.metadata.get("horizon", settings.horizon)))
     window = select_training_window(as_of)
     base = base_of(source)
-    refs = reference_models(tracking, asset_class, base)
+    refs = reference_models(tracking, asset_class, base, scratch)
     adapter = load_forecast_model(source, base)
     evaluation = evaluate_span(store, [asset_class], window.val_span, {"adapter": adapter, **refs.models}, settings,
                                adapter.vocabulary)

@@ -13,8 +13,10 @@ again, and `rollback` puts the withdrawn version back.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, replace
 from datetime import date
+from pathlib import Path
 
 from kronos_rolling.data.windows import select_training_window
 from kronos_rolling.errors import DataError
@@ -69,8 +71,14 @@ def incumbent_step(label: str, ctx: JobContext, as_of: date, eval_settings: Eval
     """The check on its own: an evaluation-only run on the month before `as_of`."""
     if label == POOLED:
         return IncumbentCheck(None, "the pooled adapter is the fallback itself")
-    production = production_source(ctx.tracking, label)
-    pooled = production_source(ctx.tracking, POOLED)
+    with tempfile.TemporaryDirectory(prefix="kronos-adapter-") as scratch:  # removed however this ends
+        return _incumbent(label, ctx, as_of, eval_settings, Path(scratch))
+
+
+def _incumbent(label: str, ctx: JobContext, as_of: date, eval_settings: EvalSettings | None,
+               scratch: Path) -> IncumbentCheck:
+    production = production_source(ctx.tracking, label, scratch)
+    pooled = production_source(ctx.tracking, POOLED, scratch)
     if production is None or pooled is None:
         return IncumbentCheck(None, f"{'no production' if production is None else 'no pooled adapter'} to check")
     window = select_training_window(as_of)

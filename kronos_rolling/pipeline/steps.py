@@ -55,8 +55,8 @@ from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,
     default_warm_start,
-    fetch_adapter,
 )
+from kronos_rolling.registry.integrity import fetch_verified
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.pyfunc import log_adapter_model, register_adapter_model
 from kronos_rolling.tracking.runs import (
@@ -116,12 +116,15 @@ def train_step(config: TrainConfig, ctx: JobContext, *, warm_start: str | None =
     # The device lock comes first: a second job waits before it does any work at all.
     lock = (training_lock(ctx.lock_dir, wait=wait_for_lock, job=f"train {config.label} {config.as_of}")
             if dist_info.is_main else contextlib.nullcontext())
-    with lock:
-        return _train_locked(config, ctx, warm_start, eval_settings, progress, dist_info, launcher_run_id)
+    # The adapters it downloads (warm start, references) go to a folder of its own, removed
+    # when it ends, however it ends.
+    with lock, tempfile.TemporaryDirectory(prefix="kronos-adapter-") as scratch:
+        return _train_locked(config, ctx, warm_start, eval_settings, progress, dist_info, launcher_run_id,
+                             Path(scratch))
 
 
 def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, dist_info,
-                  launcher_run_id) -> TrainOutcome | None:
+                  launcher_run_id, scratch: Path) -> TrainOutcome | None:
     store, tracking = ctx.store, ctx.tracking
     eval_settings = eval_settings or EvalSettings(lookback=config.lookback, horizon=config.horizon)
     window = config.window()
@@ -149,7 +152,7 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
         if warm_start is None:
             log.warning("no production adapter for %s or pooled: the rolling fine-tune starts from a fresh adapter",
                         config.asset_class)
-    warm_source = fetch_adapter(warm_start, tracking) if warm_start else None
+    warm_source = fetch_verified(warm_start, tracking, scratch / "warm-start") if warm_start else None
 
     device = resolve_device(config.device)
     if device.type == "cuda" and dist_info.enabled:
@@ -210,7 +213,7 @@ def _train_locked(config, ctx: JobContext, warm_start, eval_settings, progress, 
         trainee.model.eval()
         candidate = ForecastModel(trainee.model, trainee.tokenizer, trainee.event_embedding.eval(),
                                   trainee.vocabulary, base.max_context)
-        refs = reference_models(tracking, config.label, base, warm_source)
+        refs = reference_models(tracking, config.label, base, scratch, warm_source)
         classes = [c for c in evaluation_classes(config) if store.symbols_for(c)]
         evaluation = evaluate_span(store, classes, window.val_span, {"candidate": candidate, **refs.models},
                                    eval_settings, trainee.vocabulary)

@@ -1,8 +1,8 @@
 """The HTTP API of the predictor service (FastAPI; OpenAPI schema at /openapi.json, docs at /docs).
 
     POST /forecast          one symbol -> forecast rows (+ quantiles) and the model that answered
-    POST /forecast/batch    several symbols, same options; grouped by model under one lock. A result
-                            per item, in order: a forecast, or an error naming the item's fields
+    POST /forecast/batch    several symbols, same options, grouped by model. A result per item, in
+                            order: a forecast, or an error naming the item's fields
                             (items[1].bars[3].high). 200 when any item is answered, else 422.
     GET  /health            served versions, registry freshness, device, warnings (no auth)
     GET  /models            label -> registered model, version, alias, loaded_at, source; refused versions
@@ -16,6 +16,10 @@ with KRONOS_WEBHOOK_SECRET. Input errors are 4xx with a message naming the field
 the fix: bad bars are a 422 whose `errors` list names each field (`bars[3].high`), found
 by the same bar validator as every other entry point. Unexpected errors are a 500 with a
 request id, the traceback stays in the log.
+
+Forecasts are decoded in batches (serve/batching.py): concurrent requests wait together
+for one generation. When the queue holds more work than can be answered within
+`max_queue_wait_s`, a forecast is a 503 with `Retry-After`, at once.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kronos_rolling import __version__
 from kronos_rolling.errors import ConfigError, DataError, KronosError
+from kronos_rolling.serve.batching import Overloaded
 from kronos_rolling.serve.metrics import ServiceMetrics
 from kronos_rolling.serve.schemas import (
     BatchRequest,
@@ -170,6 +175,9 @@ def create_app(service: PredictorService) -> FastAPI:
     async def kronos_error(request: Request, exc: KronosError):
         if isinstance(exc, (DataError, ConfigError)):
             return JSONResponse({"detail": str(exc)}, status_code=422)
+        if isinstance(exc, Overloaded):
+            return JSONResponse({"detail": str(exc)}, status_code=503,
+                                headers={"Retry-After": str(exc.retry_after_s)})
         log.error("cannot answer %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": f"the service cannot answer right now: {exc}"}, status_code=503)
 
@@ -180,11 +188,22 @@ def create_app(service: PredictorService) -> FastAPI:
         return JSONResponse({"detail": f"internal error (request id {request_id}); the service log has the "
                                        "details"}, status_code=500)
 
+    async def answer(items, options):
+        """Check the bars off the event loop, then wait for the batch that decodes them (no thread waits)."""
+        now = datetime.now(timezone.utc)
+
+        def submit():
+            return service.submit([series_of(item.symbol, item.bars) for item in items], options, now=now)
+
+        pending = await run_in_threadpool(submit)
+        return await pending.wait()
+
     @app.post("/forecast", response_model=ForecastResponse, dependencies=protected,
-              responses={422: {"description": "Invalid request or bars: `detail`, and `errors` naming each field"}},
+              responses={422: {"description": "Invalid request or bars: `detail`, and `errors` naming each field"},
+                         503: {"description": "The forecast queue is full: try again after `Retry-After` seconds"}},
               summary="Forecast one symbol with its asset class's production adapter")
-    def forecast(request: ForecastRequest):
-        (outcome,) = service.forecast_each([series_of(request.symbol, request.bars)], request.to_options())
+    async def forecast(request: ForecastRequest):
+        (outcome,) = await answer([request], request.to_options())
         if isinstance(outcome, ItemError):
             return JSONResponse(field_errors(outcome), status_code=422)
         metrics.count_forecast(outcome.model)
@@ -192,16 +211,16 @@ def create_app(service: PredictorService) -> FastAPI:
 
     @app.post("/forecast/batch", response_model=BatchResponse, dependencies=protected,
               responses={422: {"description": "No item could be answered (each result says why), or the "
-                                              "request as a whole is invalid"}},
+                                              "request as a whole is invalid"},
+                         503: {"description": "The forecast queue is full: try again after `Retry-After` seconds"}},
               summary="Forecast several symbols with the same options; a result per item")
-    def forecast_batch(request: BatchRequest):
+    async def forecast_batch(request: BatchRequest):
         """Each item is answered on its own: its result holds a forecast, or an error naming the item's
         fields (`items[1].bars[3].high`). The answer is 200 when any item succeeds, else 422."""
         service.limits.check_batch(len(request.items))
         valid = [i for i, item in enumerate(request.items) if not isinstance(item, InvalidItem)]
-        outcomes = dict(zip(valid, service.forecast_each(
-            [series_of(request.items[i].symbol, request.items[i].bars) for i in valid], request.to_options())
-            if valid else []))
+        outcomes = dict(zip(valid, await answer([request.items[i] for i in valid], request.to_options())
+                                 if valid else []))
         results = []
         for index, item in enumerate(request.items):
             prefix = f"items[{index}]."

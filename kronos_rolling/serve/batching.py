@@ -1,0 +1,202 @@
+"""Dynamic batching: requests that arrive together are decoded together, and a queue that
+says no at once when it is full.
+
+Each request becomes one `BatchJob` per model group (the series of one asset class, with
+the request's options). One worker thread decodes batch after batch: it takes the oldest
+job, waits until that job is `max_batch_wait_s` old or enough jobs wait to fill
+`max_batch_size` rows (a row per sample path), and decodes, together, every waiting job
+with the same `key` (jobs whose decode settings differ cannot share a generation) in
+arrival order up to the row limit. A job larger than the limit is decoded alone.
+
+Load shedding. The queue's limit is a wait: at the decode rate measured on the last
+batches (work units per second, `work` = the tokens a job feeds: each series' bars once
+plus pred_len per path), a request whose answer would take longer than `max_queue_wait_s`
+(the work queued ahead of it, the batch running, its own) is refused at once with
+`Overloaded`, which the HTTP API answers 503 with `Retry-After`. Until a batch has been
+timed, at most one batch of rows may wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from kronos_rolling.errors import KronosError
+
+log = logging.getLogger(__name__)
+
+RATE_SMOOTHING = 0.3  # weight of the newest batch in the decode-rate average
+
+
+class Overloaded(KronosError):
+    """The queue holds more work than can be answered within the limit; try again after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class BatchJob:
+    key: Hashable  # jobs decode together only when their keys are equal
+    rows: int  # rows of the decode (sample paths)
+    work: float  # work units: tokens fed
+    payload: Any  # what the batch runner needs
+    future: Future = field(default_factory=Future)
+    enqueued_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What /health and /metrics report of the queue."""
+
+    jobs: int
+    rows: int
+    work: float
+    running_rows: int
+    rate: float | None  # work units per second over the last batches; None until one is timed
+    batches: int
+    shed: int
+
+
+class Batcher:
+    """One worker thread that decodes queued jobs in batches with `run_batch`.
+
+    run_batch(jobs) returns one outcome per job, in order: a value or an exception, set on
+    that job's future. An exception raised by run_batch itself fails every job of the batch.
+    """
+
+    def __init__(self, run_batch: Callable[[list[BatchJob]], list[Any]], *, max_batch_size: int,
+                 max_batch_wait_s: float, max_queue_wait_s: float, clock: Callable[[], float] = time.monotonic):
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_batch_wait_s = max_batch_wait_s
+        self.max_queue_wait_s = max_queue_wait_s
+        self.clock = clock
+        self._ready = threading.Condition()
+        self._queue: list[BatchJob] = []
+        self._running: list[BatchJob] = []
+        self._rate: float | None = None
+        self._batches = 0
+        self._shed = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self, on_thread_start: Callable[[], None] | None = None) -> "Batcher":
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, args=(on_thread_start,), name="kronos-batcher",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the batch that runs; jobs still queued fail with Overloaded."""
+        with self._ready:
+            self._stopping = True
+            left, self._queue = self._queue, []
+            self._ready.notify_all()
+        for job in left:
+            job.future.set_exception(Overloaded("the service is stopping; send the request again", 1))
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- admission ----------------------------------------------------------------------
+
+    def submit(self, jobs: Sequence[BatchJob]) -> list[Future]:
+        """Queue the jobs of one request, all or none: Overloaded at once when they would wait too long."""
+        with self._ready:
+            if self._stopping or self._thread is None:
+                raise Overloaded("the service is not answering forecasts (starting or stopping); try again", 1)
+            wait = self._expected_wait(sum(job.work for job in jobs), sum(job.rows for job in jobs))
+            if wait is not None and wait > self.max_queue_wait_s:
+                self._shed += 1
+                retry = max(1, math.ceil(wait - self.max_queue_wait_s))
+                raise Overloaded(f"the forecast queue is full: this request would be answered in about {wait:.0f}s, "
+                                 f"over the {self.max_queue_wait_s:g}s limit; try again in {retry}s", retry)
+            now = self.clock()
+            for job in jobs:
+                job.enqueued_at = now
+                self._queue.append(job)
+            self._ready.notify_all()
+        return [job.future for job in jobs]
+
+    def _expected_wait(self, work: float, rows: int) -> float | None:
+        """Seconds until work queued now would be answered (None: admit, the limit cannot be judged)."""
+        if self._rate is None:
+            queued_rows = sum(job.rows for job in self._queue) + sum(job.rows for job in self._running)
+            if queued_rows and queued_rows + rows > self.max_batch_size:
+                return math.inf  # no rate yet: one batch of rows at most
+            return None
+        ahead = sum(job.work for job in self._queue) + sum(job.work for job in self._running)
+        return (ahead + work) / self._rate
+
+    def state(self) -> QueueState:
+        with self._ready:
+            return QueueState(len(self._queue), sum(j.rows for j in self._queue), sum(j.work for j in self._queue),
+                              sum(j.rows for j in self._running), self._rate, self._batches, self._shed)
+
+    # -- the worker ---------------------------------------------------------------------
+
+    def _work(self, on_thread_start: Callable[[], None] | None) -> None:
+        if on_thread_start is not None:
+            on_thread_start()
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            started = self.clock()
+            try:
+                outcomes = self.run_batch(batch)
+                if len(outcomes) != len(batch):
+                    raise RuntimeError(f"run_batch answered {len(outcomes)} of {len(batch)} jobs")
+            except BaseException as exc:  # noqa: BLE001 - every job of the batch gets the error
+                log.exception("a batch of %d job(s) failed", len(batch))
+                outcomes = [exc] * len(batch)
+            seconds = max(self.clock() - started, 1e-6)
+            with self._ready:
+                rate = sum(job.work for job in batch) / seconds
+                self._rate = rate if self._rate is None else (
+                    RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * self._rate)
+                self._batches += 1
+                self._running = []
+            for job, outcome in zip(batch, outcomes):
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
+
+    def _next_batch(self) -> list[BatchJob] | None:
+        """The next batch, once its oldest job has waited long enough or it is full; None: stopping."""
+        with self._ready:
+            while True:
+                if self._stopping:
+                    return None
+                if not self._queue:
+                    self._ready.wait()
+                    continue
+                key = self._queue[0].key
+                compatible = [job for job in self._queue if job.key == key]
+                rows = sum(job.rows for job in compatible)
+                waited = self.clock() - self._queue[0].enqueued_at
+                if rows < self.max_batch_size and waited < self.max_batch_wait_s:
+                    self._ready.wait(self.max_batch_wait_s - waited)
+                    continue
+                batch, taken = [], 0
+                for job in compatible:
+                    if batch and taken + job.rows > self.max_batch_size:
+                        break
+                    batch.append(job)
+                    taken += job.rows
+                chosen = {id(job) for job in batch}
+                self._queue = [job for job in self._queue if id(job) not in chosen]
+                self._running = batch
+                return batch
