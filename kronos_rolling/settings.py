@@ -255,8 +255,11 @@ class ServeSettings:
     inference_guard: bool = False  # serve pooled when a class's val_mae is > guard_ratio x pooled's
     guard_ratio: float = 1.10
     # CPU threads of the decoding thread (0: torch's default, one per core). Requests are
-    # decoded in batches one after another (serve/batching.py), so one decode uses every core.
-    inference_threads: int = 0
+    # decoded in batches one after another (serve/batching.py) on one thread; with one CPU
+    # thread the other cores read and check the requests meanwhile. Several threads pay off
+    # only on cores nothing else uses: where another process holds one, their spin-waits
+    # made a decode up to 15x slower (docs/benchmarks.md).
+    inference_threads: int = 1
     busy_threads: int = 1  # CPU threads for inference while a training job holds the device
     busy_nice: int = 10  # niceness of inference threads meanwhile (Linux; 0: same priority as training)
     busy_check_s: float = 2.0

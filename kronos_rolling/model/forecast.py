@@ -47,10 +47,6 @@ PRICE_FLOOR = 1e-3
 
 PRECISIONS = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-SINGLE_THREAD_ROWS = 4
-"""Up to this many rows a cached decode step runs on one CPU thread (`generate`'s step_threads):
-its products are too small for several threads to pay off; wider batches use every thread."""
-
 
 @dataclass
 class ForecastResult:
@@ -318,7 +314,6 @@ class Forecaster:
                 temperature=temperature, top_k=top_k, top_p=top_p, samples=counts, generator=seeds,
                 max_context=self.max_context, extra_embedding=extra,
                 lengths=None if min(lengths) == longest else lengths, autocast_dtype=self.autocast_dtype,
-                step_threads=1 if sum(counts) <= SINGLE_THREAD_ROWS else None,
             )
 
         outcomes: list[list[ForecastResult] | DataError] = [[] for _ in groups]

@@ -393,7 +393,7 @@ class PredictorService:
         return f"loaded {installed.describe()}"
 
     def _obtain(self, ref: VersionRef) -> CachedVersion:
-        """The verified bundle of `ref`: from the cache when it holds it intact, else downloaded."""
+        """The verified version `ref`: from the cache when it holds it intact, else downloaded and checked."""
         expected = self.source.recorded_digest(ref)
         if self.cache.has(ref.registered_model, ref.version):
             try:
@@ -403,7 +403,8 @@ class PredictorService:
         scratch_root = self.cache.root / ".downloads"
         scratch_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch_root) as scratch:
-            model_dir = self.source.download(ref, Path(scratch), expected)
+            model_dir = self.source.download(ref, Path(scratch))
+            check_version(model_dir, ref.registered_model, ref.version, ref.tags)  # names the file that differs
             return self.cache.store(ref.registered_model, ref.version, model_dir, tags=ref.tags, run_id=ref.run_id,
                                     expected_digest=expected)
 

@@ -6,9 +6,8 @@ refused, timeout, 5xx) raises `RegistryUnavailable` so the caller keeps what it 
 
 `RegistrySource.download` fetches one pinned version (`models:/NAME/VERSION`), its whole
 logged model, into a temporary folder and refuses it unless it is whole: every file the
-registry lists is present with its size, the digest of all its files matches the one its
-`sha256.<file>` tags fold into, and every file parses; the service then runs
-registry/integrity.check_version on it.
+registry lists is present with its size and every file parses; the service then runs
+registry/integrity.check_version on it (each file against its recorded sha256).
 """
 
 from __future__ import annotations
@@ -24,13 +23,7 @@ from mlflow.exceptions import MlflowException
 from kronos_rolling.errors import RegistryError, RegistryUnavailable
 from kronos_rolling.registry.client import is_missing
 from kronos_rolling.registry.names import PRODUCTION, registered_model_name
-from kronos_rolling.serve.integrity import (
-    check_digest,
-    check_formats,
-    check_sizes,
-    file_manifest,
-    recorded_digest,
-)
+from kronos_rolling.serve.integrity import check_formats, check_sizes, recorded_digest
 from kronos_rolling.tracking.context import Tracking
 
 log = logging.getLogger(__name__)
@@ -83,7 +76,7 @@ class RegistrySource:
         """The bundle digest the version's `sha256.<file>` tags fold into (None: it records none)."""
         return recorded_digest(ref.tags)
 
-    def download(self, ref: VersionRef, scratch: Path, expected_digest: str | None) -> Path:
+    def download(self, ref: VersionRef, scratch: Path) -> Path:
         """Download the version's logged model under `scratch` and check it is whole; returns its folder."""
         what = f"{ref.describe()} from {self.describe()}"
         dst = Path(tempfile.mkdtemp(prefix=f"download-{ref.version}-", dir=scratch))
@@ -92,8 +85,6 @@ class RegistrySource:
         except (MlflowException, requests.RequestException, OSError) as exc:
             raise RegistryUnavailable(f"cannot download {what}: {exc}") from exc  # try again at the next poll
         check_sizes(local, self._listed_sizes(ref), what)
-        if expected_digest is not None:  # else check_version refuses it: it records no files
-            check_digest(file_manifest(local), expected_digest, what)
         check_formats(local, what)
         return local
 
