@@ -85,6 +85,7 @@ def summary(issues: list[Issue]) -> str:
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+SPREADSHEET_QUOTING = csv.QUOTE_ALL
 _PLAIN_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -93,8 +94,9 @@ def spreadsheet_safe(value):
 
     OWASP (CSV injection): a cell starting with =, +, -, @, a tab or a carriage return gets
     a leading single quote, so spreadsheets read it as text. A plain number (-1.5, +2e3)
-    starts so too but is no formula: it is left as it is. The CSV writer quotes cells
-    holding separators or quotes, so no cell can start a new one.
+    starts so too but is no formula: it is left as it is. Such files are written with every
+    cell in double quotes (SPREADSHEET_QUOTING), so no separator, quote or line break inside
+    a cell can start a new one.
     """
     if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.match(value):
         return "'" + value
@@ -106,7 +108,7 @@ def write_report(path: str | Path, issues: list[Issue]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, quoting=SPREADSHEET_QUOTING)
         writer.writerow(["file", "row", "column", "problem", "detail"])
         for issue in issues:
             writer.writerow([spreadsheet_safe(cell) for cell in (

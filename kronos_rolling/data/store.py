@@ -34,7 +34,7 @@ from kronos_rolling.data.assets import (
 from kronos_rolling.data.bars import bars_error, check_bars, clean_bars, drop_invalid
 from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing
 from kronos_rolling.data.events import EventCalendar
-from kronos_rolling.data.issues import Issue, spreadsheet_safe, write_report
+from kronos_rolling.data.issues import SPREADSHEET_QUOTING, Issue, spreadsheet_safe, write_report
 from kronos_rolling.data.parse import read_table
 from kronos_rolling.data.validate import (
     DROPPED_SUFFIX,
@@ -260,7 +260,7 @@ class DataStore:
             if len(dropped):
                 temps.append(_temp_path(self.root, dropped_path.name))
                 safe = dropped.map(spreadsheet_safe).rename(columns=lambda name: spreadsheet_safe(str(name)))
-                safe.to_csv(temps[-1], index=False)
+                safe.to_csv(temps[-1], index=False, quoting=SPREADSHEET_QUOTING)
                 os.replace(temps[-1], dropped_path)
             elif drop_invalid_rows or replace:
                 dropped_path.unlink(missing_ok=True)  # an earlier import's left-outs no longer apply
