@@ -126,6 +126,7 @@ class ForecastGroup:
     event_ids: list | None = None
     future_timestamps: list | None = None
     asset_class: str | list | None = None
+    checked: bool = False  # the bars are clean_bars' output already: not checked again
 
 
 def _utc_times(values, label: str) -> pd.Series:
@@ -137,15 +138,16 @@ def _utc_times(values, label: str) -> pd.Series:
 
 def prepare_series(bars: pd.DataFrame, pred_len: int, *, lookback: int | None = None,
                    future_timestamps=None, event_ids=None, label: str = "bars",
-                   asset_class: str | None = None) -> PreparedSeries:
+                   asset_class: str | None = None, checked: bool = False) -> PreparedSeries:
     """Check one DataFrame of bars (`bars.clean_bars`) and turn it into model inputs (pure: no model needed).
 
     Future timestamps default to the series' own calendar (`calendars.future_bar_times`;
-    `asset_class` adds its market's hours and holidays).
+    `asset_class` adds its market's hours and holidays). checked: the bars are what
+    `clean_bars` returned already (the service checks a request's bars as it arrives).
     """
     if lookback is not None and lookback < MIN_BARS:
         raise ConfigError(f"lookback must be >= {MIN_BARS}, got {lookback}")
-    frame = clean_bars(bars, label)
+    frame = bars if checked else clean_bars(bars, label)
     n_bars = len(frame)
     if lookback is not None and n_bars < lookback:
         raise DataError(f"{label}: {n_bars} bar(s) but {lookback} needed for a lookback of {lookback}; "
@@ -283,7 +285,7 @@ class Forecaster:
             for frame, future, ev, cls in zip(series, futures, events, classes):
                 label = labels[len(prepared)] if labels else f"series {len(prepared)}"
                 prepared.append(prepare_series(frame, pred_len, lookback=lookback, future_timestamps=future,
-                                               event_ids=ev, label=label, asset_class=cls))
+                                               event_ids=ev, label=label, asset_class=cls, checked=group.checked))
                 owners.append(index)
                 embeddings.append(embedding)
                 counts.append(group.samples)

@@ -97,6 +97,27 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
+FORECAST_ROUTES = ("/forecast", "/forecast/batch")
+
+
+class Shedding:
+    """A forecast arriving while the queue alone is over its limit gets 503 before its body is read."""
+
+    def __init__(self, app, batcher):
+        self.app = app
+        self.batcher = batcher
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in FORECAST_ROUTES:
+            refusal = self.batcher.overloaded()
+            if refusal is not None:
+                scope["kronos.route"] = scope["path"]  # for the metrics: no route was matched
+                response = JSONResponse({"detail": str(refusal)}, status_code=503,
+                                        headers={"Retry-After": str(refusal.retry_after_s)})
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class RequestMetrics:
     """Count and time every request by its route template (pure ASGI: no per-request task)."""
 
@@ -119,9 +140,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            route = scope.get("route")
-            self.metrics.observe(getattr(route, "path", "unmatched"), scope.get("method", ""), status,
-                                 time.perf_counter() - started)
+            route = getattr(scope.get("route"), "path", None) or scope.get("kronos.route", "unmatched")
+            self.metrics.observe(route, scope.get("method", ""), status, time.perf_counter() - started)
 
 
 def create_app(service: PredictorService) -> FastAPI:
@@ -282,6 +302,7 @@ def create_app(service: PredictorService) -> FastAPI:
         return {"changes": changes, "health": service.health(datetime.now(timezone.utc))}
 
     app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
+    app.add_middleware(Shedding, batcher=service.batcher)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 

@@ -11,9 +11,13 @@ arrival order up to the row limit. A job larger than the limit is decoded alone.
 Load shedding. The queue's limit is a wait: at the decode rate measured on the last
 batches (work units per second, `work` = the tokens a job feeds: each series' bars once
 plus pred_len per path), a request whose answer would take longer than `max_queue_wait_s`
-(the work queued ahead of it, the batch running, its own) is refused at once with
-`Overloaded`, which the HTTP API answers 503 with `Retry-After`. Until a batch has been
-timed, at most one batch of rows may wait.
+is refused at once with `Overloaded`, which the HTTP API answers 503 with `Retry-After`.
+Its answer comes when the batch it joins ends: after what the running batch has left, the
+work queued ahead of it, its own, and the rows that may still join its batch (counted at
+the recent work per row), so admitted requests are answered within the limit while the
+rate holds. Until a batch has been timed, at most one batch of rows (or one job) may wait. The HTTP
+API asks `overloaded()` before it even reads a request: when the queue alone is over the
+limit, a 503 costs no parsing.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from kronos_rolling.errors import KronosError
 
 log = logging.getLogger(__name__)
 
-RATE_SMOOTHING = 0.3  # weight of the newest batch in the decode-rate average
+RATE_SMOOTHING = 0.3  # weight of the newest batch in the decode-rate and work-per-row averages
 
 
 class Overloaded(KronosError):
@@ -82,7 +86,9 @@ class Batcher:
         self._ready = threading.Condition()
         self._queue: list[BatchJob] = []
         self._running: list[BatchJob] = []
+        self._running_since = 0.0
         self._rate: float | None = None
+        self._work_per_row: float | None = None
         self._batches = 0
         self._shed = 0
         self._stopping = False
@@ -118,10 +124,7 @@ class Batcher:
                 raise Overloaded("the service is not answering forecasts (starting or stopping); try again", 1)
             wait = self._expected_wait(sum(job.work for job in jobs), sum(job.rows for job in jobs))
             if wait is not None and wait > self.max_queue_wait_s:
-                self._shed += 1
-                retry = max(1, math.ceil(wait - self.max_queue_wait_s))
-                raise Overloaded(f"the forecast queue is full: this request would be answered in about {wait:.0f}s, "
-                                 f"over the {self.max_queue_wait_s:g}s limit; try again in {retry}s", retry)
+                raise self._refusal(wait)
             now = self.clock()
             for job in jobs:
                 job.enqueued_at = now
@@ -129,15 +132,31 @@ class Batcher:
             self._ready.notify_all()
         return [job.future for job in jobs]
 
+    def overloaded(self) -> Overloaded | None:
+        """The refusal any request gets now, before its size is known: the queue alone is over the limit."""
+        with self._ready:
+            wait = self._expected_wait(0.0, 0)
+            return self._refusal(wait) if wait is not None and wait > self.max_queue_wait_s else None
+
+    def _refusal(self, wait: float) -> Overloaded:
+        self._shed += 1
+        retry = max(1, math.ceil(wait - self.max_queue_wait_s)) if math.isfinite(wait) else 1
+        about = f"in about {wait:.0f}s" if math.isfinite(wait) else "later than the queue allows"
+        return Overloaded(f"the forecast queue is full: this request would be answered {about}, over the "
+                          f"{self.max_queue_wait_s:g}s limit; try again in {retry}s", retry)
+
     def _expected_wait(self, work: float, rows: int) -> float | None:
         """Seconds until work queued now would be answered (None: admit, the limit cannot be judged)."""
-        if self._rate is None:
-            queued_rows = sum(job.rows for job in self._queue) + sum(job.rows for job in self._running)
-            if queued_rows and queued_rows + rows > self.max_batch_size:
-                return math.inf  # no rate yet: one batch of rows at most
-            return None
-        ahead = sum(job.work for job in self._queue) + sum(job.work for job in self._running)
-        return (ahead + work) / self._rate
+        queued_rows = sum(job.rows for job in self._queue)
+        if self._rate is None:  # no rate yet: one batch of rows at most, or one job of any size alone
+            waiting = queued_rows + sum(job.rows for job in self._running)
+            return math.inf if waiting and waiting + rows > self.max_batch_size else None
+        running = sum(job.work for job in self._running) - (self.clock() - self._running_since) * self._rate
+        ahead = sum(job.work for job in self._queue) + max(0.0, running)
+        # The rows that may still join the batch it ends in (batches are cut from the queue in order).
+        position = queued_rows + rows
+        fill = (-position) % self.max_batch_size if position else 0
+        return (ahead + work + fill * (self._work_per_row or 0.0)) / self._rate
 
     def state(self) -> QueueState:
         with self._ready:
@@ -163,9 +182,9 @@ class Batcher:
                 outcomes = [exc] * len(batch)
             seconds = max(self.clock() - started, 1e-6)
             with self._ready:
-                rate = sum(job.work for job in batch) / seconds
-                self._rate = rate if self._rate is None else (
-                    RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * self._rate)
+                work, rows = sum(job.work for job in batch), sum(job.rows for job in batch)
+                self._rate = _smoothed(self._rate, work / seconds)
+                self._work_per_row = _smoothed(self._work_per_row, work / max(rows, 1))
                 self._batches += 1
                 self._running = []
             for job, outcome in zip(batch, outcomes):
@@ -198,5 +217,9 @@ class Batcher:
                     taken += job.rows
                 chosen = {id(job) for job in batch}
                 self._queue = [job for job in self._queue if id(job) not in chosen]
-                self._running = batch
+                self._running, self._running_since = batch, self.clock()
                 return batch
+
+
+def _smoothed(average: float | None, value: float) -> float:
+    return value if average is None else RATE_SMOOTHING * value + (1 - RATE_SMOOTHING) * average

@@ -555,7 +555,7 @@ class PredictorService:
                               event_embedding=None if adapter is None else adapter.event_embedding,
                               event_ids=[self._event_ids(item, p.asset_class, options.pred_len, adapter)
                                          for item in p.items],
-                              asset_class=p.asset_class)
+                              asset_class=p.asset_class, checked=True)
                 for p, adapter, name in zip(payloads, adapters, names)]
             return adapters, forecaster.forecast_groups(
                 groups, options.pred_len, temperature=options.temperature, top_k=options.top_k,

@@ -1,0 +1,153 @@
+"""The batching queue on its own: what waits together is decoded together, in order, up to the row
+limit; beyond the queue's limit a request is refused at once with the time to come back."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kronos_rolling.serve.batching import Batcher, BatchJob, Overloaded
+
+
+class Decoder:
+    """A run_batch that records each batch and decodes one only when allowed to."""
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+        self.permits = threading.Semaphore(0)
+        self.changed = threading.Condition()
+
+    def allow(self, batches: int = 1) -> None:
+        for _ in range(batches):
+            self.permits.release()
+
+    def started(self, count: int) -> None:
+        """Wait until `count` batches have started."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.batches) >= count, 10), self.batches
+
+    def __call__(self, jobs: list[BatchJob]) -> list:
+        with self.changed:
+            self.batches.append([job.payload for job in jobs])
+            self.changed.notify_all()
+        assert self.permits.acquire(timeout=10)
+        return [f"answer to {job.payload}" for job in jobs]
+
+
+class Clock:
+    """Time that moves only when told: the rate the queue measures is exactly known."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job(name: str, rows: int = 1, work: float = 10.0, key="k") -> BatchJob:
+    return BatchJob(key=key, rows=rows, work=work, payload=name)
+
+
+def test_jobs_that_wait_together_are_decoded_together_in_order_up_to_the_row_limit():
+    decoder = Decoder()
+    batcher = Batcher(decoder, max_batch_size=4, max_batch_wait_s=0.0, max_queue_wait_s=60).start()
+    try:
+        decoder.allow()
+        batcher.submit([job("warm")])[0].result(10)  # a first batch measures the rate
+        [first] = batcher.submit([job("a")])
+        decoder.started(2)  # "a" decodes alone; the rest queue behind it
+        futures = [f for name, rows, key in (("b", 2, "k"), ("c", 1, "other"), ("d", 1, "k"), ("e", 2, "k"))
+                   for f in batcher.submit([job(name, rows, key=key)])]
+        decoder.allow(4)
+        assert first.result(10) == "answer to a"
+        assert [f.result(10) for f in futures] == [f"answer to {n}" for n in "bcde"]
+    finally:
+        decoder.allow(10)
+        batcher.stop()
+    # b and d share a key and fill 3 of 4 rows; e (2 rows) would overflow; c waits for its key's turn.
+    assert decoder.batches == [["warm"], ["a"], ["b", "d"], ["c"], ["e"]]
+
+
+def test_a_job_larger_than_a_batch_is_decoded_alone_and_a_failed_batch_fails_its_jobs():
+    def failing(jobs):
+        raise RuntimeError("the decode broke")
+
+    batcher = Batcher(failing, max_batch_size=2, max_batch_wait_s=0.0, max_queue_wait_s=60).start()
+    try:
+        [big] = batcher.submit([job("big", rows=5)])  # admitted alone though no rate is known yet
+        with pytest.raises(RuntimeError, match="the decode broke"):
+            big.result(10)
+    finally:
+        batcher.stop()
+
+
+def test_beyond_the_limit_a_request_is_refused_at_once_with_the_time_to_come_back():
+    clock, decoder = Clock(), Decoder()
+    batcher = Batcher(decoder, max_batch_size=2, max_batch_wait_s=0.0, max_queue_wait_s=5.0, clock=clock).start()
+    try:
+        # No rate measured yet: one batch of rows may wait, no more.
+        [first] = batcher.submit([job("a", rows=2, work=10.0)])
+        decoder.started(1)
+        with pytest.raises(Overloaded):
+            batcher.submit([job("b", rows=1)])
+        clock.now = 10.0  # the batch took 10 s for 10 work units: 1 unit/s, 5 units per row
+        decoder.allow()
+        assert first.result(10) == "answer to a"
+        # A 1-row job of 2 units ends with its 2-row batch, whose other row (5 units) may still
+        # come: 2 + 5 = 7 s, over the 5 s limit.
+        with pytest.raises(Overloaded) as refused:
+            batcher.submit([job("c", rows=1, work=2.0)])
+        assert refused.value.retry_after_s == 2 and "in about 7s, over the 5s limit" in str(refused.value)
+        [fits] = batcher.submit([job("d", rows=2, work=4.0)])  # a batch of its own: 4 s
+        decoder.started(2)
+        with pytest.raises(Overloaded):  # behind the 4 s d has still to run: 8 s
+            batcher.submit([job("e", rows=2, work=4.0)])
+        decoder.allow()
+        assert fits.result(10) == "answer to d"
+    finally:
+        decoder.allow(10)
+        batcher.stop()
+    state = batcher.state()
+    assert (state.shed, state.batches) == (3, 2)
+
+
+def test_once_the_queue_alone_is_over_the_limit_the_door_check_refuses_before_a_request_is_read():
+    clock, decoder = Clock(), Decoder()
+    batcher = Batcher(decoder, max_batch_size=4, max_batch_wait_s=0.0, max_queue_wait_s=5.0, clock=clock).start()
+    try:
+        [first] = batcher.submit([job("a", work=1.0)])
+        decoder.started(1)
+        assert batcher.overloaded() is None  # no rate yet: nothing to judge by
+        # Admitted while no rate was known (one batch of rows): 40 units that turn out to need 40 s.
+        waiting = batcher.submit([job("b", work=20.0), job("c", work=20.0)])
+        clock.now = 1.0  # "a" took 1 s for 1 unit
+        decoder.allow()
+        first.result(10)
+        decoder.started(2)  # b and c decode now, 40 s of work at 1 unit/s
+        refusal = batcher.overloaded()
+        assert isinstance(refusal, Overloaded) and refusal.retry_after_s >= 30
+        decoder.allow()
+        assert [f.result(10) for f in waiting] == ["answer to b", "answer to c"]  # admitted ones are answered
+    finally:
+        decoder.allow(10)
+        batcher.stop()
+
+
+def test_stopping_fails_what_still_waits():
+    decoder = Decoder()
+    batcher = Batcher(decoder, max_batch_size=1, max_batch_wait_s=0.0, max_queue_wait_s=60).start()
+    decoder.allow()
+    batcher.submit([job("warm")])[0].result(10)
+    [running] = batcher.submit([job("a")])
+    decoder.started(2)
+    [waiting] = batcher.submit([job("b")])
+    stopping = threading.Thread(target=batcher.stop)
+    stopping.start()
+    with pytest.raises(Overloaded, match="stopping"):
+        waiting.result(10)
+    decoder.allow()
+    stopping.join(10)
+    assert running.result(10) == "answer to a"
+    with pytest.raises(Overloaded, match="not answering"):
+        batcher.submit([job("c")])
