@@ -12,12 +12,14 @@ Load shedding. The queue's limit is a wait: at the decode rate measured on the l
 batches (work units per second, `work` = the tokens a job feeds: each series' bars once
 plus pred_len per path), a request whose answer would take longer than `max_queue_wait_s`
 is refused at once with `Overloaded`, which the HTTP API answers 503 with `Retry-After`.
-Its answer comes when the batch it joins ends: after what the running batch has left, the
-work queued ahead of it, its own, and the rows that may still join its batch (counted at
-the recent work per row), so admitted requests are answered within the limit while the
-rate holds. Until a batch has been timed, at most one batch of rows (or one job) may wait. The HTTP
-API asks `overloaded()` before it even reads a request: when the queue alone is over the
-limit, a 503 costs no parsing.
+The estimate is what the running batch has left, the work queued ahead and the request's
+own. Rows that arrive later and join its batch are not counted (what they cost depends on
+how well the model batches, which only full batches show), so an admitted request can be
+answered later than the limit by at most one batch's time: choose `max_batch_size` so a
+full batch takes a fraction of the limit (docs/operations.md). Until a batch has been
+timed, at most one batch of rows (or one job) may wait. The HTTP API asks `overloaded()`
+before it even reads a request: when the queue alone is over the limit, a 503 costs no
+parsing.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from kronos_rolling.errors import KronosError
 
 log = logging.getLogger(__name__)
 
-RATE_SMOOTHING = 0.3  # weight of the newest batch in the decode-rate and work-per-row averages
+RATE_SMOOTHING = 0.3  # weight of the newest batch in the decode-rate average
 
 
 class Overloaded(KronosError):
@@ -88,7 +90,6 @@ class Batcher:
         self._running: list[BatchJob] = []
         self._running_since = 0.0
         self._rate: float | None = None
-        self._work_per_row: float | None = None
         self._batches = 0
         self._shed = 0
         self._stopping = False
@@ -152,11 +153,7 @@ class Batcher:
             waiting = queued_rows + sum(job.rows for job in self._running)
             return math.inf if waiting and waiting + rows > self.max_batch_size else None
         running = sum(job.work for job in self._running) - (self.clock() - self._running_since) * self._rate
-        ahead = sum(job.work for job in self._queue) + max(0.0, running)
-        # The rows that may still join the batch it ends in (batches are cut from the queue in order).
-        position = queued_rows + rows
-        fill = (-position) % self.max_batch_size if position else 0
-        return (ahead + work + fill * (self._work_per_row or 0.0)) / self._rate
+        return (sum(job.work for job in self._queue) + max(0.0, running) + work) / self._rate
 
     def state(self) -> QueueState:
         with self._ready:
@@ -182,9 +179,8 @@ class Batcher:
                 outcomes = [exc] * len(batch)
             seconds = max(self.clock() - started, 1e-6)
             with self._ready:
-                work, rows = sum(job.work for job in batch), sum(job.rows for job in batch)
-                self._rate = _smoothed(self._rate, work / seconds)
-                self._work_per_row = _smoothed(self._work_per_row, work / max(rows, 1))
+                rate = sum(job.work for job in batch) / seconds
+                self._rate = rate if self._rate is None else RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * self._rate
                 self._batches += 1
                 self._running = []
             for job, outcome in zip(batch, outcomes):
@@ -220,6 +216,3 @@ class Batcher:
                 self._running, self._running_since = batch, self.clock()
                 return batch
 
-
-def _smoothed(average: float | None, value: float) -> float:
-    return value if average is None else RATE_SMOOTHING * value + (1 - RATE_SMOOTHING) * average

@@ -91,25 +91,25 @@ def test_beyond_the_limit_a_request_is_refused_at_once_with_the_time_to_come_bac
         decoder.started(1)
         with pytest.raises(Overloaded):
             batcher.submit([job("b", rows=1)])
-        clock.now = 10.0  # the batch took 10 s for 10 work units: 1 unit/s, 5 units per row
+        clock.now = 10.0  # the batch took 10 s for 10 work units: 1 unit/s
         decoder.allow()
         assert first.result(10) == "answer to a"
-        # A 1-row job of 2 units ends with its 2-row batch, whose other row (5 units) may still
-        # come: 2 + 5 = 7 s, over the 5 s limit.
-        with pytest.raises(Overloaded) as refused:
-            batcher.submit([job("c", rows=1, work=2.0)])
-        assert refused.value.retry_after_s == 2 and "in about 7s, over the 5s limit" in str(refused.value)
-        [fits] = batcher.submit([job("d", rows=2, work=4.0)])  # a batch of its own: 4 s
+        [d] = batcher.submit([job("d", rows=2, work=4.0)])  # nothing ahead: 4 s
         decoder.started(2)
-        with pytest.raises(Overloaded):  # behind the 4 s d has still to run: 8 s
-            batcher.submit([job("e", rows=2, work=4.0)])
-        decoder.allow()
-        assert fits.result(10) == "answer to d"
+        clock.now = 11.0  # d has run 1 s: 3 s of it left
+        with pytest.raises(Overloaded) as refused:  # 3 + 2.5 = 5.5 s, over the 5 s limit
+            batcher.submit([job("c", rows=1, work=2.5)])
+        assert refused.value.retry_after_s == 1 and "in about 6s, over the 5s limit" in str(refused.value)
+        [e] = batcher.submit([job("e", rows=1, work=1.5)])  # 3 + 1.5 = 4.5 s
+        with pytest.raises(Overloaded):  # 3 + 1.5 + 1 = 5.5 s
+            batcher.submit([job("f", rows=1, work=1.0)])
+        decoder.allow(2)
+        assert (d.result(10), e.result(10)) == ("answer to d", "answer to e")
     finally:
         decoder.allow(10)
         batcher.stop()
     state = batcher.state()
-    assert (state.shed, state.batches) == (3, 2)
+    assert (state.shed, state.batches) == (3, 3)
 
 
 def test_once_the_queue_alone_is_over_the_limit_the_door_check_refuses_before_a_request_is_read():
