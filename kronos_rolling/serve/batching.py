@@ -12,14 +12,18 @@ Load shedding. The queue's limit is a wait: at the decode rate measured on the l
 batches (work units per second, `work` = the tokens a job feeds: each series' bars once
 plus pred_len per path), a request whose answer would take longer than `max_queue_wait_s`
 is refused at once with `Overloaded`, which the HTTP API answers 503 with `Retry-After`.
-The estimate is what the running batch has left, the work queued ahead and the request's
-own. Rows that arrive later and join its batch are not counted (what they cost depends on
-how well the model batches, which only full batches show), so an admitted request can be
-answered later than the limit by at most one batch's time: choose `max_batch_size` so a
-full batch takes a fraction of the limit (docs/operations.md). Until a batch has been
-timed, at most one batch of rows (or one job) may wait. The HTTP API asks `overloaded()`
-before it even reads a request: when the queue alone is over the limit, a 503 costs no
-parsing.
+The estimate is what the running batch has left, the work queued ahead, the request's
+own and, when it has to wait, the rows that may still join its batch meanwhile, costed at
+the recent work per row: its answer comes when that batch ends. So admitted requests are
+answered within the limit while the rate holds. Where batching speeds the decode up a lot
+(long horizons, GPUs) this is cautious until full batches have shown their rate; where it
+does not (CPUs, long lookbacks), a full batch must take well under the limit or few
+requests get in: choose `max_batch_size` by it (docs/operations.md). Until a batch has been
+timed, at most one batch of rows (or one job) may wait. Refusing should cost next to
+nothing, or refused requests take the CPU from the decode: the HTTP API asks
+`overloaded()` before it even reads a request (the queue plus a request of the recent
+average size over the limit: 503 with no parsing), and the service asks `admits(work)` of
+a parsed request before it checks its bars.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from kronos_rolling.errors import KronosError
 
 log = logging.getLogger(__name__)
 
-RATE_SMOOTHING = 0.3  # weight of the newest batch in the decode-rate average
+RATE_SMOOTHING = 0.3  # weight of the newest value in the running averages (rate, work per row and request)
 
 
 class Overloaded(KronosError):
@@ -90,6 +94,8 @@ class Batcher:
         self._running: list[BatchJob] = []
         self._running_since = 0.0
         self._rate: float | None = None
+        self._job_work: float | None = None  # recent average work of a request
+        self._work_per_row: float | None = None
         self._batches = 0
         self._shed = 0
         self._stopping = False
@@ -127,6 +133,8 @@ class Batcher:
             if wait is not None and wait > self.max_queue_wait_s:
                 raise self._refusal(wait)
             now = self.clock()
+            work = sum(job.work for job in jobs)
+            self._job_work = _smoothed(self._job_work, work)
             for job in jobs:
                 job.enqueued_at = now
                 self._queue.append(job)
@@ -134,10 +142,17 @@ class Batcher:
         return [job.future for job in jobs]
 
     def overloaded(self) -> Overloaded | None:
-        """The refusal any request gets now, before its size is known: the queue alone is over the limit."""
+        """The refusal a request of the recent average size gets now (None: it may come in)."""
         with self._ready:
-            wait = self._expected_wait(0.0, 0)
+            wait = self._expected_wait(self._job_work or 0.0, 0)
             return self._refusal(wait) if wait is not None and wait > self.max_queue_wait_s else None
+
+    def admits(self, work: float, rows: int) -> None:
+        """Overloaded now if a request of this size would not be admitted (before its bars are checked)."""
+        with self._ready:
+            wait = self._expected_wait(work, rows)
+            if wait is not None and wait > self.max_queue_wait_s:
+                raise self._refusal(wait)
 
     def _refusal(self, wait: float) -> Overloaded:
         self._shed += 1
@@ -153,7 +168,14 @@ class Batcher:
             waiting = queued_rows + sum(job.rows for job in self._running)
             return math.inf if waiting and waiting + rows > self.max_batch_size else None
         running = sum(job.work for job in self._running) - (self.clock() - self._running_since) * self._rate
-        return (sum(job.work for job in self._queue) + max(0.0, running) + work) / self._rate
+        ahead = sum(job.work for job in self._queue) + max(0.0, running)
+        if not ahead:  # decoded at once, with what arrives within max_batch_wait_s
+            return work / self._rate
+        # It waits: rows arriving meanwhile may fill up the batch it ends in (batches are cut
+        # from the queue in order).
+        position = queued_rows + rows
+        fill = (-position) % self.max_batch_size if position else 0
+        return (ahead + work + fill * (self._work_per_row or 0.0)) / self._rate
 
     def state(self) -> QueueState:
         with self._ready:
@@ -179,8 +201,9 @@ class Batcher:
                 outcomes = [exc] * len(batch)
             seconds = max(self.clock() - started, 1e-6)
             with self._ready:
-                rate = sum(job.work for job in batch) / seconds
-                self._rate = rate if self._rate is None else RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * self._rate
+                work, rows = sum(job.work for job in batch), sum(job.rows for job in batch)
+                self._rate = _smoothed(self._rate, work / seconds)
+                self._work_per_row = _smoothed(self._work_per_row, work / max(rows, 1))
                 self._batches += 1
                 self._running = []
             for job, outcome in zip(batch, outcomes):
@@ -216,3 +239,6 @@ class Batcher:
                 self._running, self._running_since = batch, self.clock()
                 return batch
 
+
+def _smoothed(average: float | None, value: float) -> float:
+    return value if average is None else RATE_SMOOTHING * value + (1 - RATE_SMOOTHING) * average

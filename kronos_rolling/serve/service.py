@@ -128,6 +128,11 @@ class ItemError:
 BARS_HINT = "Rows are positions in the series' bars (0-based)."
 
 
+def job_work(bars: int, options: ForecastOptions) -> float:
+    """What decoding one series costs, in the batcher's work units: its bars fed once, pred_len per path."""
+    return bars + options.samples * options.pred_len
+
+
 def decode_key(options: ForecastOptions) -> tuple:
     """What jobs must share to be decoded together (seeds, paths and quantiles may differ)."""
     return options.pred_len, options.temperature, options.top_k, options.top_p
@@ -499,6 +504,8 @@ class PredictorService:
         self.limits.check_options(options.pred_len, options.samples)
         check_sampling(options.temperature, options.top_k, options.top_p, options.samples)
         self.limits.check_batch(len(series))
+        # Refused before its bars are checked when the queue cannot take it (the check costs the CPU).
+        self.batcher.admits(sum(job_work(len(item.bars), options) for item in series), len(series) * options.samples)
         outcomes: list[Answer | ItemError | None] = [None] * len(series)
         groups: dict[str, list[int]] = {}
         clean: dict[int, SeriesInput] = {}
@@ -516,7 +523,7 @@ class PredictorService:
         jobs = []
         for asset_class, indices in groups.items():
             items = [clean[i] for i in indices]
-            work = sum(len(item.bars) + options.samples * options.pred_len for item in items)
+            work = sum(job_work(len(item.bars), options) for item in items)
             jobs.append(BatchJob(key=decode_key(options), rows=len(items) * options.samples, work=work,
                                  payload=ClassJob(asset_class, indices, items, options, unavailable)))
         if jobs:

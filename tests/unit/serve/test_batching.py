@@ -91,20 +91,21 @@ def test_beyond_the_limit_a_request_is_refused_at_once_with_the_time_to_come_bac
         decoder.started(1)
         with pytest.raises(Overloaded):
             batcher.submit([job("b", rows=1)])
-        clock.now = 10.0  # the batch took 10 s for 10 work units: 1 unit/s
+        clock.now = 10.0  # the batch took 10 s for 10 work units: 1 unit/s, 5 units per row
         decoder.allow()
         assert first.result(10) == "answer to a"
-        [d] = batcher.submit([job("d", rows=2, work=4.0)])  # nothing ahead: 4 s
+        [d] = batcher.submit([job("d", rows=2, work=4.0)])  # nothing ahead: decoded at once, 4 s
         decoder.started(2)
-        clock.now = 11.0  # d has run 1 s: 3 s of it left
-        with pytest.raises(Overloaded) as refused:  # 3 + 2.5 = 5.5 s, over the 5 s limit
-            batcher.submit([job("c", rows=1, work=2.5)])
-        assert refused.value.retry_after_s == 1 and "in about 6s, over the 5s limit" in str(refused.value)
-        [e] = batcher.submit([job("e", rows=1, work=1.5)])  # 3 + 1.5 = 4.5 s
-        with pytest.raises(Overloaded):  # 3 + 1.5 + 1 = 5.5 s
-            batcher.submit([job("f", rows=1, work=1.0)])
+        # Behind d's 4 s, a 1-row job of 1 unit ends with its 2-row batch, whose other row (5
+        # units) may still join while it waits: 4 + 1 + 5 = 10 s, over the 5 s limit.
+        with pytest.raises(Overloaded) as refused:
+            batcher.submit([job("c", rows=1, work=1.0)])
+        assert refused.value.retry_after_s == 5 and "in about 10s, over the 5s limit" in str(refused.value)
+        with pytest.raises(Overloaded):  # 4 + 4 = 8 s
+            batcher.submit([job("e", rows=2, work=4.0)])
+        [f] = batcher.submit([job("f", rows=2, work=1.0)])  # fills its batch: 4 + 1 = 5 s, just within
         decoder.allow(2)
-        assert (d.result(10), e.result(10)) == ("answer to d", "answer to e")
+        assert (d.result(10), f.result(10)) == ("answer to d", "answer to f")
     finally:
         decoder.allow(10)
         batcher.stop()
