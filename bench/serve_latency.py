@@ -221,6 +221,10 @@ def load_part(url: str, bodies: list[dict], args, limits: dict) -> None:
             index += args.clients
             if status == 503:
                 time.sleep(min(retry, max(0.0, stop_at - time.perf_counter())))
+                # A connection idle past the service's keep-alive may be closed as the next request
+                # goes out (a reset, not an answer): come back on a new one, as careful clients do.
+                own.close()
+                own = requests.Session()
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(n,)) for n in range(args.clients)]

@@ -103,15 +103,22 @@ FORECAST_ROUTES = ("/forecast", "/forecast/batch")
 class Shedding:
     """A forecast arriving while the queue alone is over its limit gets 503 before its body is read."""
 
-    def __init__(self, app, batcher):
+    def __init__(self, app, batcher, max_body: int):
         self.app = app
         self.batcher = batcher
+        self.max_body = max_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in FORECAST_ROUTES:
             refusal = self.batcher.overloaded()
             if refusal is not None:
                 scope["kronos.route"] = scope["path"]  # for the metrics: no route was matched
+                # Read (up to the body limit), not parsed: a connection closed on an unread body
+                # is reset before the 503 reaches the client.
+                received, message = 0, {"more_body": True}
+                while message.get("more_body") and received <= self.max_body:
+                    message = await receive()
+                    received += len(message.get("body", b""))
                 response = JSONResponse({"detail": str(refusal)}, status_code=503,
                                         headers={"Retry-After": str(refusal.retry_after_s)})
                 return await response(scope, receive, send)
@@ -302,7 +309,7 @@ def create_app(service: PredictorService) -> FastAPI:
         return {"changes": changes, "health": service.health(datetime.now(timezone.utc))}
 
     app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
-    app.add_middleware(Shedding, batcher=service.batcher)
+    app.add_middleware(Shedding, batcher=service.batcher, max_body=settings.limits.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 
