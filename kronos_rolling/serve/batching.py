@@ -13,13 +13,16 @@ batches (work units per second, `work` = the tokens a job feeds: each series' ba
 plus pred_len per path), a request whose answer would take longer than `max_queue_wait_s`
 is refused at once with `Overloaded`, which the HTTP API answers 503 with `Retry-After`.
 The estimate is what the running batch has left, the work queued ahead, the request's
-own and, when it has to wait, the rows that may still join its batch meanwhile, costed at
-the recent work per row: its answer comes when that batch ends. So admitted requests are
-answered within the limit while the rate holds. Where batching speeds the decode up a lot
-(long horizons, GPUs) this is cautious until full batches have shown their rate; where it
-does not (CPUs, long lookbacks), a full batch must take well under the limit or few
-requests get in: choose `max_batch_size` by it (docs/operations.md). Until a batch has been
-timed, at most one batch of rows (or one job) may wait. Refusing should cost next to
+own and, when it has to wait, the rows that may still join its batch meanwhile: its
+answer comes when that batch ends. A row that joins a batch costs what batching does not
+save, which depends on the model and the machine: nearly a whole row's decode where the
+lookback pass dominates (CPUs, long lookbacks), little where the memory-bound steps do
+(long horizons, GPUs). `BatchCost` learns it from the batches decoded (their seconds
+against their work and rows), counting it as nothing until batches of different sizes
+have shown it. So admitted requests are answered within the limit while the rate holds;
+on CPUs a full batch must take well under the limit or few requests get in: choose
+`max_batch_size` by it (docs/operations.md). Until a batch has been timed, at most one
+batch of rows (or one job) may wait. Refusing should cost next to
 nothing, or refused requests take the CPU from the decode: the HTTP API asks
 `overloaded()` before it even reads a request (the queue plus a request of the recent
 average size over the limit: 503 with no parsing), and the service asks `admits(work)` of
@@ -96,6 +99,7 @@ class Batcher:
         self._rate: float | None = None
         self._job_work: float | None = None  # recent average work of a request
         self._work_per_row: float | None = None
+        self.cost = BatchCost()
         self._batches = 0
         self._shed = 0
         self._stopping = False
@@ -175,7 +179,7 @@ class Batcher:
         # from the queue in order).
         position = queued_rows + rows
         fill = (-position) % self.max_batch_size if position else 0
-        return (ahead + work + fill * (self._work_per_row or 0.0)) / self._rate
+        return (ahead + work) / self._rate + fill * self.cost.row_seconds(self._work_per_row or 0.0)
 
     def state(self) -> QueueState:
         with self._ready:
@@ -201,9 +205,10 @@ class Batcher:
                 outcomes = [exc] * len(batch)
             seconds = max(self.clock() - started, 1e-6)
             with self._ready:
-                work, rows = sum(job.work for job in batch), sum(job.rows for job in batch)
+                work, rows = sum(job.work for job in batch), max(1, sum(job.rows for job in batch))
                 self._rate = _smoothed(self._rate, work / seconds)
-                self._work_per_row = _smoothed(self._work_per_row, work / max(rows, 1))
+                self._work_per_row = _smoothed(self._work_per_row, work / rows)
+                self.cost.add(work, rows, seconds)
                 self._batches += 1
                 self._running = []
             for job, outcome in zip(batch, outcomes):
@@ -242,3 +247,35 @@ class Batcher:
 
 def _smoothed(average: float | None, value: float) -> float:
     return value if average is None else RATE_SMOOTHING * value + (1 - RATE_SMOOTHING) * average
+
+
+class BatchCost:
+    """What one more row adds to a batch, from the batches decoded: seconds T of a batch of W work
+    units in R rows fitted as T = a * W / R + b * W by least squares, recent batches weighing more.
+
+    `a` is what a batch costs whatever its rows (per unit of work of one row: the memory-bound
+    steps that batching shares), `b` what each row costs on its own (the lookback pass). One
+    more row of w units adds b * w seconds. Until batches of different sizes have been timed
+    the two cannot be told apart, and a row is taken to add nothing.
+    """
+
+    DECAY = 0.9  # weight of a batch after each newer one
+
+    def __init__(self):
+        self.uu = self.uv = self.vv = self.uy = self.vy = 0.0
+
+    def add(self, work: float, rows: int, seconds: float) -> None:
+        u, v = work / rows, work
+        d = self.DECAY
+        self.uu, self.uv, self.vv = d * self.uu + u * u, d * self.uv + u * v, d * self.vv + v * v
+        self.uy, self.vy = d * self.uy + u * seconds, d * self.vy + v * seconds
+
+    def row_seconds(self, work_per_row: float) -> float:
+        det = self.uu * self.vv - self.uv ** 2
+        if det <= 1e-6 * self.uu * self.vv:  # one batch size so far: no telling
+            return 0.0
+        a = (self.uy * self.vv - self.uv * self.vy) / det
+        b = (self.uu * self.vy - self.uv * self.uy) / det
+        if a < 0:  # no shared part at all: every row costs its own
+            b = self.vy / self.vv
+        return max(0.0, b) * work_per_row

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from kronos_rolling.serve.batching import Batcher, BatchJob, Overloaded
+from kronos_rolling.serve.batching import BatchCost, Batcher, BatchJob, Overloaded
 
 
 class Decoder:
@@ -94,10 +94,15 @@ def test_beyond_the_limit_a_request_is_refused_at_once_with_the_time_to_come_bac
         clock.now = 10.0  # the batch took 10 s for 10 work units: 1 unit/s, 5 units per row
         decoder.allow()
         assert first.result(10) == "answer to a"
-        [d] = batcher.submit([job("d", rows=2, work=4.0)])  # nothing ahead: decoded at once, 4 s
+        [g] = batcher.submit([job("g", rows=1, work=5.0)])  # nothing ahead: decoded at once, 5 s
         decoder.started(2)
-        # Behind d's 4 s, a 1-row job of 1 unit ends with its 2-row batch, whose other row (5
-        # units) may still join while it waits: 4 + 1 + 5 = 10 s, over the 5 s limit.
+        clock.now = 15.0  # half the rows, half the time: batching saves nothing, a row costs 5 s
+        decoder.allow()
+        g.result(10)
+        [d] = batcher.submit([job("d", rows=2, work=4.0)])  # 4 s
+        decoder.started(3)
+        # Behind d's 4 s, a 1-row job of 1 unit ends with its 2-row batch, whose other row
+        # (5 s) may still join while it waits: 4 + 1 + 5 = 10 s, over the 5 s limit.
         with pytest.raises(Overloaded) as refused:
             batcher.submit([job("c", rows=1, work=1.0)])
         assert refused.value.retry_after_s == 5 and "in about 10s, over the 5s limit" in str(refused.value)
@@ -110,7 +115,20 @@ def test_beyond_the_limit_a_request_is_refused_at_once_with_the_time_to_come_bac
         decoder.allow(10)
         batcher.stop()
     state = batcher.state()
-    assert (state.shed, state.batches) == (3, 3)
+    assert (state.shed, state.batches) == (3, 4)
+
+
+def test_what_a_row_adds_to_a_batch_is_learned_from_batches_of_different_sizes():
+    lookback_bound, step_bound, one_size = BatchCost(), BatchCost(), BatchCost()
+    for rows in (1, 1, 2, 4, 8):  # every row costs its own 0.9 s: batching saves nothing
+        lookback_bound.add(300 * rows, rows, 0.9 * rows)
+    for rows in (1, 2, 4, 8, 16):  # 1.4 s shared by the batch, 0.2 s per row
+        step_bound.add(96 * rows, rows, 1.4 + 0.2 * rows)
+    one_size.add(300, 1, 0.9)
+    one_size.add(300, 1, 0.95)
+    assert lookback_bound.row_seconds(300) == pytest.approx(0.9)
+    assert step_bound.row_seconds(96) == pytest.approx(0.2)
+    assert one_size.row_seconds(300) == 0.0  # no telling yet: a joining row is taken to cost nothing
 
 
 def test_once_the_queue_alone_is_over_the_limit_the_door_check_refuses_before_a_request_is_read():
