@@ -12,14 +12,14 @@ Load shedding. The queue's limit is a wait: at the decode rate measured on the l
 batches (work units per second, `work` = the tokens a job feeds: each series' bars once
 plus pred_len per path), a request whose answer would take longer than `max_queue_wait_s`
 is refused at once with `Overloaded`, which the HTTP API answers 503 with `Retry-After`.
-The estimate is what the running batch has left, the work queued ahead, the request's
-own and, when it has to wait, the rows that may still join its batch meanwhile: its
-answer comes when that batch ends. A row that joins a batch costs what batching does not
-save, which depends on the model and the machine: nearly a whole row's decode where the
-lookback pass dominates (CPUs, long lookbacks), little where the memory-bound steps do
-(long horizons, GPUs). `BatchCost` learns it from the batches decoded (their seconds
-against their work and rows), counting it as nothing until batches of different sizes
-have shown it. So admitted requests are answered within the limit while the rate holds;
+The estimate is what the running batch has left, then the batches the queue ahead will
+be cut into, the last one holding the request and, when it has to wait, the rows that may
+still join it meanwhile: its answer comes when that batch ends. What a batch takes depends
+on how much batching saves, which depends on the model and the machine: little where the
+lookback pass dominates (CPUs, long lookbacks), much where the memory-bound steps do (long
+horizons, GPUs). `BatchCost` learns it from the batches decoded (their seconds against
+their work and rows); until batches of different sizes have shown it, a batch is costed
+at the measured rate and a joining row at nothing. So admitted requests are answered within the limit while the rate holds;
 on CPUs a full batch must take well under the limit or few requests get in: choose
 `max_batch_size` by it (docs/operations.md). Until a batch has been timed, at most one
 batch of rows (or one job) may wait. Refusing should cost next to
@@ -166,20 +166,37 @@ class Batcher:
                           f"{self.max_queue_wait_s:g}s limit; try again in {retry}s", retry)
 
     def _expected_wait(self, work: float, rows: int) -> float | None:
-        """Seconds until work queued now would be answered (None: admit, the limit cannot be judged)."""
+        """Seconds until work queued now would be answered (None: admit, the limit cannot be judged).
+
+        The queue is cut into batches in order, as the worker will cut it, the new work in the
+        last one, filled up with the rows that may still join while it waits; each batch's
+        seconds come from `BatchCost` (from the rate while it cannot tell yet).
+        """
         queued_rows = sum(job.rows for job in self._queue)
         if self._rate is None:  # no rate yet: one batch of rows at most, or one job of any size alone
             waiting = queued_rows + sum(job.rows for job in self._running)
             return math.inf if waiting and waiting + rows > self.max_batch_size else None
-        running = sum(job.work for job in self._running) - (self.clock() - self._running_since) * self._rate
-        ahead = sum(job.work for job in self._queue) + max(0.0, running)
-        if not ahead:  # decoded at once, with what arrives within max_batch_wait_s
-            return work / self._rate
-        # It waits: rows arriving meanwhile may fill up the batch it ends in (batches are cut
-        # from the queue in order).
-        position = queued_rows + rows
-        fill = (-position) % self.max_batch_size if position else 0
-        return (ahead + work) / self._rate + fill * self.cost.row_seconds(self._work_per_row or 0.0)
+        seconds = 0.0
+        if self._running:
+            ran = self.clock() - self._running_since
+            seconds = max(0.0, self._batch_seconds(sum(j.work for j in self._running),
+                                                   sum(j.rows for j in self._running)) - ran)
+        batches: list[list[float]] = []  # [work, rows] of the batches the queue will be cut into
+        for job_work, job_rows in [*((job.work, job.rows) for job in self._queue), (work, rows)]:
+            if batches and batches[-1][1] + job_rows <= self.max_batch_size:
+                batches[-1][0] += job_work
+                batches[-1][1] += job_rows
+            else:
+                batches.append([job_work, job_rows])
+        waits = seconds > 0 or len(batches) > 1
+        if waits:  # rows arriving meanwhile may fill up the batch it ends in
+            fill = max(0, self.max_batch_size - int(batches[-1][1]))
+            batches[-1] = [batches[-1][0] + fill * (self._work_per_row or 0.0), batches[-1][1] + fill]
+        return seconds + sum(self._batch_seconds(w, max(1, int(r))) for w, r in batches)
+
+    def _batch_seconds(self, work: float, rows: int) -> float:
+        predicted = self.cost.seconds(work, rows)
+        return predicted if predicted is not None else work / self._rate
 
     def state(self) -> QueueState:
         with self._ready:
@@ -270,12 +287,25 @@ class BatchCost:
         self.uu, self.uv, self.vv = d * self.uu + u * u, d * self.uv + u * v, d * self.vv + v * v
         self.uy, self.vy = d * self.uy + u * seconds, d * self.vy + v * seconds
 
-    def row_seconds(self, work_per_row: float) -> float:
+    def fit(self) -> tuple[float, float] | None:
+        """(a, b), or None while batches of one size only have been timed."""
         det = self.uu * self.vv - self.uv ** 2
-        if det <= 1e-6 * self.uu * self.vv:  # one batch size so far: no telling
-            return 0.0
+        if det <= 1e-6 * self.uu * self.vv:
+            return None
         a = (self.uy * self.vv - self.uv * self.vy) / det
         b = (self.uu * self.vy - self.uv * self.uy) / det
         if a < 0:  # no shared part at all: every row costs its own
-            b = self.vy / self.vv
-        return max(0.0, b) * work_per_row
+            a, b = 0.0, self.vy / self.vv
+        elif b < 0:  # the rows cost nothing of their own: the batch's shared part is all
+            a, b = self.uy / self.uu, 0.0
+        return a, b
+
+    def seconds(self, work: float, rows: int) -> float | None:
+        """Predicted seconds of a batch of `work` units in `rows` rows (None: no telling yet)."""
+        fitted = self.fit()
+        return None if fitted is None else fitted[0] * work / rows + fitted[1] * work
+
+    def row_seconds(self, work_per_row: float) -> float:
+        """What one more row of `work_per_row` units adds to a batch (0 while there is no telling)."""
+        fitted = self.fit()
+        return 0.0 if fitted is None else fitted[1] * work_per_row
