@@ -110,6 +110,7 @@ class Shedding:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in FORECAST_ROUTES:
+            scope["kronos.arrived"] = time.monotonic()  # the queue's limit is on a request's whole wait
             refusal = self.batcher.overloaded()
             if refusal is not None:
                 scope["kronos.route"] = scope["path"]  # for the metrics: no route was matched
@@ -215,12 +216,13 @@ def create_app(service: PredictorService) -> FastAPI:
         return JSONResponse({"detail": f"internal error (request id {request_id}); the service log has the "
                                        "details"}, status_code=500)
 
-    async def answer(items, options):
+    async def answer(raw: Request, items, options):
         """Check the bars off the event loop, then wait for the batch that decodes them (no thread waits)."""
-        now = datetime.now(timezone.utc)
+        now, arrived = datetime.now(timezone.utc), raw.scope.get("kronos.arrived")
 
         def submit():
-            return service.submit([series_of(item.symbol, item.bars) for item in items], options, now=now)
+            return service.submit([series_of(item.symbol, item.bars) for item in items], options, now=now,
+                                  arrived=arrived)
 
         pending = await run_in_threadpool(submit)
         return await pending.wait()
@@ -229,8 +231,8 @@ def create_app(service: PredictorService) -> FastAPI:
               responses={422: {"description": "Invalid request or bars: `detail`, and `errors` naming each field"},
                          503: {"description": "The forecast queue is full: try again after `Retry-After` seconds"}},
               summary="Forecast one symbol with its asset class's production adapter")
-    async def forecast(request: ForecastRequest):
-        (outcome,) = await answer([request], request.to_options())
+    async def forecast(request: ForecastRequest, raw: Request):
+        (outcome,) = await answer(raw, [request], request.to_options())
         if isinstance(outcome, ItemError):
             return JSONResponse(field_errors(outcome), status_code=422)
         metrics.count_forecast(outcome.model)
@@ -241,12 +243,12 @@ def create_app(service: PredictorService) -> FastAPI:
                                               "request as a whole is invalid"},
                          503: {"description": "The forecast queue is full: try again after `Retry-After` seconds"}},
               summary="Forecast several symbols with the same options; a result per item")
-    async def forecast_batch(request: BatchRequest):
+    async def forecast_batch(request: BatchRequest, raw: Request):
         """Each item is answered on its own: its result holds a forecast, or an error naming the item's
         fields (`items[1].bars[3].high`). The answer is 200 when any item succeeds, else 422."""
         service.limits.check_batch(len(request.items))
         valid = [i for i, item in enumerate(request.items) if not isinstance(item, InvalidItem)]
-        outcomes = dict(zip(valid, await answer([request.items[i] for i in valid], request.to_options())
+        outcomes = dict(zip(valid, await answer(raw, [request.items[i] for i in valid], request.to_options())
                                  if valid else []))
         results = []
         for index, item in enumerate(request.items):

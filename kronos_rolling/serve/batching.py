@@ -19,7 +19,10 @@ on how much batching saves, which depends on the model and the machine: little w
 lookback pass dominates (CPUs, long lookbacks), much where the memory-bound steps do (long
 horizons, GPUs). `BatchCost` learns it from the batches decoded (their seconds against
 their work and rows); until batches of different sizes have shown it, a batch is costed
-at the measured rate and a joining row at nothing. So admitted requests are answered within the limit while the rate holds;
+at the measured rate and a joining row at nothing. What the predictions still miss (the
+machine's other load, the time answers take to leave) is corrected by how long admitted
+requests really waited against what was predicted for them, and the limit counts the time
+a request took to be read and checked (`submit(waited_s=...)`). So admitted requests are answered within the limit while the rate holds;
 on CPUs a full batch must take well under the limit or few requests get in: choose
 `max_batch_size` by it (docs/operations.md). Until a batch has been timed, at most one
 batch of rows (or one job) may wait. Refusing should cost next to
@@ -45,6 +48,7 @@ from kronos_rolling.errors import KronosError
 log = logging.getLogger(__name__)
 
 RATE_SMOOTHING = 0.3  # weight of the newest value in the running averages (rate, work per row and request)
+CORRECTION_RANGE = (0.5, 3.0)  # how far the answered waits may correct the predicted ones
 
 
 class Overloaded(KronosError):
@@ -63,6 +67,7 @@ class BatchJob:
     payload: Any  # what the batch runner needs
     future: Future = field(default_factory=Future)
     enqueued_at: float = 0.0
+    expected_s: float | None = None  # the wait predicted when it was admitted (before the correction)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class QueueState:
     rate: float | None  # work units per second over the last batches; None until one is timed
     batches: int
     shed: int
+    correction: float  # answered waits / predicted ones, recently
 
 
 class Batcher:
@@ -98,6 +104,7 @@ class Batcher:
         self._running_since = 0.0
         self._rate: float | None = None
         self._job_work: float | None = None  # recent average work of a request
+        self._correction = 1.0  # answered waits / predicted ones, recently: what the predictions miss
         self._work_per_row: float | None = None
         self.cost = BatchCost()
         self._batches = 0
@@ -128,19 +135,22 @@ class Batcher:
 
     # -- admission ----------------------------------------------------------------------
 
-    def submit(self, jobs: Sequence[BatchJob]) -> list[Future]:
-        """Queue the jobs of one request, all or none: Overloaded at once when they would wait too long."""
+    def submit(self, jobs: Sequence[BatchJob], waited_s: float = 0.0) -> list[Future]:
+        """Queue the jobs of one request, all or none: Overloaded at once when they would wait too long.
+
+        waited_s: how long the request has taken already (reading and checking it): the limit
+        is on the whole of its wait."""
         with self._ready:
             if self._stopping or self._thread is None:
                 raise Overloaded("the service is not answering forecasts (starting or stopping); try again", 1)
             wait = self._expected_wait(sum(job.work for job in jobs), sum(job.rows for job in jobs))
-            if wait is not None and wait > self.max_queue_wait_s:
-                raise self._refusal(wait)
+            if wait is not None and waited_s + wait > self.max_queue_wait_s:
+                raise self._refusal(waited_s + wait)
             now = self.clock()
             work = sum(job.work for job in jobs)
             self._job_work = _smoothed(self._job_work, work)
             for job in jobs:
-                job.enqueued_at = now
+                job.enqueued_at, job.expected_s = now, None if wait is None else wait / self._correction
                 self._queue.append(job)
             self._ready.notify_all()
         return [job.future for job in jobs]
@@ -151,12 +161,12 @@ class Batcher:
             wait = self._expected_wait(self._job_work or 0.0, 0)
             return self._refusal(wait) if wait is not None and wait > self.max_queue_wait_s else None
 
-    def admits(self, work: float, rows: int) -> None:
+    def admits(self, work: float, rows: int, waited_s: float = 0.0) -> None:
         """Overloaded now if a request of this size would not be admitted (before its bars are checked)."""
         with self._ready:
             wait = self._expected_wait(work, rows)
-            if wait is not None and wait > self.max_queue_wait_s:
-                raise self._refusal(wait)
+            if wait is not None and waited_s + wait > self.max_queue_wait_s:
+                raise self._refusal(waited_s + wait)
 
     def _refusal(self, wait: float) -> Overloaded:
         self._shed += 1
@@ -189,10 +199,11 @@ class Batcher:
             else:
                 batches.append([job_work, job_rows])
         waits = seconds > 0 or len(batches) > 1
-        if waits:  # rows arriving meanwhile may fill up the batch it ends in
+        if waits and self.cost.fit() is not None:  # rows arriving meanwhile may fill up the batch it ends in
             fill = max(0, self.max_batch_size - int(batches[-1][1]))
             batches[-1] = [batches[-1][0] + fill * (self._work_per_row or 0.0), batches[-1][1] + fill]
-        return seconds + sum(self._batch_seconds(w, max(1, int(r))) for w, r in batches)
+        predicted = seconds + sum(self._batch_seconds(w, max(1, int(r))) for w, r in batches)
+        return predicted * self._correction
 
     def _batch_seconds(self, work: float, rows: int) -> float:
         predicted = self.cost.seconds(work, rows)
@@ -201,7 +212,8 @@ class Batcher:
     def state(self) -> QueueState:
         with self._ready:
             return QueueState(len(self._queue), sum(j.rows for j in self._queue), sum(j.work for j in self._queue),
-                              sum(j.rows for j in self._running), self._rate, self._batches, self._shed)
+                              sum(j.rows for j in self._running), self._rate, self._batches, self._shed,
+                              self._correction)
 
     # -- the worker ---------------------------------------------------------------------
 
@@ -223,6 +235,12 @@ class Batcher:
             seconds = max(self.clock() - started, 1e-6)
             with self._ready:
                 work, rows = sum(job.work for job in batch), max(1, sum(job.rows for job in batch))
+                done = self.clock()
+                for job in batch:  # how far off the waits predicted at admission were
+                    if job.expected_s is not None and job.expected_s > 0:
+                        missed = (done - job.enqueued_at) / job.expected_s
+                        self._correction = min(CORRECTION_RANGE[1], max(
+                            CORRECTION_RANGE[0], _smoothed(self._correction, missed)))
                 self._rate = _smoothed(self._rate, work / seconds)
                 self._work_per_row = _smoothed(self._work_per_row, work / rows)
                 self.cost.add(work, rows, seconds)

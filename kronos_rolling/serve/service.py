@@ -497,15 +497,20 @@ class PredictorService:
         """
         return self.submit(series, options, now=now or _now()).result()
 
-    def submit(self, series: list[SeriesInput], options: ForecastOptions, *, now: datetime) -> "PendingForecast":
-        """Check the request and queue its decoding (serve/batching.py); the answers come from the result."""
+    def submit(self, series: list[SeriesInput], options: ForecastOptions, *, now: datetime,
+               arrived: float | None = None) -> "PendingForecast":
+        """Check the request and queue its decoding (serve/batching.py); the answers come from the result.
+
+        arrived: when the request came in (time.monotonic()), for the queue's limit on its whole wait."""
         if not series:
             raise DataError("no series to forecast: send at least one symbol with its bars")
         self.limits.check_options(options.pred_len, options.samples)
         check_sampling(options.temperature, options.top_k, options.top_p, options.samples)
         self.limits.check_batch(len(series))
         # Refused before its bars are checked when the queue cannot take it (the check costs the CPU).
-        self.batcher.admits(sum(job_work(len(item.bars), options) for item in series), len(series) * options.samples)
+        waited = (lambda: 0.0) if arrived is None else (lambda: time.monotonic() - arrived)
+        self.batcher.admits(sum(job_work(len(item.bars), options) for item in series), len(series) * options.samples,
+                            waited_s=waited())
         outcomes: list[Answer | ItemError | None] = [None] * len(series)
         groups: dict[str, list[int]] = {}
         clean: dict[int, SeriesInput] = {}
@@ -527,7 +532,7 @@ class PredictorService:
             jobs.append(BatchJob(key=decode_key(options), rows=len(items) * options.samples, work=work,
                                  payload=ClassJob(asset_class, indices, items, options, unavailable)))
         if jobs:
-            self.batcher.submit(jobs)
+            self.batcher.submit(jobs, waited_s=waited())
         return PendingForecast(self, series, outcomes, jobs)
 
     def _run_batch(self, jobs: list[BatchJob]) -> list:
@@ -613,7 +618,8 @@ class PredictorService:
         state = self.batcher.state()
         return {"waiting_requests": state.jobs, "waiting_rows": state.rows, "decoding_rows": state.running_rows,
                 "work_per_s": None if state.rate is None else round(state.rate, 1), "batches": state.batches,
-                "shed": state.shed, "max_batch_size": self.settings.max_batch_size,
+                "shed": state.shed, "wait_correction": round(state.correction, 2),
+                "max_batch_size": self.settings.max_batch_size,
                 "max_batch_wait_ms": self.settings.max_batch_wait_ms,
                 "max_queue_wait_s": self.settings.max_queue_wait_s}
 

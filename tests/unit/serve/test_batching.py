@@ -118,6 +118,28 @@ def test_beyond_the_limit_a_request_is_refused_at_once_with_the_time_to_come_bac
     assert (state.shed, state.batches) == (3, 4)
 
 
+def test_the_limit_counts_the_time_a_request_took_to_arrive_and_waits_longer_than_predicted_correct_it():
+    clock, decoder = Clock(), Decoder()
+    batcher = Batcher(decoder, max_batch_size=4, max_batch_wait_s=0.0, max_queue_wait_s=5.0, clock=clock).start()
+    try:
+        [a] = batcher.submit([job("a", work=2.0)])
+        decoder.started(1)
+        clock.now = 2.0  # 1 unit/s
+        decoder.allow()
+        a.result(10)
+        with pytest.raises(Overloaded, match="in about 6s"):  # 2 s of decode after 3.5 s of reading it
+            batcher.submit([job("late", work=2.0)], waited_s=3.5)
+        [b] = batcher.submit([job("b", work=2.0)], waited_s=1.0)  # predicted 2 s
+        decoder.started(2)
+        clock.now = 6.0  # it took 4 s: twice the prediction
+        decoder.allow()
+        b.result(10)
+        assert batcher.state().correction == pytest.approx(0.3 * 2 + 0.7 * 1)
+    finally:
+        decoder.allow(10)
+        batcher.stop()
+
+
 def test_what_a_row_adds_to_a_batch_is_learned_from_batches_of_different_sizes():
     lookback_bound, step_bound, one_size = BatchCost(), BatchCost(), BatchCost()
     for rows in (1, 1, 2, 4, 8):  # every row costs its own 0.9 s: batching saves nothing
