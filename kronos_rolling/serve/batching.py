@@ -203,6 +203,8 @@ class Batcher:
             fill = max(0, self.max_batch_size - int(batches[-1][1]))
             batches[-1] = [batches[-1][0] + fill * (self._work_per_row or 0.0), batches[-1][1] + fill]
         predicted = seconds + sum(self._batch_seconds(w, max(1, int(r))) for w, r in batches)
+        if not waits:  # it starts a batch: that batch waits for others to join first
+            predicted += self.max_batch_wait_s
         return predicted * self._correction
 
     def _batch_seconds(self, work: float, rows: int) -> float:

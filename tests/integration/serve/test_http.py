@@ -130,6 +130,8 @@ def service_env(registry, tiny_base, data_dir, home, **extra) -> dict[str, str]:
             "KRONOS_WEBHOOK_SECRET": SECRET, "KRONOS_SERVE_POLL_INTERVAL_S": "1", "KRONOS_SERVE_BUSY_CHECK_S": "0.3",
             "KRONOS_SERVE_MAX_BODY_BYTES": "200000", "KRONOS_SERVE_MAX_PRED_LEN": "32", "OMP_NUM_THREADS": "1",
             "KRONOS_SERVE_INFERENCE_THREADS": "2", "KRONOS_SERVE_MAX_BATCH_WAIT_MS": "100",
+            # Shedding has a test of its own: here a loaded test machine must not turn requests away.
+            "KRONOS_SERVE_MAX_QUEUE_WAIT_S": "300",
             **extra}
 
 
