@@ -122,7 +122,9 @@ def train_probe(base: Path, seconds: float, threads: int) -> None:
         loss.backward()
         optimizer.step()
 
-    with training_lock(wait=False, job="bench-train-probe"):
+    from kronos_rolling.settings import load_settings
+
+    with training_lock(load_settings().lock_dir, wait=False, job="bench-train-probe"):  # the service's KRONOS_LOCK_DIR
         print("locked", flush=True)
         step()  # warm-up: first-call allocations
         steps, started = 0, time.perf_counter()
@@ -475,7 +477,8 @@ def flips_part(services: list, bodies: list[dict], client, env: dict, work: Path
             thread.start()
         for _ in range(args.flips):
             delays[mode].append(flip(lambda: set_production(client, "crypto", "2"), "2"))
-            delays[mode].append(flip(lambda: rollback(client, "crypto", reason="bench"), "1"))
+            delays[mode].append(flip(lambda: rollback(client, "crypto", "1", reason="bench",  # v1 came by hand
+                                                      lock_dir=Path(env["KRONOS_LOCK_DIR"])), "1"))
     stop.set()
     thread.join(timeout=60)
     for mode, values in delays.items():
