@@ -225,7 +225,10 @@ def create_app(service: PredictorService) -> FastAPI:
                                   arrived=arrived)
 
         pending = await run_in_threadpool(submit)
-        return await pending.wait()
+        outcomes = await pending.wait()
+        if arrived is not None:  # how long it took in all, against the queue's prediction
+            service.batcher.observe(pending.predicted_s, time.monotonic() - arrived)
+        return outcomes
 
     @app.post("/forecast", response_model=ForecastResponse, dependencies=protected,
               responses={422: {"description": "Invalid request or bars: `detail`, and `errors` naming each field"},

@@ -20,9 +20,9 @@ lookback pass dominates (CPUs, long lookbacks), much where the memory-bound step
 horizons, GPUs). `BatchCost` learns it from the batches decoded (their seconds against
 their work and rows); until batches of different sizes have shown it, a batch is costed
 at the measured rate and a joining row at nothing. What the predictions still miss (the
-machine's other load, the time answers take to leave) is corrected by how long admitted
-requests really waited against what was predicted for them, and the limit counts the time
-a request took to be read and checked (`submit(waited_s=...)`). So admitted requests are answered within the limit while the rate holds;
+machine's other load, the time requests take to be read and answered) is corrected by how
+long admitted requests really took against what was predicted for them (`observe`), and
+the limit counts the time a request took to be read and checked (`submit(waited_s=...)`). So admitted requests are answered within the limit while the rate holds;
 on CPUs a full batch must take well under the limit or few requests get in: choose
 `max_batch_size` by it (docs/operations.md). Until a batch has been timed, at most one
 batch of rows (or one job) may wait. Refusing should cost next to
@@ -211,6 +211,16 @@ class Batcher:
         predicted = self.cost.seconds(work, rows)
         return predicted if predicted is not None else work / self._rate
 
+    def observe(self, predicted_s: float | None, answered_s: float) -> None:
+        """A request predicted to be answered in `predicted_s` (uncorrected) took `answered_s` in all:
+        what the predictions miss (other load on the machine, reading and answering requests) is
+        learned from it."""
+        if predicted_s is None or predicted_s <= 0:
+            return
+        with self._ready:
+            missed = _smoothed(self._correction, answered_s / predicted_s)
+            self._correction = min(CORRECTION_RANGE[1], max(CORRECTION_RANGE[0], missed))
+
     def state(self) -> QueueState:
         with self._ready:
             return QueueState(len(self._queue), sum(j.rows for j in self._queue), sum(j.work for j in self._queue),
@@ -237,12 +247,6 @@ class Batcher:
             seconds = max(self.clock() - started, 1e-6)
             with self._ready:
                 work, rows = sum(job.work for job in batch), max(1, sum(job.rows for job in batch))
-                done = self.clock()
-                for job in batch:  # how far off the waits predicted at admission were
-                    if job.expected_s is not None and job.expected_s > 0:
-                        missed = (done - job.enqueued_at) / job.expected_s
-                        self._correction = min(CORRECTION_RANGE[1], max(
-                            CORRECTION_RANGE[0], _smoothed(self._correction, missed)))
                 self._rate = _smoothed(self._rate, work / seconds)
                 self._work_per_row = _smoothed(self._work_per_row, work / rows)
                 self.cost.add(work, rows, seconds)

@@ -152,11 +152,13 @@ class ClassJob:
 class PendingForecast:
     """A request whose series are queued for decoding: `result()` waits (a thread), `wait()` awaits."""
 
-    def __init__(self, service: "PredictorService", series: list[SeriesInput], outcomes: list, jobs: list[BatchJob]):
+    def __init__(self, service: "PredictorService", series: list[SeriesInput], outcomes: list, jobs: list[BatchJob],
+                 predicted_s: float | None = None):
         self.service = service
         self.series = series
         self.outcomes = outcomes
         self.jobs = jobs
+        self.predicted_s = predicted_s  # since it arrived, as the queue predicted it (uncorrected)
 
     def result(self) -> list[Answer | ItemError]:
         return self._answers([job.future.result() for job in self.jobs])
@@ -531,9 +533,13 @@ class PredictorService:
             work = sum(job_work(len(item.bars), options) for item in items)
             jobs.append(BatchJob(key=decode_key(options), rows=len(items) * options.samples, work=work,
                                  payload=ClassJob(asset_class, indices, items, options, unavailable)))
+        predicted = None
         if jobs:
-            self.batcher.submit(jobs, waited_s=waited())
-        return PendingForecast(self, series, outcomes, jobs)
+            already = waited()
+            self.batcher.submit(jobs, waited_s=already)
+            if jobs[0].expected_s is not None:
+                predicted = already + jobs[0].expected_s
+        return PendingForecast(self, series, outcomes, jobs, predicted)
 
     def _run_batch(self, jobs: list[BatchJob]) -> list:
         """Decode the jobs of one batch together: per job (choice, adapter, results or DataError)."""

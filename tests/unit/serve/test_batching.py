@@ -129,12 +129,15 @@ def test_the_limit_counts_the_time_a_request_took_to_arrive_and_waits_longer_tha
         a.result(10)
         with pytest.raises(Overloaded, match="in about 6s"):  # 2 s of decode after 3.5 s of reading it
             batcher.submit([job("late", work=2.0)], waited_s=3.5)
-        [b] = batcher.submit([job("b", work=2.0)], waited_s=1.0)  # predicted 2 s
+        [b] = batcher.submit([job("b", rows=1, work=2.0)], waited_s=1.0)
         decoder.started(2)
-        clock.now = 6.0  # it took 4 s: twice the prediction
+        clock.now = 4.0  # 2 s again: 1 unit/s
         decoder.allow()
         b.result(10)
+        batcher.observe(3.0, 6.0)  # predicted 3 s from its arrival, answered after 6
         assert batcher.state().correction == pytest.approx(0.3 * 2 + 0.7 * 1)
+        with pytest.raises(Overloaded, match="in about 7s"):  # 2 s of decode, times 1.3, after 4.5 s
+            batcher.submit([job("c", work=2.0)], waited_s=4.5)
     finally:
         decoder.allow(10)
         batcher.stop()
