@@ -41,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from kronos_rolling import __version__
 from kronos_rolling.errors import ConfigError, DataError, KronosError
 from kronos_rolling.serve.batching import Overloaded
+from kronos_rolling.serve.http import ARRIVED
 from kronos_rolling.serve.metrics import ServiceMetrics
 from kronos_rolling.serve.schemas import (
     BatchRequest,
@@ -110,7 +111,7 @@ class Shedding:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in FORECAST_ROUTES:
-            scope["kronos.arrived"] = time.monotonic()  # the queue's limit is on a request's whole wait
+            scope.setdefault(ARRIVED, time.monotonic())  # the protocol's first byte, else now
             refusal = self.batcher.overloaded()
             if refusal is not None:
                 scope["kronos.route"] = scope["path"]  # for the metrics: no route was matched
@@ -218,7 +219,7 @@ def create_app(service: PredictorService) -> FastAPI:
 
     async def answer(raw: Request, items, options):
         """Check the bars off the event loop, then wait for the batch that decodes them (no thread waits)."""
-        now, arrived = datetime.now(timezone.utc), raw.scope.get("kronos.arrived")
+        now, arrived = datetime.now(timezone.utc), raw.scope.get(ARRIVED)
 
         def submit():
             return service.submit([series_of(item.symbol, item.bars) for item in items], options, now=now,

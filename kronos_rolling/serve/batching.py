@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 RATE_SMOOTHING = 0.3  # weight of the newest value in the running averages (rate, work per row and request)
 CORRECTION_RANGE = (0.5, 3.0)  # how far the answered waits may correct the predicted ones
+CORRECTION_QUANTILE = 0.98  # the share of requests the corrected prediction should cover
+CORRECTION_STEP = 0.2  # how fast the correction follows (in log units per request)
 
 
 class Overloaded(KronosError):
@@ -81,7 +83,7 @@ class QueueState:
     rate: float | None  # work units per second over the last batches; None until one is timed
     batches: int
     shed: int
-    correction: float  # answered waits / predicted ones, recently
+    correction: float  # what predictions are multiplied by: the recent 98th percentile of answered / predicted
 
 
 class Batcher:
@@ -104,7 +106,7 @@ class Batcher:
         self._running_since = 0.0
         self._rate: float | None = None
         self._job_work: float | None = None  # recent average work of a request
-        self._correction = 1.0  # answered waits / predicted ones, recently: what the predictions miss
+        self._correction = 1.0  # see `observe`
         self._work_per_row: float | None = None
         self.cost = BatchCost()
         self._batches = 0
@@ -218,8 +220,11 @@ class Batcher:
         if predicted_s is None or predicted_s <= 0:
             return
         with self._ready:
-            missed = _smoothed(self._correction, answered_s / predicted_s)
-            self._correction = min(CORRECTION_RANGE[1], max(CORRECTION_RANGE[0], missed))
+            # A running quantile of answered / predicted: the correction settles where that share
+            # of requests took no longer than predicted times it (the limit is on the slow ones).
+            above = answered_s / predicted_s > self._correction
+            step = CORRECTION_STEP * (CORRECTION_QUANTILE if above else CORRECTION_QUANTILE - 1)
+            self._correction = min(CORRECTION_RANGE[1], max(CORRECTION_RANGE[0], self._correction * math.exp(step)))
 
     def state(self) -> QueueState:
         with self._ready:

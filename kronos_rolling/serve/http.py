@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import h11
 import uvicorn
@@ -26,6 +27,7 @@ from kronos_rolling.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
+ARRIVED = "kronos.arrived"  # scope key: time.monotonic() of a request's first byte
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                    b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
 
@@ -39,15 +41,22 @@ class TimedH11Protocol(H11Protocol):
         self.body_timeout_s = body_timeout_s
         self._limit = None  # the armed timer
         self._phase: str | None = None  # "head" or "body": what the timer waits for
+        self._first_byte: float | None = None  # of the request being read (time.monotonic())
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm("head")
 
     def data_received(self, data: bytes) -> None:
-        if self._phase is None and self.conn.their_state is h11.IDLE:
-            self._arm("head")  # the first bytes of the next request on a kept-alive connection
+        if self.conn.their_state is h11.IDLE and self._first_byte is None:
+            self._first_byte = time.monotonic()
+            if self._phase is None:
+                self._arm("head")  # the first bytes of the next request on a kept-alive connection
         super().data_received(data)
+        if self.scope is not None and self._first_byte is not None and self.conn.their_state is not h11.IDLE:
+            # When the request began to arrive: the forecast queue's limit is on its whole wait.
+            self.scope.setdefault(ARRIVED, self._first_byte)
+            self._first_byte = None
         self._follow()
 
     def on_response_complete(self) -> None:
