@@ -267,10 +267,11 @@ class ServeSettings:
     webhook_tolerance_s: float = 300.0  # accepted age of a signed webhook delivery
     refused_retry_s: float = 300.0  # a refused version is fetched again after this (or on a push)
     cache_keep: int = 3  # cached versions kept per registered model (besides the served one)
-    # Batching (serve/batching.py): rows (sample paths) decoded together, and how long the
-    # oldest waiting request may wait for others to join it. On CPUs a forecast of a few
-    # hundred bars costs mostly its lookback pass, which batching barely speeds up: smaller
-    # batches keep latency low there; GPUs gain most from large ones (docs/benchmarks.md).
+    # Batching (serve/batching.py): the most rows (sample paths) decoded together, and how
+    # long the oldest waiting request may wait for others to join it. A batch also holds no
+    # more rows than decode in half of max_queue_wait_s, learned from the batches decoded: on
+    # CPUs, where a forecast of a few hundred bars costs mostly its lookback pass (which
+    # batching barely shares), batches stay small; GPUs fill them (docs/benchmarks.md).
     max_batch_size: int = 32
     max_batch_wait_ms: float = 5.0
     # Load shedding: a request that would be answered later than this (at the decode rate

@@ -3,33 +3,35 @@ says no at once when it is full.
 
 Each request becomes one `BatchJob` per model group (the series of one asset class, with
 the request's options). One worker thread decodes batch after batch: it takes the oldest
-job, waits until that job is `max_batch_wait_s` old or enough jobs wait to fill
-`max_batch_size` rows (a row per sample path), and decodes, together, every waiting job
-with the same `key` (jobs whose decode settings differ cannot share a generation) in
-arrival order up to the row limit. A job larger than the limit is decoded alone.
+job, waits until that job is `max_batch_wait_s` old or enough jobs wait to fill a batch,
+and decodes, together, every waiting job with the same `key` (jobs whose decode settings
+differ cannot share a generation) in arrival order, up to the batch's rows (a row per
+sample path). A job larger than a batch is decoded alone.
 
-Load shedding. The queue's limit is a wait: at the decode rate measured on the last
-batches (work units per second, `work` = the tokens a job feeds: each series' bars once
-plus pred_len per path), a request whose answer would take longer than `max_queue_wait_s`
-is refused at once with `Overloaded`, which the HTTP API answers 503 with `Retry-After`.
-The estimate is what the running batch has left, then the batches the queue ahead will
-be cut into, the last one holding the request and, when it has to wait, the rows that may
-still join it meanwhile: its answer comes when that batch ends. What a batch takes depends
-on how much batching saves, which depends on the model and the machine: little where the
-lookback pass dominates (CPUs, long lookbacks), much where the memory-bound steps do (long
+How large a batch may be: `max_batch_size` rows, and no more than a batch decodes in half
+the queue's limit. What a batch takes depends on how much batching saves, which depends on
+the model and the machine: little where the lookback pass dominates (CPUs, long lookbacks:
+a batch of 32 takes about 32 single forecasts), much where the memory-bound steps do (long
 horizons, GPUs). `BatchCost` learns it from the batches decoded (their seconds against
-their work and rows); until batches of different sizes have shown it, a batch is costed
-at the measured rate and a joining row at nothing. What the predictions still miss (the
-machine's other load, the time requests take to be read and answered) is corrected by how
-long admitted requests really took against what was predicted for them (`observe`), and
-the limit counts the time a request took to be read and checked (`submit(waited_s=...)`). So admitted requests are answered within the limit while the rate holds;
-on CPUs a full batch must take well under the limit or few requests get in: choose
-`max_batch_size` by it (docs/operations.md). Until a batch has been timed, at most one
-batch of rows (or one job) may wait. Refusing should cost next to
-nothing, or refused requests take the CPU from the decode: the HTTP API asks
-`overloaded()` before it even reads a request (the queue plus a request of the recent
-average size over the limit: 503 with no parsing), and the service asks `admits(work)` of
-a parsed request before it checks its bars.
+their work and rows), so batches size themselves to the machine; until batches of
+different sizes have shown it, `max_batch_size` alone holds.
+
+Load shedding. The queue's limit is a wait, `max_queue_wait_s`: a request whose answer
+would come later is refused at once with `Overloaded`, which the HTTP API answers 503 with
+`Retry-After`. The estimate is what the running batch has left, then the batches the queue
+ahead will be cut into, the last one holding the request and, when it has to wait, the
+rows that may still join it meanwhile (its answer comes when that batch ends), each costed
+by `BatchCost` (by the measured rate of work units per second while it cannot tell; a
+job's work is the tokens it feeds: each series' bars once plus pred_len per path), plus
+the time the request took to be read and checked (`submit(waited_s=...)`). What the
+predictions still miss (the machine's other load, reading and answering requests) is
+corrected from how long admitted requests really took (`observe`). Until a batch has been
+timed, at most one batch of rows (or one job) may wait.
+
+Refusing costs next to nothing, or refused requests would take the CPU from the decode:
+the HTTP API asks `overloaded()` before it reads a request (the queue plus a request of the
+recent average size over the limit: a 503 with no parsing), and the service asks
+`admits(work, rows)` of a parsed request before it checks its bars.
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ class Batcher:
         if self._rate is None:  # no rate yet: one batch of rows at most, or one job of any size alone
             waiting = queued_rows + sum(job.rows for job in self._running)
             return math.inf if waiting and waiting + rows > self.max_batch_size else None
+        batch_rows = self._batch_rows()
         seconds = 0.0
         if self._running:
             ran = self.clock() - self._running_since
@@ -195,19 +198,26 @@ class Batcher:
                                                    sum(j.rows for j in self._running)) - ran)
         batches: list[list[float]] = []  # [work, rows] of the batches the queue will be cut into
         for job_work, job_rows in [*((job.work, job.rows) for job in self._queue), (work, rows)]:
-            if batches and batches[-1][1] + job_rows <= self.max_batch_size:
+            if batches and batches[-1][1] + job_rows <= batch_rows:
                 batches[-1][0] += job_work
                 batches[-1][1] += job_rows
             else:
                 batches.append([job_work, job_rows])
         waits = seconds > 0 or len(batches) > 1
         if waits and self.cost.fit() is not None:  # rows arriving meanwhile may fill up the batch it ends in
-            fill = max(0, self.max_batch_size - int(batches[-1][1]))
+            fill = max(0, batch_rows - int(batches[-1][1]))
             batches[-1] = [batches[-1][0] + fill * (self._work_per_row or 0.0), batches[-1][1] + fill]
         predicted = seconds + sum(self._batch_seconds(w, max(1, int(r))) for w, r in batches)
         if not waits:  # it starts a batch: that batch waits for others to join first
             predicted += self.max_batch_wait_s
         return predicted * self._correction
+
+    def _batch_rows(self) -> int:
+        """Rows a batch may hold: max_batch_size, and no more than decode in half the queue's limit."""
+        if self._work_per_row is None:
+            return self.max_batch_size
+        fits = self.cost.rows_within(self.max_queue_wait_s / 2, self._work_per_row)
+        return self.max_batch_size if fits is None else max(1, min(self.max_batch_size, fits))
 
     def _batch_seconds(self, work: float, rows: int) -> float:
         predicted = self.cost.seconds(work, rows)
@@ -274,14 +284,14 @@ class Batcher:
                     continue
                 key = self._queue[0].key
                 compatible = [job for job in self._queue if job.key == key]
-                rows = sum(job.rows for job in compatible)
+                rows, limit = sum(job.rows for job in compatible), self._batch_rows()
                 waited = self.clock() - self._queue[0].enqueued_at
-                if rows < self.max_batch_size and waited < self.max_batch_wait_s:
+                if rows < limit and waited < self.max_batch_wait_s:
                     self._ready.wait(self.max_batch_wait_s - waited)
                     continue
                 batch, taken = [], 0
                 for job in compatible:
-                    if batch and taken + job.rows > self.max_batch_size:
+                    if batch and taken + job.rows > limit:
                         break
                     batch.append(job)
                     taken += job.rows
@@ -338,3 +348,12 @@ class BatchCost:
         """What one more row of `work_per_row` units adds to a batch (0 while there is no telling)."""
         fitted = self.fit()
         return 0.0 if fitted is None else fitted[1] * work_per_row
+
+    def rows_within(self, seconds: float, work_per_row: float) -> int | None:
+        """The most rows of `work_per_row` units a batch can hold and decode within `seconds`
+        (None: no telling yet, or no limit: rows cost nothing of their own)."""
+        fitted = self.fit()
+        if fitted is None or fitted[1] <= 0 or work_per_row <= 0:
+            return None
+        a, b = fitted
+        return int((seconds - a * work_per_row) // (b * work_per_row))

@@ -85,31 +85,31 @@ def test_a_job_larger_than_a_batch_is_decoded_alone_and_a_failed_batch_fails_its
 
 def test_beyond_the_limit_a_request_is_refused_at_once_with_the_time_to_come_back():
     clock, decoder = Clock(), Decoder()
-    batcher = Batcher(decoder, max_batch_size=2, max_batch_wait_s=0.0, max_queue_wait_s=5.0, clock=clock).start()
+    batcher = Batcher(decoder, max_batch_size=2, max_batch_wait_s=0.0, max_queue_wait_s=8.0, clock=clock).start()
     try:
         # No rate measured yet: one batch of rows may wait, no more.
-        [first] = batcher.submit([job("a", rows=2, work=10.0)])
+        [first] = batcher.submit([job("a", rows=2, work=4.0)])
         decoder.started(1)
         with pytest.raises(Overloaded):
             batcher.submit([job("b", rows=1)])
-        clock.now = 10.0  # the batch took 10 s for 10 work units: 1 unit/s, 5 units per row
+        clock.now = 4.0  # the batch took 4 s for 4 work units: 1 unit/s, 2 units per row
         decoder.allow()
         assert first.result(10) == "answer to a"
-        [g] = batcher.submit([job("g", rows=1, work=5.0)])  # nothing ahead: decoded at once, 5 s
+        [g] = batcher.submit([job("g", rows=1, work=2.0)])  # nothing ahead: decoded at once, 2 s
         decoder.started(2)
-        clock.now = 15.0  # half the rows, half the time: batching saves nothing, a row costs 5 s
+        clock.now = 6.0  # half the rows, half the time: batching saves nothing, a row costs 2 s
         decoder.allow()
         g.result(10)
-        [d] = batcher.submit([job("d", rows=2, work=4.0)])  # 4 s
+        [d] = batcher.submit([job("d", rows=2, work=4.0)])  # 4 s: two rows fit in half the limit
         decoder.started(3)
-        # Behind d's 4 s, a 1-row job of 1 unit ends with its 2-row batch, whose other row
-        # (5 s) may still join while it waits: 4 + 1 + 5 = 10 s, over the 5 s limit.
+        # Behind d's 4 s, a 1-row job of 3 units ends with its 2-row batch, whose other row
+        # (2 s) may still join while it waits: 4 + 3 + 2 = 9 s, over the 8 s limit.
         with pytest.raises(Overloaded) as refused:
-            batcher.submit([job("c", rows=1, work=1.0)])
-        assert refused.value.retry_after_s == 5 and "in about 10s, over the 5s limit" in str(refused.value)
-        with pytest.raises(Overloaded):  # 4 + 4 = 8 s
-            batcher.submit([job("e", rows=2, work=4.0)])
-        [f] = batcher.submit([job("f", rows=2, work=1.0)])  # fills its batch: 4 + 1 = 5 s, just within
+            batcher.submit([job("c", rows=1, work=3.0)])
+        assert refused.value.retry_after_s == 1 and "in about 9s, over the 8s limit" in str(refused.value)
+        with pytest.raises(Overloaded):  # 4 + 5 = 9 s
+            batcher.submit([job("e", rows=2, work=5.0)])
+        [f] = batcher.submit([job("f", rows=2, work=4.0)])  # fills its batch: 4 + 4 = 8 s, just within
         decoder.allow(2)
         assert (d.result(10), f.result(10)) == ("answer to d", "answer to f")
     finally:
@@ -117,6 +117,35 @@ def test_beyond_the_limit_a_request_is_refused_at_once_with_the_time_to_come_bac
         batcher.stop()
     state = batcher.state()
     assert (state.shed, state.batches) == (3, 4)
+
+
+def test_a_batch_holds_no_more_rows_than_decode_in_half_the_limit():
+    clock, decoder = Clock(), Decoder()
+    batcher = Batcher(decoder, max_batch_size=8, max_batch_wait_s=0.0, max_queue_wait_s=24.0, clock=clock).start()
+    try:
+        [one] = batcher.submit([job("one", rows=1, work=10.0)])
+        decoder.started(1)
+        clock.now = 3.0  # a row of 10 units: 3 s
+        decoder.allow()
+        one.result(10)
+        [two] = batcher.submit([job("two", rows=2, work=20.0)])
+        decoder.started(2)
+        # While "two" decodes (6 s at the rate so far), six one-row jobs fit in the 24 s limit.
+        waiting = [f for i in range(6) for f in batcher.submit([job(f"w{i}", work=10.0)])]
+        with pytest.raises(Overloaded):
+            batcher.submit([job("w6", work=10.0)])
+        clock.now = 9.0  # two rows, 6 s: each row costs its own 3 s, batching saves nothing
+        decoder.allow(3)
+        assert [f.result(10) for f in waiting] == [f"answer to w{i}" for i in range(6)]
+    finally:
+        decoder.allow(10)
+        batcher.stop()
+    # max_batch_size would take all six; half the limit, 12 s, holds four rows of 3 s.
+    assert decoder.batches[2:] == [["w0", "w1", "w2", "w3"], ["w4", "w5"]]
+    cost = BatchCost()
+    cost.add(10, 1, 3.0)
+    cost.add(20, 2, 6.0)
+    assert cost.rows_within(12.0, 10.0) == 4 and BatchCost().rows_within(12.0, 10.0) is None
 
 
 def test_the_limit_counts_the_time_a_request_took_to_arrive_and_waits_longer_than_predicted_correct_it():
