@@ -253,7 +253,7 @@ def load_part(url: str, bodies: list[dict], args, limits: dict) -> None:
     p99 = percentile(answered, 99) / 1000
     print(f"  batches decoded: {queue['batches']} (mean {queue['batches'] and len(answered) / queue['batches']:.1f} "
           f"requests each over the load run and before); work units/s measured by the queue: {queue['work_per_s']}, "
-          f"wait correction {queue['wait_correction']}")
+          f"wait correction {queue['wait_correction_s']}s")
     print(f"  throughput {args.clients} clients / one at a time = {rate / serial_rate:.2f} (goal >= 5)")
     print(f"  p99 {p99:.2f}s against the queue limit {limits['max_queue_wait_s']:g}s "
           f"({'below' if p99 < limits['max_queue_wait_s'] else 'NOT below'}; goal: below)")

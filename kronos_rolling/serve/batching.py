@@ -50,9 +50,8 @@ from kronos_rolling.errors import KronosError
 log = logging.getLogger(__name__)
 
 RATE_SMOOTHING = 0.3  # weight of the newest value in the running averages (rate, work per row and request)
-CORRECTION_RANGE = (0.5, 3.0)  # how far the answered waits may correct the predicted ones
 CORRECTION_QUANTILE = 0.98  # the share of requests the corrected prediction should cover
-CORRECTION_STEP = 0.2  # how fast the correction follows (in log units per request)
+CORRECTION_STEP = 0.01  # how fast the correction follows, per request, as a share of the limit
 
 
 class Overloaded(KronosError):
@@ -85,7 +84,7 @@ class QueueState:
     rate: float | None  # work units per second over the last batches; None until one is timed
     batches: int
     shed: int
-    correction: float  # what predictions are multiplied by: the recent 98th percentile of answered / predicted
+    correction: float  # seconds added to predictions: the recent 98th percentile of answered - predicted
 
 
 class Batcher:
@@ -108,7 +107,7 @@ class Batcher:
         self._running_since = 0.0
         self._rate: float | None = None
         self._job_work: float | None = None  # recent average work of a request
-        self._correction = 1.0  # see `observe`
+        self._correction = 0.0  # seconds added to predictions, see `observe`
         self._work_per_row: float | None = None
         self.cost = BatchCost()
         self._batches = 0
@@ -154,7 +153,7 @@ class Batcher:
             work = sum(job.work for job in jobs)
             self._job_work = _smoothed(self._job_work, work)
             for job in jobs:
-                job.enqueued_at, job.expected_s = now, None if wait is None else wait / self._correction
+                job.enqueued_at, job.expected_s = now, None if wait is None else wait - self._correction
                 self._queue.append(job)
             self._ready.notify_all()
         return [job.future for job in jobs]
@@ -210,7 +209,7 @@ class Batcher:
         predicted = seconds + sum(self._batch_seconds(w, max(1, int(r))) for w, r in batches)
         if not waits:  # it starts a batch: that batch waits for others to join first
             predicted += self.max_batch_wait_s
-        return predicted * self._correction
+        return predicted + self._correction
 
     def _batch_rows(self) -> int:
         """Rows a batch may hold: max_batch_size, and no more than decode in half the queue's limit."""
@@ -227,14 +226,14 @@ class Batcher:
         """A request predicted to be answered in `predicted_s` (uncorrected) took `answered_s` in all:
         what the predictions miss (other load on the machine, reading and answering requests) is
         learned from it."""
-        if predicted_s is None or predicted_s <= 0:
+        if predicted_s is None:
             return
         with self._ready:
-            # A running quantile of answered / predicted: the correction settles where that share
-            # of requests took no longer than predicted times it (the limit is on the slow ones).
-            above = answered_s / predicted_s > self._correction
-            step = CORRECTION_STEP * (CORRECTION_QUANTILE if above else CORRECTION_QUANTILE - 1)
-            self._correction = min(CORRECTION_RANGE[1], max(CORRECTION_RANGE[0], self._correction * math.exp(step)))
+            # A running quantile of answered - predicted: the correction settles where that share
+            # of requests took no longer than predicted plus it (the limit is on the slow ones).
+            above = answered_s - predicted_s > self._correction
+            step = CORRECTION_STEP * self.max_queue_wait_s * (CORRECTION_QUANTILE if above else CORRECTION_QUANTILE - 1)
+            self._correction = min(self.max_queue_wait_s, max(-self.max_queue_wait_s / 2, self._correction + step))
 
     def state(self) -> QueueState:
         with self._ready:

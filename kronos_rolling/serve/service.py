@@ -624,7 +624,7 @@ class PredictorService:
         state = self.batcher.state()
         return {"waiting_requests": state.jobs, "waiting_rows": state.rows, "decoding_rows": state.running_rows,
                 "work_per_s": None if state.rate is None else round(state.rate, 1), "batches": state.batches,
-                "shed": state.shed, "wait_correction": round(state.correction, 2),
+                "shed": state.shed, "wait_correction_s": round(state.correction, 2),
                 "max_batch_size": self.settings.max_batch_size,
                 "max_batch_wait_ms": self.settings.max_batch_wait_ms,
                 "max_queue_wait_s": self.settings.max_queue_wait_s}
