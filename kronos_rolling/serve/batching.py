@@ -50,7 +50,7 @@ from kronos_rolling.errors import KronosError
 log = logging.getLogger(__name__)
 
 RATE_SMOOTHING = 0.3  # weight of the newest value in the running averages (rate, work per row and request)
-CORRECTION_QUANTILE = 0.98  # the share of requests the corrected prediction should cover
+CORRECTION_QUANTILE = 0.995  # the share of requests the corrected prediction should cover
 CORRECTION_STEP = 0.01  # how fast the correction follows, per request, as a share of the limit
 
 
@@ -84,7 +84,7 @@ class QueueState:
     rate: float | None  # work units per second over the last batches; None until one is timed
     batches: int
     shed: int
-    correction: float  # seconds added to predictions: the recent 98th percentile of answered - predicted
+    correction: float  # seconds added to predictions: a running 99.5th percentile of answered - predicted
 
 
 class Batcher:
