@@ -52,7 +52,7 @@ from kronos_rolling.model.generate import check_sampling
 from kronos_rolling.registry import alerts
 from kronos_rolling.registry.integrity import check_class, check_version
 from kronos_rolling.registry.names import POOLED, PRODUCTION
-from kronos_rolling.serve.batching import Batcher, BatchJob
+from kronos_rolling.serve.batching import Batcher, BatchJob, Overloaded
 from kronos_rolling.serve.cache import CachedVersion, VersionCache
 from kronos_rolling.serve.pool import AdapterPool, LoadedAdapter
 from kronos_rolling.serve.selection import (
@@ -161,10 +161,22 @@ class PendingForecast:
         self.predicted_s = predicted_s  # since it arrived, as the queue predicted it (uncorrected)
 
     def result(self) -> list[Answer | ItemError]:
-        return self._answers([job.future.result() for job in self.jobs])
+        decoded = []
+        for job in self.jobs:
+            try:
+                decoded.append(job.future.result())
+            except KronosError as exc:
+                decoded.append(_job_failure(exc))
+        return self._answers(decoded)
 
     async def wait(self) -> list[Answer | ItemError]:
-        return self._answers([await asyncio.wrap_future(job.future) for job in self.jobs])
+        decoded = []
+        for job in self.jobs:
+            try:
+                decoded.append(await asyncio.wrap_future(job.future))
+            except KronosError as exc:
+                decoded.append(_job_failure(exc))
+        return self._answers(decoded)
 
     def _answers(self, decoded: list) -> list[Answer | ItemError]:
         outcomes = list(self.outcomes)
@@ -184,6 +196,13 @@ class PendingForecast:
                     warnings.append(f"registry stale: {stale.reason}; answered with the versions loaded")
                 outcomes[i] = Answer(self.series[i].symbol, _model_info(choice, adapter), warnings, results[position])
         return outcomes
+
+
+def _job_failure(exc: KronosError) -> KronosError:
+    """A job that failed on its own input fails its own series; a full or stopping queue fails the request."""
+    if isinstance(exc, Overloaded):
+        raise exc
+    return exc
 
 
 @dataclass(frozen=True)

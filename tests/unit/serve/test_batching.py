@@ -49,6 +49,16 @@ def job(name: str, rows: int = 1, work: float = 10.0, key="k") -> BatchJob:
     return BatchJob(key=key, rows=rows, work=work, payload=name)
 
 
+def decoded_alone(batcher: Batcher, decoder: Decoder, clock: Clock, item: BatchJob, seconds: float,
+                  waited_s: float = 0.0) -> str:
+    """Submit `item` with nothing ahead of it and let it decode in `seconds` of the test's clock."""
+    [future] = batcher.submit([item], waited_s=waited_s)
+    decoder.started(len(decoder.batches) + 1)
+    clock.now += seconds
+    decoder.allow()
+    return future.result(10)
+
+
 def test_jobs_that_wait_together_are_decoded_together_in_order_up_to_the_row_limit():
     decoder = Decoder()
     batcher = Batcher(decoder, max_batch_size=4, max_batch_wait_s=0.0, max_queue_wait_s=60).start()
@@ -94,11 +104,8 @@ def test_beyond_the_limit_a_request_is_refused_at_once_with_the_time_to_come_bac
         clock.now = 4.0  # the batch took 4 s for 4 work units: 1 unit/s, 2 units per row
         decoder.allow()
         assert first.result(10) == "answer to a"
-        [g] = batcher.submit([job("g", rows=1, work=2.0)])  # nothing ahead: decoded at once, 2 s
-        decoder.started(2)
-        clock.now = 6.0  # half the rows, half the time: batching saves nothing, a row costs 2 s
-        decoder.allow()
-        g.result(10)
+        # Half the rows, half the time: batching saves nothing, a row costs 2 s.
+        decoded_alone(batcher, decoder, clock, job("g", rows=1, work=2.0), 2.0)
         [d] = batcher.submit([job("d", rows=2, work=4.0)])  # 4 s: two rows fit in half the limit
         decoder.started(3)
         # Behind d's 4 s, a 1-row job of 3 units ends with its 2-row batch, whose other row
@@ -122,11 +129,7 @@ def test_a_batch_holds_no_more_rows_than_decode_in_half_the_limit():
     clock, decoder = Clock(), Decoder()
     batcher = Batcher(decoder, max_batch_size=8, max_batch_wait_s=0.0, max_queue_wait_s=24.0, clock=clock).start()
     try:
-        [one] = batcher.submit([job("one", rows=1, work=10.0)])
-        decoder.started(1)
-        clock.now = 3.0  # a row of 10 units: 3 s
-        decoder.allow()
-        one.result(10)
+        decoded_alone(batcher, decoder, clock, job("one", rows=1, work=10.0), 3.0)  # a row of 10 units: 3 s
         [two] = batcher.submit([job("two", rows=2, work=20.0)])
         decoder.started(2)
         # While "two" decodes (6 s at the rate so far), six one-row jobs fit in the 24 s limit.
@@ -151,18 +154,10 @@ def test_the_limit_counts_the_time_a_request_took_to_arrive_and_waits_longer_tha
     clock, decoder = Clock(), Decoder()
     batcher = Batcher(decoder, max_batch_size=4, max_batch_wait_s=0.0, max_queue_wait_s=5.0, clock=clock).start()
     try:
-        [a] = batcher.submit([job("a", work=2.0)])
-        decoder.started(1)
-        clock.now = 2.0  # 1 unit/s
-        decoder.allow()
-        a.result(10)
+        decoded_alone(batcher, decoder, clock, job("a", work=2.0), 2.0)  # 1 unit/s
         with pytest.raises(Overloaded, match="in about 6s"):  # 2 s of decode after 3.5 s of reading it
             batcher.submit([job("late", work=2.0)], waited_s=3.5)
-        [b] = batcher.submit([job("b", rows=1, work=2.0)], waited_s=1.0)
-        decoder.started(2)
-        clock.now = 4.0  # 2 s again: 1 unit/s
-        decoder.allow()
-        b.result(10)
+        decoded_alone(batcher, decoder, clock, job("b", rows=1, work=2.0), 2.0, waited_s=1.0)  # 1 unit/s again
         for _ in range(20):
             batcher.observe(3.0, 6.0)  # predicted 3 s from their arrival, answered after 6: 3 s missed
         # Up by 0.04975 s (0.995 x 1% of the 5 s limit) each time it fell short of the 3 s missed.
