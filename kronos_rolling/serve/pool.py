@@ -10,7 +10,7 @@ different classes go through one base forward together.
 
 Atomic swaps: the served table (label -> LoadedAdapter) is an immutable mapping that is
 replaced, never edited. Forecasts run one at a time (the batcher decodes one batch after
-another); a swap waits until none runs and holds the gate while it injects the new
+another; other callers take turns in the order they came); a swap waits until none runs and holds the gate while it injects the new
 adapter, replaces the table and deletes the old adapter; a forecast picks its adapters
 from the table under the gate, once no swap waits. So a forecast runs wholly before or
 wholly after a swap, each group with exactly one adapter and that adapter's own event
@@ -71,6 +71,7 @@ class AdapterPool:
         self.device = device
         self._gate = threading.Condition()
         self._running = False  # a forecast is decoding
+        self._tickets = self._serving = 0  # the turn each caller of `run` took, and whose turn it is
         self._swaps_waiting = 0
         self._table: Mapping[str, LoadedAdapter] = MappingProxyType({})
         self._load_base()
@@ -104,9 +105,15 @@ class AdapterPool:
         table holds for the whole forecast.
         """
         with self._gate:
-            while self._swaps_waiting or self._running:
+            ticket, self._tickets = self._tickets, self._tickets + 1  # callers go in the order they came
+            while self._swaps_waiting or self._running or ticket != self._serving:
                 self._gate.wait()
-            adapters = list(pick(self._table))
+            try:
+                adapters = list(pick(self._table))
+            except BaseException:
+                self._serving += 1
+                self._gate.notify_all()
+                raise
             self._running = True
             forecaster = self.forecaster
         names = [None if self.peft is None else (BASE_ROWS if a is None else a.adapter_name) for a in adapters]
@@ -115,6 +122,7 @@ class AdapterPool:
         finally:
             with self._gate:
                 self._running = False
+                self._serving += 1
                 self._gate.notify_all()
 
     @contextlib.contextmanager
