@@ -179,9 +179,13 @@ def test_code_injected_into_a_stored_version_never_runs_in_our_loaders_and_every
 
 def test_mlflow_pyfunc_load_model_refuses_a_changed_file_or_mlmodel_naming_it(clean_registry, tracking_server,
                                                                             pyfunc_version):
+    from kronos_rolling.registry.integrity import load_pyfunc
+
     folder = stored_model_folder(tracking_server, clean_registry, pyfunc_version)
     uri = f"models:/{CRYPTO}/{pyfunc_version}"
     assert len(mlflow.pyfunc.load_model(uri).predict(sample_bars(), params={"pred_len": 2})) == 2
+    verified = load_pyfunc(clean_registry, uri)  # its download is gone once loaded: all of it is in memory
+    assert len(verified.predict(sample_bars(), params={"pred_len": 2})) == 2
     weights = folder / "artifacts" / "adapter" / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0x01  # one bit of one weight
