@@ -306,9 +306,10 @@ def _parse_epoch(numbers: pd.Series, notes: list[str]):
     # Each number's unit by its size: unix seconds below 1e11 (year 5138), then ms, us, ns.
     size = numbers.abs().to_numpy(dtype="float64", na_value=np.nan)
     units = np.select([size < 1e11, size < 1e14, size < 1e17, size >= 1e17], ["s", "ms", "us", "ns"], "")
-    per_microsecond = np.select([units == "s", units == "ms", units == "us", units == "ns"], [1e6, 1e3, 1.0, 1e-3],
-                                np.nan)
-    micros = numbers.to_numpy(dtype="float64", na_value=np.nan) * per_microsecond
+    # In microseconds (what holds every year of the sane range exactly): whole numbers stay whole.
+    scale = np.select([units == "s", units == "ms", units == "us", units == "ns"], [1e6, 1e3, 1.0, 1e3], np.nan)
+    values = numbers.to_numpy(dtype="float64", na_value=np.nan)
+    micros = np.where(units == "ns", values / scale, values * scale)
     parsed = pd.DatetimeIndex(pd.to_datetime(micros, unit="us", utc=True, errors="coerce"))
     found = [EPOCH_UNITS[u] for u in EPOCH_UNITS if (units == u).any()]
     if found:
