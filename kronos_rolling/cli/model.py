@@ -13,6 +13,7 @@ from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.cli.options import data_option, settings_of
 from kronos_rolling.errors import ModelError
 from kronos_rolling.model.config import MODEL_SIZES
+from kronos_rolling.model.generate import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
 from kronos_rolling.training.pretrain.config import DEFAULT_UNTIL, PretrainConfig
 
 
@@ -67,11 +68,11 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
               help="Bars: timestamp, open, high, low, close (volume, amount optional); read and checked as "
                    "`data import` reads them (any case, unix seconds or ms, UTC offsets).")
 @click.option("--pred-len", type=click.IntRange(min=1), required=True, help="Number of future bars to forecast.")
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--top-k", type=click.IntRange(0, MAX_TOP_K), default=0, show_default=True,
               help="Keep the k most likely tokens (1 = greedy).")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
               help="Nucleus sampling mass (when top-k is 0).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--temperature", type=click.FloatRange(MIN_TEMPERATURE, MAX_TEMPERATURE), default=1.0, show_default=True)
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True, help="Sample paths to average.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed that makes sampling reproducible.")
 @click.option("--max-context", type=click.IntRange(min=1), default=None,
@@ -90,15 +91,19 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
 def forecast(model_source, tokenizer_source, csv_path, pred_len, top_k, top_p, temperature, samples, seed,
              max_context, lookback, asset_class, device, precision, quantiles, revision, out_path):
     """Forecast the next bars of a CSV of candles."""
+    import pandas as pd
+
+    from kronos_rolling.data.bars import read_bars_file
     from kronos_rolling.model.forecast import Forecaster
     from kronos_rolling.model.kronos import Kronos
     from kronos_rolling.model.tokenizer import KronosTokenizer
 
+    bars = read_bars_file(csv_path, now=pd.Timestamp.now(tz="UTC"))  # the bars first: no model loads for bad ones
     predictor = Kronos.from_pretrained(model_source, revision=revision)
     tokenizer = KronosTokenizer.from_pretrained(tokenizer_source, revision=revision)
     forecaster = Forecaster(predictor, tokenizer, device=device, max_context=max_context, precision=precision)
     result = forecaster.forecast(
-        csv_path, pred_len, temperature=temperature, top_k=top_k, top_p=top_p, samples=samples, seed=seed,
+        bars, pred_len, temperature=temperature, top_k=top_k, top_p=top_p, samples=samples, seed=seed,
         quantiles=quantiles, lookback=lookback, asset_class=asset_class,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
