@@ -8,9 +8,10 @@ the job the run `mlflow run` made (`--mlflow-run-id`), and runs the command. Cli
 every value, as it does for an operator; a value it refuses, or a job that cannot start,
 exits 2 with the message and sends the `job_failed` alert.
 
-The entry points are declared once, in ENTRY_POINTS, with defaults taken from the
-settings dataclasses; MLproject (and its cluster twin, deploy/kubernetes/MLproject) are
-generated from it:
+The entry points are declared once, in ENTRY_POINTS: which options of which command each
+exposes; every option's words, default and type are the command's own (cli/), so the job's
+parameters are declared in one place. MLproject (and its cluster twin,
+deploy/kubernetes/MLproject) are generated from it:
 
     python -m kronos_rolling.project --write-mlproject
 
@@ -33,9 +34,8 @@ import click
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.errors import ConfigError, KronosError
-from kronos_rolling.evaluation.config import EvalSettings
 from kronos_rolling.settings import load_settings, parse_bool
-from kronos_rolling.training.config import MODE_DEFAULTS, TrainConfig
+from kronos_rolling.training.config import MODE_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,55 +71,86 @@ class EntryPoint:
         return next((p for p in self.parameters if p.name == name), None)
 
 
-def _training_parameters(mode: str) -> tuple[Parameter, ...]:
-    config, evaluation = TrainConfig, EvalSettings
-    return (
-        Parameter("as_of", "--as-of", comment="YYYY-MM-DD; empty: today, UTC"),
-        Parameter("data", "--data", comment="data folder (absolute); empty: KRONOS_DATA_DIR or bundled"),
-        Parameter("base_model", "--base-model", comment="folder or hub id; empty: KRONOS_BASE_MODEL"),
-        Parameter("epochs", "--epochs", str(MODE_DEFAULTS[mode]["epochs"])),
-        Parameter("lr", "--lr", f"{MODE_DEFAULTS[mode]['lr']:f}".rstrip("0"), label="float"),  # YAML reads 5e-5 as text
-        Parameter("note", "--note", comment="why settings depart from the defaults (recorded on the run)"),
-        Parameter("batch_size", "--batch-size", str(config.batch_size)),
-        Parameter("lookback", "--lookback", str(config.lookback)),
-        Parameter("horizon", "--horizon", str(config.horizon)),
-        Parameter("stride", "--stride", str(config.stride), comment="bars between training samples"),
-        Parameter("years", "--years", f"{config.years:g}", comment="training window before the validation month",
-                  label="float"),
-        Parameter("max_samples_per_epoch", "--max-samples-per-epoch", comment="empty: every sample"),
-        Parameter("eval_samples", "--eval-samples", str(evaluation.samples),
-                  comment="sample paths per forecast in the evaluation"),
-        Parameter("eval_max_origins", "--eval-max-origins", comment="empty: every origin of the validation month"),
-        Parameter("seed", "--seed", str(config.seed)),
-        Parameter("device", "--device", config.device, comment="auto | cpu | cuda"),
-        Parameter("precision", "--precision", config.precision,
-                  comment="float32 | bf16 (autocast forward; CUDA tensor cores)"),
-    )
+def _command(path: tuple[str, ...]) -> click.Command:
+    from kronos_rolling.cli.main import main as kronos_rolling
+
+    command = kronos_rolling
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+def _text(value) -> str:
+    """A click default as MLproject's default: floats without exponent (YAML would read 5e-5 as text)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:f}".rstrip("0").rstrip(".")
+    return "" if value is None else str(value)
+
+
+def exposed(path: tuple[str, ...], *names: str | tuple[str, str, str]) -> tuple[Parameter, ...]:
+    """MLproject parameters for options of the `kronos-rolling` command at `path`, each named by
+    its click parameter (or (MLproject name, click name, comment)). The option, its default and
+    its type come from the command's own declaration (cli/): the parameters are declared once."""
+    command = _command(path)
+    params = {p.name: p for p in command.params if isinstance(p, click.Option)}
+    context = click.Context(command)
+    found = []
+    for item in names:
+        name, click_name, comment = (item, item, "") if isinstance(item, str) else item
+        option = params[click_name]
+        default = _text(option.get_default(context))
+        if option.is_flag:
+            off = option.secondary_opts[0] if option.secondary_opts else ""
+            found.append(Parameter(name, f"{option.opts[0]}/{off}", default, "switch", comment))
+        elif option.multiple:
+            found.append(Parameter(name, option.opts[0], "", "list", comment))
+        else:
+            # MLflow casts a float parameter's value: an empty default (the command's own) stays text.
+            label = "float" if isinstance(option.type, click.types.FloatParamType) and default else "string"
+            found.append(Parameter(name, option.opts[0], None if option.required else default, "option", comment,
+                                   label))
+    return tuple(found)
+
+
+TRAINING = (
+    ("as_of", "as_of", "YYYY-MM-DD; empty: today, UTC"),
+    ("data", "data_dir", "data folder (absolute); empty: KRONOS_DATA_DIR or bundled"),
+    ("base_model", "base_model", "folder or hub id; empty: KRONOS_BASE_MODEL"),
+    ("epochs", "epochs", "empty: the mode's (%s rolling, %s pooled)" % (MODE_DEFAULTS["rolling"]["epochs"],
+                                                                       MODE_DEFAULTS["pooled"]["epochs"])),
+    ("lr", "lr", "empty: the mode's (%g rolling, %g pooled)" % (MODE_DEFAULTS["rolling"]["lr"],
+                                                               MODE_DEFAULTS["pooled"]["lr"])),
+    ("note", "note", "why settings depart from the defaults (recorded on the run)"),
+    "batch_size", "lookback", "horizon",
+    ("stride", "stride", "bars between training samples"),
+    ("years", "years", "training window before the validation month"),
+    ("max_samples_per_epoch", "max_samples_per_epoch", "empty: every sample"),
+    ("eval_samples", "eval_samples", "sample paths per forecast in the evaluation"),
+    ("eval_max_origins", "eval_max_origins", "empty: every origin of the validation month"),
+    "seed",
+    ("device", "device", "auto | cpu | cuda"),
+    ("precision", "precision", "float32 | bf16 (autocast forward; CUDA tensor cores)"),
+)
 
 
 ENTRY_POINTS = {
     entry.name: entry for entry in (
-        EntryPoint("main", ("run",), (
-            Parameter("asset_class", "--asset-class", None, comment=" | ".join(ASSET_CLASSES)),
-            *_training_parameters("rolling"),
-            Parameter("warm_start", "--warm-start", "auto",
-                      comment="auto | none | models:/NAME@ALIAS | runs:/ID/adapter | folder"),
-            Parameter("force", "--force/", "false", kind="switch",
-                      comment="true: retrain even when the cadence says not due"),
+        EntryPoint("main", ("run",), exposed(
+            ("run",), ("asset_class", "asset_class", " | ".join(ASSET_CLASSES)), *TRAINING,
+            ("warm_start", "warm_start", "auto | none | models:/NAME@ALIAS | runs:/ID/adapter | folder"),
+            ("force", "force", "true: retrain even when the cadence says not due"),
         ), "One class's monthly job: due (cadence)? then fine-tune, evaluate, register, guard, alert,\n"
            "retain. Not due: exits 0 saying when the next retrain is.", label="{asset_class}"),
-        EntryPoint("pooled", ("train", "pooled"), (
-            *_training_parameters("pooled"),
-            Parameter("register", "--register/--no-register", "true", kind="switch",
-                      comment="false: train and log the run only"),
+        EntryPoint("pooled", ("train", "pooled"), exposed(
+            ("train", "pooled"), *TRAINING, ("register", "register", "false: train and log the run only"),
         ), "The pooled adapter: every class, fresh adapter; registered as kronos-lora-pooled and guarded\n"
            "against the bare base. Launch with --experiment-name kronos-rolling/pooled.", label="pooled"),
-        EntryPoint("simulate", ("simulate",), (
-            Parameter("start", "--start", "2018-01", comment="first month, YYYY-MM"),
-            Parameter("months", "--months", "12"),
-            Parameter("asset_class", "--asset-class", kind="list", comment="comma-separated classes; empty: all"),
-            Parameter("drill", "--drill-bad-candidate", kind="list",
-                      comment="months (YYYY-MM, comma-separated) whose warm start is sabotaged"),
+        EntryPoint("simulate", ("simulate",), exposed(
+            ("simulate",), ("start", "start", "first month, YYYY-MM"), "months",
+            ("asset_class", "classes", "comma-separated classes; empty: all"),
+            ("drill", "drills", "months (YYYY-MM, comma-separated) whose warm start is sabotaged"),
         ), "The replay of past months on the bundled data (`kronos-rolling simulate`).", label=None),
     )
 }

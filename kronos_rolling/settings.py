@@ -308,10 +308,11 @@ class ServeSettings:
     poll_interval_s: float = 30.0
     inference_guard: bool = False  # serve pooled when a class's val_mae is > guard_ratio x pooled's
     guard_ratio: float = 1.10
-    # CPU threads for a forecast's window passes (0: torch's default, one per core; the
-    # single-bar decode steps always run on one, see model/generate.py). One: concurrent
-    # requests on one adapter run side by side, each on a core of its own, instead of
-    # competing for the same cores.
+    # CPU threads of the decoding thread (0: torch's default, one per core). Requests are
+    # decoded in batches one after another (serve/batching.py) on one thread; with one CPU
+    # thread the other cores read and check the requests meanwhile. Several threads pay off
+    # only on cores nothing else uses: where another process holds one, their spin-waits
+    # made a decode up to 15x slower (docs/benchmarks.md).
     inference_threads: int = 1
     busy_threads: int = 1  # CPU threads for inference while a training job holds the device
     busy_nice: int = 10  # niceness of inference threads meanwhile (Linux; 0: same priority as training)
@@ -320,6 +321,24 @@ class ServeSettings:
     webhook_tolerance_s: float = 300.0  # accepted age of a signed webhook delivery
     refused_retry_s: float = 300.0  # a refused version is fetched again after this (or on a push)
     cache_keep: int = 3  # cached versions kept per registered model (besides the served one)
+    # Batching (serve/batching.py): the most rows (sample paths) decoded together, and how
+    # long the oldest waiting request may wait for others to join it. A batch also holds no
+    # more rows than decode in half of max_queue_wait_s, learned from the batches decoded: on
+    # CPUs, where a forecast of a few hundred bars costs mostly its lookback pass (which
+    # batching barely shares), batches stay small; GPUs fill them (docs/benchmarks.md).
+    max_batch_size: int = 32
+    max_batch_wait_ms: float = 5.0
+    # Load shedding: a request that would be answered later than this (at the decode rate
+    # measured on the last batches) is refused at once with 503 and Retry-After.
+    max_queue_wait_s: float = 10.0
+    # The HTTP server (serve/http.py): a request's head must arrive within header_timeout_s
+    # of its first byte, its body within body_timeout_s of the head, else the connection is
+    # closed (408); idle keep-alive connections close after keep_alive_s; beyond
+    # max_connections open connections (or requests in progress) requests get 503 at once.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 512
     limits: RequestLimits = field(default_factory=RequestLimits)
     api_token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
@@ -330,16 +349,20 @@ class ServeSettings:
         if unknown or not self.labels:
             raise ConfigError(f"labels must be a non-empty subset of {', '.join(model_targets())}; got {unknown}")
         positive = ("poll_interval_s", "guard_ratio", "busy_check_s", "registry_timeout_s", "webhook_tolerance_s",
-                    "refused_retry_s")
+                    "refused_retry_s", "max_queue_wait_s", "header_timeout_s", "body_timeout_s",
+                    "keep_alive_s")
         for name in positive:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name}={value!r} must be a number > 0 (KRONOS_SERVE_{name.upper()})")
+        if not (math.isfinite(self.max_batch_wait_ms) and self.max_batch_wait_ms >= 0):
+            raise ConfigError(f"max_batch_wait_ms={self.max_batch_wait_ms!r} must be a number >= 0 "
+                              "(KRONOS_SERVE_MAX_BATCH_WAIT_MS)")
         if not 0 <= self.busy_nice <= 19:
             raise ConfigError(f"busy_nice must be between 0 and 19 (KRONOS_SERVE_BUSY_NICE), got {self.busy_nice}")
         if self.inference_threads < 0:
             raise ConfigError("inference_threads must be >= 0 (0: one per core) (KRONOS_SERVE_INFERENCE_THREADS)")
-        for name in ("busy_threads", "cache_keep"):
+        for name in ("busy_threads", "cache_keep", "max_batch_size", "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 (KRONOS_SERVE_{name.upper()})")
         for f in fields(RequestLimits):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.cli.options import settings_of
@@ -71,7 +72,8 @@ def import_(ctx, src, symbol, asset_class, time_format, tz, replace, max_gap, dr
 
     store = _store(ctx, data_dir)
     report = store.import_csv(src, symbol, asset_class, time_format=time_format, tz=tz, replace=replace,
-                              max_gap=max_gap, drop_invalid_rows=drop_invalid, report=report_path)
+                              max_gap=max_gap, drop_invalid_rows=drop_invalid, report=report_path,
+                              now=pd.Timestamp.now(tz="UTC"))
     for temp in report.removed_temps:
         click.echo(f"note: removed {temp.name}, left by an import that was stopped", err=True)
     for note in report.notes:
@@ -134,8 +136,9 @@ def validate(ctx, paths, symbol, max_gap, time_format, report_path, data_dir):
     if symbol is not None and (len(paths) != 1 or Path(paths[0]).is_dir()):
         raise ConfigError("--symbol names the series of one FILE; pass exactly one file with it")
     targets = list(paths) or [_store(ctx, data_dir).root]
+    now = pd.Timestamp.now(tz="UTC")
     found = [issue for target in targets
-             for issue in validate_path(target, max_gap=max_gap, symbol=symbol, time_format=time_format)]
+             for issue in validate_path(target, max_gap=max_gap, symbol=symbol, time_format=time_format, now=now)]
     warnings = [i for i in found if i.warning]
     issues = [i for i in found if not i.warning]
     for warning in warnings:

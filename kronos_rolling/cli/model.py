@@ -13,6 +13,7 @@ from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.cli.options import connect, data_option, settings_of, tracking_uri_option
 from kronos_rolling.errors import ModelError
 from kronos_rolling.model.config import MODEL_SIZES
+from kronos_rolling.model.generate import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
 from kronos_rolling.training.pretrain.config import DEFAULT_UNTIL, PretrainConfig
 
 
@@ -72,11 +73,11 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
               help="Bars: timestamp, open, high, low, close (volume, amount optional); read and checked as "
                    "`data import` reads them (any case, unix seconds or ms, UTC offsets).")
 @click.option("--pred-len", type=click.IntRange(min=1), required=True, help="Number of future bars to forecast.")
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--top-k", type=click.IntRange(0, MAX_TOP_K), default=0, show_default=True,
               help="Keep the k most likely tokens (1 = greedy).")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
               help="Nucleus sampling mass (when top-k is 0).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--temperature", type=click.FloatRange(MIN_TEMPERATURE, MAX_TEMPERATURE), default=1.0, show_default=True)
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Sample paths whose median is the forecast [default: 1; 32 or more with --quantiles].")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed that makes sampling reproducible.")
@@ -98,6 +99,9 @@ def init_command(size: str, out_dir: Path, seed: int) -> None:
 def forecast(model_source, tokenizer_source, adapter, tracking_uri, csv_path, pred_len, top_k, top_p, temperature,
              samples, seed, max_context, lookback, asset_class, device, precision, quantiles, revision, out_path):
     """Forecast the next bars of a CSV of candles."""
+    import pandas as pd
+
+    from kronos_rolling.data.bars import read_bars_file
     from kronos_rolling.evaluation.calibration import apply_calibration
     from kronos_rolling.model.forecast import Forecaster
     from kronos_rolling.model.kronos import Kronos
@@ -105,18 +109,22 @@ def forecast(model_source, tokenizer_source, adapter, tracking_uri, csv_path, pr
     from kronos_rolling.model.tokenizer import KronosTokenizer
 
     levels = quantile_levels(quantiles)
+    bars = read_bars_file(csv_path, now=pd.Timestamp.now(tz="UTC"))  # the bars first: no model loads for bad ones
     calibration = note = None
     if adapter is not None:
-        from kronos_rolling.tracking.adapters import calibration_of, fetch_adapter, load_forecast_model
+        import tempfile
 
-        source = fetch_adapter(adapter, None if Path(adapter).expanduser().is_dir() else connect(tracking_uri))
-        if source.registered_model is not None:  # checked as before it may serve: files, weights, calibration
-            from kronos_rolling.registry.integrity import check_bundle
+        from kronos_rolling.registry.integrity import fetch_verified
+        from kronos_rolling.tracking.adapters import calibration_of, load_forecast_model
 
-            check_bundle(source.bundle_dir, source.registered_model, source.version, source.tags)
-        loaded = load_forecast_model(source)
+        tracking = None if Path(adapter).expanduser().is_dir() else connect(tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="kronos-forecast-") as scratch:
+            # a registered version is checked as before it may serve: files, weights, calibration
+            source = fetch_verified(adapter, tracking, Path(scratch))
+            loaded = load_forecast_model(source)
+            calibration = calibration_of(source)
         predictor, tokenizer, events = loaded.model, loaded.tokenizer, loaded.event_embedding
-        calibration, asset_class = calibration_of(source), asset_class or source.metadata.get("asset_class")
+        asset_class = asset_class or source.metadata.get("asset_class")
         max_context = max_context or loaded.max_context
     elif model_source is None or tokenizer_source is None:
         raise click.UsageError("give --model and --tokenizer (a base), or --adapter (a version on its base)")
@@ -127,7 +135,7 @@ def forecast(model_source, tokenizer_source, adapter, tracking_uri, csv_path, pr
     forecaster = Forecaster(predictor, tokenizer, device=device, max_context=max_context, precision=precision,
                             event_embedding=events)
     result = forecaster.forecast(
-        csv_path, pred_len, temperature=temperature, top_k=top_k, top_p=top_p, samples=paths_for(samples, levels),
+        bars, pred_len, temperature=temperature, top_k=top_k, top_p=top_p, samples=paths_for(samples, levels),
         seed=seed, quantiles=levels, lookback=lookback, asset_class=asset_class,
     )
     if levels:

@@ -9,11 +9,14 @@ import logging
 import os
 import sys
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+import pandas as pd
 
 from kronos_rolling.cli.options import configure_mlflow, settings_of
+from kronos_rolling.model.generate import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
 from kronos_rolling.settings import DEFAULT_PORT, DEFAULT_SERVE_PORT, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ def serve(host, port, poll_interval_s, log_level, base_model, tracking_uri, data
     import uvicorn
 
     from kronos_rolling.serve.app import create_app
+    from kronos_rolling.serve.http import server_config
     from kronos_rolling.serve.service import PredictorService
 
     settings = _settings(base_model=base_model, tracking_uri=tracking_uri, data_dir=data_dir, cache_dir=cache_dir,
@@ -81,9 +85,7 @@ def serve(host, port, poll_interval_s, log_level, base_model, tracking_uri, data
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(log_level.upper())
     service = PredictorService(settings)
-    app = create_app(service)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10,
-                log_config=None)
+    uvicorn.Server(server_config(create_app(service), settings, host=host, port=port, log_level=log_level)).run()
 
 
 @click.command()
@@ -93,8 +95,8 @@ def serve(host, port, poll_interval_s, log_level, base_model, tracking_uri, data
                    "`data import` reads them.")
 @click.option("--pred-len", type=click.IntRange(min=1), required=True, help="Number of future bars to forecast.")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="1 = greedy.")
+@click.option("--temperature", type=click.FloatRange(MIN_TEMPERATURE, MAX_TEMPERATURE), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(0, MAX_TOP_K), default=0, show_default=True, help="1 = greedy.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
 @click.option("--seed", type=click.IntRange(min=-1), default=0, show_default=True, help="-1: unseeded.")
 @click.option("--quantiles", is_flag=True, help="Add p10/p50/p90 columns.")
@@ -117,7 +119,8 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
         SeriesInput,
     )
 
-    bars = read_bars_file(csv_path)
+    now = datetime.now(timezone.utc)
+    bars = read_bars_file(csv_path, now=pd.Timestamp(now))
     asset_class = classify_asset(symbol, DataStore(settings_of(data_dir=data_dir).data_dir).overrides())
     settings = _settings(base_model=base_model, tracking_uri=tracking_uri, data_dir=data_dir, cache_dir=cache_dir,
                          device=device, inference_guard=inference_guard, labels=(asset_class, POOLED))
@@ -125,7 +128,7 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
     try:
         answer = service.forecast([SeriesInput(symbol, bars)], ForecastOptions(
             pred_len=pred_len, samples=samples, temperature=temperature, top_k=top_k, top_p=top_p,
-            seed=None if seed < 0 else seed, quantiles=quantiles))[0]
+            seed=None if seed < 0 else seed, quantiles=quantiles), now=now)[0]
     finally:
         service.stop()
     frame = answer.result.mean.copy()

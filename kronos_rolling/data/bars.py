@@ -12,7 +12,9 @@ milliseconds; UTC offsets converted to UTC). The checks, per row:
   so such a high or low is set to the open or close it missed (and counted in a note);
 - volume and amount are not negative;
 - no value overflows float32 once the series is normalised, as the model reads it;
-- timestamps are unique and ascending, and there are at least two bars.
+- timestamps are unique and ascending, and there are at least two bars;
+- timestamps lie between 1970-01-01 and a year after `now`, and unix times are in one unit
+  (`parse`); `now` is the caller's clock, taken where the request or command starts.
 
 `check_bars` reports every problem as an `Issue` (row and column named, one wording for
 all entry points); `drop_invalid` removes the rows a careful import may drop, each with its
@@ -52,6 +54,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # Why a row is dropped by `drop_invalid`: the `reason` column of SYMBOL.dropped.csv.
 UNREADABLE_TIME = "unreadable timestamp"
+TIME_OUT_OF_RANGE = "timestamp out of range"
 MISSING_VALUE = "missing or unreadable value"
 ALL_ZERO = "all-zero bar"
 NOT_POSITIVE = "non-positive price"
@@ -86,16 +89,25 @@ class CheckedBars:
     issues: list[Issue] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     reasons: dict[int, str] = field(default_factory=dict)
+    undroppable: list[Issue] = field(default_factory=list)  # problems of the whole column (mixed unix units)
 
 
 def check_bars(table: pd.DataFrame, source: str, *, time_format: str | None = None, tz: str = "UTC",
-               first_row: int = 1) -> CheckedBars:
-    """Parse a table of bars as users have it and find every problem (nothing is dropped)."""
-    parsed = parse_bars(table, source, time_format=time_format, tz=tz, first_row=first_row)
-    checked = CheckedBars(source, parsed.frame, parsed.rows, list(parsed.issues), list(parsed.notes))
+               first_row: int = 1, now: pd.Timestamp | None = None) -> CheckedBars:
+    """Parse a table of bars as users have it and find every problem (nothing is dropped).
+
+    `now`: timestamps more than a year after it are problems (None: no upper bound, for
+    data checked when it was imported)."""
+    parsed = parse_bars(table, source, time_format=time_format, tz=tz, first_row=first_row, now=now)
+    checked = CheckedBars(source, parsed.frame, parsed.rows, list(parsed.issues) + list(parsed.column_issues),
+                          list(parsed.notes), undroppable=list(parsed.column_issues))
     for issue in parsed.issues:
         if issue.row is not None:
-            checked.reasons.setdefault(issue.row, UNREADABLE_TIME if issue.column == "timestamp" else MISSING_VALUE)
+            if issue.column != "timestamp":
+                reason = MISSING_VALUE
+            else:
+                reason = TIME_OUT_OF_RANGE if issue.problem.startswith("timestamp ") else UNREADABLE_TIME
+            checked.reasons.setdefault(issue.row, reason)
     _check_values(checked)
     _check_order(checked)
     return checked
@@ -226,7 +238,8 @@ def drop_invalid(checked: CheckedBars, table: pd.DataFrame) -> tuple[CheckedBars
     dropped_rows = np.array(sorted(checked.reasons), dtype=np.int64)
     keep = ~np.isin(checked.rows, dropped_rows)
     kept = CheckedBars(checked.source, checked.frame[keep].reset_index(drop=True), checked.rows[keep],
-                       notes=list(checked.notes))
+                       issues=list(checked.undroppable), notes=list(checked.notes),
+                       undroppable=list(checked.undroppable))
     first_row = int(checked.rows.min()) if len(checked.rows) else 1
     dropped = table.iloc[dropped_rows - first_row].copy()
     dropped.insert(0, "row", dropped_rows)
@@ -244,16 +257,17 @@ def bars_error(checked: CheckedBars, hint: str) -> BarsError:
 FRAME_HINT = "Rows are positions in the frame (0-based, as iloc); fix or drop those bars."
 
 
-def clean_bars(frame: pd.DataFrame, source: str = "bars", *, first_row: int = 0, hint: str = FRAME_HINT) -> pd.DataFrame:
+def clean_bars(frame: pd.DataFrame, source: str = "bars", *, first_row: int = 0, hint: str = FRAME_HINT,
+               now: pd.Timestamp | None = None) -> pd.DataFrame:
     """Bars checked strictly: timestamp (UTC) + all six features as float64 (volume and
     amount filled as the reference predictor does when absent).
 
     Rows are named from `first_row` (0: positions of a frame given in code; 1: a file's
-    data rows). Raises BarsError naming every problem.
+    data rows). `now`: as for `check_bars`. Raises BarsError naming every problem.
     """
     if not isinstance(frame, pd.DataFrame):
         raise DataError(f"{source}: expected a pandas DataFrame of bars, got {type(frame).__name__}")
-    checked = check_bars(frame, source, first_row=first_row)
+    checked = check_bars(frame, source, first_row=first_row, now=now)
     if checked.issues:
         raise bars_error(checked, hint)
     bars = fill_volume_amount(checked.frame)[["timestamp", *FEATURE_COLUMNS]].copy()
@@ -261,7 +275,7 @@ def clean_bars(frame: pd.DataFrame, source: str = "bars", *, first_row: int = 0,
     return bars
 
 
-def read_bars_file(path) -> pd.DataFrame:
+def read_bars_file(path, now: pd.Timestamp | None = None) -> pd.DataFrame:
     """The bars of a CSV or parquet file, read and checked as every entry point does (rows: the file's data rows)."""
-    return clean_bars(read_table(path), str(path), first_row=1,
+    return clean_bars(read_table(path), str(path), first_row=1, now=now,
                       hint=f"Run `kronos-rolling data validate {path}` to list them all.")

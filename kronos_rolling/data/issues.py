@@ -1,10 +1,15 @@
 """One problem found in bar data, named precisely enough to fix it, and how lists of them
 are shown: every problem is kept; a message lists the first rows of each kind and counts
-the rest, and a report file holds every one."""
+the rest, and a report file holds every one.
+
+Files people open in spreadsheets (the `--report` CSV, `SYMBOL.dropped.csv`) hold cells
+copied from the user's data; `spreadsheet_safe` keeps a spreadsheet from running them as
+formulas (OWASP's advice on CSV injection)."""
 
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,14 +84,34 @@ def summary(issues: list[Issue]) -> str:
     return f"{len(issues)} problem(s): " + "; ".join(parts)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+SPREADSHEET_QUOTING = csv.QUOTE_ALL
+_PLAIN_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def spreadsheet_safe(value):
+    """A cell that a spreadsheet shows as the text it is and never runs as a formula.
+
+    OWASP (CSV injection): a cell starting with =, +, -, @, a tab or a carriage return gets
+    a leading single quote, so spreadsheets read it as text. A plain number (-1.5, +2e3)
+    starts so too but is no formula: it is left as it is. Such files are written with every
+    cell in double quotes (SPREADSHEET_QUOTING), so no separator, quote or line break inside
+    a cell can start a new one.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.match(value):
+        return "'" + value
+    return value
+
+
 def write_report(path: str | Path, issues: list[Issue]) -> Path:
-    """Every issue as a CSV row: file, row, column, problem, detail."""
+    """Every issue as a CSV row: file, row, column, problem, detail (cells spreadsheet-safe)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, quoting=SPREADSHEET_QUOTING)
         writer.writerow(["file", "row", "column", "problem", "detail"])
         for issue in issues:
-            writer.writerow([issue.file, "" if issue.row is None else issue.row, issue.column or "",
-                             issue.problem, issue.detail.strip(" :()")])
+            writer.writerow([spreadsheet_safe(cell) for cell in (
+                issue.file, "" if issue.row is None else issue.row, issue.column or "", issue.problem,
+                issue.detail.strip(" :()"))])
     return path

@@ -4,6 +4,13 @@ Our frame: a tz-aware UTC `timestamp` column (ns) followed by open, high, low, c
 and, when present, volume and amount, all float64. Conversion never drops or mends a
 row: rows it cannot read become `Issue`s, and everything it changed on purpose
 (order reversed, epoch unit, time zone, ignored columns) is listed in `notes`.
+
+Timestamps must lie in a sane range: not before 1970-01-01 and not more than a year
+after `now` (the caller's clock, passed in: every entry point takes it when the request
+or command starts). Outside it, or beyond what pandas can hold, a timestamp is a row's
+problem like any other. A column of unix times is in one unit: seconds, milliseconds,
+microseconds or nanoseconds, told by size; a column that mixes them is refused, naming
+the first row of the other unit (no drop mends it: the rows around it are suspect too).
 """
 
 from __future__ import annotations
@@ -37,12 +44,20 @@ _VOLUME_IN = re.compile(r"^volume_([a-z]{3,5})$")
 QUOTE_CURRENCIES = ("usd", "usdt", "usdc", "busd", "eur", "gbp", "jpy", "krw", "btc")
 
 
+EARLIEST_TIMESTAMP = pd.Timestamp("1970-01-01", tz="UTC")
+FUTURE_LIMIT = pd.DateOffset(years=1)
+"""Timestamps later than `now` + this are refused: no market data comes from the future."""
+
+EPOCH_UNITS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+
+
 @dataclass
 class ParsedBars:
     frame: pd.DataFrame
     rows: np.ndarray  # 1-based row of the source file for each frame row
     notes: list[str] = field(default_factory=list)
-    issues: list[Issue] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)  # row problems: leaving out the row mends them
+    column_issues: list[Issue] = field(default_factory=list)  # named at a row, but no drop mends them
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -75,21 +90,23 @@ def _banner_lines(path: Path) -> int:
     return int("," not in first and second.count(",") >= 4)
 
 
-def _canonical_name(name) -> str:
+def canonical_name(name) -> str:
     return re.sub(r"[\s\-]+", "_", str(name).strip().strip("<>").strip().lower())
 
 
 def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None, tz: str = "UTC",
-               first_row: int = 1) -> ParsedBars:
+               first_row: int = 1, now: pd.Timestamp | None = None) -> ParsedBars:
     """Map columns (any case), read timestamps into UTC and prices into floats.
 
     `tz` is the zone of timestamps that carry no offset; `time_format` a strftime
     pattern for timestamps pandas cannot infer. Rows are numbered from `first_row`
-    (1 for a file's data rows, 0 for a DataFrame's positions). Raises DataError when a
-    required column is missing (nothing else can be checked without it).
+    (1 for a file's data rows, 0 for a DataFrame's positions). `now`: timestamps more
+    than a year after it are refused (None: no upper bound, for data already checked
+    when it was imported). Raises DataError when a required column is missing (nothing
+    else can be checked without it).
     """
     _check_time_zone(tz)
-    names = {_canonical_name(c): c for c in reversed(list(table.columns))}
+    names = {canonical_name(c): c for c in reversed(list(table.columns))}
     notes: list[str] = list(table.attrs.get("notes", []))
     issues: list[Issue] = []
 
@@ -117,7 +134,7 @@ def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None,
         notes.append(f"ignored column(s): {', '.join(ignored)}")
 
     rows = np.arange(first_row, first_row + len(table))
-    timestamps, time_notes, unreadable, not_local = _parse_timestamps(time_source[0], time_format, tz)
+    timestamps, time_notes, unreadable, not_local, units = _parse_timestamps(time_source[0], time_format, tz)
     notes += time_notes
     issues += row_issues(source, rows[unreadable], "timestamp", "missing or unreadable timestamp"
                          + (f" (expected format {time_format!r})" if time_format else
@@ -125,6 +142,9 @@ def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None,
     issues += row_issues(source, rows[not_local], "timestamp",
                          f"local time does not exist or is ambiguous in {tz} (daylight-saving change); "
                          "export the data in UTC or with UTC offsets")
+    timestamps, range_issues = _in_range(timestamps, source, rows, now)
+    issues += range_issues
+    column_issues = _mixed_units(units, source, rows)
 
     frame = pd.DataFrame({"timestamp": timestamps})
     for target in FEATURE_COLUMNS:
@@ -141,7 +161,53 @@ def parse_bars(table: pd.DataFrame, source: str, time_format: str | None = None,
     if len(steps) and (steps <= 0).all() and (steps < 0).any():  # repeated bars do not hide the order
         frame, rows = frame.iloc[::-1].reset_index(drop=True), rows[::-1].copy()
         notes.append("rows were newest-first; stored oldest-first")
-    return ParsedBars(frame.reset_index(drop=True), rows, notes, issues)
+    return ParsedBars(frame.reset_index(drop=True), rows, notes, issues, column_issues)
+
+
+def _in_range(timestamps: pd.DatetimeIndex, source: str, rows: np.ndarray,
+              now: pd.Timestamp | None) -> tuple[pd.DatetimeIndex, list[Issue]]:
+    """The timestamps in nanoseconds, those outside the sane range set to NaT, and an issue for each."""
+    latest = None if now is None else _utc(now) + FUTURE_LIMIT
+    values = timestamps.as_unit("us") if timestamps.unit in ("s", "ms") else timestamps
+    early = np.asarray(values < EARLIEST_TIMESTAMP)
+    late = np.asarray(values > latest) if latest is not None else np.zeros(len(values), bool)
+    # What nanoseconds cannot hold (after 2262-04-11) is refused whatever the clock says.
+    late |= np.asarray(values > pd.Timestamp.max.tz_localize("UTC"))
+    issues = row_issues(source, rows[early], "timestamp", "timestamp before 1970-01-01 (unix time 0)",
+                        [f": {values[i]}; check the date or its unit" for i in np.flatnonzero(early)])
+    if latest is not None:
+        limit = f"more than a year after now ({_utc(now).strftime('%Y-%m-%d')})"
+    else:
+        limit = "after 2262-04-11 (beyond what the data store can hold)"
+    issues += row_issues(source, rows[late], "timestamp", f"timestamp {limit}",
+                         [f": {values[i]}; check the date or its unit" for i in np.flatnonzero(late)])
+    bad = early | late
+    if bad.any():
+        values = values.where(~bad, pd.NaT)
+    return values.as_unit("ns"), issues
+
+
+def _utc(moment) -> pd.Timestamp:
+    moment = pd.Timestamp(moment)
+    return moment.tz_localize("UTC") if moment.tz is None else moment.tz_convert("UTC")
+
+
+def _mixed_units(units: np.ndarray | None, source: str, rows: np.ndarray) -> list[Issue]:
+    """One issue at the first unix time whose unit differs from the column's first."""
+    if units is None:
+        return []
+    present = np.flatnonzero(units != "")
+    if not len(present):
+        return []
+    first = units[present[0]]
+    other = present[units[present] != first]
+    if not len(other):
+        return []
+    at, unit = int(other[0]), units[other[0]]
+    return [Issue(source, int(rows[at]), "timestamp", "unix times in more than one unit",
+                  f": this row is the first in unix {EPOCH_UNITS[unit]} ({int(np.sum(units == unit))} row(s)), the "
+                  f"column starts in unix {EPOCH_UNITS[first]} (row {int(rows[present[0]])}); export every "
+                  "timestamp in one unit")]
 
 
 def _volume_by_currency(names: dict[str, str], used: dict[str, str]) -> list[str]:
@@ -175,9 +241,11 @@ def _timestamp_source(table: pd.DataFrame, names: dict[str, str]) -> tuple[pd.Se
 
 
 def _parse_timestamps(values: pd.Series, time_format: str | None, tz: str):
-    """(UTC DatetimeIndex[ns], notes, unreadable rows, rows whose local time does not exist).
+    """(UTC DatetimeIndex, notes, unreadable rows, rows whose local time does not exist, unix unit
+    per row or None).
 
-    Rows of both masks hold NaT; the second covers daylight-saving changes in `tz`.
+    Rows of both masks hold NaT; the second covers daylight-saving changes in `tz`. The
+    unit per row ("" where none) is given for unix times only.
     """
     notes: list[str] = []
     present = values.notna().to_numpy()
@@ -200,8 +268,7 @@ def _parse_timestamps(values: pd.Series, time_format: str | None, tz: str):
                 # Daily bars labelled by local date: keep the date, not the evening before.
                 parsed = pd.DatetimeIndex(pd.to_datetime(text.str.slice(0, 10), errors="coerce")).tz_localize("UTC")
                 notes.append("daily bars at local midnight keep their calendar date (00:00 UTC)")
-            parsed = parsed.as_unit("ns")
-            return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool)
+            return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool), None
 
     unreadable = np.asarray(parsed.isna())
     if parsed.tz is None:
@@ -216,8 +283,8 @@ def _parse_timestamps(values: pd.Series, time_format: str | None, tz: str):
         # Daily bars labelled by local date: keep the date, not the evening before in UTC.
         parsed = parsed.tz_localize(None).tz_localize("UTC")
         notes.append("daily bars at local midnight keep their calendar date (00:00 UTC)")
-    parsed = parsed.tz_convert("UTC").as_unit("ns")
-    return parsed, notes, unreadable, np.asarray(parsed.isna()) & ~unreadable
+    parsed = parsed.tz_convert("UTC")
+    return parsed, notes, unreadable, np.asarray(parsed.isna()) & ~unreadable, None
 
 
 def _check_time_zone(tz: str) -> None:
@@ -234,10 +301,17 @@ def _parse_epoch(numbers: pd.Series, notes: list[str]):
     if present.any() and numbers[present].between(19000101, 21001231).all() and largest < 1e8:
         parsed = pd.to_datetime(numbers.astype("Int64").astype("string"), format="%Y%m%d", errors="coerce")
         notes.append("timestamps read as YYYYMMDD dates")
-        parsed = pd.DatetimeIndex(parsed).tz_localize("UTC").as_unit("ns")
-        return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool)
-    unit = "s" if largest < 1e11 else "ms" if largest < 1e14 else "us" if largest < 1e17 else "ns"
-    names = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
-    notes.append(f"timestamps read as unix {names[unit]}")
-    parsed = pd.DatetimeIndex(pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce")).as_unit("ns")
-    return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool)
+        parsed = pd.DatetimeIndex(parsed).tz_localize("UTC")
+        return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool), None
+    # Each number's unit by its size: unix seconds below 1e11 (year 5138), then ms, us, ns.
+    size = numbers.abs().to_numpy(dtype="float64", na_value=np.nan)
+    units = np.select([size < 1e11, size < 1e14, size < 1e17, size >= 1e17], ["s", "ms", "us", "ns"], "")
+    # In microseconds (what holds every year of the sane range exactly): whole numbers stay whole.
+    scale = np.select([units == "s", units == "ms", units == "us", units == "ns"], [1e6, 1e3, 1.0, 1e3], np.nan)
+    values = numbers.to_numpy(dtype="float64", na_value=np.nan)
+    micros = np.where(units == "ns", values / scale, values * scale)
+    parsed = pd.DatetimeIndex(pd.to_datetime(micros, unit="us", utc=True, errors="coerce"))
+    found = [EPOCH_UNITS[u] for u in EPOCH_UNITS if (units == u).any()]
+    if found:
+        notes.append(f"timestamps read as unix {' and '.join(found)}")
+    return parsed, notes, np.asarray(parsed.isna()), np.zeros(len(parsed), bool), units

@@ -34,7 +34,7 @@ from kronos_rolling.data.assets import (
 from kronos_rolling.data.bars import bars_error, check_bars, clean_bars, drop_invalid
 from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing
 from kronos_rolling.data.events import EventCalendar
-from kronos_rolling.data.issues import Issue, write_report
+from kronos_rolling.data.issues import SPREADSHEET_QUOTING, Issue, spreadsheet_safe, write_report
 from kronos_rolling.data.parse import read_table
 from kronos_rolling.data.validate import (
     DROPPED_SUFFIX,
@@ -192,6 +192,7 @@ class DataStore:
         max_gap: int | None = DEFAULT_MAX_GAP,
         drop_invalid_rows: bool = False,
         report: str | Path | None = None,
+        now: pd.Timestamp | None = None,
     ) -> ImportReport:
         """Convert a user's bar file into `SYMBOL.parquet` here. All or nothing: any
         problem raises DataError (counting every kind) and leaves the folder as it was.
@@ -199,8 +200,10 @@ class DataStore:
         `drop_invalid_rows`: leave out what a careful clean-up would (duplicate timestamps,
         keeping the file's later row; all-zero or non-positive bars; inconsistent OHLC;
         unreadable values) and write those rows with their `reason` to
-        `SYMBOL.dropped.csv`. `report`: a CSV of every problem found. Temporary files of an
-        import that was killed are removed first.
+        `SYMBOL.dropped.csv`. `report`: a CSV of every problem found (with drop_invalid_rows,
+        the dropped rows' problems too). `now`: timestamps more than a year after it are
+        problems (the command passes its clock). Temporary files of an import that was
+        killed are removed first.
         """
         if self.root.resolve() == BUNDLED_DATA_DIR.resolve():
             raise DataError(f"the bundled sample data ({self.root}) is read-only; import into your own "
@@ -229,12 +232,13 @@ class DataStore:
 
         name = str(src)
         table = read_table(src)
-        checked = check_bars(table, name, time_format=time_format, tz=tz)
+        checked = check_bars(table, name, time_format=time_format, tz=tz, now=now)
+        found = list(checked.issues)
         dropped = table.iloc[:0]
         if drop_invalid_rows:
             checked, dropped = drop_invalid(checked, table)
-        if report is not None:
-            write_report(report, checked.issues)
+        if report is not None:  # every problem found, those of the rows left out included
+            write_report(report, found + [issue for issue in checked.issues if issue not in found])
         if checked.issues:
             listed = f" Every problem is listed in {report}." if report is not None else \
                 " --report FILE lists every problem."
@@ -255,7 +259,8 @@ class DataStore:
             bars.to_parquet(temps[-1], index=False, compression="zstd")
             if len(dropped):
                 temps.append(_temp_path(self.root, dropped_path.name))
-                dropped.to_csv(temps[-1], index=False)
+                safe = dropped.map(spreadsheet_safe).rename(columns=lambda name: spreadsheet_safe(str(name)))
+                safe.to_csv(temps[-1], index=False, quoting=SPREADSHEET_QUOTING)
                 os.replace(temps[-1], dropped_path)
             elif drop_invalid_rows or replace:
                 dropped_path.unlink(missing_ok=True)  # an earlier import's left-outs no longer apply

@@ -69,12 +69,14 @@ def validate_frame(
     max_gap: int | None = DEFAULT_MAX_GAP,
     asset_class: str | None = None,
     known_gaps: list[KnownGap] | tuple = (),
+    now: pd.Timestamp | None = None,
 ) -> list[Issue]:
     """All problems in a frame of bars (`timestamp`, open, high, low, close[, volume, amount]).
 
     `max_gap`: most missing bars tolerated between consecutive bars (None: no gap check).
     `asset_class` selects the trading calendar (None: the market never closes). Rows are
-    numbered 1, 2, ... as in a file.
+    numbered 1, 2, ... as in a file. `now`: timestamps more than a year after it are
+    problems (None: no upper bound).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
@@ -82,7 +84,7 @@ def validate_frame(
                       "close and may add volume and amount)") for c in missing]
     if len(frame) == 0:
         return [Issue(source_name, None, None, "no bars")]
-    checked = check_bars(frame, source_name)
+    checked = check_bars(frame, source_name, now=now)
     return checked.issues + gap_issues(checked, max_gap, asset_class, known_gaps)
 
 
@@ -161,6 +163,7 @@ def validate_file(
     time_format: str | None = None,
     symbol: str | None = None,
     class_required: bool = True,
+    now: pd.Timestamp | None = None,
 ) -> list[Issue]:
     """All problems in one bar file.
 
@@ -168,7 +171,7 @@ def validate_file(
     class and known gaps default to what the file's folder says for it (overrides, rules,
     `known_gaps.csv`). A symbol no rule classifies is a problem when `class_required`
     (a file of the data folder), else a warning: the content is checked all the same,
-    gaps as if the market never closed.
+    gaps as if the market never closed. `now`: as for `validate_frame`.
     """
     path = Path(path)
     name = str(path)
@@ -187,14 +190,14 @@ def validate_file(
         except DataError:
             known_gaps = []  # the side file's own problem is reported when it is checked
     try:
-        checked = check_bars(read_table(path), name, time_format=time_format)
+        checked = check_bars(read_table(path), name, time_format=time_format, now=now)
     except DataError as exc:
         return issues + [Issue(name, None, None, str(exc).removeprefix(f"{name}: "))]
     return issues + checked.issues + gap_issues(checked, max_gap, asset_class, known_gaps)
 
 
 def validate_path(path: str | Path, max_gap: int | None = DEFAULT_MAX_GAP, symbol: str | None = None,
-                  time_format: str | None = None) -> list[Issue]:
+                  time_format: str | None = None, now: pd.Timestamp | None = None) -> list[Issue]:
     """All problems in a bar file, a side file or a whole data folder.
 
     A file named on its own may hold any series (`symbol` names it): an unknown asset
@@ -209,9 +212,9 @@ def validate_path(path: str | Path, max_gap: int | None = DEFAULT_MAX_GAP, symbo
                                 "(e.g. .csv and .parquet, or names differing in case); keep one"))
         for file in sorted(path.iterdir()):
             if file.name in SIDE_FILES:
-                issues += validate_path(file, max_gap)
+                issues += validate_path(file, max_gap, now=now)
             elif is_bar_file(file):
-                issues += validate_file(file, max_gap)
+                issues += validate_file(file, max_gap, now=now)
         if not any(is_bar_file(f) for f in path.iterdir()):
             issues.append(Issue(str(path), None, None, "no bar files (SYMBOL.parquet or SYMBOL.csv) in this folder"))
         return issues
@@ -229,7 +232,7 @@ def validate_path(path: str | Path, max_gap: int | None = DEFAULT_MAX_GAP, symbo
             return []
     except DataError as exc:
         return [Issue(str(path), None, None, str(exc).removeprefix(f"{path}: "))]
-    return validate_file(path, max_gap, symbol=symbol, time_format=time_format, class_required=False)
+    return validate_file(path, max_gap, symbol=symbol, time_format=time_format, class_required=False, now=now)
 
 
 def is_bar_file(path: Path) -> bool:

@@ -286,6 +286,6 @@ def apply_calibration(result, levels, calibration: Calibration | None, asset_cla
                else f"{source}: {calibration.why_not(asset_class)}")
         return f"not applied: {why}"
     prices = calibrated_quantiles(result.close_paths, entry, levels)
-    result.set_close_quantiles(levels, np.maximum(prices, 0.0))  # a wide lower tail stops at 0 (order kept)
+    result.set_close_quantiles(levels, prices)  # a wide lower tail stops at the price floor (order kept)
     return (f"applied: {source}'s {asset_class} calibration, fitted on "
             f"{calibration.fitted_on[0]}..{calibration.fitted_on[1]}")

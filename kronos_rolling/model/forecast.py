@@ -1,11 +1,20 @@
 """DataFrame-level forecasting: `Forecaster` turns bars into model inputs and forecasts back
 into bars (timestamps, prices, volume), one series or many at once.
 
+`Forecaster.forecast_groups` decodes several requests in one generation: each
+`ForecastGroup` brings its series, its number of sample paths, its own seed and (on a
+peft model holding several adapters) its own adapter and event embedding, and gets back
+exactly what it would get alone. `Forecaster.forecast` is one group.
+
+Every forecast row is a valid bar (`valid_bars`): the model forecasts the six columns
+independently, so raw outputs can have a high below the low or a negative volume.
+
 The token-level work is `model/generate.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
@@ -17,6 +26,7 @@ from kronos_rolling.data.bars import MIN_BARS, clean_bars, read_bars_file
 from kronos_rolling.data.calendars import future_bar_times
 from kronos_rolling.data.features import (
     FEATURE_COLUMNS,
+    PRICE_COLUMNS,
     denormalize,
     normalize_window,
     time_features,
@@ -25,9 +35,13 @@ from kronos_rolling.errors import ConfigError, DataError, ModelError
 from kronos_rolling.model.config import default_max_context
 from kronos_rolling.model.device import resolve_device
 from kronos_rolling.model.events import EventEmbedding
-from kronos_rolling.model.generate import _unwrap, check_pair, check_sampling, generate
+from kronos_rolling.model.generate import RowSeeds, _unwrap, check_pair, check_sampling, generate
+from kronos_rolling.model.lora import BASE_ROWS, rows_by_adapter
 from kronos_rolling.model.quantiles import path_quantiles, quantile_levels, quantile_name
 from kronos_rolling.model.tokenizer import KronosTokenizer
+
+PRICE_FLOOR = 1e-3
+"""A forecast price never goes below this fraction of the lookback's lowest price (> 0)."""
 
 
 PRECISIONS = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,6 +64,7 @@ class ForecastResult:
     quantiles: dict[str, pd.DataFrame] | None = None
     point: pd.DataFrame | None = None
     close_paths: np.ndarray | None = None
+    price_floor: float = 0.0  # the lowest price a bar of this forecast may hold (valid_bars)
 
     def to_frame(self) -> pd.DataFrame:
         """The point forecast, plus `<column>_<p10|p5|...>` columns when quantiles were computed."""
@@ -60,9 +75,14 @@ class ForecastResult:
         return frame
 
     def set_close_quantiles(self, levels, values: np.ndarray) -> None:
-        """Replace the close of each quantile frame (e.g. with calibrated values, (len(levels), H))."""
-        for level, row in zip(levels, np.asarray(values)):
-            self.quantiles[quantile_name(level)]["close"] = row
+        """Replace the close of each quantile frame (e.g. with calibrated values, (len(levels), H)),
+        each row kept a valid bar (valid_bars: the close raised to the price floor, the high and
+        the low widened to hold it). Non-decreasing closes along the levels keep every column so."""
+        for level, row in zip(levels, np.asarray(values, dtype=np.float64)):
+            band = self.quantiles[quantile_name(level)]
+            rows = np.array(band[FEATURE_COLUMNS].to_numpy(dtype=np.float64), copy=True)
+            rows[:, FEATURE_COLUMNS.index("close")] = row
+            band[FEATURE_COLUMNS] = valid_bars(rows, self.price_floor) if self.price_floor > 0 else rows
 
 
 @dataclass
@@ -76,6 +96,53 @@ class PreparedSeries:
     mean: np.ndarray
     std: np.ndarray
     event_ids: np.ndarray | None = field(default=None)
+    price_floor: float = 0.0  # PRICE_FLOOR x the lookback's lowest price
+
+
+def valid_bars(values: np.ndarray, price_floor: float) -> np.ndarray:
+    """Forecast rows (..., 6: open, high, low, close, volume, amount in price units) as valid bars.
+
+    The model forecasts each column on its own, so a raw row can have its high below its
+    low or a negative volume. Here, in this order: every price is raised to `price_floor`
+    (> 0); the high becomes max(open, high, close) and the low min(open, low, close); volume
+    and amount are raised to 0. Rows already valid are returned unchanged. The mean and
+    the quantiles of valid paths are valid bars too (each is monotone in every column);
+    they are passed through here again all the same, against float rounding.
+    """
+    if not price_floor > 0:
+        raise ModelError(f"price_floor must be > 0, got {price_floor!r}")
+    out = np.array(values, dtype=np.float64, copy=True)
+    prices = np.maximum(out[..., :4], price_floor)
+    open_, high, low, close = (prices[..., i] for i in range(4))
+    out[..., 0] = open_
+    out[..., 1] = np.maximum.reduce([open_, high, close])
+    out[..., 2] = np.minimum.reduce([open_, low, close])
+    out[..., 3] = close
+    out[..., 4:] = np.maximum(out[..., 4:], 0.0)
+    return out
+
+
+@dataclass
+class ForecastGroup:
+    """Series decoded together with other groups, each as it would be alone.
+
+    bars: the series (DataFrames or CSV paths). samples: sample paths per series. seed:
+    one generator over the group's paths (None: unseeded). adapter: on a peft model with
+    several adapters, the one this group runs (lora.BASE_ROWS: the bare base; None: the
+    model as it is set). event_embedding: the group's own (None: the Forecaster's).
+    future_timestamps / event_ids / asset_class: per series, as `Forecaster.forecast` takes them.
+    """
+
+    bars: list
+    samples: int = 1
+    seed: int | None = None
+    adapter: str | None = None
+    event_embedding: EventEmbedding | None = None
+    event_ids: list | None = None
+    future_timestamps: list | None = None
+    asset_class: str | list | None = None
+    checked: bool = False  # the bars are clean_bars' output already: not checked again
+    quantiles: object = None  # this group's levels (model/quantiles.py); None: forecast_groups' `quantiles`
 
 
 def _utc_times(values, label: str) -> pd.Series:
@@ -87,15 +154,16 @@ def _utc_times(values, label: str) -> pd.Series:
 
 def prepare_series(bars: pd.DataFrame, pred_len: int, *, lookback: int | None = None,
                    future_timestamps=None, event_ids=None, label: str = "bars",
-                   asset_class: str | None = None) -> PreparedSeries:
+                   asset_class: str | None = None, checked: bool = False) -> PreparedSeries:
     """Check one DataFrame of bars (`bars.clean_bars`) and turn it into model inputs (pure: no model needed).
 
     Future timestamps default to the series' own calendar (`calendars.future_bar_times`;
-    `asset_class` adds its market's hours and holidays).
+    `asset_class` adds its market's hours and holidays). checked: the bars are what
+    `clean_bars` returned already (the service checks a request's bars as it arrives).
     """
     if lookback is not None and lookback < MIN_BARS:
         raise ConfigError(f"lookback must be >= {MIN_BARS}, got {lookback}")
-    frame = clean_bars(bars, label)
+    frame = bars if checked else clean_bars(bars, label)
     n_bars = len(frame)
     if lookback is not None and n_bars < lookback:
         raise DataError(f"{label}: {n_bars} bar(s) but {lookback} needed for a lookback of {lookback}; "
@@ -138,6 +206,7 @@ def prepare_series(bars: pd.DataFrame, pred_len: int, *, lookback: int | None = 
         mean=mean,
         std=std,
         event_ids=events,
+        price_floor=PRICE_FLOOR * float(frame[PRICE_COLUMNS].to_numpy().min()),
     )
 
 
@@ -186,28 +255,60 @@ class Forecaster:
         if isinstance(bars, (str, os.PathLike)):
             bars = read_bars_file(bars)
         single = isinstance(bars, pd.DataFrame)
-        series = [bars] if single else [read_bars_file(b) if isinstance(b, (str, os.PathLike)) else b for b in bars]
+        series = [bars] if single else list(bars)
         if not series:
             raise DataError("no series to forecast: pass a DataFrame or a non-empty list of DataFrames")
-        futures = [future_timestamps] if single else (future_timestamps or [None] * len(series))
-        events = [event_ids] if single else (event_ids or [None] * len(series))
-        classes = [asset_class] * len(series) if asset_class is None or isinstance(asset_class, str) else asset_class
-        if len(futures) != len(series) or len(events) != len(series) or len(classes) != len(series):
-            raise DataError(
-                f"{len(series)} series but {len(futures)} future_timestamps / {len(events)} event_ids / "
-                f"{len(classes)} asset_class lists; pass one per series"
-            )
-        if any(e is not None for e in events) and self.event_embedding is None:
-            raise ConfigError("event_ids given but this Forecaster has no event_embedding")
-        levels = quantile_levels(quantiles)
-        check_sampling(temperature, top_k, top_p, samples)
+        group = ForecastGroup(series, samples, seed, event_ids=[event_ids] if single else event_ids,
+                              future_timestamps=[future_timestamps] if single else future_timestamps,
+                              asset_class=asset_class)
+        [outcome] = self.forecast_groups([group], pred_len, temperature=temperature, top_k=top_k, top_p=top_p,
+                                         quantiles=quantiles, return_paths=return_paths, lookback=lookback,
+                                         labels=["bars"] if single else None)
+        if isinstance(outcome, DataError):
+            raise outcome
+        return outcome[0] if single else outcome
+
+    def forecast_groups(self, groups: list[ForecastGroup], pred_len: int, *, temperature: float = 1.0,
+                        top_k: int = 0, top_p: float = 0.9, quantiles=False, return_paths: bool = False,
+                        lookback: int | None = None, labels: list[str] | None = None
+                        ) -> list[list[ForecastResult] | DataError]:
+        """Forecast every group's series in one generation; per group its results (one per
+        series), or the DataError that kept that group from a forecast (its forecast was not
+        finite). Bad input raises before anything is decoded. labels: how errors name the
+        series (default "series 0", "series 1", ... over all groups). quantiles: the levels of
+        every group that names none of its own (`ForecastGroup.quantiles`).
+        """
+        levels = [quantile_levels(quantiles if g.quantiles is None else g.quantiles) for g in groups]
+        check_sampling(temperature, top_k, top_p, [g.samples for g in groups] or [1])
         if pred_len < 1:
             raise ConfigError(f"pred_len must be >= 1 bar, got {pred_len}")
-        prepared = [
-            prepare_series(frame, pred_len, lookback=lookback, future_timestamps=future, event_ids=ev,
-                           label="bars" if single else f"series {i}", asset_class=cls)
-            for i, (frame, future, ev, cls) in enumerate(zip(series, futures, events, classes))
-        ]
+        routed = [g.adapter is not None for g in groups]
+        if any(routed) and not (all(routed) and hasattr(self.model, "peft_config")):
+            raise ConfigError("an adapter per group needs a peft model and an adapter (or lora.BASE_ROWS) "
+                              "for every group")
+        prepared, owners, embeddings, counts = [], [], [], []
+        for index, group in enumerate(groups):
+            series = [read_bars_file(b) if isinstance(b, (str, os.PathLike)) else b for b in group.bars]
+            n = len(series)
+            futures = group.future_timestamps or [None] * n
+            events = group.event_ids or [None] * n
+            classes = ([group.asset_class] * n if group.asset_class is None or isinstance(group.asset_class, str)
+                       else group.asset_class)
+            if not n or len(futures) != n or len(events) != n or len(classes) != n:
+                raise DataError(
+                    f"{n} series but {len(futures)} future_timestamps / {len(events)} event_ids / "
+                    f"{len(classes)} asset_class lists; pass one per series"
+                )
+            embedding = group.event_embedding if group.event_embedding is not None else self.event_embedding
+            if any(e is not None for e in events) and embedding is None:
+                raise ConfigError("event_ids given but this Forecaster has no event_embedding")
+            for frame, future, ev, cls in zip(series, futures, events, classes):
+                label = labels[len(prepared)] if labels else f"series {len(prepared)}"
+                prepared.append(prepare_series(frame, pred_len, lookback=lookback, future_timestamps=future,
+                                               event_ids=ev, label=label, asset_class=cls, checked=group.checked))
+                owners.append(index)
+                embeddings.append(embedding)
+                counts.append(group.samples)
         if pred_len > self.max_context:
             raise ConfigError(
                 f"horizon of {pred_len} bars exceeds the model's context of {self.max_context} bars; "
@@ -224,35 +325,57 @@ class Forecaster:
         x_norm = torch.from_numpy(np.stack([left_pad(p.x_norm, longest) for p in prepared]))
         x_stamp = torch.from_numpy(np.stack([left_pad(p.x_stamp, longest) for p in prepared]))
         y_stamp = torch.from_numpy(np.stack([p.y_stamp for p in prepared]))
-        event_tensor = None
-        if self.event_embedding is not None:
-            event_tensor = torch.from_numpy(np.stack([
-                left_pad(p.event_ids if p.event_ids is not None else np.zeros(len(p.x_norm) + pred_len, np.int64),
-                         longest + pred_len)
-                for p in prepared
-            ]))
-        paths = generate(
-            self.model, self.tokenizer, x_norm, x_stamp, y_stamp, pred_len,
-            temperature=temperature, top_k=top_k, top_p=top_p, samples=samples, generator=seed,
-            max_context=self.max_context, event_ids=event_tensor,
-            event_embedding=self.event_embedding if event_tensor is not None else None,
-            lengths=None if min(lengths) == longest else lengths, autocast_dtype=self.autocast_dtype,
-        ).numpy()
+        extra = self._extra_embedding(prepared, embeddings, longest, pred_len)
+        seeds = RowSeeds(tuple((sum(counts[i] for i, o in enumerate(owners) if o == index), group.seed)
+                               for index, group in enumerate(groups)))
+        routing = (rows_by_adapter(self.model, [groups[o].adapter for o in owners], counts) if any(routed)
+                   else contextlib.nullcontext())
+        with routing:
+            paths = generate(
+                self.model, self.tokenizer, x_norm, x_stamp, y_stamp, pred_len,
+                temperature=temperature, top_k=top_k, top_p=top_p, samples=counts, generator=seeds,
+                max_context=self.max_context, extra_embedding=extra,
+                lengths=None if min(lengths) == longest else lengths, autocast_dtype=self.autocast_dtype,
+            )
 
-        results = [self._result(p, paths[i], levels, return_paths) for i, p in enumerate(prepared)]
-        for i, result in enumerate(results):
+        outcomes: list[list[ForecastResult] | DataError] = [[] for _ in groups]
+        for i, (series, owner) in enumerate(zip(prepared, owners)):
+            if isinstance(outcomes[owner], DataError):
+                continue
+            result = self._result(series, paths[i].numpy(), levels[owner], return_paths)
             if not np.isfinite(result.mean[FEATURE_COLUMNS].to_numpy()).all():
-                raise DataError(f"{'bars' if single else f'series {i}'}: the forecast is not finite; the bars' "
-                                "values are too large or too spread to normalise (check the units)")
-        return results[0] if single else results
+                label = labels[i] if labels else f"series {i}"
+                outcomes[owner] = DataError(f"{label}: the forecast is not finite; the bars' values are too "
+                                            "large or too spread to normalise (check the units)")
+                continue
+            outcomes[owner].append(result)
+        return outcomes
+
+    def _extra_embedding(self, prepared: list[PreparedSeries], embeddings: list, longest: int,
+                         pred_len: int) -> torch.Tensor | None:
+        """(B, longest + pred_len, d_model) event vectors of each series by its own embedding (None: none has one)."""
+        if all(e is None for e in embeddings):
+            return None
+        width = next(e for e in embeddings if e is not None).d_model
+        rows = []
+        with torch.no_grad():
+            for series, embedding in zip(prepared, embeddings):
+                if embedding is None:
+                    rows.append(torch.zeros(longest + pred_len, width))
+                    continue
+                ids = series.event_ids if series.event_ids is not None else np.zeros(len(series.x_norm) + pred_len,
+                                                                                     np.int64)
+                padded = np.concatenate([np.zeros(longest - len(series.x_norm), np.int64), ids])
+                rows.append(embedding.to(self.device)(torch.from_numpy(padded).to(self.device)).float().cpu())
+        return torch.stack(rows)
 
     @staticmethod
     def _result(series: PreparedSeries, normalised_paths: np.ndarray, levels: tuple[float, ...],
                 return_paths: bool):
-        price_paths = denormalize(normalised_paths, series.mean, series.std)  # (S, H, 6)
+        price_paths = valid_bars(denormalize(normalised_paths, series.mean, series.std), series.price_floor)
 
         def frame(values: np.ndarray) -> pd.DataFrame:
-            out = pd.DataFrame(values, columns=FEATURE_COLUMNS)
+            out = pd.DataFrame(valid_bars(values, series.price_floor), columns=FEATURE_COLUMNS)
             out.insert(0, "timestamp", series.future.to_numpy())
             return out
 
@@ -263,4 +386,5 @@ class Forecaster:
             quantiles={quantile_name(q): frame(band) for q, band in zip(levels, bands)} if levels else None,
             point=frame(np.median(price_paths, axis=0)),
             close_paths=price_paths[..., FEATURE_COLUMNS.index("close")] if levels else None,
+            price_floor=series.price_floor,
         )

@@ -238,6 +238,17 @@ def plan_attention(
     return AttentionPlan(cos, sin, mask[:, None], is_causal=False)
 
 
+Groups = "int | torch.Tensor"
+"""Rows in groups of identical copies: every group of this size (int), or a (groups,) tensor of sizes."""
+
+
+def first_rows(groups: Groups) -> "slice | torch.Tensor":
+    """The first row of every group (what is fed once for the whole group)."""
+    if isinstance(groups, int):
+        return slice(None, None, groups)
+    return torch.cumsum(groups, dim=0) - groups
+
+
 class KVCache:
     """Keys and values of past positions for every attention layer of one model.
 
@@ -278,12 +289,17 @@ class KVCache:
         value_buf[:, :, self.length:end] = values
         return key_buf[:, :, :end], value_buf[:, :, :end]
 
-    def repeat_rows(self, factor: int) -> None:
-        """Give every row `factor` copies (row b becomes rows b*factor .. b*factor + factor - 1):
-        the sample paths of one series continue from a single pass over their shared lookback."""
-        if factor == 1:
+    def repeat_rows(self, factor: Groups) -> None:
+        """Give every row `factor` copies (row b becomes rows b*factor .. b*factor + factor - 1),
+        or with a (rows,) tensor, factor[b] copies of row b: the sample paths of one series
+        continue from a single pass over their shared lookback."""
+        if isinstance(factor, int) and factor == 1:
             return
         def repeated(buffer: torch.Tensor) -> torch.Tensor:  # only the written positions are copied
+            if not isinstance(factor, int):
+                out = buffer.new_empty((int(factor.sum()), *buffer.shape[1:]))
+                out[:, :, : self.length] = buffer[:, :, : self.length].repeat_interleave(factor, dim=0)
+                return out
             out = buffer.new_empty((buffer.shape[0] * factor, *buffer.shape[1:]))
             out.view(buffer.shape[0], factor, *buffer.shape[1:])[:, :, :, : self.length] = \
                 buffer[:, None, :, : self.length]

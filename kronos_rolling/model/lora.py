@@ -8,6 +8,7 @@ An adapter bundle is one folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 
@@ -135,3 +137,36 @@ def load_adapter_bundle(base_model: Kronos, bundle_dir: str | os.PathLike, adapt
     if not is_trainable:
         event_embedding.requires_grad_(False)
     return peft_model, event_embedding, vocab
+
+
+BASE_ROWS = "__base__"
+"""The adapter name peft reads as "no adapter" in a mixed batch (`rows_by_adapter`)."""
+
+
+@contextlib.contextmanager
+def rows_by_adapter(peft_model: PeftModel, names: list[str], paths: list[int]):
+    """Within the block, each row of a forward runs its own adapter: peft's mixed-batch LoRA
+    (the base products are shared; each adapter's low-rank update is added to its own rows).
+
+    names: the adapter of each series (BASE_ROWS: the bare base); paths: each series' rows.
+    A generation feeds either one row per series (a lookback shared by its paths) or one
+    row per path, so the names each LoRA layer receives follow the batch it is given.
+    """
+    unknown = sorted(set(names) - set(peft_model.peft_config) - {BASE_ROWS})
+    if unknown:
+        raise ModelError(f"no adapter named {', '.join(unknown)} is loaded; loaded: {sorted(peft_model.peft_config)}")
+    by_batch = {len(names): list(names), sum(paths): [n for n, count in zip(names, paths) for _ in range(count)]}
+
+    def route(module, args, kwargs):
+        batch = (args[0] if args else kwargs["x"]).shape[0]
+        if batch not in by_batch:
+            raise ModelError(f"a LoRA layer got a batch of {batch} rows; the routed batch has {sorted(by_batch)}")
+        return args, {**kwargs, "adapter_names": by_batch[batch]}
+
+    handles = [module.register_forward_pre_hook(route, with_kwargs=True)
+               for module in peft_model.modules() if isinstance(module, LoraLayer)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

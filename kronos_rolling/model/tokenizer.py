@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from kronos_rolling.model import hub
 from kronos_rolling.model.config import TokenizerConfig
-from kronos_rolling.model.layers import KVCache, TransformerBlock, plan_attention, run_blocks
+from kronos_rolling.model.layers import Groups, KVCache, TransformerBlock, first_rows, plan_attention, run_blocks
 
 
 class BinarySphericalQuantizer(nn.Module):
@@ -192,10 +192,11 @@ class KronosTokenizer(nn.Module):
         bits = self.indices_to_bits(ids, half).to(self.post_quant_embed.weight.dtype)
         return self._decode_bits(bits, padding_mask)
 
-    def decode_after_shared_prefix(self, ids, prefix: int, group: int, half: bool = True,
+    def decode_after_shared_prefix(self, ids, prefix: int, group: Groups, half: bool = True,
                                    padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """decode(ids)[:, prefix:], for rows that come in groups of `group` sharing their first
-        `prefix` tokens (a series' sample paths share its lookback).
+        `prefix` tokens (a series' sample paths share its lookback); `group` may be a tensor
+        of group sizes (series with different numbers of paths).
 
         The decoder is causal, so the shared prefix is decoded once per group and the rest of
         each row continues from its cached keys and values: the same figures up to float
@@ -207,7 +208,7 @@ class KronosTokenizer(nn.Module):
             return self.head(x[:, prefix:])
         rotary = self.decoder[0].self_attn.rotary
         cache = KVCache(capacity=x.shape[1])
-        head_rows = slice(None, None, group)
+        head_rows = first_rows(group)
         shared = x[head_rows, :prefix]
         shared_pad = None if padding_mask is None else padding_mask[head_rows, :prefix]
         plan = plan_attention(rotary, prefix, shared_pad)

@@ -18,9 +18,10 @@ refuses, the incumbent keeps serving, and the audit trail says so. The next mont
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
-
 from datetime import date
+from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -37,9 +38,10 @@ from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import DeliveryResult
 from kronos_rolling.registry.client import call, find_version, is_missing
 from kronos_rolling.registry.guard import PENDING, GuardDecision
+from kronos_rolling.registry.integrity import fetch_verified
 from kronos_rolling.names import POOLED, STAGING, registered_model_name
 from kronos_rolling.registry.promotion import GUARD_DECISION_TAG, AliasMove, apply_guard_decision
-from kronos_rolling.tracking.adapters import base_of, calibration_of, fetch_adapter, load_forecast_model
+from kronos_rolling.tracking.adapters import base_of, calibration_of, load_forecast_model
 from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
 
 log = logging.getLogger(__name__)
@@ -78,15 +80,20 @@ def judged_this_month(version: ModelVersion, as_of: date) -> bool:
 
 def challenger_step(label: str, ctx: JobContext, as_of: date, version: ModelVersion) -> ChallengerCheck:
     """Evaluate the pending `version` on [its val_start, as_of) and let the guard decide again."""
+    with tempfile.TemporaryDirectory(prefix="kronos-adapter-") as scratch:  # removed however this ends
+        return _judge(label, ctx, as_of, version, Path(scratch))
+
+
+def _judge(label: str, ctx: JobContext, as_of: date, version: ModelVersion, scratch: Path) -> ChallengerCheck:
     name = registered_model_name(label)
-    source = fetch_adapter(f"models:/{name}/{version.version}", ctx.tracking)
+    source = fetch_verified(f"models:/{name}/{version.version}", ctx.tracking, scratch / "challenger")
     metadata = source.metadata
     chosen = EvalSettings(**metadata["eval"])  # exactly how its validation month was scored
     settings = settings_for(chosen.lookback, chosen.horizon, chosen, ctx.thresholds)
     span = (to_utc(metadata["val_start"]), to_utc(as_of))
     months = (as_of.year - span[0].year) * 12 + as_of.month - span[0].month
     challenger = load_forecast_model(source)
-    refs = reference_models(ctx.tracking, label, base_of(source))
+    refs = reference_models(ctx.tracking, label, base_of(source), scratch)
     classes = [c for c in (ASSET_CLASSES if label == POOLED else [label]) if ctx.store.symbols_for(c)]
     calibrations = {**refs.calibrations, **({"candidate": own} if (own := calibration_of(source)) else {})}
     evaluation = evaluate_span(ctx.store, classes, span, {"candidate": challenger, **refs.models}, settings,

@@ -23,8 +23,10 @@ again, and `rollback` puts the withdrawn version back.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 
@@ -100,10 +102,16 @@ def incumbent_step(label: str, ctx: JobContext, as_of: date, eval_settings: Eval
     made (a refused retrain's), reused when its span is the evidence span."""
     if label == POOLED:
         return IncumbentCheck(None, "the pooled adapter is the fallback itself")
-    production = production_source(ctx.tracking, label)
+    with tempfile.TemporaryDirectory(prefix="kronos-adapter-") as scratch:  # removed however this ends
+        return _incumbent(label, ctx, as_of, eval_settings, measured, versions, Path(scratch))
+
+
+def _incumbent(label: str, ctx: JobContext, as_of: date, eval_settings: EvalSettings | None,
+               measured: SpanEvaluation | None, versions: dict[str, str] | None, scratch: Path) -> IncumbentCheck:
+    production = production_source(ctx.tracking, label, scratch)
     if production is None:
         return IncumbentCheck(None, "no production to check")
-    pooled = production_source(ctx.tracking, POOLED)
+    pooled = production_source(ctx.tracking, POOLED, scratch)
     fallback = "pooled" if pooled is not None else "base"
     end = to_utc(as_of)
     chosen = [to_utc(s.metadata["as_of"]) for s in (production, pooled) if s is not None and s.metadata.get("as_of")]

@@ -179,12 +179,12 @@ def _train_and_decide(config: TrainConfig, ctx: JobContext, reason: str, *, warm
     check -> retain."""
     label, as_of = config.label, config.as_of
     eval_settings = settings_for(config.lookback, config.horizon, eval_settings, ctx.thresholds)
-    with device_lock(config, ctx, wait=wait_for_lock):
-        trained = train_step(config, ctx, eval_settings, warm_start=warm_start, progress=progress,
+    with device_lock(config, ctx, wait=wait_for_lock) as scratch:
+        trained = train_step(config, ctx, eval_settings, scratch, warm_start=warm_start, progress=progress,
                              launcher_run_id=launcher_run_id)
         if trained is None:  # a non-zero rank of a distributed run: rank 0 does the rest
             return JobResult(label, as_of, True, reason)
-        evaluated = evaluate_step(trained, ctx, eval_settings)
+        evaluated = evaluate_step(trained, ctx, eval_settings, scratch)
         outcome = log_model_step(trained, evaluated, ctx)
     if not register:
         return JobResult(label, as_of, True, reason, outcome=outcome)

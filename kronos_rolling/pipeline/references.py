@@ -12,6 +12,7 @@ says what the predictor would serve for a class without @production: pooled, els
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
@@ -20,11 +21,11 @@ from kronos_rolling.evaluation.forecasts import ForecastModel
 from kronos_rolling.evaluation.span import PERSISTENCE, SpanEvaluation
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.registry.guard import EvalFigures
+from kronos_rolling.registry.integrity import fetch_verified
 from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.tracking.adapters import (
     AdapterSource,
     calibration_of,
-    fetch_adapter,
     load_base_forecast_model,
     load_forecast_model,
 )
@@ -38,21 +39,22 @@ class References:
     calibrations: dict[str, Calibration] = field(default_factory=dict)  # name -> the calibration it carries
 
 
-def production_source(tracking: Tracking, label: str) -> AdapterSource | None:
-    """The label's @production adapter, downloaded; None when it has none."""
+def production_source(tracking: Tracking, label: str, scratch: Path) -> AdapterSource | None:
+    """The label's @production adapter, downloaded under `scratch` (the caller's temporary
+    folder) and verified; None when it has none."""
     name = registered_model_name(label)
     try:
         tracking.client.get_model_version_by_alias(name, PRODUCTION)
     except MlflowException:
         return None
-    return fetch_adapter(f"models:/{name}@{PRODUCTION}", tracking)
+    return fetch_verified(f"models:/{name}@{PRODUCTION}", tracking, scratch / label)
 
 
-def reference_models(tracking: Tracking, label: str, base: BaseModelRef,
+def reference_models(tracking: Tracking, label: str, base: BaseModelRef, scratch: Path,
                      warm_start: AdapterSource | None = None) -> References:
     refs = References()
-    sources = {"pooled": production_source(tracking, POOLED)}
-    sources["production"] = sources["pooled"] if label == POOLED else production_source(tracking, label)
+    sources = {"pooled": production_source(tracking, POOLED, scratch)}
+    sources["production"] = sources["pooled"] if label == POOLED else production_source(tracking, label, scratch)
     sources["warm_start"] = warm_start
     loaded: dict[tuple, ForecastModel] = {}
     for name, source in sources.items():

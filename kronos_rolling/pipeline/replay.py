@@ -286,9 +286,9 @@ def has_validation_data(store: DataStore, asset_class: str, as_of: date, setting
 
 def sabotage(bundle_source: str, tracking: Tracking, out_dir: Path, seed: int) -> Path:
     """A copy of an adapter with loud noise in its LoRA weights: a bad warm start for a drill."""
-    source = fetch_adapter(bundle_source, tracking)
     target = out_dir / "sabotaged-adapter"
-    shutil.copytree(source.bundle_dir, target)
+    with tempfile.TemporaryDirectory(prefix="kronos-adapter-") as scratch:
+        shutil.copytree(fetch_adapter(bundle_source, tracking, Path(scratch)).bundle_dir, target)
     weights = load_file(str(target / "adapter_model.safetensors"))
     generator = torch.Generator().manual_seed(seed)
     noisy = {name: tensor + torch.randn(tensor.shape, generator=generator) if "lora_B" in name else tensor

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,12 +55,12 @@ from kronos_rolling.registry.lifecycle import RetrainConclusion, conclude_retrai
 from kronos_rolling.names import CALIBRATION_TAG, POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.promotion import mark_staging
 from kronos_rolling.settings import Thresholds
+from kronos_rolling.registry.integrity import fetch_verified
 from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,
     AdapterSource,
     default_warm_start,
-    fetch_adapter,
 )
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.pyfunc import log_adapter_model, register_adapter_model
@@ -111,12 +112,15 @@ def evaluation_classes(config: TrainConfig) -> list[str]:
     return [config.asset_class] if config.mode == "rolling" else list(ASSET_CLASSES)
 
 
-def device_lock(config: TrainConfig, ctx: JobContext, *, wait: bool = True):
-    """The machine's training lock, held by the main process across train, evaluate and log: a
-    second job waits before it does any work at all."""
-    if not ctx.distributed.is_main:
-        return contextlib.nullcontext()
-    return training_lock(ctx.lock_dir, wait=wait, job=f"train {config.label} {config.as_of}")
+@contextlib.contextmanager
+def device_lock(config: TrainConfig, ctx: JobContext, *, wait: bool = True) -> Iterator[Path]:
+    """The machine's training lock, held by the main process across train, evaluate and log (a
+    second job waits before it does any work at all), and a temporary folder for the adapters
+    those steps download, removed however they end."""
+    lock = (training_lock(ctx.lock_dir, wait=wait, job=f"train {config.label} {config.as_of}")
+            if ctx.distributed.is_main else contextlib.nullcontext())
+    with lock, tempfile.TemporaryDirectory(prefix="kronos-adapter-") as scratch:
+        yield Path(scratch)
 
 
 @dataclass
@@ -138,12 +142,14 @@ class Trained:
         return experiment_name(self.config.label)
 
 
-def train_step(config: TrainConfig, ctx: JobContext, eval_settings: EvalSettings, *, warm_start: str | None = "auto",
-               progress: bool = True, launcher_run_id: str | None = None) -> Trained | None:
+def train_step(config: TrainConfig, ctx: JobContext, eval_settings: EvalSettings, scratch: Path, *,
+               warm_start: str | None = "auto", progress: bool = True,
+               launcher_run_id: str | None = None) -> Trained | None:
     """Fit the adapter in a run of `kronos-rolling/<label>`; None on ranks other than 0.
 
     The run records the training's inputs (window, data digest, warm start, every setting that
     departs from the released defaults, `eval_settings` among them) and its per-epoch losses.
+    scratch: the job's temporary folder, where the verified warm start is downloaded.
     launcher_run_id: the run `mlflow run` made; logged into when it is in our experiment."""
     store, tracking, dist_info = ctx.store, ctx.tracking, ctx.distributed
     window = config.window()
@@ -162,7 +168,7 @@ def train_step(config: TrainConfig, ctx: JobContext, eval_settings: EvalSettings
         log.warning("the base %s was pre-trained on bars up to %s, after the validation span starts (%s): "
                     "its figures on that span are not out-of-sample; pre-train it on earlier data",
                     base.describe(), base_seen_until.date(), window.val_start.date())
-    warm_source = _warm_source(config, ctx, warm_start)
+    warm_source = _warm_source(config, ctx, warm_start, scratch)
 
     device = resolve_device(config.device)
     if device.type == "cuda" and dist_info.enabled:
@@ -224,9 +230,10 @@ def train_step(config: TrainConfig, ctx: JobContext, eval_settings: EvalSettings
     return Trained(run.run_id, config, window, symbols, trainee, warm_source, fitted, checkpoint, launcher_run_id)
 
 
-def _warm_source(config: TrainConfig, ctx: JobContext, warm_start: str | None) -> AdapterSource | None:
-    """What the adapter continues from: rolling defaults ("auto") to the class's production
-    adapter, else the pooled one; the pooled adapter starts fresh."""
+def _warm_source(config: TrainConfig, ctx: JobContext, warm_start: str | None, scratch: Path
+                 ) -> AdapterSource | None:
+    """What the adapter continues from, downloaded and verified: rolling defaults ("auto") to the
+    class's production adapter, else the pooled one; the pooled adapter starts fresh."""
     if config.mode == "pooled" and warm_start == "auto":
         return None
     if warm_start == "auto":
@@ -234,7 +241,7 @@ def _warm_source(config: TrainConfig, ctx: JobContext, warm_start: str | None) -
         if warm_start is None:
             log.warning("no production adapter for %s or pooled: the rolling fine-tune starts from a fresh adapter",
                         config.asset_class)
-    return fetch_adapter(warm_start, ctx.tracking) if warm_start else None
+    return fetch_verified(warm_start, ctx.tracking, scratch / "warm-start") if warm_start else None
 
 
 @dataclass
@@ -245,13 +252,14 @@ class Evaluated:
     calibration: Calibration  # the candidate's, fitted per class on the validation span (stored with it)
 
 
-def evaluate_step(trained: Trained, ctx: JobContext, eval_settings: EvalSettings) -> Evaluated:
-    """The candidate beside what it would replace, on the validation span, logged into the run."""
+def evaluate_step(trained: Trained, ctx: JobContext, eval_settings: EvalSettings, scratch: Path) -> Evaluated:
+    """The candidate beside what it would replace, on the validation span, logged into the run
+    (the references are downloaded and verified under `scratch`)."""
     config, store = trained.config, ctx.store
     base, trainee = config.base, trained.trainee
     candidate = ForecastModel(trainee.model, trainee.tokenizer, trainee.event_embedding, trainee.vocabulary,
                               base.max_context)
-    refs = reference_models(ctx.tracking, config.label, base, trained.warm_source)
+    refs = reference_models(ctx.tracking, config.label, base, scratch, trained.warm_source)
     classes = [c for c in evaluation_classes(config) if store.symbols_for(c)]
     evaluation = evaluate_span(store, classes, trained.window.val_span, {"candidate": candidate, **refs.models},
                                eval_settings, trainee.vocabulary, refs.calibrations)

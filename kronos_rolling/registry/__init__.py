@@ -13,7 +13,7 @@ Acting on the registry (MlflowClient against a tracking server):
     history.py     the audit trail (who / what / when / why) on the registered model
     schedule.py    the cadence state on the registered model
     cleanup.py     apply_retention: delete versions and their files; keep their training runs
-    integrity.py   verify_version / check_bundle: may a version serve? (digests, finite, class)
+    integrity.py   verify_version / check_version: may a version serve? (digests, finite, class, calibration)
     alerts.py      webhook alerts with retries that never raise
     lifecycle.py   conclude_retrain: guard -> aliases -> cadence -> alerts, in one call
     (commands: cli/registry.py)

@@ -1,8 +1,8 @@
 """The HTTP API of the predictor service (FastAPI; OpenAPI schema at /openapi.json, docs at /docs).
 
     POST /forecast          one symbol -> forecast rows (+ quantiles) and the model that answered
-    POST /forecast/batch    several symbols, same options; grouped by model under one lock. A result
-                            per item, in order: a forecast, or an error naming the item's fields
+    POST /forecast/batch    several symbols, same options, grouped by model. A result per item, in
+                            order: a forecast, or an error naming the item's fields
                             (items[1].bars[3].high). 200 when any item is answered, else 422.
     GET  /health            served versions, registry freshness, device, warnings (no auth)
     GET  /models            label -> registered model, version, alias, loaded_at, source; refused versions
@@ -16,6 +16,10 @@ with KRONOS_WEBHOOK_SECRET. Input errors are 4xx with a message naming the field
 the fix: bad bars are a 422 whose `errors` list names each field (`bars[3].high`), found
 by the same bar validator as every other entry point. Unexpected errors are a 500 with a
 request id, the traceback stays in the log.
+
+Forecasts are decoded in batches (serve/batching.py): concurrent requests wait together
+for one generation. When the queue holds more work than can be answered within
+`max_queue_wait_s`, a forecast is a 503 with `Retry-After`, at once.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from starlette.concurrency import run_in_threadpool
 
 from kronos_rolling import __version__
 from kronos_rolling.errors import ConfigError, DataError, KronosError
+from kronos_rolling.serve.batching import Overloaded
+from kronos_rolling.serve.http import ARRIVED
 from kronos_rolling.serve.metrics import ServiceMetrics
 from kronos_rolling.serve.schemas import (
     BatchRequest,
@@ -92,6 +98,35 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
+FORECAST_ROUTES = ("/forecast", "/forecast/batch")
+
+
+class Shedding:
+    """A forecast arriving while the queue alone is over its limit gets 503 before its body is read."""
+
+    def __init__(self, app, batcher, max_body: int):
+        self.app = app
+        self.batcher = batcher
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in FORECAST_ROUTES:
+            scope.setdefault(ARRIVED, time.monotonic())  # the protocol's first byte, else now
+            refusal = self.batcher.overloaded()
+            if refusal is not None:
+                scope["kronos.route"] = scope["path"]  # for the metrics: no route was matched
+                # Read (up to the body limit), not parsed: a connection closed on an unread body
+                # is reset before the 503 reaches the client.
+                received, message = 0, {"more_body": True}
+                while message.get("more_body") and received <= self.max_body:
+                    message = await receive()
+                    received += len(message.get("body", b""))
+                response = JSONResponse({"detail": str(refusal)}, status_code=503,
+                                        headers={"Retry-After": str(refusal.retry_after_s)})
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class RequestMetrics:
     """Count and time every request by its route template (pure ASGI: no per-request task)."""
 
@@ -114,9 +149,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            route = scope.get("route")
-            self.metrics.observe(getattr(route, "path", "unmatched"), scope.get("method", ""), status,
-                                 time.perf_counter() - started)
+            route = getattr(scope.get("route"), "path", None) or scope.get("kronos.route", "unmatched")
+            self.metrics.observe(route, scope.get("method", ""), status, time.perf_counter() - started)
 
 
 def create_app(service: PredictorService) -> FastAPI:
@@ -170,6 +204,9 @@ def create_app(service: PredictorService) -> FastAPI:
     async def kronos_error(request: Request, exc: KronosError):
         if isinstance(exc, (DataError, ConfigError)):
             return JSONResponse({"detail": str(exc)}, status_code=422)
+        if isinstance(exc, Overloaded):
+            return JSONResponse({"detail": str(exc)}, status_code=503,
+                                headers={"Retry-After": str(exc.retry_after_s)})
         log.error("cannot answer %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": f"the service cannot answer right now: {exc}"}, status_code=503)
 
@@ -180,11 +217,26 @@ def create_app(service: PredictorService) -> FastAPI:
         return JSONResponse({"detail": f"internal error (request id {request_id}); the service log has the "
                                        "details"}, status_code=500)
 
+    async def answer(raw: Request, items, options):
+        """Check the bars off the event loop, then wait for the batch that decodes them (no thread waits)."""
+        now, arrived = datetime.now(timezone.utc), raw.scope.get(ARRIVED)
+
+        def submit():
+            return service.submit([series_of(item.symbol, item.bars) for item in items], options, now=now,
+                                  arrived=arrived)
+
+        pending = await run_in_threadpool(submit)
+        outcomes = await pending.wait()
+        if arrived is not None:  # how long it took in all, against the queue's prediction
+            service.batcher.observe(pending.predicted_s, time.monotonic() - arrived)
+        return outcomes
+
     @app.post("/forecast", response_model=ForecastResponse, dependencies=protected,
-              responses={422: {"description": "Invalid request or bars: `detail`, and `errors` naming each field"}},
+              responses={422: {"description": "Invalid request or bars: `detail`, and `errors` naming each field"},
+                         503: {"description": "The forecast queue is full: try again after `Retry-After` seconds"}},
               summary="Forecast one symbol with its asset class's production adapter")
-    def forecast(request: ForecastRequest):
-        (outcome,) = service.forecast_each([series_of(request.symbol, request.bars)], request.to_options())
+    async def forecast(request: ForecastRequest, raw: Request):
+        (outcome,) = await answer(raw, [request], request.to_options())
         if isinstance(outcome, ItemError):
             return JSONResponse(field_errors(outcome), status_code=422)
         metrics.count_forecast(outcome.model)
@@ -192,16 +244,16 @@ def create_app(service: PredictorService) -> FastAPI:
 
     @app.post("/forecast/batch", response_model=BatchResponse, dependencies=protected,
               responses={422: {"description": "No item could be answered (each result says why), or the "
-                                              "request as a whole is invalid"}},
+                                              "request as a whole is invalid"},
+                         503: {"description": "The forecast queue is full: try again after `Retry-After` seconds"}},
               summary="Forecast several symbols with the same options; a result per item")
-    def forecast_batch(request: BatchRequest):
+    async def forecast_batch(request: BatchRequest, raw: Request):
         """Each item is answered on its own: its result holds a forecast, or an error naming the item's
         fields (`items[1].bars[3].high`). The answer is 200 when any item succeeds, else 422."""
         service.limits.check_batch(len(request.items))
         valid = [i for i, item in enumerate(request.items) if not isinstance(item, InvalidItem)]
-        outcomes = dict(zip(valid, service.forecast_each(
-            [series_of(request.items[i].symbol, request.items[i].bars) for i in valid], request.to_options())
-            if valid else []))
+        outcomes = dict(zip(valid, await answer(raw, [request.items[i] for i in valid], request.to_options())
+                                 if valid else []))
         results = []
         for index, item in enumerate(request.items):
             prefix = f"items[{index}]."
@@ -263,6 +315,7 @@ def create_app(service: PredictorService) -> FastAPI:
         return {"changes": changes, "health": service.health(datetime.now(timezone.utc))}
 
     app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
+    app.add_middleware(Shedding, batcher=service.batcher, max_body=settings.limits.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 

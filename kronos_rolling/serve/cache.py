@@ -2,9 +2,10 @@
 
     <cache_dir>/                      ($KRONOS_HOME/predictor-cache by default)
       resolved.json                   per label: the version @production pointed at, when
-      kronos-lora-crypto/3/bundle/    the verified adapter bundle of that version
-      kronos-lora-crypto/3/manifest.json   sha256 + size of every bundle file, the bundle
-                                           digest, the version's tags, when it was stored
+      kronos-lora-crypto/3/model/     the verified logged model of that version (MLmodel, code,
+                                      artifacts/adapter/: the adapter bundle)
+      kronos-lora-crypto/3/manifest.json   sha256 + size of every file, their digest, the
+                                           version's tags, when it was stored
 
 A version enters the cache only after its download was verified, and every load from
 the cache checks each file against the manifest: a corrupt or partial cache entry is
@@ -23,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kronos_rolling.errors import ModelError
+from kronos_rolling.tracking.adapters import bundle_in
 from kronos_rolling.serve.integrity import (
     check_digest,
     check_formats,
@@ -33,19 +35,24 @@ from kronos_rolling.serve.integrity import (
 
 RESOLVED_FILE = "resolved.json"
 MANIFEST_FILE = "manifest.json"
-BUNDLE_FOLDER = "bundle"
+MODEL_FOLDER = "model"
+CACHE_FORMAT = 2  # 2: the whole logged model (1 held the adapter bundle only)
 
 
 @dataclass(frozen=True)
 class CachedVersion:
     registered_model: str
     version: str
-    bundle_dir: Path
+    model_dir: Path
     manifest: dict
 
     @property
     def digest(self) -> str:
         return self.manifest["digest"]
+
+    @property
+    def bundle_dir(self) -> Path:
+        return bundle_in(self.model_dir)
 
 
 class VersionCache:
@@ -56,19 +63,20 @@ class VersionCache:
     def folder(self, registered_model: str, version: str) -> Path:
         return self.root / registered_model / str(version)
 
-    def store(self, registered_model: str, version: str, bundle_dir: Path, *, tags: dict | None = None,
+    def store(self, registered_model: str, version: str, model_dir: Path, *, tags: dict | None = None,
               run_id: str | None = None, expected_digest: str | None = None) -> CachedVersion:
-        """Copy a verified bundle in; the digest is checked again on the copy."""
+        """Copy a verified version's model folder in; the digest is checked again on the copy."""
         target = self.folder(registered_model, version)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
         try:
-            shutil.copytree(bundle_dir, staging / BUNDLE_FOLDER)
-            files = file_manifest(staging / BUNDLE_FOLDER)
+            shutil.copytree(model_dir, staging / MODEL_FOLDER)
+            files = file_manifest(staging / MODEL_FOLDER)
             digest = manifest_digest(files)
             if expected_digest is not None:
                 check_digest(files, expected_digest, f"{registered_model} v{version} (copy into the cache)")
-            manifest = {"registered_model": registered_model, "version": str(version), "run_id": run_id,
+            manifest = {"format": CACHE_FORMAT, "registered_model": registered_model, "version": str(version),
+                        "run_id": run_id,
                         "tags": dict(tags or {}), "digest": digest, "files": files,
                         "stored_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             _write_json(staging / MANIFEST_FILE, manifest)
@@ -80,7 +88,7 @@ class VersionCache:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return CachedVersion(registered_model, str(version), target / BUNDLE_FOLDER, manifest)
+        return CachedVersion(registered_model, str(version), target / MODEL_FOLDER, manifest)
 
     def load(self, registered_model: str, version: str, expected_digest: str | None = None) -> CachedVersion:
         """The cached version after checking every file; ModelError when absent or corrupt."""
@@ -93,12 +101,15 @@ class VersionCache:
             raise ModelError(f"{what} is not in the cache") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{what}: its manifest is unreadable ({exc}); the entry is corrupt") from exc
+        if manifest.get("format") != CACHE_FORMAT:
+            raise ModelError(f"{what} was written by an older kronos-rolling (the adapter without its model); "
+                             "it is not used")
         check_digest(files, digest, what)
         if expected_digest is not None and digest != expected_digest:
             raise ModelError(f"{what}: digest {digest[:12]} differs from the registry's {expected_digest[:12]}")
-        check_manifest(folder / BUNDLE_FOLDER, files, what)
-        check_formats(folder / BUNDLE_FOLDER, what)
-        return CachedVersion(registered_model, str(version), folder / BUNDLE_FOLDER, manifest)
+        check_manifest(folder / MODEL_FOLDER, files, what)
+        check_formats(folder / MODEL_FOLDER, what)
+        return CachedVersion(registered_model, str(version), folder / MODEL_FOLDER, manifest)
 
     def has(self, registered_model: str, version: str) -> bool:
         return (self.folder(registered_model, version) / MANIFEST_FILE).is_file()

@@ -68,12 +68,17 @@ class _ServiceCollector:
         for label, adapter in served.items():
             version.add_metric([label, adapter.registered_model, adapter.source], float(adapter.version))
         yield version
-        freshness = registry_freshness(service.last_success, service.last_failure, datetime.now(timezone.utc),
+        freshness = registry_freshness(service.last_success, service.failing_since, datetime.now(timezone.utc),
                                        service.settings.poll_interval_s)
         yield GaugeMetricFamily("kronos_registry_stale", "1 while the registry cannot be read",
                                 value=float(freshness.stale))
         yield GaugeMetricFamily("kronos_device_busy", "1 while a training job holds the device",
                                 value=float(service.device_busy))
+        queue = service.batcher.state()
+        yield GaugeMetricFamily("kronos_queue_rows", "Rows (sample paths) waiting to be decoded", value=queue.rows)
+        yield CounterMetricFamily("kronos_batches", "Batches decoded", value=queue.batches)
+        yield CounterMetricFamily("kronos_shed_requests", "Requests refused with 503: the queue was full",
+                                  value=queue.shed)
         swaps, refusals = service.counts()
         swap_family = CounterMetricFamily("kronos_model_swaps", "Versions swapped in or out, per label",
                                           labels=["label"])

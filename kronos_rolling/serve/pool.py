@@ -1,24 +1,22 @@
 """One base model in memory, one LoRA adapter + event embedding per served label beside it.
 
 peft keeps several adapters in the same LoRA layers, each under its own name
-(`<label>-v<version>`), and `set_adapter` picks the one every forward uses; the event
-embeddings are small separate modules. So serving the three asset classes plus the
-pooled adapter costs one base plus four adapters, not four bases.
-
-Which adapter the layers run is shared state, so a gate orders the work (`run`):
-forecasts on the adapter that is active run concurrently, like calls to one model; a
-forecast that needs another adapter (or the bare base) waits until those finish, then
-switches, and while it waits no new forecast joins the old adapter, so every adapter
-gets its turn.
+(`<label>-v<version>`); the event embeddings are small separate modules. So serving the
+three asset classes plus the pooled adapter costs one base plus four adapters, not four
+bases. A forecast (`run`) decodes several groups of series at once, each group on its own
+adapter or on the bare base: peft's mixed batches share the base's products and add each
+adapter's low-rank update to its own rows (`model.lora.rows_by_adapter`), so requests for
+different classes go through one base forward together.
 
 Atomic swaps: the served table (label -> LoadedAdapter) is an immutable mapping that is
-replaced, never edited. A swap waits until no forecast runs and holds the gate while it
-injects the new adapter, replaces the table and deletes the old adapter; a forecast picks
-its adapter from the table under the gate, each time it may enter. So a forecast runs
-wholly before or wholly after a swap, with exactly one adapter and that adapter's own
-event embedding: no request fails, and none mixes two versions. Downloading, verifying
-and reading the event embedding happen before, outside the gate; only the injection (a
-few milliseconds) holds it.
+replaced, never edited. Forecasts run one at a time (the batcher decodes one batch after
+another; other callers take turns in the order they came); a swap waits until none runs and holds the gate while it injects the new
+adapter, replaces the table and deletes the old adapter; a forecast picks its adapters
+from the table under the gate, once no swap waits. So a forecast runs wholly before or
+wholly after a swap, each group with exactly one adapter and that adapter's own event
+embedding: no request fails, and none mixes two versions. Downloading, verifying and
+reading the event embedding happen before, outside the gate; only the injection (a few
+milliseconds) holds it.
 """
 
 from __future__ import annotations
@@ -27,8 +25,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,12 +39,11 @@ from kronos_rolling.errors import DataError, ModelError
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.forecast import Forecaster
-from kronos_rolling.model.lora import EVENT_EMBEDDING, EVENT_VOCAB, load_adapter_bundle
+from kronos_rolling.model.lora import BASE_ROWS, EVENT_EMBEDDING, EVENT_VOCAB, load_adapter_bundle
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-BARE = "<bare base>"  # the gate's name for "adapters disabled"
 
 
 @dataclass
@@ -57,7 +53,7 @@ class LoadedAdapter:
     version: str
     alias: str
     adapter_name: str  # the peft adapter name
-    forecaster: Forecaster  # shares the pool's model; carries this adapter's event embedding
+    event_embedding: EventEmbedding  # this adapter's own, trained with it
     vocabulary: EventVocabulary
     metadata: dict
     digest: str
@@ -74,9 +70,8 @@ class AdapterPool:
         self.base = base
         self.device = device
         self._gate = threading.Condition()
-        self._running = 0  # forecasts in flight, all on self._active
-        self._active: str | None = None  # adapter name the layers run, BARE, or None (unknown after a swap)
-        self._waiting: OrderedDict[str, int] = OrderedDict()  # forecasts waiting, by adapter, in turn order
+        self._running = False  # a forecast is decoding
+        self._tickets = self._serving = 0  # the turn each caller of `run` took, and whose turn it is
         self._swaps_waiting = 0
         self._table: Mapping[str, LoadedAdapter] = MappingProxyType({})
         self._load_base()
@@ -86,12 +81,12 @@ class AdapterPool:
         self.kronos.eval()
         self.tokenizer.eval()
         self.peft: PeftModel | None = None
-        self.base_forecaster = Forecaster(self.kronos, self.tokenizer, device=self.device,
-                                          max_context=self.base.max_context)
+        self.forecaster = Forecaster(self.kronos, self.tokenizer, device=self.device,
+                                     max_context=self.base.max_context)
 
     @property
     def max_context(self) -> int:
-        return self.base_forecaster.max_context
+        return self.forecaster.max_context
 
     @property
     def served(self) -> Mapping[str, LoadedAdapter]:
@@ -100,76 +95,35 @@ class AdapterPool:
 
     # -- forecasts ---------------------------------------------------------------------------
 
-    def run(self, pick: Callable[[Mapping[str, LoadedAdapter]], LoadedAdapter | None],
-            work: Callable[[LoadedAdapter | None, Forecaster], R]) -> R:
-        """Run `work` with the adapter `pick` chooses from the table (None: the bare base).
+    def run(self, pick: Callable[[Mapping[str, LoadedAdapter]], Sequence[LoadedAdapter | None]],
+            work: Callable[[list[LoadedAdapter | None], list[str | None], Forecaster], R]) -> R:
+        """Run `work` with the adapters `pick` chooses from the table, one per group (None: the
+        bare base), their peft names for `ForecastGroup.adapter` (None when no adapter is
+        loaded at all: the model is the bare base), and the forecaster of the shared model.
 
-        `pick` is called under the gate, again each time the forecast may enter, so its
-        choice is always one the table still holds.
+        `pick` is called under the gate once no swap waits, so its choices are ones the
+        table holds for the whole forecast.
         """
         with self._gate:
-            queued = None  # the adapter this forecast waits for, once it waits
+            ticket, self._tickets = self._tickets, self._tickets + 1  # callers go in the order they came
+            while self._swaps_waiting or self._running or ticket != self._serving:
+                self._gate.wait()
             try:
-                while True:
-                    adapter = pick(self._table)
-                    name = BARE if adapter is None else adapter.adapter_name
-                    if queued != name:
-                        # A swap changed this forecast's adapter: leave the old adapter's queue
-                        # first, or its stale place there could block everyone behind it.
-                        self._unqueue(queued)
-                        queued = None
-                    if self._may_enter(name, waited=queued == name):
-                        break
-                    if queued is None:
-                        self._waiting[name] = self._waiting.get(name, 0) + 1
-                        queued = name
-                    self._gate.wait()
-            finally:
-                self._unqueue(queued)
-            if self._running == 0:
-                self._switch(name)
-                if name in self._waiting:
-                    self._waiting.move_to_end(name)  # its waiters go now; the other adapters' go next
-            self._running += 1
+                adapters = list(pick(self._table))
+            except BaseException:
+                self._serving += 1
+                self._gate.notify_all()
+                raise
+            self._running = True
+            forecaster = self.forecaster
+        names = [None if self.peft is None else (BASE_ROWS if a is None else a.adapter_name) for a in adapters]
         try:
-            return work(adapter, self.base_forecaster if adapter is None else adapter.forecaster)
+            return work(adapters, names, forecaster)
         finally:
             with self._gate:
-                self._running -= 1
-                if self._running == 0:
-                    self._gate.notify_all()
-
-    def _may_enter(self, name: str, waited: bool) -> bool:
-        """Turns go round the adapters in the order their first forecast started waiting."""
-        if self._swaps_waiting:
-            return False
-        if self._running:
-            # Join the adapter that runs: those who waited for it, or anyone when no other adapter waits.
-            others = any(other != name for other in self._waiting)
-            return self._active == name and (waited or not others)
-        first = next(iter(self._waiting), None)
-        return first is None or first == name
-
-    def _unqueue(self, name: str | None) -> None:
-        if name is None:
-            return
-        self._waiting[name] -= 1
-        if not self._waiting[name]:
-            del self._waiting[name]
-            self._gate.notify_all()  # the turn order changed: another adapter's waiters may go now
-
-    def _switch(self, name: str) -> None:
-        """Make the layers run `name` (gate held, nothing running)."""
-        if self._active == name or self.peft is None:
-            self._active = name
-            return
-        if name == BARE:
-            self.peft.base_model.disable_adapter_layers()
-        else:
-            if self._active in (BARE, None):
-                self.peft.base_model.enable_adapter_layers()
-            self.peft.set_adapter(name)
-        self._active = name
+                self._running = False
+                self._serving += 1
+                self._gate.notify_all()
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -184,7 +138,6 @@ class AdapterPool:
             try:
                 yield
             finally:
-                self._active = None  # a swap may change what the layers run: switch again
                 self._gate.notify_all()
 
     # -- swaps -------------------------------------------------------------------------------
@@ -208,10 +161,9 @@ class AdapterPool:
             if old is not None and old.adapter_name == adapter_name:
                 return old
             self._inject(adapter_name, bundle_dir)
-            forecaster = Forecaster(self.peft, self.tokenizer, device=self.device, max_context=self.max_context,
-                                    event_embedding=event_embedding)
-            loaded = LoadedAdapter(label, registered_model, str(version), alias, adapter_name, forecaster,
-                                   vocabulary, metadata, digest, source, dict(tags or {}))
+            loaded = LoadedAdapter(label, registered_model, str(version), alias, adapter_name,
+                                   event_embedding.to(self.forecaster.device).eval(), vocabulary, metadata, digest,
+                                   source, dict(tags or {}))
             self._table = MappingProxyType({**self._table, label: loaded})
             if old is not None:
                 self._delete(old.adapter_name)
@@ -245,8 +197,7 @@ class AdapterPool:
                 self._load_base()
                 raise
             self.peft.eval()
-            self.base_forecaster = Forecaster(self.peft, self.tokenizer, device=self.device,
-                                              max_context=self.max_context)
+            self.forecaster = Forecaster(self.peft, self.tokenizer, device=self.device, max_context=self.max_context)
             return
         try:
             self.peft.load_adapter(str(bundle_dir), adapter_name=adapter_name, is_trainable=False)
@@ -264,9 +215,9 @@ class AdapterPool:
         if not others:  # peft cannot run without an adapter: take the LoRA layers out of the base
             self.kronos = self.peft.unload()
             self.peft = None
-            self.base_forecaster = Forecaster(self.kronos, self.tokenizer, device=self.device,
-                                              max_context=self.max_context)
+            self.forecaster = Forecaster(self.kronos, self.tokenizer, device=self.device, max_context=self.max_context)
             return
         if self.peft.active_adapter == adapter_name:
             self.peft.set_adapter(others[0])  # peft warns when the active adapter is deleted
         self.peft.delete_adapter(adapter_name)
+        self.peft.eval()

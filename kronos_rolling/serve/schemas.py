@@ -15,6 +15,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
 from kronos_rolling.data.bars import BarsError
+from kronos_rolling.model.generate import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
 from kronos_rolling.serve.service import Answer, ForecastOptions, ItemError, SeriesInput
 from kronos_rolling.settings import RequestLimits
 
@@ -39,8 +40,9 @@ class Options(BaseModel):
 
     pred_len: int = Field(16, ge=1, description="Bars to forecast (the service's limit is in /health)")
     samples: int = Field(1, ge=1, description="Sample paths averaged into the forecast")
-    temperature: float = Field(1.0, gt=0, allow_inf_nan=False)
-    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0: off, 1: greedy)")
+    temperature: float = Field(1.0, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False,
+                               description="Sharpness of the sampling (lower: closer to greedy)")
+    top_k: int = Field(0, ge=0, le=MAX_TOP_K, description="Keep the k most likely tokens (0: off, 1: greedy)")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (when top_k is 0)")
     seed: int | None = Field(0, ge=0, le=2**63 - 1, description="Seed of the sampling; null: unseeded")
     quantiles: bool = Field(False, description="Add p10/p50/p90 across the sample paths")

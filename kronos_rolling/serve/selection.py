@@ -124,13 +124,14 @@ class Freshness:
     reason: str | None = None
 
 
-def registry_freshness(last_success: datetime | None, last_failure: datetime | None, now: datetime,
+def registry_freshness(last_success: datetime | None, failing_since: datetime | None, now: datetime,
                        poll_interval_s: float) -> Freshness:
-    """Stale when the last registry read failed, none ever succeeded, or polling stopped."""
+    """Stale when the registry cannot be read now (`failing_since`: the first failed read of
+    the outage, None when the last read succeeded), none ever succeeded, or polling stopped."""
     if last_success is None:
         return Freshness(True, "the registry has not been reached since start-up")
-    if last_failure is not None and last_failure >= last_success:
-        return Freshness(True, f"the registry has been unreachable since {last_failure.isoformat(timespec='seconds')}")
+    if failing_since is not None:
+        return Freshness(True, f"the registry has been unreachable since {failing_since.isoformat(timespec='seconds')}")
     age = (now - last_success).total_seconds()
     if age > 3 * poll_interval_s:
         return Freshness(True, f"the registry was last read {age:.0f}s ago (poll interval {poll_interval_s:g}s)")

@@ -18,6 +18,7 @@ makes the state stale; nothing is unloaded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -41,15 +42,18 @@ from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import (
     ConfigError,
     DataError,
+    KronosError,
     ModelError,
     RegistryUnavailable,
 )
 from kronos_rolling.locks import device_busy
 from kronos_rolling.model.base import BaseModelRef
-from kronos_rolling.model.forecast import ForecastResult
+from kronos_rolling.model.forecast import ForecastGroup, ForecastResult
+from kronos_rolling.model.generate import check_sampling
 from kronos_rolling.registry import alerts
-from kronos_rolling.registry.integrity import check_bundle, check_class
 from kronos_rolling.names import POOLED, PRODUCTION
+from kronos_rolling.registry.integrity import check_class, check_version
+from kronos_rolling.serve.batching import Batcher, BatchJob, Overloaded
 from kronos_rolling.serve.cache import CachedVersion, VersionCache
 from kronos_rolling.serve.pool import AdapterPool, LoadedAdapter
 from kronos_rolling.serve.selection import (
@@ -112,10 +116,11 @@ class Answer:
     result: ForecastResult
 
 
-def _checked_bars(item: SeriesInput, too_few: DataError | None) -> pd.DataFrame:
-    """The series' bars, cleaned; a history too short and every bad bar are refused together."""
+def _checked_bars(item: SeriesInput, too_few: DataError | None, now: pd.Timestamp) -> pd.DataFrame:
+    """The series' bars, cleaned (timestamps no later than a year after `now`); a history too
+    short and every bad bar are refused together."""
     try:
-        bars = clean_bars(item.bars, item.symbol, hint=BARS_HINT)
+        bars = clean_bars(item.bars, item.symbol, hint=BARS_HINT, now=now)
     except BarsError as exc:
         if too_few is None:
             raise
@@ -136,6 +141,83 @@ class ItemError:
 
 
 BARS_HINT = "Rows are positions in the series' bars (0-based)."
+
+
+def job_work(bars: int, options: ForecastOptions) -> float:
+    """What decoding one series costs, in the batcher's work units: its bars fed once, pred_len per path."""
+    return bars + options.samples * options.pred_len
+
+
+def decode_key(options: ForecastOptions) -> tuple:
+    """What jobs must share to be decoded together (seeds, paths and quantiles may differ)."""
+    return options.pred_len, options.temperature, options.top_k, options.top_p
+
+
+@dataclass
+class ClassJob:
+    """The series of one request that one asset class's model answers (a batch job's payload)."""
+
+    asset_class: str
+    indices: list[int]  # their positions in the request
+    items: list[SeriesInput]  # with checked bars
+    options: ForecastOptions
+    unavailable: dict[str, str]  # why labels were refused, when the request came
+
+
+class PendingForecast:
+    """A request whose series are queued for decoding: `result()` waits (a thread), `wait()` awaits."""
+
+    def __init__(self, service: "PredictorService", series: list[SeriesInput], outcomes: list, jobs: list[BatchJob],
+                 predicted_s: float | None = None):
+        self.service = service
+        self.series = series
+        self.outcomes = outcomes
+        self.jobs = jobs
+        self.predicted_s = predicted_s  # since it arrived, as the queue predicted it (uncorrected)
+
+    def result(self) -> list[Answer | ItemError]:
+        decoded = []
+        for job in self.jobs:
+            try:
+                decoded.append(job.future.result())
+            except KronosError as exc:
+                decoded.append(_job_failure(exc))
+        return self._answers(decoded)
+
+    async def wait(self) -> list[Answer | ItemError]:
+        decoded = []
+        for job in self.jobs:
+            try:
+                decoded.append(await asyncio.wrap_future(job.future))
+            except KronosError as exc:
+                decoded.append(_job_failure(exc))
+        return self._answers(decoded)
+
+    def _answers(self, decoded: list) -> list[Answer | ItemError]:
+        outcomes = list(self.outcomes)
+        stale = registry_freshness(self.service.last_success, self.service.failing_since, _now(),
+                                   self.service.settings.poll_interval_s)
+        for job, done in zip(self.jobs, decoded):
+            payload = job.payload
+            if isinstance(done, KronosError):  # the job could not be decoded (its own input)
+                done = (None, None, done if isinstance(done, DataError) else DataError(str(done)))
+            choice, adapter, results = done
+            for position, i in enumerate(payload.indices):
+                if isinstance(results, DataError):  # the forecast of this class failed as a whole (not finite)
+                    outcomes[i] = ItemError(self.series[i].symbol, results, "bars")
+                    continue
+                warnings = [choice.warning] if choice.warning else []
+                if stale.stale:
+                    warnings.append(f"registry stale: {stale.reason}; answered with the versions loaded")
+                outcomes[i] = Answer(self.series[i].symbol, _model_info(choice, adapter), warnings, results[position])
+        return outcomes
+
+
+def _job_failure(exc: KronosError) -> KronosError:
+    """A job that failed on its own input fails its own series; a full or stopping queue fails the request."""
+    if isinstance(exc, Overloaded):
+        raise exc
+    return exc
 
 
 @dataclass(frozen=True)
@@ -194,6 +276,7 @@ class PredictorService:
         self._refresh_lock = threading.Lock()
         self.last_success: datetime | None = None
         self.last_failure: datetime | None = None
+        self.failing_since: datetime | None = None  # the first failed read of the current outage
         self.last_error: str | None = None
         self.refused: dict[str, Refusal] = {}  # replaced, never edited: readers need no lock
         self._counts_lock = threading.Lock()
@@ -203,6 +286,9 @@ class PredictorService:
         self._triggered = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.batcher = Batcher(self._run_batch, max_batch_size=settings.max_batch_size,
+                               max_batch_wait_s=settings.max_batch_wait_ms / 1000,
+                               max_queue_wait_s=settings.max_queue_wait_s)
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -215,6 +301,7 @@ class PredictorService:
         self.check_device()
         self.refresh(cold=True)
         self.started_at = _now()
+        self.batcher.start()
         if self.watch:
             self._thread = threading.Thread(target=self._watch, name="kronos-registry-watch", daemon=True)
             self._thread.start()
@@ -222,6 +309,7 @@ class PredictorService:
 
     def stop(self) -> None:
         self._stopping = True
+        self.batcher.stop()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -296,11 +384,13 @@ class PredictorService:
                 if cold:
                     self._load_cached_resolved()
                 return outcome
-            self.last_success, self.last_error = now, None
+            self.last_success, self.last_error, self.failing_since = now, None, None
             return outcome
 
     def _registry_failed(self, now: datetime, exc: Exception) -> None:
         self.last_failure, self.last_error = now, str(exc)
+        if self.failing_since is None:
+            self.failing_since = now
         log.warning("registry unreachable, serving what is loaded: %s", exc)
 
     def _follow(self, label: str, ref: VersionRef | None, now: datetime, retry_refused: bool) -> str:
@@ -329,7 +419,7 @@ class PredictorService:
         try:
             check_class(ref.registered_model, ref.version, ref.tags)  # before any download
             cached = self._obtain(ref)
-            check_bundle(cached.bundle_dir, ref.registered_model, ref.version, ref.tags)
+            check_version(cached.model_dir, ref.registered_model, ref.version, ref.tags)
             installed = self._install(label, ref.registered_model, ref.version, ref.alias, cached, "registry",
                                       tags=ref.tags)
         except (ModelError, DataError) as exc:
@@ -344,7 +434,7 @@ class PredictorService:
         return f"loaded {installed.describe()}"
 
     def _obtain(self, ref: VersionRef) -> CachedVersion:
-        """The verified bundle of `ref`: from the cache when it holds it intact, else downloaded."""
+        """The verified version `ref`: from the cache when it holds it intact, else downloaded and checked."""
         expected = self.source.recorded_digest(ref)
         if self.cache.has(ref.registered_model, ref.version):
             try:
@@ -354,8 +444,9 @@ class PredictorService:
         scratch_root = self.cache.root / ".downloads"
         scratch_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch_root) as scratch:
-            bundle = self.source.download(ref, Path(scratch), expected)
-            return self.cache.store(ref.registered_model, ref.version, bundle, tags=ref.tags, run_id=ref.run_id,
+            model_dir = self.source.download(ref, Path(scratch))
+            check_version(model_dir, ref.registered_model, ref.version, ref.tags)  # names the file that differs
+            return self.cache.store(ref.registered_model, ref.version, model_dir, tags=ref.tags, run_id=ref.run_id,
                                     expected_digest=expected)
 
     def _install(self, label: str, registered_model: str, version: str, alias: str, cached: CachedVersion,
@@ -404,7 +495,7 @@ class PredictorService:
                 continue  # the refused version is the cached one: nothing older to fall back to
             try:
                 cached = self.cache.load(name, version)
-                check_bundle(cached.bundle_dir, name, version, cached.manifest.get("tags") or {})
+                check_version(cached.model_dir, name, version, cached.manifest.get("tags") or {})
                 self._install(label, name, version, entry.get("alias", PRODUCTION), cached, "cache")
                 self._count(self._swaps, label)
             except (ModelError, DataError) as exc:
@@ -422,24 +513,40 @@ class PredictorService:
     def guard_ratio(self) -> float | None:
         return self.settings.guard_ratio if self.settings.inference_guard else None
 
-    def forecast(self, series: list[SeriesInput], options: ForecastOptions) -> list[Answer]:
+    def forecast(self, series: list[SeriesInput], options: ForecastOptions, *,
+                 now: datetime | None = None) -> list[Answer]:
         """Answer every series, or raise the first item's error (for one-series callers)."""
-        outcomes = self.forecast_each(series, options)
+        outcomes = self.forecast_each(series, options, now=now)
         for outcome in outcomes:
             if isinstance(outcome, ItemError):
                 raise outcome.error
         return outcomes
 
-    def forecast_each(self, series: list[SeriesInput], options: ForecastOptions) -> list[Answer | ItemError]:
+    def forecast_each(self, series: list[SeriesInput], options: ForecastOptions, *,
+                      now: datetime | None = None) -> list[Answer | ItemError]:
         """Per series an Answer, or the ItemError that kept it from one (bad bars, unknown symbol).
 
-        Each series is answered by the model that serves its symbol's class (one model per
-        class). Errors of the whole request (options over the limits, too many series) raise.
+        `now`: the moment the bars' timestamps are judged against (default: the clock). Each
+        series is answered by the model that serves its symbol's class (one model per class).
+        Errors of the whole request (options over the limits, too many series) raise, and so
+        does Overloaded when the queue is full.
         """
+        return self.submit(series, options, now=now or _now()).result()
+
+    def submit(self, series: list[SeriesInput], options: ForecastOptions, *, now: datetime,
+               arrived: float | None = None) -> "PendingForecast":
+        """Check the request and queue its decoding (serve/batching.py); the answers come from the result.
+
+        arrived: when the request came in (time.monotonic()), for the queue's limit on its whole wait."""
         if not series:
             raise DataError("no series to forecast: send at least one symbol with its bars")
         self.limits.check_options(options.pred_len, options.samples)
+        check_sampling(options.temperature, options.top_k, options.top_p, options.samples)
         self.limits.check_batch(len(series))
+        # Refused before its bars are checked when the queue cannot take it (the check costs the CPU).
+        waited = (lambda: 0.0) if arrived is None else (lambda: time.monotonic() - arrived)
+        self.batcher.admits(sum(job_work(len(item.bars), options) for item in series), len(series) * options.samples,
+                            waited_s=waited())
         outcomes: list[Answer | ItemError | None] = [None] * len(series)
         groups: dict[str, list[int]] = {}
         clean: dict[int, SeriesInput] = {}
@@ -453,49 +560,73 @@ class PredictorService:
                     if len(item.bars) > self.limits.max_bars:
                         raise  # too many: refused before reading them
                     too_few = exc  # reported with every bad bar, not instead of them
-                clean[index] = replace(item, bars=_checked_bars(item, too_few))
+                clean[index] = replace(item, bars=_checked_bars(item, too_few, pd.Timestamp(now)))
                 field = "symbol"
                 groups.setdefault(asset_class_of(item.symbol, self.overrides), []).append(index)
             except DataError as exc:
                 outcomes[index] = ItemError(item.symbol, exc, field)
         unavailable = self.unavailable()
-        stale = registry_freshness(self.last_success, self.last_failure, _now(), self.settings.poll_interval_s)
+        jobs = []
         for asset_class, indices in groups.items():
-            try:
-                choice, adapter, results = self._forecast_class(asset_class, [clean[i] for i in indices], options,
-                                                                unavailable)
-            except DataError as exc:  # the forecast of this class failed as a whole (say, not finite)
-                for i in indices:
-                    outcomes[i] = ItemError(series[i].symbol, exc, "bars")
-                continue
-            for i, result in zip(indices, results):
-                warnings = [choice.warning] if choice.warning else []
-                if stale.stale:
-                    warnings.append(f"registry stale: {stale.reason}; answered with the versions loaded")
-                outcomes[i] = Answer(series[i].symbol, _model_info(choice, adapter), warnings, result)
-        return outcomes
+            items = [clean[i] for i in indices]
+            work = sum(job_work(len(item.bars), options) for item in items)
+            jobs.append(BatchJob(key=decode_key(options), rows=len(items) * options.samples, work=work,
+                                 payload=ClassJob(asset_class, indices, items, options, unavailable)))
+        predicted = None
+        if jobs:
+            already = waited()
+            self.batcher.submit(jobs, waited_s=already)
+            if jobs[0].expected_s is not None:
+                predicted = already + jobs[0].expected_s
+        return PendingForecast(self, series, outcomes, jobs, predicted)
 
-    def _forecast_class(self, asset_class: str, items: list[SeriesInput], options: ForecastOptions,
-                        unavailable: dict[str, str]):
-        """(choice, adapter, results): series of one class, forecast by whoever serves the class as they run."""
+    def _run_batch(self, jobs: list[BatchJob]) -> list:
+        """Decode the jobs of one batch together: per job (choice, adapter, results or DataError)."""
+        share_cpu_with_training(self.inference_threads(), self.inference_nice())
+        try:
+            return self._decode([job.payload for job in jobs])
+        except KronosError:
+            if len(jobs) == 1:
+                raise
+            # One job's input broke the shared decode: decode each alone so only that job fails.
+            outcomes = []
+            for job in jobs:
+                try:
+                    outcomes.extend(self._decode([job.payload]))
+                except KronosError as exc:
+                    outcomes.append(exc)
+            return outcomes
+
+    def _decode(self, payloads: list["ClassJob"]) -> list:
         chosen: list[Choice] = []
+        options = payloads[0].options  # the batch key: every job's decode settings are these
 
         def pick(served):  # called by the pool under its gate, against the table as it is then
-            chosen[:] = [choose(asset_class, self.candidates(served), guard_ratio=self.guard_ratio(),
-                                unavailable=unavailable)]
-            return None if chosen[0].label == BASE else served[chosen[0].label]
+            chosen[:] = [choose(p.asset_class, self.candidates(served), guard_ratio=self.guard_ratio(),
+                                unavailable=p.unavailable) for p in payloads]
+            return [None if choice.label == BASE else served[choice.label] for choice in chosen]
 
-        def work(adapter, forecaster):
-            share_cpu_with_training(self.inference_threads(), self.inference_nice())
-            events = [self._event_ids(item, asset_class, options.pred_len, adapter) for item in items]
-            return adapter, forecaster.forecast(
-                [item.bars for item in items], options.pred_len, temperature=options.temperature,
-                top_k=options.top_k, top_p=options.top_p, samples=options.samples, seed=options.seed,
-                quantiles=options.quantiles, event_ids=events if any(e is not None for e in events) else None,
-                asset_class=asset_class)
+        def work(adapters, names, forecaster):
+            groups = [
+                ForecastGroup([item.bars for item in p.items], p.options.samples, p.options.seed, adapter=name,
+                              event_embedding=None if adapter is None else adapter.event_embedding,
+                              event_ids=[self._event_ids(item, p.asset_class, options.pred_len, adapter)
+                                         for item in p.items],
+                              asset_class=p.asset_class, checked=True)
+                for p, adapter, name in zip(payloads, adapters, names)]
+            return adapters, forecaster.forecast_groups(
+                groups, options.pred_len, temperature=options.temperature, top_k=options.top_k,
+                top_p=options.top_p, quantiles=any(p.options.quantiles for p in payloads),
+                labels=[item.symbol for p in payloads for item in p.items])
 
-        adapter, results = self.pool.run(pick, work)
-        return chosen[0], adapter, results
+        adapters, outcomes = self.pool.run(pick, work)
+        answered = []
+        for payload, choice, adapter, outcome in zip(payloads, chosen, adapters, outcomes):
+            if not isinstance(outcome, DataError) and not payload.options.quantiles:
+                for result in outcome:
+                    result.quantiles = None
+            answered.append((choice, adapter, outcome))
+        return answered
 
     def _event_ids(self, item: SeriesInput, asset_class: str, pred_len: int,
                    adapter: LoadedAdapter | None) -> np.ndarray | None:
@@ -527,6 +658,16 @@ class PredictorService:
             }
         return report
 
+    def queue_report(self) -> dict:
+        """The forecast queue: what waits, the measured decode rate, the batching and shedding limits."""
+        state = self.batcher.state()
+        return {"waiting_requests": state.jobs, "waiting_rows": state.rows, "decoding_rows": state.running_rows,
+                "work_per_s": None if state.rate is None else round(state.rate, 1), "batches": state.batches,
+                "shed": state.shed, "wait_correction_s": round(state.correction, 2),
+                "max_batch_size": self.settings.max_batch_size,
+                "max_batch_wait_ms": self.settings.max_batch_wait_ms,
+                "max_queue_wait_s": self.settings.max_queue_wait_s}
+
     def refusals(self) -> list[dict]:
         """The versions refused (for /health and /models): label, version, reason, when."""
         return [{"label": label, "registered_model": r.registered_model, "version": r.version,
@@ -534,7 +675,7 @@ class PredictorService:
 
     def health(self, now: datetime) -> dict:
         served = self.pool.served
-        freshness = registry_freshness(self.last_success, self.last_failure, now, self.settings.poll_interval_s)
+        freshness = registry_freshness(self.last_success, self.failing_since, now, self.settings.poll_interval_s)
         warnings = []
         routes = self.routes()
         for asset_class, choice in routes.items():
@@ -553,6 +694,7 @@ class PredictorService:
             "registry": {
                 "uri": self.source.describe(), "stale": freshness.stale, "reason": freshness.reason,
                 "last_success_at": _iso(self.last_success), "last_failure_at": _iso(self.last_failure),
+                "failing_since": _iso(self.failing_since),
                 "error": self.last_error, "poll_interval_s": self.settings.poll_interval_s,
             },
             "served": {label: (None if label not in served else
@@ -563,7 +705,8 @@ class PredictorService:
                            "version": r.candidate and r.candidate.version, "fallback": r.fallback}
                        for c, r in routes.items()},
             "refused": self.refusals(),
-            "device": {"type": str(self.pool.base_forecaster.device), "training_busy": self.device_busy,
+            "queue": self.queue_report(),
+            "device": {"type": str(self.pool.forecaster.device), "training_busy": self.device_busy,
                        "inference_threads": self.inference_threads(),
                        "inference_nice": self.inference_nice()},
             "warnings": warnings,

@@ -4,10 +4,10 @@
 label; a missing model or alias is `None`, anything else that goes wrong (connection
 refused, timeout, 5xx) raises `RegistryUnavailable` so the caller keeps what it has.
 
-`RegistrySource.download` fetches one pinned version (`models:/NAME/VERSION`) into a
-temporary folder and refuses it unless the bundle is whole: every file the registry lists
-is present with its size, the bundle digest matches the one its `sha256.<file>` tags fold
-into, and every file parses; the service then runs registry/integrity.check_bundle on it.
+`RegistrySource.download` fetches one pinned version (`models:/NAME/VERSION`), its whole
+logged model, into a temporary folder and refuses it unless it is whole: every file the
+registry lists is present with its size and every file parses; the service then runs
+registry/integrity.check_version on it (each file against its recorded sha256).
 """
 
 from __future__ import annotations
@@ -23,14 +23,7 @@ from mlflow.exceptions import MlflowException
 from kronos_rolling.errors import RegistryError, RegistryUnavailable
 from kronos_rolling.registry.client import is_missing
 from kronos_rolling.names import PRODUCTION, registered_model_name
-from kronos_rolling.serve.integrity import (
-    check_digest,
-    check_formats,
-    check_sizes,
-    file_manifest,
-    recorded_digest,
-)
-from kronos_rolling.tracking.adapters import fetch_adapter
+from kronos_rolling.serve.integrity import check_formats, check_sizes, recorded_digest
 from kronos_rolling.tracking.context import Tracking
 
 log = logging.getLogger(__name__)
@@ -83,44 +76,40 @@ class RegistrySource:
         """The bundle digest the version's `sha256.<file>` tags fold into (None: it records none)."""
         return recorded_digest(ref.tags)
 
-    def download(self, ref: VersionRef, scratch: Path, expected_digest: str | None) -> Path:
-        """Download the version under `scratch` and verify it; returns the bundle folder."""
+    def download(self, ref: VersionRef, scratch: Path) -> Path:
+        """Download the version's logged model under `scratch` and check it is whole; returns its folder."""
         what = f"{ref.describe()} from {self.describe()}"
         dst = Path(tempfile.mkdtemp(prefix=f"download-{ref.version}-", dir=scratch))
         try:
-            local = self.tracking.download(ref.uri, dst)
+            local = self.tracking.download(ref.uri, dst).resolve()
         except (MlflowException, requests.RequestException, OSError) as exc:
             raise RegistryUnavailable(f"cannot download {what}: {exc}") from exc  # try again at the next poll
-        source = fetch_adapter(str(local), None)  # the bundle inside the pyfunc model; ModelError when files are missing
-        bundle = source.bundle_dir
-        check_sizes(bundle, self._listed_sizes(ref, bundle.relative_to(Path(local).resolve()).as_posix()), what)
-        if expected_digest is not None:  # else check_bundle refuses it: it records no files
-            check_digest(file_manifest(bundle), expected_digest, what)
-        check_formats(bundle, what)
-        return bundle
+        check_sizes(local, self._listed_sizes(ref), what)
+        check_formats(local, what)
+        return local
 
-    def _listed_sizes(self, ref: VersionRef, relative: str) -> dict[str, int]:
-        """{path inside the bundle: size} as the registry's artifact store lists them."""
+    def _listed_sizes(self, ref: VersionRef) -> dict[str, int]:
+        """{path inside the logged model: size} as the registry's artifact store lists them."""
         try:
-            root = self.client.get_model_version_download_uri(ref.registered_model, ref.version)
+            root = self.client.get_model_version_download_uri(ref.registered_model, ref.version).rstrip("/")
             listed: dict[str, int] = {}
-            pending = [relative]
+            pending = [""]
             while pending:
                 folder = pending.pop()
-                for info in self.tracking.list_artifacts(f"{root.rstrip('/')}/{folder}"):
+                for info in self.tracking.list_artifacts(f"{root}/{folder}" if folder else root):
                     name = info.path.rsplit("/", 1)[-1]
-                    inner = f"{folder}/{name}"
+                    inner = f"{folder}/{name}" if folder else name
                     if info.is_dir:
                         pending.append(inner)
                     else:
-                        listed[inner[len(relative) + 1:]] = int(info.file_size or 0)
+                        listed[inner] = int(info.file_size or 0)
         except MlflowException as exc:
             raise RegistryUnavailable(f"cannot list the artifacts of {ref.describe()}: "
                                       f"{_first_line(exc.message)}") from exc
         except (requests.RequestException, OSError) as exc:
             raise RegistryUnavailable(f"cannot reach the registry at {self.describe()}: {exc}") from exc
         if not listed:
-            raise RegistryError(f"the registry lists no bundle files for {ref.describe()}; it cannot be served")
+            raise RegistryError(f"the registry lists no files for {ref.describe()}; it cannot be served")
         return listed
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +47,7 @@ class AdapterSource:
     version: str | None = None
     run_id: str | None = None
     metadata: dict = field(default_factory=dict)
+    model_dir: Path | None = None  # the downloaded logged model around the bundle (a registered version)
     tags: dict = field(default_factory=dict)  # the registered version's tags (its recorded file digests)
 
     def describe(self) -> str:
@@ -70,7 +70,10 @@ def bundle_in(local: Path) -> Path:
 def fetch_adapter(uri: str, tracking: Tracking | None, dst: Path | None = None) -> AdapterSource:
     """Download (if needed) and identify the adapter at a folder, `runs:/` or `models:/` URI.
 
-    A folder needs no tracking context (None); an MLflow URI is resolved through it."""
+    A folder needs no tracking context (None) nor `dst`; an MLflow URI is resolved through
+    the context and downloaded into `dst`, a folder the caller removes when done (a job's
+    temporary folder). Loaders of registered versions use registry/integrity.fetch_verified,
+    which checks every file first."""
     source = AdapterSource(uri=uri, bundle_dir=Path(uri))
     folder = Path(uri).expanduser()
     if folder.is_dir():
@@ -90,12 +93,16 @@ def fetch_adapter(uri: str, tracking: Tracking | None, dst: Path | None = None) 
                 f"adapter {uri!r} is not a folder here nor an MLflow URI; pass a bundle folder, "
                 "runs:/<run_id>/adapter or models:/kronos-lora-<class>@production"
             )
-        dst = Path(dst or tempfile.mkdtemp(prefix="kronos-adapter-"))
+        if dst is None:
+            raise ModelError(f"adapter {uri}: a download needs a folder to go to (dst); pass a temporary "
+                             "folder the job removes")
+        Path(dst).mkdir(parents=True, exist_ok=True)
         try:
-            local = tracking.download(uri, dst)
+            local = tracking.download(uri, Path(dst))
         except MlflowException as exc:
             raise RegistryError(f"cannot download adapter {uri}: {exc.message}") from exc
-        source.bundle_dir = bundle_in(local)
+        source.model_dir = local.resolve()
+        source.bundle_dir = bundle_in(source.model_dir)
     missing = [n for n in ("adapter_config.json", "adapter_model.safetensors") if not (source.bundle_dir / n).exists()]
     if missing:
         raise ModelError(f"adapter at {source.uri} lacks {', '.join(missing)}; it is incomplete or not an adapter")

@@ -9,12 +9,19 @@ on top.
 
 Input (the README's table): one row per bar, `timestamp, open, high, low, close`,
 optional `volume` and `amount`, and an optional `symbol` to forecast several series in
-one call. Timestamps may be tz-aware (converted to UTC), naive (read as UTC), ISO text or
-unix seconds/milliseconds. The bars pass the one bar validator (`data.bars`); its errors
-name the symbol, the row (counted from 0 within the symbol's bars) and the column. The
-signature names the columns and which are optional; it leaves their values to that
-validator (type `any`), so MLflow's schema check refuses nothing the validator would
-accept and never answers with a dump of the input.
+one call; column names in any case, as every entry point reads them. Timestamps may be
+tz-aware (converted to UTC), naive (read as UTC), ISO text or unix seconds/milliseconds.
+The bars pass the one bar validator (`data.bars`); its errors name the symbol, the row
+(counted from 0 within the symbol's bars) and the column, never the whole input. The
+signature holds the params and the output, not the input columns: MLflow's own schema
+check matches column names by case and answers a mismatch with a dump of the input.
+
+Loading a version verifies it (`load_context` -> registry/integrity.verify_loaded_model):
+every file of the folder MLflow downloaded must be the registered version's, by the
+sha256 its tags record, and its weights finite; otherwise the load fails naming the file.
+What that check can and cannot promise when MLflow itself loads the model is said in
+registry/integrity.py; `registry.integrity.load_pyfunc` verifies before MLflow imports
+anything.
 
 Output: one row per forecast bar, `timestamp, open, high, low, close, volume, amount`
 (and `symbol` first when given): the point forecast, the median of the sample paths column
@@ -44,13 +51,12 @@ from mlflow.entities import LoggedModelOutput
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.store.artifact.models_artifact_repo import REGISTERED_MODEL_META_FILE_NAME
-from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
-from mlflow.utils.yaml_utils import read_yaml
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from kronos_rolling.data.assets import classify_asset
 from kronos_rolling.data.bars import clean_bars
-from kronos_rolling.errors import DataError
+from kronos_rolling.data.parse import TIMESTAMP_NAMES, canonical_name
+from kronos_rolling.errors import DataError, ModelError
 from kronos_rolling.evaluation.calibration import apply_calibration
 from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.model.quantiles import LEGACY_LEVELS, paths_for, quantile_levels, quantile_name
@@ -59,7 +65,6 @@ from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,
     AdapterSource,
-    bundle_in,
     calibration_of,
     load_forecast_model,
 )
@@ -81,18 +86,16 @@ EXAMPLE_BARS = 32
 
 
 def model_signature() -> ModelSignature:
-    """Columns in and out, which are optional, and the params with their defaults."""
+    """Columns out, which are optional, and the params with their defaults (the input columns
+    are the README's table, checked by the bar validator in any case)."""
     values = ("open", "high", "low", "close")
-    inputs = Schema([ColSpec(AnyType(), "timestamp"), *[ColSpec(AnyType(), c) for c in values],
-                     ColSpec(AnyType(), "volume", required=False), ColSpec(AnyType(), "amount", required=False),
-                     ColSpec("string", "symbol", required=False)])
     outputs = Schema([ColSpec("string", "symbol", required=False), ColSpec("datetime", "timestamp"),
                       *[ColSpec("double", c) for c in (*values, "volume", "amount")],
                       *[ColSpec("double", f"close_{quantile_name(q)}", required=False) for q in LEGACY_LEVELS],
                       ColSpec("string", "calibration", required=False)])
     params = ParamSchema([ParamSpec(name, _param_type(value), value, shape=(-1,) if isinstance(value, list) else None)
                           for name, value in DEFAULT_PARAMS.items()])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+    return ModelSignature(inputs=None, outputs=outputs, params=params)
 
 
 def _param_type(value) -> str:
@@ -110,26 +113,35 @@ class KronosAdapterModel(mlflow.pyfunc.PythonModel):
     """Kronos base + one LoRA adapter and event embedding, forecasting DataFrames of bars."""
 
     def load_context(self, context):
-        bundle_dir = Path(context.artifacts[ADAPTER_ARTIFACT])
-        metadata = json.loads((bundle_dir / METADATA_FILE).read_text())
-        source = AdapterSource(uri=str(bundle_dir), bundle_dir=bundle_dir, metadata=metadata)
+        """Verify the whole version against its registry, then load its base and adapter.
+
+        The registry is the one `model_config={"tracking_uri": ...}` names, else MLflow's
+        (MLFLOW_TRACKING_URI, or `mlflow.set_tracking_uri`): the pyfunc interface hands a
+        model nothing else."""
+        from kronos_rolling.registry.integrity import verify_loaded_model
+
         config = context.model_config or {}
         tracking_uri = config.get("tracking_uri") or mlflow.get_tracking_uri()
-        source.registered_model, source.version, source.tags = registered_version(bundle_dir, tracking_uri)
+        source = verify_loaded_model(model_folder(Path(context.artifacts[ADAPTER_ARTIFACT])), tracking_uri)
         loaded = load_forecast_model(source)
-        self.metadata = metadata
-        self.calibration = calibration_of(source)
-        self.source = source.describe() if source.registered_model else f"{metadata.get('label')} adapter"
+        self.metadata = source.metadata
+        self.calibration = calibration_of(source)  # withheld classes from the version's tags
+        self.source = source.describe()
         self.forecaster = Forecaster(loaded.model, loaded.tokenizer, device="auto",
                                      max_context=loaded.max_context, event_embedding=loaded.event_embedding)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         settings = {**DEFAULT_PARAMS, **(params or {})}
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        try:
+            frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"the input is no table of bars ({type(model_input).__name__}: {exc}); send rows of "
+                            "timestamp, open, high, low, close") from None
         if len(frame) == 0:
             raise DataError("no bars to forecast: send rows of timestamp, open, high, low, close")
+        now = pd.Timestamp.now(tz="UTC")
         groups = _by_symbol(frame)
-        bars = [clean_bars(part, "bars" if symbol is None else f"symbol {symbol}") for symbol, part in groups]
+        bars = [clean_bars(part, "bars" if symbol is None else f"symbol {symbol}", now=now) for symbol, part in groups]
         seed = int(settings["seed"])
         levels = quantile_levels(list(settings["quantile_levels"]) or bool(settings["quantiles"]))
         classes = [self._asset_class(symbol) for symbol, _ in groups]
@@ -138,7 +150,8 @@ class KronosAdapterModel(mlflow.pyfunc.PythonModel):
             top_p=float(settings["top_p"]), samples=paths_for(int(settings["samples"]), levels),
             seed=None if seed < 0 else seed, quantiles=levels, asset_class=classes,
         )
-        naive = pd.api.types.is_datetime64_any_dtype(frame["timestamp"]) and frame["timestamp"].dt.tz is None
+        stamps = frame[_column(frame, TIMESTAMP_NAMES)]
+        naive = pd.api.types.is_datetime64_any_dtype(stamps) and stamps.dt.tz is None
         frames = []
         for (symbol, _), result, asset_class in zip(groups, results, classes):
             out = result.point.copy()
@@ -162,36 +175,31 @@ class KronosAdapterModel(mlflow.pyfunc.PythonModel):
             return self.metadata.get("asset_class")
 
 
-def registered_version(bundle_dir: Path, tracking_uri: str) -> tuple[str | None, str | None, dict]:
-    """(registered model, version, its tags) of a pyfunc model MLflow downloaded by `models:/...`
-    (it notes the name and version beside MLmodel), asked of the registry at `tracking_uri`;
-    (None, None, {}) for a model loaded from a folder or run."""
-    for folder in (bundle_dir, *bundle_dir.parents[:3]):
-        note = folder / REGISTERED_MODEL_META_FILE_NAME
-        if (folder / "MLmodel").is_file() and note.is_file():
-            meta = read_yaml(str(folder), REGISTERED_MODEL_META_FILE_NAME)
-            name, version = meta.get("model_name"), str(meta.get("model_version"))
-            try:
-                tags = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(
-                    name, version).tags
-            except (MlflowException, OSError) as exc:
-                log.warning("%s v%s: cannot read its tags (%s); its calibration is applied as stored", name,
-                            version, exc)
-                tags = {}
-            return name, version, dict(tags or {})
-    return None, None, {}
+def _column(frame: pd.DataFrame, names) -> str | None:
+    """The first column whose name, in any case, is one of `names` (as the bar parser matches them)."""
+    found = {canonical_name(c): c for c in reversed(list(frame.columns))}
+    return next((found[name] for name in names if name in found), None)
 
 
 def _by_symbol(frame: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
     """(symbol, its bars) in order of first appearance; one unnamed series without a `symbol` column."""
-    if "symbol" not in frame.columns:
+    column = _column(frame, ("symbol",))
+    if column is None:
         return [(None, frame.reset_index(drop=True))]
-    missing = frame["symbol"].isna().to_numpy().nonzero()[0]
+    missing = frame[column].isna().to_numpy().nonzero()[0]
     if len(missing):
         raise DataError(f"symbol missing at row(s) {', '.join(map(str, missing[:10]))}; give every row its "
                         "symbol, or leave the column out for a single series")
-    return [(str(symbol), part.drop(columns="symbol").reset_index(drop=True))
-            for symbol, part in frame.groupby("symbol", sort=False)]
+    return [(str(symbol), part.drop(columns=column).reset_index(drop=True))
+            for symbol, part in frame.groupby(column, sort=False)]
+
+
+def model_folder(bundle_dir: Path) -> Path:
+    """The logged model folder (the one holding MLmodel) around an adapter bundle it carries."""
+    for folder in (bundle_dir, *bundle_dir.parents[:3]):
+        if (folder / "MLmodel").is_file():
+            return folder
+    raise ModelError(f"{bundle_dir} is inside no logged model folder (no MLmodel above it)")
 
 
 def pip_requirements() -> list[str]:
@@ -241,15 +249,16 @@ def register_adapter_model(client: MlflowClient, name: str, model_uri: str, run_
                            description: str, await_s: int = 120) -> ModelVersion:
     """A new version of the registered model `name` (created when missing) from a logged adapter model.
 
-    The version records the sha256 of every file of its adapter bundle, as stored, in
-    `sha256.<file>` tags (serve/integrity.digest_tags): what registry/integrity.py checks
-    before the version may serve."""
+    The version records the sha256 of every file of its logged model, as stored (MLmodel,
+    code, environment, example, the adapter bundle), in `sha256.<path>` tags
+    (serve/integrity.digest_tags): what registry/integrity.py checks before the version may
+    load or serve."""
     model_id = model_uri.removeprefix("models:/")
     with tempfile.TemporaryDirectory(prefix="kronos-register-") as scratch:
         location = client.get_logged_model(model_id).artifact_location
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=scratch,
                                                          tracking_uri=client.tracking_uri))
-        tags = {**tags, **digest_tags(bundle_in(local.resolve()))}
+        tags = {**tags, **digest_tags(local.resolve())}
     try:
         client.get_registered_model(name)
     except MlflowException:

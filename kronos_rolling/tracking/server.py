@@ -6,6 +6,12 @@ itself so clients never need direct access to the artifact store. Production swa
 PostgreSQL, an S3 bucket (proxied by the server), MLflow's basic-auth app and a list of
 allowed Host headers through the same config (see `ServerConfig.from_options` and
 `mlflow_server/README.md`).
+
+Nothing the server keeps is for other users of the machine: its databases (the tracking
+store, basic-auth's password hashes), its artifact folder and its log are created 0600
+(files) and 0700 (folders) whatever the umask (the server and the schema upgrade run with
+umask 077), and those that already exist are set so when it starts. The basic-auth config
+and its secret key are written 0600 (`write_auth_config`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 AUTH_CONFIG_FILE = "basic_auth.ini"  # written into the data dir, mode 0600
+PRIVATE_UMASK = 0o077  # what the server process creates: 0600 files, 0700 folders
+PRIVATE_FILE, PRIVATE_FOLDER = 0o600, 0o700
 AUTH_DB_FILE = "basic_auth.db"  # users and permissions when the backend is SQLite
 SECRET_KEY_FILE = "flask_secret_key"  # CSRF key of the auth app, kept across restarts
 MIN_ADMIN_PASSWORD_LENGTH = 12  # MLflow refuses shorter passwords
@@ -197,6 +205,17 @@ class ServerConfig:
             cmd += ["--allowed-hosts", self.allowed_hosts]
         return cmd
 
+    def private_paths(self) -> list[Path]:
+        """What the server keeps on this machine: SQLite databases, a local artifact folder, its log."""
+        paths = [Path(uri[len("sqlite:///"):]) for uri in
+                 (self.backend_store_uri, self.basic_auth.database_uri if self.basic_auth else "")
+                 if uri.startswith("sqlite:///")]
+        if "://" not in self.artifacts_destination:
+            paths.append(Path(self.artifacts_destination))
+        if self.log_file is not None:
+            paths.append(self.log_file)
+        return paths
+
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         # The server's background job workers (seven by default) only serve GenAI
@@ -332,7 +351,7 @@ def upgrade_schema(backend_store_uri: str, env: dict[str, str] | None = None) ->
         [sys.executable, "-c",
          "import os; from mlflow.db import upgrade; "
          "upgrade.main([os.environ['MLFLOW_BACKEND_STORE_URI']], prog_name='mlflow db upgrade')"],
-        env=env, capture_output=True, text=True,
+        env=env, capture_output=True, text=True, umask=PRIVATE_UMASK,
     )
     if result.returncode != 0:
         raise ConfigError(
@@ -349,6 +368,14 @@ def redact(uri: str) -> str:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}"
     return uri
+
+
+def keep_private(paths: list[Path]) -> None:
+    """Set what already exists of `paths` to 0600 (files) or 0700 (folders: nothing inside can be
+    reached through them); what does not exist yet the server creates so itself."""
+    for path in paths:
+        if path.exists():
+            os.chmod(path, PRIVATE_FOLDER if path.is_dir() else PRIVATE_FILE)
 
 
 def is_healthy(url: str, timeout: float = 2.0) -> bool:
@@ -416,12 +443,14 @@ class TrackingServer:
             env.update(write_auth_config(self.config, env))
         check_database(self.config.backend_store_uri)
         check_artifacts_destination(self.config.artifacts_destination, env)
+        keep_private(self.config.private_paths())
         upgrade_schema(self.config.backend_store_uri, env)
         if self.config.console_output:
             out = None
         elif self.config.log_file:
             self.config.log_file.parent.mkdir(parents=True, exist_ok=True)
-            out = open(self.config.log_file, "ab")
+            out = os.fdopen(os.open(self.config.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE),
+                            "ab")
         else:
             out = subprocess.DEVNULL
         # The supervisor (tracking/supervisor.py) runs `mlflow server` and takes it and its workers
@@ -430,7 +459,7 @@ class TrackingServer:
                       *self.config.command()]
         self.process = subprocess.Popen(
             supervised, env=env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, umask=PRIVATE_UMASK,
         )
         where = ("see its output above" if self.config.console_output
                  else f"see {self.config.log_file}" if self.config.log_file else "its output was discarded")

@@ -205,12 +205,14 @@ class InProcessService:
         import uvicorn
 
         from kronos_rolling.serve.app import create_app
+        from kronos_rolling.serve.http import server_config
         from kronos_rolling.serve.service import PredictorService
-        self.service = PredictorService(load_settings(environ).serve)
+        settings = load_settings(environ).serve
+        self.service = PredictorService(settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self.service), host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(server_config(create_app(self.service), settings, host="127.0.0.1",
+                                                   port=self.port, log_level="warning"))
         self.thread = None
 
     def __enter__(self) -> "InProcessService":

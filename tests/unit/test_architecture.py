@@ -84,8 +84,8 @@ def test_no_mlflow_global_state_in_the_package():
     fluent = re.compile(r"mlflow\.(start_run|set_tracking_uri|set_experiment|log_\w+|register_model|"
                         r"set_tags?|active_run|end_run|get_tracking_uri|search_runs)\(|MlflowClient\(\)")
     # One exception: a pyfunc model's load_context is handed no registry by MLflow; when its
-    # caller passes none in model_config, it asks the registry MLflow itself resolved
-    # `models:/...` with, MLflow's current tracking URI.
+    # caller passes none in model_config, it verifies the version against the registry MLflow
+    # itself resolved `models:/...` with, MLflow's current tracking URI.
     allowed = {"tracking/pyfunc.py": "config.get(\"tracking_uri\") or mlflow.get_tracking_uri()"}
     offenders = []
     for path in PACKAGE.rglob("*.py"):

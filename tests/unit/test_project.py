@@ -27,9 +27,20 @@ def test_mlproject_is_generated_from_the_entry_points_with_the_settings_defaults
         assert list(entry.parameters) == [p.name for p in ENTRY_POINTS[name].parameters], name
         assert entry.command.startswith(f"python -m kronos_rolling.project {name} ")
     main = spec._entry_points["main"].parameters
-    assert main["epochs"].default == MODE_DEFAULTS["rolling"]["epochs"] and main["lr"].default == 5e-5
+    # The command's own defaults: empty epochs and lr leave the options out, so the mode's apply.
+    assert main["epochs"].default == "" and main["lr"].default == ""
+    assert f"the mode's ({MODE_DEFAULTS['rolling']['epochs']} rolling" in (REPO / "MLproject").read_text()
     assert main["lookback"].default == TrainConfig.lookback and main["horizon"].default == TrainConfig.horizon
-    assert spec._entry_points["pooled"].parameters["epochs"].default == MODE_DEFAULTS["pooled"]["epochs"]
+    assert main["years"].default == TrainConfig.years and main["years"].type == "float"
+    assert main["force"].default == "false" and spec._entry_points["pooled"].parameters["register"].default == "true"
+
+
+def test_the_parameters_are_the_commands_own_options():
+    """Declared once: every MLproject parameter's option words and default come from the click command."""
+    run = {p.name: p for p in project._command(("run",)).params}
+    for parameter in ENTRY_POINTS["main"].parameters:
+        click_name = {"data": "data_dir"}.get(parameter.name, parameter.name)
+        assert parameter.option.split("/")[0] in run[click_name].opts, parameter.name
 
 
 def test_the_cluster_variant_has_the_same_entry_points_in_docker():

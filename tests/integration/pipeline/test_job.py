@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -17,6 +18,7 @@ from support.training import job_context, small_config, small_eval
 
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import RegistryError
+from kronos_rolling.registry.integrity import IntegrityError
 from kronos_rolling.locks import training_lock
 from kronos_rolling.pipeline.job import monthly_job
 from kronos_rolling.pipeline.steps import TrainOutcome, register_step
@@ -212,9 +214,10 @@ def test_warm_start_prefers_the_class_then_pooled(jobs, env):
     assert default_warm_start("equity", env) == "models:/kronos-lora-pooled@production"
 
 
-def test_a_version_weighs_a_small_fraction_of_its_base_and_refers_to_it(jobs, env, tiny_base):
+def test_a_version_weighs_a_small_fraction_of_its_base_and_refers_to_it(jobs, env, tiny_base, tmp_path):
     crypto = jobs["crypto"]
-    source = fetch_adapter(f"models:/kronos-lora-crypto/{crypto.version}", Tracking.connect(env.tracking_uri))
+    source = fetch_adapter(f"models:/kronos-lora-crypto/{crypto.version}", Tracking.connect(env.tracking_uri),
+                           tmp_path)
     assert source.metadata["base"]["predictor_digest"], "the base is referenced by digest"
     assert not any(p.name == "model.safetensors" for p in source.bundle_dir.rglob("*")), "base weights copied"
 
@@ -452,3 +455,34 @@ def test_a_stale_production_is_withdrawn_by_the_monthly_check_and_rollback_still
     target = before.production or forced.version
     move = rollback(env, "crypto", target, reason="back after the withdrawal (test)", lock_dir=ctx.lock_dir)
     assert move.to_version == target and alias_state(env, "kronos-lora-crypto").production == target
+
+
+def test_a_job_removes_the_folders_it_downloads_into_on_success_and_on_failure(jobs, env, home, tiny_base, server,
+                                                                              tmp_path, monkeypatch):
+    """Warm starts and reference models are downloaded into a folder of the job's own, gone when it ends."""
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))  # where mkdtemp and TemporaryDirectory put folders
+    ctx = job_context(env.tracking_uri, KRONOS_HOME=str(home))
+    warm_start = "models:/kronos-lora-crypto/1"
+    trained = monthly_job(small_config(tiny_base, as_of="2018-07-01", epochs=1), ctx, warm_start=warm_start,
+                          eval_settings=small_eval(), check_due=False, progress=False)
+    assert trained.version and trained.outcome.compared_versions  # it downloaded its references
+    checked = monthly_job(small_config(tiny_base, as_of="2018-07-15"), ctx, eval_settings=small_eval(),
+                          progress=False)
+    assert not checked.due and checked.incumbent is not None  # the incumbent check downloaded production
+    assert sorted(p.name for p in system_temp.iterdir()) == []
+
+    # A job that fails after its download: the warm start fails verification.
+    model_id = env.get_model_version("kronos-lora-crypto", "1").source.rsplit("/", 1)[-1]
+    [stored] = [p for p in Path(server.config.artifacts_destination).rglob("metadata.json")
+                if model_id in str(p) and "adapter" in p.parts]
+    original = stored.read_bytes()
+    stored.write_bytes(original + b" ")
+    try:
+        with pytest.raises(IntegrityError, match="metadata.json does not match the sha256 recorded"):
+            monthly_job(small_config(tiny_base, as_of="2018-08-01", epochs=1), ctx, warm_start=warm_start,
+                        eval_settings=small_eval(), check_due=False, progress=False)
+    finally:
+        stored.write_bytes(original)
+    assert sorted(p.name for p in system_temp.iterdir()) == []

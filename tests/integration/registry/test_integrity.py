@@ -161,3 +161,87 @@ def test_a_calibration_that_would_reorder_quantiles_is_refused_even_with_matchin
                                              r"classes\.crypto\.scales must start at 0 and never decrease"):
         promote(client, CRYPTO, bad, "operator", lock_dir=lock_dir)
     assert alias_state(client, CRYPTO).production is None
+
+
+# ---- whole versions: the logged model's every file, code and MLmodel included ------------------------
+
+
+def stored_model_folder(tracking_server, client, version) -> Path:
+    """The folder of a registered version's logged model in the server's artifact store."""
+    model_id = re.search(r"m-[0-9a-f]+", client.get_model_version_download_uri(CRYPTO, version)).group(0)
+    [mlmodel] = [p for p in Path(tracking_server.config.artifacts_destination).rglob("MLmodel")
+                 if model_id in str(p)]
+    return mlmodel.parent
+
+
+@pytest.fixture
+def pyfunc_version(clean_registry, tiny_base):
+    from support.serve import register_version
+
+    return register_version(clean_registry, tiny_base, "crypto", seed=1)
+
+
+def test_registration_records_every_file_of_the_logged_model(clean_registry, pyfunc_version):
+    tags = clean_registry.get_model_version(CRYPTO, pyfunc_version).tags
+    recorded = {k.removeprefix("sha256.") for k in tags if k.startswith("sha256.")}
+    assert {"MLmodel", "pyfunc_model.py", "conda.yaml", "requirements.txt", "input_example.json",
+            "artifacts/adapter/adapter_model.safetensors", "artifacts/adapter/metadata.json"} <= recorded
+
+
+def test_code_injected_into_a_stored_version_never_runs_in_our_loaders_and_every_loader_refuses_it(
+        clean_registry, tracking_server, pyfunc_version, tmp_path, lock_dir):
+    from kronos_rolling.registry.integrity import load_pyfunc, verify_version
+
+    client = clean_registry
+    code = stored_model_folder(tracking_server, client, pyfunc_version) / "pyfunc_model.py"
+    marker = tmp_path / "injected-code-ran"
+    code.write_text(f"import pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n" + code.read_text())
+    refused = "pyfunc_model.py does not match the sha256 recorded at registration"
+    with pytest.raises(IntegrityError, match=refused):
+        verify_version(client, client.get_model_version(CRYPTO, pyfunc_version))
+    with pytest.raises(IntegrityError, match=refused):
+        load_pyfunc(client, f"models:/{CRYPTO}/{pyfunc_version}")
+    with pytest.raises(IntegrityError, match=refused):
+        promote(client, CRYPTO, pyfunc_version, "operator", lock_dir=lock_dir)
+    assert not marker.exists(), "a loader of ours ran the injected code"
+    # MLflow's own loader runs the file before the model's load_context can look (docs/operations.md):
+    # the load is still refused, naming the file.
+    with pytest.raises(IntegrityError, match=refused):
+        mlflow.pyfunc.load_model(f"models:/{CRYPTO}/{pyfunc_version}")
+    assert marker.exists()
+
+
+def test_mlflow_pyfunc_load_model_refuses_a_changed_file_or_mlmodel_naming_it(clean_registry, tracking_server,
+                                                                            pyfunc_version):
+    from kronos_rolling.registry.integrity import load_pyfunc
+
+    folder = stored_model_folder(tracking_server, clean_registry, pyfunc_version)
+    uri = f"models:/{CRYPTO}/{pyfunc_version}"
+    assert len(mlflow.pyfunc.load_model(uri).predict(sample_bars(), params={"pred_len": 2})) == 2
+    verified = load_pyfunc(clean_registry, uri)  # its download is gone once loaded: all of it is in memory
+    assert len(verified.predict(sample_bars(), params={"pred_len": 2})) == 2
+    weights = folder / "artifacts" / "adapter" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="artifacts/adapter/adapter_model.safetensors does not match the sha256"):
+        mlflow.pyfunc.load_model(uri)
+    example = folder / "input_example.json"
+    example.write_text(example.read_text().replace("timestamp", "TIMESTAMP"))
+    (folder / "MLmodel").write_text((folder / "MLmodel").read_text() + "# changed\n")
+    with pytest.raises(IntegrityError, match="the MLmodel of .* is no registered version's"):
+        mlflow.pyfunc.load_model(uri)
+
+
+def test_a_nan_version_is_refused_at_load_not_at_predict(clean_registry, tiny_base):
+    from support.serve import register_version
+
+    version = register_version(clean_registry, tiny_base, "crypto", seed=2, scale=float("nan"))
+    with pytest.raises(IntegrityError, match="non-finite value"):
+        mlflow.pyfunc.load_model(f"models:/{CRYPTO}/{version}")
+
+
+def sample_bars():
+    from support.serve import sample_frame
+
+    return sample_frame("BTCUSD", 48)

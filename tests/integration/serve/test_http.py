@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +129,9 @@ def service_env(registry, tiny_base, data_dir, home, **extra) -> dict[str, str]:
             "MLFLOW_TRACKING_URI": server.url, "KRONOS_DATA_DIR": str(data_dir), "KRONOS_API_TOKEN": TOKEN,
             "KRONOS_WEBHOOK_SECRET": SECRET, "KRONOS_SERVE_POLL_INTERVAL_S": "1", "KRONOS_SERVE_BUSY_CHECK_S": "0.3",
             "KRONOS_SERVE_MAX_BODY_BYTES": "200000", "KRONOS_SERVE_MAX_PRED_LEN": "32", "OMP_NUM_THREADS": "1",
-            "KRONOS_SERVE_INFERENCE_THREADS": "2",
+            "KRONOS_SERVE_INFERENCE_THREADS": "2", "KRONOS_SERVE_MAX_BATCH_WAIT_MS": "100",
+            # Shedding has a test of its own: here a loaded test machine must not turn requests away.
+            "KRONOS_SERVE_MAX_QUEUE_WAIT_S": "300",
             **extra}
 
 
@@ -432,8 +436,9 @@ def test_a_corrupt_download_is_refused_and_the_previous_version_kept(service, re
                                                                     alert_receiver):
     """Versions that may not serve reach @production around `promote` (the alias set by hand, as the
     MLflow UI does): a same-size NaN corruption of the stored adapter, a NaN adapter whose digests
-    match, an equity adapter registered under kronos-lora-crypto. The predictor refuses each, v1 keeps
-    answering, /health and /models list the refusal with its reason, and an alert goes out."""
+    match, an equity adapter registered under kronos-lora-crypto, code injected into a stored version's
+    pyfunc_model.py. The predictor refuses each, v1 keeps answering, /health and /models list the refusal
+    with its reason, and an alert goes out."""
     _, client, server_dir = registry
     source = client.get_model_version("kronos-lora-crypto", "3").source  # models:/m-<id>
     model_id = source.rsplit("/", 1)[-1]
@@ -446,13 +451,18 @@ def test_a_corrupt_download_is_refused_and_the_previous_version_kept(service, re
     assert stored.stat().st_size == size  # same size, same format: only the checksum can tell
     nan_adapter = register_version(client, tiny_base, "crypto", 14, scale=float("nan"))
     equity_adapter = register_version(client, tiny_base, "equity", 15, registered_as="crypto")
+    injected = register_version(client, tiny_base, "crypto", 16)
+    injected_id = client.get_model_version("kronos-lora-crypto", injected).source.rsplit("/", 1)[-1]
+    [code] = [p for p in (server_dir / "artifacts").rglob("pyfunc_model.py") if injected_id in str(p)]
+    code.write_text("import os; os.system('touch /tmp/kronos-injected')\n" + code.read_text())  # never run
 
     def refused() -> list:
         return requests.get(service.url + "/health", timeout=10).json()["refused"]
 
     for version, reason in (("3", "recorded at registration"),
                             (nan_adapter, "non-finite value"),
-                            (equity_adapter, "tagged asset_class=equity but the model serves crypto")):
+                            (equity_adapter, "tagged asset_class=equity but the model serves crypto"),
+                            (injected, "pyfunc_model.py does not match the sha256 recorded at registration")):
         client.set_registered_model_alias("kronos-lora-crypto", "production", version)
         [refusal] = wait_for(lambda v=version: [r for r in refused() if r["version"] == v], 20,
                              f"v{version} to be refused")
@@ -469,7 +479,8 @@ def test_a_corrupt_download_is_refused_and_the_previous_version_kept(service, re
                  f"the alert about v{version}")
     sent = [b["kronos"] for b in alert_receiver.bodies]
     assert {(a["event"], a["fields"]["version"]) for a in sent} == {
-        ("version_refused", "3"), ("version_refused", nan_adapter), ("version_refused", equity_adapter)}
+        ("version_refused", "3"), ("version_refused", nan_adapter), ("version_refused", equity_adapter),
+        ("version_refused", injected)}
     rollback(client, "crypto", to_version="1", reason="serve test: v3 is corrupt", lock_dir=lock_dir)
     wait_for(lambda: not refused(), 10, "the refusal to clear once production points at v1 again")
 
@@ -524,6 +535,160 @@ def test_predict_answers_one_request_through_the_same_selection(registry, tiny_b
     assert unknown.exit_code == 2 and "asset_classes.csv" in unknown.output and "Traceback" not in unknown.output
 
 
+def health_of(service) -> dict:
+    return requests.get(service.url + "/health", timeout=10).json()
+
+
+def assert_valid_bars(rows: list[dict]) -> None:
+    for row in rows:
+        top, bottom = max(row["open"], row["close"]), min(row["open"], row["close"])
+        assert row["high"] >= top >= bottom >= row["low"] > 0, row
+        assert row["volume"] >= 0 and row["amount"] >= 0, row
+
+
+def test_concurrent_requests_of_every_class_are_decoded_together_each_as_it_is_alone(service, tiny_base, data_dir):
+    symbols = ["BTCUSD", "EURUSD", "AAPL"] * 3
+    before = health_of(service)["queue"]["batches"]
+    with ThreadPoolExecutor(len(symbols)) as pool:
+        answers = list(pool.map(lambda symbol: ask(service, symbol), symbols))
+    batches = health_of(service)["queue"]["batches"] - before
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    labels = {"BTCUSD": (11, "crypto"), "EURUSD": (21, "forex_commodity"), "AAPL": (31, "pooled")}
+    for symbol, answer in zip(symbols, answers):
+        np.testing.assert_allclose(closes(answer.json()), expected(tiny_base, data_dir, symbol, *labels[symbol]),
+                                   rtol=1e-5)
+    assert batches < len(symbols), f"{len(symbols)} concurrent requests took {batches} decodes"
+
+
+def test_every_returned_row_is_a_valid_bar(service):
+    frame = sample_frame("BTCUSD", 256)
+    response = ask(service, "BTCUSD", frame, pred_len=32, samples=8, quantiles=True, top_k=0, seed=3)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_valid_bars(body["forecast"])
+    for band in body["quantiles"].values():
+        assert_valid_bars(band)
+
+
+def test_sampling_settings_are_bounded_with_a_422_naming_the_field(service):
+    for field, value in (("temperature", 1e-38), ("temperature", 1e-300), ("temperature", 1e9), ("top_k", 10**9),
+                         ("top_p", 0.0)):
+        response = ask(service, "BTCUSD", **{**GREEDY, field: value})
+        assert response.status_code == 422, (field, value, response.text)
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert ask(service, "BTCUSD", temperature=1e-3, top_k=0, seed=1).status_code == 200  # the smallest allowed
+
+
+def test_timestamps_outside_the_sane_range_are_row_named_and_fail_only_their_own_item(service):
+    def with_stamp(stamp: str) -> list[dict]:
+        bars = bars_json(FRAMES["BTCUSD"])
+        bars[7]["timestamp"] = stamp
+        return bars
+
+    url = service.url + "/forecast"
+    for stamp, problem in (("2300-01-01T00:00:00Z", "more than a year after now"),
+                           ("9999-12-31T23:00:00Z", "more than a year after now"),
+                           ("1969-12-31T00:00:00Z", "before 1970-01-01")):
+        response = requests.post(url, json={"symbol": "BTCUSD", "bars": with_stamp(stamp), "pred_len": 2},
+                                 headers=AUTH, timeout=30)
+        assert response.status_code == 422, response.text
+        [error] = response.json()["errors"]
+        assert error["field"] == "bars[7].timestamp" and problem in error["message"]
+    batch = requests.post(service.url + "/forecast/batch", headers=AUTH, timeout=30, json={
+        "items": [{"symbol": "BTCUSD", "bars": bars_json(FRAMES["BTCUSD"])},
+                  {"symbol": "BTCUSD", "bars": with_stamp("2300-01-01T00:00:00Z")},
+                  {"symbol": "EURUSD", "bars": bars_json(FRAMES["EURUSD"])}], "pred_len": 2, **GREEDY})
+    assert batch.status_code == 200, batch.text
+    good, bad, other = batch.json()["results"]
+    assert good["error"] is None and other["error"] is None and len(other["forecast"]) == 2
+    assert [e["field"] for e in bad["error"]["errors"]] == ["items[1].bars[7].timestamp"]
+
+
+def read_until_closed(sock: socket.socket, feed: bytes | None = None, every: float = 0.3) -> bytes:
+    """What the server sends until it closes the connection; `feed` is sent again every `every` s meanwhile."""
+    received = b""
+    sock.settimeout(every)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            if feed:
+                sock.sendall(feed)  # one more header line, as a slow client trickles them
+            continue
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError("the server kept the connection open for 30 s")
+
+
+def test_slow_and_partial_requests_are_closed_and_the_connection_limit_answers_503(
+        registry, versions, tiny_base, data_dir, tmp_path):
+    env = service_env(registry, tiny_base, data_dir, tmp_path / "timeouts-home", KRONOS_SERVE_HEADER_TIMEOUT_S="1.5",
+                      KRONOS_SERVE_BODY_TIMEOUT_S="1.5", KRONOS_SERVE_MAX_CONNECTIONS="4")
+    with InProcessService(env) as server:
+        address = ("127.0.0.1", server.port)
+        # Headers trickling in, a line every 0.3 s: closed 1.5 s after the first byte, with a 408.
+        with socket.create_connection(address) as slow:
+            started = time.monotonic()
+            slow.sendall(b"POST /forecast HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            answer = read_until_closed(slow, feed=b"X-Slow: 1\r\n")
+            elapsed = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408") and b"headers not received within 1.5s" in answer
+        assert 1.4 < elapsed < 10, elapsed
+        # A body announced as 100000 bytes of which 10 come: closed 1.5 s after the head, with a 408.
+        with socket.create_connection(address) as partial:
+            partial.sendall(b"POST /forecast HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                            b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 100000\r\n\r\n"
+                            b"0123456789")
+            answer = read_until_closed(partial)
+        assert answer.startswith(b"HTTP/1.1 408") and b"body not received within 1.5s" in answer
+        # Connections over the limit: a request gets 503 at once while three others hang.
+        hanging = [socket.create_connection(address) for _ in range(3)]
+        try:
+            for sock in hanging:
+                sock.sendall(b"GET /health HTTP/1.1\r\n")
+            assert requests.get(server.url + "/health", timeout=10).status_code == 503
+            for sock in hanging:
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 408")  # their time runs out
+        finally:
+            for sock in hanging:
+                sock.close()
+        assert ask(server, "BTCUSD").status_code == 200
+
+
+def test_beyond_the_queue_limit_a_request_gets_503_with_retry_after_at_once(registry, versions, tiny_base, data_dir,
+                                                                            tmp_path):
+    limit = 2.5
+    env = service_env(registry, tiny_base, data_dir, tmp_path / "shedding-home", KRONOS_SERVE_INFERENCE_THREADS="1",
+                      KRONOS_SERVE_MAX_QUEUE_WAIT_S=str(limit), KRONOS_SERVE_MAX_BATCH_WAIT_MS="0")
+    heavy = {"symbol": "BTCUSD", "bars": bars_json(sample_frame("BTCUSD", 128)), "pred_len": 16, "samples": 8,
+             "seed": 1}
+
+    def post(_=None):
+        started = time.monotonic()
+        response = requests.post(server.url + "/forecast", json=heavy, headers=AUTH, timeout=120)
+        return response, time.monotonic() - started
+
+    with InProcessService(env) as server:
+        post()  # warm: the first decode allocates
+        first, single = post()  # the queue judges by the rate of the decodes so far
+        assert first.status_code == 200, first.text
+        assert health_of(server)["queue"]["work_per_s"] > 0
+        assert single < limit / 3, f"one request took {single:.2f}s: too slow a machine for this test's limit"
+        with ThreadPoolExecutor(24) as pool:
+            outcomes = list(pool.map(post, range(24)))
+        assert health_of(server)["queue"]["shed"] == sum(r.status_code == 503 for r, _ in outcomes)
+    answered = [seconds for response, seconds in outcomes if response.status_code == 200]
+    shed = [(response, seconds) for response, seconds in outcomes if response.status_code == 503]
+    assert answered and shed, [r.status_code for r, _ in outcomes]
+    assert all(r.status_code in (200, 503) for r, _ in outcomes)
+    for response, seconds in shed:
+        assert int(response.headers["Retry-After"]) >= 1 and "queue is full" in response.json()["detail"]
+        assert seconds < min(limit, max(answered)), (seconds, max(answered))  # at once, not after a wait
+    assert max(answered) < limit + 2 * single  # admitted requests are answered about within the limit
+
+
 def test_registry_outage_keeps_serving_then_a_cold_start_uses_the_verified_cache(
         service, registry, tiny_base, data_dir, home, lock_dir):
     server, client, _ = registry
@@ -544,6 +709,12 @@ def test_registry_outage_keeps_serving_then_a_cold_start_uses_the_verified_cache
     health = wait_for(lambda: (lambda h: h if h["registry"]["stale"] else None)(
         requests.get(service.url + "/health", timeout=10).json()), 15, "the service to notice the outage")
     assert health["status"] == "degraded" and "unreachable" in health["registry"]["reason"]
+    # The reason names the start of the outage, however many polls fail after it.
+    started = health["registry"]["failing_since"]
+    assert health["registry"]["reason"] == f"the registry has been unreachable since {started}"
+    later = wait_for(lambda: (lambda h: h if h["registry"]["last_failure_at"] > started else None)(
+        requests.get(service.url + "/health", timeout=10).json()), 15, "another failed poll")
+    assert later["registry"]["failing_since"] == started and started in later["registry"]["reason"]
     answer = ask(service, "BTCUSD")
     assert answer.status_code == 200 and answer.json()["model"]["version"] == "1"
     assert any("registry stale" in w for w in answer.json()["warnings"])
@@ -552,8 +723,8 @@ def test_registry_outage_keeps_serving_then_a_cold_start_uses_the_verified_cache
 
     # Cold start, registry still down: the cache of the last resolved versions, each file verified.
     forex = served["forex_commodity"]
-    cached = (home / "predictor-cache" / forex["registered_model"] / forex["version"] / "bundle"
-              / "adapter_model.safetensors")
+    cached = (home / "predictor-cache" / forex["registered_model"] / forex["version"] / "model" / "artifacts"
+              / "adapter" / "adapter_model.safetensors")
     data = bytearray(cached.read_bytes())
     data[-10] ^= 0xFF
     cached.write_bytes(bytes(data))

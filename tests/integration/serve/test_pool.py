@@ -19,6 +19,8 @@ from support.serve import (
 )
 
 from kronos_rolling.model.base import BaseModelRef
+from kronos_rolling.model.forecast import ForecastGroup
+from kronos_rolling.model.lora import BASE_ROWS
 from kronos_rolling.serve.integrity import bundle_digest
 from kronos_rolling.serve.pool import AdapterPool
 
@@ -51,11 +53,15 @@ def install(pool: AdapterPool, label: str, version: str, bundle) -> None:
 
 
 def forecast(pool: AdapterPool, label: str | None, event_ids=None) -> tuple[str | None, np.ndarray]:
-    def work(adapter, forecaster):
-        result = forecaster.forecast(FRAME, PRED_LEN, event_ids=event_ids, **GREEDY)
+    def work(adapters, names, forecaster):
+        adapter = adapters[0]
+        group = ForecastGroup([FRAME], seed=GREEDY["seed"], adapter=names[0],
+                              event_embedding=adapter.event_embedding if adapter else None,
+                              event_ids=None if event_ids is None else [event_ids])
+        [[result]] = forecaster.forecast_groups([group], PRED_LEN, top_k=GREEDY["top_k"])
         return (adapter.version if adapter else None), result.mean["close"].to_numpy()
 
-    return pool.run(lambda served: served[label] if label else None, work)
+    return pool.run(lambda served: [served[label] if label else None], work)
 
 
 def alone(tiny_base, data_dir, seed):
@@ -71,46 +77,31 @@ def event_ids(pool_label_vocab, data_dir):
                                                            pool_label_vocab)
 
 
-def layers_run(pool: AdapterPool) -> str | None:
-    """The adapter a LoRA layer of the base runs now (None: adapters disabled)."""
-    layer = pool.peft.base_model.model.transformer[0].self_attn.q_proj
-    return None if layer.disable_adapters else layer.active_adapters[0]
-
-
-def test_forecasts_on_one_adapter_overlap_and_a_switch_waits_for_them(tiny_base, bundles):
+def test_forecasts_run_one_at_a_time_each_with_the_adapters_it_picked(tiny_base, bundles):
+    """The batcher decodes one batch after another; the pool holds any other caller until one ends."""
     pool = AdapterPool(BaseModelRef.resolve(str(tiny_base)), "cpu")
     install(pool, "crypto", "1", bundles[1])
     install(pool, "pooled", "1", bundles[4])
-    spans: dict[str, tuple[float, float]] = {}
+    spans: dict[str, tuple[float, float, list]] = {}
+    picks = {"a1": ["crypto"], "a2": ["crypto", "pooled"], "b": ["pooled"], "base": [None, "crypto"]}
 
-    def job(name: str, label: str | None, delay: float):
-        time.sleep(delay)
-
-        def work(adapter, forecaster):
+    def job(name: str):
+        def work(adapters, names, forecaster):
             started = time.perf_counter()
-            active = layers_run(pool)
-            time.sleep(0.3)
-            spans[name] = (started, time.perf_counter(), active)
+            time.sleep(0.2)
+            spans[name] = (started, time.perf_counter(), names)
 
-        pool.run(lambda served: served[label] if label else None, work)
+        pool.run(lambda served: [served[label] if label else None for label in picks[name]], work)
 
-    threads = [threading.Thread(target=job, args=args) for args in
-               (("a1", "crypto", 0.0), ("a2", "crypto", 0.05), ("b", "pooled", 0.1), ("a3", "crypto", 0.15),
-                ("base", None, 0.2))]
+    threads = [threading.Thread(target=job, args=(name,)) for name in picks]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-
-    def overlap(x, y):
-        return spans[x][0] < spans[y][1] and spans[y][0] < spans[x][1]
-
-    assert overlap("a1", "a2")  # same adapter: together
-    assert not overlap("a1", "b") and not overlap("a2", "b") and not overlap("b", "base")
-    assert spans["b"][0] >= max(spans["a1"][1], spans["a2"][1])  # the switch waited for them
-    assert spans["a3"][0] >= spans["b"][0]  # a3 came after pooled asked: it did not jump the queue
-    assert [spans[n][2] for n in ("a1", "a2", "b", "a3", "base")] == [
-        "crypto-v1", "crypto-v1", "pooled-v1", "crypto-v1", None]
+    ordered = sorted(spans.values())
+    assert all(earlier[1] <= later[0] for earlier, later in zip(ordered, ordered[1:]))  # never two at once
+    assert {name: spans[name][2] for name in picks} == {
+        "a1": ["crypto-v1"], "a2": ["crypto-v1", "pooled-v1"], "b": ["pooled-v1"], "base": [BASE_ROWS, "crypto-v1"]}
 
 
 def test_swaps_during_concurrent_forecasts_never_fail_or_mix_versions(tiny_base, bundles, data_dir):

@@ -73,7 +73,7 @@ def test_no_planted_pickle_runs_in_any_loader(clean_registry, tiny_base, tmp_pat
         client.finalize_logged_model(logged.model_id, "READY")
     version = register_adapter_model(client, "kronos-lora-crypto", f"models:/{logged.model_id}", run.run_id,
                                      tags={"asset_class": "crypto"}, description="planted pickles", await_s=60)
-    assert "sha256.adapter_model.bin" in version.tags, "the planted files are part of the registered version"
+    assert "sha256.artifacts/adapter/adapter_model.bin" in version.tags, "the planted files are part of the version"
 
     model = mlflow.pyfunc.load_model(f"models:/kronos-lora-crypto/{version.version}")
     assert len(model.predict(sample_frame("BTCUSD", 48), params={"pred_len": 2})) == 2

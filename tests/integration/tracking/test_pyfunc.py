@@ -16,7 +16,7 @@ from support import REPO
 from support.serve import mlflow_model_server, register_version, set_production
 
 from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
-from kronos_rolling.errors import DataError
+from kronos_rolling.errors import ConfigError, DataError
 from kronos_rolling.tracking.server import free_port
 
 README = (REPO / "README.md").read_text()
@@ -35,11 +35,36 @@ def bars(symbol: str, n: int = 48) -> pd.DataFrame:
     return DataStore(BUNDLED_DATA_DIR).load(symbol).tail(n).reset_index(drop=True)
 
 
-def test_the_signature_makes_volume_amount_and_symbol_optional(production):
-    inputs = {spec.name: spec for spec in production.metadata.signature.inputs.inputs}
-    assert [name for name, spec in inputs.items() if spec.required] == ["timestamp", "open", "high", "low", "close"]
-    assert {"volume", "amount", "symbol"} <= set(inputs)
-    assert production.metadata.signature.params is not None
+def test_the_signature_holds_params_and_output_and_leaves_the_input_to_the_bar_validator(production):
+    """MLflow's own input check matches column names by case and answers with a dump of the input."""
+    signature = production.metadata.signature
+    assert signature.inputs is None
+    assert {spec.name for spec in signature.params.params} >= {"pred_len", "temperature", "top_k", "top_p"}
+    outputs = {spec.name: spec for spec in signature.outputs.inputs}
+    assert [name for name, spec in outputs.items() if not spec.required] == ["symbol", "close_p10", "close_p50",
+                                                                             "close_p90"]
+
+
+def test_column_names_are_case_insensitive_and_errors_name_the_field_not_the_input(production):
+    btc = bars("BTCUSD").assign(symbol="BTCUSD")
+    want = production.predict(btc, params={"pred_len": 3, "top_k": 1})
+    shouting = btc.rename(columns=str.upper)
+    got = production.predict(shouting, params={"pred_len": 3, "top_k": 1})
+    pd.testing.assert_frame_equal(got, want)
+    mixed = btc.rename(columns={"timestamp": "Timestamp", "open": "Open", "symbol": "Symbol"})
+    pd.testing.assert_frame_equal(production.predict(mixed, params={"pred_len": 3, "top_k": 1}), want)
+
+    with pytest.raises(DataError) as caught:
+        production.predict(shouting.drop(columns=["CLOSE"]))
+    message = str(caught.value)
+    assert "missing column(s) close" in message and len(message) < 600
+    assert f"{btc['open'].iloc[0]}" not in message  # no values of the input
+    with pytest.raises(ConfigError, match="temperature must be between"):
+        production.predict(btc, params={"pred_len": 2, "temperature": 1e-38})
+    late = btc.assign(timestamp=btc["timestamp"].astype("datetime64[us, UTC]"))  # nanoseconds end in 2262
+    late.loc[late.index[5], "timestamp"] = pd.Timestamp("2300-01-01", tz="UTC")
+    with pytest.raises(DataError, match=r"symbol BTCUSD, row 5, column 'timestamp': timestamp more than a year after"):
+        production.predict(late)
 
 
 def test_the_input_the_readme_documents_is_accepted(production):

@@ -25,6 +25,7 @@ from kronos_rolling.errors import ModelError
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.config import MODEL_SIZES
 from kronos_rolling.model.events import EventEmbedding
+from kronos_rolling.model.forecast import ForecastGroup
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer
 from kronos_rolling.serve.app import create_app
@@ -73,12 +74,18 @@ def install(pool: AdapterPool, label: str, version: str, bundle) -> None:
                  digest=bundle_digest(bundle), source="registry")
 
 
-def forecast(pool: AdapterPool, label: str | None, event_ids=None) -> tuple[str | None, np.ndarray]:
-    def work(adapter, forecaster):
-        result = forecaster.forecast(FRAME, PRED_LEN, event_ids=event_ids, **GREEDY)
-        return (adapter.version if adapter else None), result.mean["close"].to_numpy()
+def group(adapter, name, event_ids=None) -> ForecastGroup:
+    return ForecastGroup([FRAME], seed=GREEDY["seed"], adapter=name,
+                         event_embedding=adapter.event_embedding if adapter else None,
+                         event_ids=None if event_ids is None else [event_ids])
 
-    return pool.run(lambda served: served[label] if label else None, work)
+
+def forecast(pool: AdapterPool, label: str | None, event_ids=None) -> tuple[str | None, np.ndarray]:
+    def work(adapters, names, forecaster):
+        [[result]] = forecaster.forecast_groups([group(adapters[0], names[0], event_ids)], PRED_LEN, top_k=1)
+        return (adapters[0].version if adapters[0] else None), result.mean["close"].to_numpy()
+
+    return pool.run(lambda served: [served[label] if label else None], work)
 
 
 def alone(tiny_base, data_dir, seed):
@@ -97,7 +104,7 @@ def event_ids(pool_label_vocab, data_dir):
 def storage_bytes(pool: AdapterPool) -> tuple[int, int]:
     """(bytes of distinct parameter storages, bytes of LoRA + event-embedding parameters)."""
     seen, total, adapters = set(), 0, 0
-    modules = [pool.peft] + [a.forecaster.event_embedding for a in pool.served.values()]
+    modules = [pool.peft] + [a.event_embedding for a in pool.served.values()]
     for module in modules:
         for name, p in module.named_parameters():
             if p.data_ptr() in seen:
@@ -138,35 +145,54 @@ def test_more_adapters_add_only_their_own_weights_never_another_base(tiny_base, 
     assert one - one_adapter == base
 
 
-def test_forecasts_queued_behind_a_swap_of_their_own_adapter_go_on_with_the_new_version(tiny_base, bundles):
-    """Waiters queued for v1 find v2 after the swap: their stale places must not block them."""
+def test_a_swap_waits_for_the_running_forecast_and_forecasts_after_it_get_the_new_version(tiny_base, bundles):
+    """A forecast decodes wholly before or wholly after a swap; none is stuck at the gate."""
     pool = AdapterPool(BaseModelRef.resolve(str(tiny_base)), "cpu")
     install(pool, "crypto", "1", bundles[1])
     release, started, versions = threading.Event(), threading.Event(), []
 
-    def slow(adapter, forecaster):
+    def slow(adapters, names, forecaster):
         started.set()
         release.wait(10)
-        return adapter.version
+        return adapters[0].version
 
-    first = threading.Thread(target=lambda: versions.append(pool.run(lambda served: served["crypto"], slow)))
+    first = threading.Thread(target=lambda: versions.append(pool.run(lambda served: [served["crypto"]], slow)))
     first.start()
     assert started.wait(10)
     swap = threading.Thread(target=install, args=(pool, "crypto", "2", bundles[2]))
     swap.start()
-    while not pool._swaps_waiting:
+    while not pool._swaps_waiting:  # the swap waits for the forecast that runs
         time.sleep(0.01)
+    assert pool.served["crypto"].version == "1"
+    # Started while the swap waits: they wait for it too, then run on v2.
     waiters = [threading.Thread(target=lambda: versions.append(forecast(pool, "crypto")[0])) for _ in range(2)]
     for thread in waiters:
         thread.start()
-    while pool._waiting.get("crypto-v1", 0) < 2:  # both queued for the adapter the swap replaces
-        time.sleep(0.01)
     release.set()
     for thread in (first, swap, *waiters):
         thread.join(timeout=30)
         assert not thread.is_alive(), "a forecast or the swap is stuck at the gate"
     assert sorted(versions) == ["1", "2", "2"]
-    assert not pool._waiting and pool._running == 0
+    assert not pool._running and not pool._swaps_waiting
+
+
+def test_one_forecast_serves_groups_of_different_adapters_and_the_bare_base(tiny_base, bundles, data_dir):
+    """Requests for different classes share one decode: each group as its own adapter answers it alone."""
+    pool = AdapterPool(BaseModelRef.resolve(str(tiny_base)), "cpu")
+    for label, seed in (("crypto", 1), ("equity", 3)):
+        install(pool, label, "1", bundles[seed])
+    ids = {label: event_ids(pool.served[label].vocabulary, data_dir) for label in ("crypto", "equity")}
+
+    def work(adapters, names, forecaster):
+        groups = [group(adapter, name, None if adapter is None else ids[adapter.label])
+                  for adapter, name in zip(adapters, names)]
+        return forecaster.forecast_groups(groups, PRED_LEN, top_k=1)
+
+    together = pool.run(lambda served: [served["crypto"], None, served["equity"]], work)
+    got = [outcome[0].mean["close"].to_numpy() for outcome in together]
+    np.testing.assert_allclose(got[0], alone(tiny_base, data_dir, 1), rtol=1e-5)
+    np.testing.assert_allclose(got[1], alone(tiny_base, data_dir, None), rtol=1e-5)
+    np.testing.assert_allclose(got[2], alone(tiny_base, data_dir, 3), rtol=1e-5)
 
 
 def test_a_bundle_that_does_not_fit_the_base_is_refused_and_the_previous_version_kept(
