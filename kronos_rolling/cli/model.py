@@ -12,8 +12,7 @@ import click
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.cli.options import data_option, settings_of
 from kronos_rolling.errors import ModelError
-from kronos_rolling.model.config import MODEL_SIZES
-from kronos_rolling.model.generate import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
+from kronos_rolling.model.config import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE, MODEL_SIZES
 from kronos_rolling.training.pretrain.config import DEFAULT_UNTIL, PretrainConfig
 
 
