@@ -11,12 +11,16 @@ child started through any library, not only the tests' own `subprocess` calls.
 from __future__ import annotations
 
 import sys
+import threading
 
 import pytest
 
 # The audit events of starting a process (multiprocessing's fork and spawn go through these too).
 PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.posix_spawnp",
                             "os.system", "os.exec", "os.spawn", "pty.spawn"})
+
+
+MAIN = threading.main_thread()  # pytest runs every test in it
 
 
 class _Started:
@@ -27,7 +31,9 @@ class _Started:
 
 
 def _audit(event: str, args: tuple) -> None:
-    if _Started.commands is not None and event in PROCESS_EVENTS:
+    # The test's own thread only: a thread left running by an earlier (integration) test in the same
+    # worker is not this test's doing.
+    if _Started.commands is not None and event in PROCESS_EVENTS and threading.current_thread() is MAIN:
         _Started.commands.append(f"{event} {args[:2]!r}")
 
 
