@@ -25,9 +25,13 @@ services:
 	bash scripts/test-services.sh
 
 # Everything, with the slowest tests listed. Safe while the demo's server holds port 5000: every
-# test uses free ports and its own KRONOS_HOME.
+# test uses free ports and its own KRONOS_HOME. Spread over TEST_WORKERS processes (pytest-xdist):
+# one test at a time to whichever is free, a module's tests together where they share a
+# module-scoped fixture (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: setup services
-	$(BIN)/python -m pytest --durations=30
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
 # During development: tests/unit only (no servers, no processes, no training), under a minute.
 test-fast: setup

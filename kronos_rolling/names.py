@@ -15,7 +15,7 @@ Registered-model tags (and description: the audit trail as a table, registry/his
 Version tags
     at registration (pipeline/steps.register_step): asset_class, as_of, train_window, val_span,
     val_mae, val_nll, val_sharpe, warm_start, calibration; sha256.<file> per adapter file
-    (tracking/pyfunc.register_adapter_model), checked before a version serves (registry/integrity.py);
+    (tracking/pyfunc.register_adapter_model), checked before a version serves (tracking/integrity.py);
     from the guard's decision, the few a person reads (registry/promotion.GUARD_VERSION_TAGS:
     guard_decision, guard_reason, guard_reference, vs_reference_diff[_lo|_hi], val_mae_skill,
     production_version; regression_alert / negative_skill_alert when raised; every figure is in

@@ -29,6 +29,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import click
 
@@ -89,10 +90,13 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
-def exposed(path: tuple[str, ...], *names: str | tuple[str, str, str]) -> tuple[Parameter, ...]:
+def exposed(path: tuple[str, ...], *names: str | tuple[str, str, str],
+            defaults: Mapping[str, object] | None = None) -> tuple[Parameter, ...]:
     """MLproject parameters for options of the `kronos-rolling` command at `path`, each named by
     its click parameter (or (MLproject name, click name, comment)). The option, its default and
-    its type come from the command's own declaration (cli/): the parameters are declared once."""
+    its type come from the command's own declaration (cli/): the parameters are declared once.
+    `defaults`: by click name, what an option left empty resolves to for this entry point (the
+    mode's epochs and lr), written as the default so the run records the value used."""
     command = _command(path)
     params = {p.name: p for p in command.params if isinstance(p, click.Option)}
     context = click.Context(command)
@@ -100,7 +104,7 @@ def exposed(path: tuple[str, ...], *names: str | tuple[str, str, str]) -> tuple[
     for item in names:
         name, click_name, comment = (item, item, "") if isinstance(item, str) else item
         option = params[click_name]
-        default = _text(option.get_default(context))
+        default = _text((defaults or {}).get(click_name, option.get_default(context)))
         if option.is_flag:
             off = option.secondary_opts[0] if option.secondary_opts else ""
             found.append(Parameter(name, f"{option.opts[0]}/{off}", default, "switch", comment))
@@ -118,10 +122,10 @@ TRAINING = (
     ("as_of", "as_of", "YYYY-MM-DD; empty: today, UTC"),
     ("data", "data_dir", "data folder (absolute); empty: KRONOS_DATA_DIR or bundled"),
     ("base_model", "base_model", "folder or hub id; empty: KRONOS_BASE_MODEL"),
-    ("epochs", "epochs", "empty: the mode's (%s rolling, %s pooled)" % (MODE_DEFAULTS["rolling"]["epochs"],
-                                                                       MODE_DEFAULTS["pooled"]["epochs"])),
-    ("lr", "lr", "empty: the mode's (%g rolling, %g pooled)" % (MODE_DEFAULTS["rolling"]["lr"],
-                                                               MODE_DEFAULTS["pooled"]["lr"])),
+    ("epochs", "epochs", "the mode's default: %s rolling, %s pooled" % (MODE_DEFAULTS["rolling"]["epochs"],
+                                                                      MODE_DEFAULTS["pooled"]["epochs"])),
+    ("lr", "lr", "the mode's default: %g rolling, %g pooled" % (MODE_DEFAULTS["rolling"]["lr"],
+                                                              MODE_DEFAULTS["pooled"]["lr"])),
     ("note", "note", "why settings depart from the defaults (recorded on the run)"),
     "batch_size", "lookback", "horizon",
     ("stride", "stride", "bars between training samples"),
@@ -141,10 +145,12 @@ ENTRY_POINTS = {
             ("run",), ("asset_class", "asset_class", " | ".join(ASSET_CLASSES)), *TRAINING,
             ("warm_start", "warm_start", "auto | none | models:/NAME@ALIAS | runs:/ID/adapter | folder"),
             ("force", "force", "true: retrain even when the cadence says not due"),
+            defaults=MODE_DEFAULTS["rolling"],
         ), "One class's monthly job: due (cadence)? then fine-tune, evaluate, register, guard, alert,\n"
            "retain. Not due: exits 0 saying when the next retrain is.", label="{asset_class}"),
         EntryPoint("pooled", ("train", "pooled"), exposed(
             ("train", "pooled"), *TRAINING, ("register", "register", "false: train and log the run only"),
+            defaults=MODE_DEFAULTS["pooled"],
         ), "The pooled adapter: every class, fresh adapter; registered as kronos-lora-pooled and guarded\n"
            "against the bare base. Launch with --experiment-name kronos-rolling/pooled.", label="pooled"),
         EntryPoint("simulate", ("simulate",), exposed(

@@ -25,17 +25,38 @@ from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_po
 
 # Keep tests quiet and small: no telemetry, no background server jobs.
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+# Under pytest-xdist (`make test`: one worker per core) a worker and the processes it starts compute
+# on one thread each, so the workers do not oversubscribe the cores (set before torch is imported).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Everything under tests/integration/ is slow: it needs a server, a process or a training run."""
-    integration = Path(__file__).parent / "integration"
+    """Everything under tests/integration/ is slow: it needs a server, a process or a training run.
+
+    `make test` spreads the tests over the cores (pytest-xdist, `--dist loadgroup`), one test at a
+    time, except that the tests of a module sharing a module-scoped fixture (a trained job, a
+    running service) form one group on one worker, so that fixture is built once."""
+    tests = Path(__file__).parent
     for item in items:
-        if integration in Path(str(item.path)).parents:
+        path = Path(str(item.path))
+        if tests / "integration" in path.parents:
             item.add_marker(pytest.mark.slow)
+        if _uses_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(str(path.relative_to(tests))))
+
+
+def _uses_a_module_fixture(item) -> bool:
+    """Whether the test, or a fixture it uses, needs a module- or class-scoped fixture."""
+    info = getattr(item, "_fixtureinfo", None)  # pytest's resolved fixture closure of the test
+    if info is None:
+        return True  # cannot tell: keep the module together, which is always correct
+    return any(definitions[-1].scope in ("module", "class", "package")
+               for definitions in info.name2fixturedefs.values())
 
 
 @pytest.fixture(autouse=True)
@@ -144,8 +165,13 @@ def kronos_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def pretrained_base(tmp_path_factory):
-    """A tiny base pre-trained (briefly) on the bundled history before 2017-01-01."""
+def pretrained_base(tmp_path_factory, worker_id):
+    """A tiny base pre-trained (briefly) on the bundled history before 2017-01-01, built once per
+    run: pytest-xdist's workers share it through the run's common temp folder (the first to need
+    it builds it, under a file lock)."""
     from support.pretrained import pretrained_tiny_base
 
-    return pretrained_tiny_base(tmp_path_factory.getbasetemp() / "pretrained-tiny-base")
+    folder = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # getbasetemp() is the worker's own folder inside the run's
+        folder = folder.parent
+    return pretrained_tiny_base(folder / "pretrained-tiny-base")

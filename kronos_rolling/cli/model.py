@@ -12,8 +12,7 @@ import click
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.cli.options import connect, data_option, settings_of, tracking_uri_option
 from kronos_rolling.errors import ModelError
-from kronos_rolling.model.config import MODEL_SIZES
-from kronos_rolling.model.generate import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
+from kronos_rolling.model.config import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE, MODEL_SIZES
 from kronos_rolling.training.pretrain.config import DEFAULT_UNTIL, PretrainConfig
 
 
@@ -114,7 +113,7 @@ def forecast(model_source, tokenizer_source, adapter, tracking_uri, csv_path, pr
     if adapter is not None:
         import tempfile
 
-        from kronos_rolling.registry.integrity import fetch_verified
+        from kronos_rolling.tracking.integrity import fetch_verified
         from kronos_rolling.tracking.adapters import calibration_of, load_forecast_model
 
         tracking = None if Path(adapter).expanduser().is_dir() else connect(tracking_uri)

@@ -1,6 +1,6 @@
 """`kronos-rolling serve` and `kronos-rolling predict`.
 
-`python -m kronos_rolling.serve serve|predict ...` runs the same commands.
+`python -m kronos_rolling.cli serve|predict ...` runs the same commands.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import click
 import pandas as pd
 
 from kronos_rolling.cli.options import configure_mlflow, settings_of
-from kronos_rolling.model.generate import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
+from kronos_rolling.model.config import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
 from kronos_rolling.settings import DEFAULT_PORT, DEFAULT_SERVE_PORT, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def serve(host, port, poll_interval_s, log_level, base_model, tracking_uri, data
                          device=device, inference_guard=inference_guard, poll_interval_s=poll_interval_s)
     if host not in LOOPBACK and settings.api_token is None:
         log.warning("binding %s without KRONOS_API_TOKEN: anyone who reaches this port can use the service", host)
-    if not logging.getLogger().handlers:  # `python -m kronos_rolling.serve`: the main group did not set logging up
+    if not logging.getLogger().handlers:  # called without the main group (which sets logging up)
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(log_level.upper())
     service = PredictorService(settings)
@@ -113,11 +113,8 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
     from kronos_rolling.data.bars import read_bars_file
     from kronos_rolling.data.store import DataStore
     from kronos_rolling.names import POOLED
-    from kronos_rolling.serve.service import (
-        ForecastOptions,
-        PredictorService,
-        SeriesInput,
-    )
+    from kronos_rolling.serve.forecasting import ForecastOptions, SeriesInput
+    from kronos_rolling.serve.service import PredictorService
 
     now = datetime.now(timezone.utc)
     bars = read_bars_file(csv_path, now=pd.Timestamp(now))

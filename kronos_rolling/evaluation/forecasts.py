@@ -17,7 +17,7 @@ from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.data.features import STD_EPS
 from kronos_rolling.evaluation.samples import CLOSE, EvaluationSamples
 from kronos_rolling.model.events import EventEmbedding
-from kronos_rolling.model.generate import _eval_mode, _unwrap, generate
+from kronos_rolling.model.generate import eval_mode, unwrap, generate
 
 
 @dataclass
@@ -81,12 +81,12 @@ def token_nll(model: ForecastModel, samples: EvaluationSamples) -> np.ndarray:
     with a causal s2 cross-attention (training's inner validation loss does the same).
     """
     settings = samples.settings
-    kronos = _unwrap(model.model)
+    kronos = unwrap(model.model)
     remap = _vocabulary_map(samples, model)
     device = next(kronos.parameters()).device
     lookback, horizon = settings.lookback, settings.horizon
     out = []
-    with _eval_mode(model.model, model.tokenizer):
+    with eval_mode(model.model, model.tokenizer):
         for batch in _batches(samples):
             x = batch["x"].to(device)
             s1, s2 = model.tokenizer.encode(x, half=True)

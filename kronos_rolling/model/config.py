@@ -17,6 +17,15 @@ from kronos_rolling.errors import ModelError
 # architecture, not a config field), so d_model must split into 4 heads as well.
 DEPENDENCY_LAYER_HEADS = 4
 
+# The sampling settings every entry point accepts (HTTP, the pyfunc model, the CLI), here
+# without torch so that `--help` stays light. With
+# the logits shifted to their maximum before the division (`generate.sample_tokens`), any of these
+# values gives finite probabilities; outside them a forecast is either NaN (a temperature
+# of 1e-38 is 0 in float32) or meaningless.
+MIN_TEMPERATURE = 1e-3
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K = 1 << 16
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:

@@ -35,7 +35,7 @@ from kronos_rolling.errors import ConfigError, DataError, ModelError
 from kronos_rolling.model.config import default_max_context
 from kronos_rolling.model.device import resolve_device
 from kronos_rolling.model.events import EventEmbedding
-from kronos_rolling.model.generate import RowSeeds, _unwrap, check_pair, check_sampling, generate
+from kronos_rolling.model.generate import RowSeeds, unwrap, check_pair, check_sampling, generate
 from kronos_rolling.model.lora import BASE_ROWS, rows_by_adapter
 from kronos_rolling.model.quantiles import path_quantiles, quantile_levels, quantile_name
 from kronos_rolling.model.tokenizer import KronosTokenizer
@@ -215,7 +215,7 @@ class Forecaster:
 
     def __init__(self, model, tokenizer: KronosTokenizer, device: str = "auto", max_context: int | None = None,
                  event_embedding: EventEmbedding | None = None, precision: str = "float32"):
-        kronos = _unwrap(model)
+        kronos = unwrap(model)
         check_pair(kronos, tokenizer)
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; use one of {sorted(PRECISIONS)}")

@@ -33,6 +33,7 @@ from kronos_rolling.data.features import (
 )
 from kronos_rolling.errors import ConfigError, DataError, ModelError
 from kronos_rolling.model.events import EventEmbedding
+from kronos_rolling.model.config import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.layers import Groups, KVCache, first_rows, transposed_weights
 from kronos_rolling.model.tokenizer import KronosTokenizer
@@ -49,13 +50,6 @@ def check_pair(model: Kronos, tokenizer: KronosTokenizer) -> None:
         )
 
 
-# The sampling settings every entry point accepts (HTTP, the pyfunc model, the CLI). With
-# the logits shifted to their maximum before the division (`sample_tokens`), any of these
-# values gives finite probabilities; outside them a forecast is either NaN (a temperature
-# of 1e-38 is 0 in float32) or meaningless.
-MIN_TEMPERATURE = 1e-3
-MAX_TEMPERATURE = 100.0
-MAX_TOP_K = 1 << 16
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, samples: int | Sequence[int]) -> None:
@@ -141,7 +135,7 @@ def _make_generator(seeding: Seeding, device: torch.device, rows: int):
     return generator
 
 
-def _unwrap(model) -> Kronos:
+def unwrap(model) -> Kronos:
     """The Kronos inside a peft wrapper (LoRA layers are injected in place, so they stay active)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not isinstance(base, Kronos):
@@ -169,7 +163,8 @@ def _intra_op_threads(count: int | None, device: torch.device):
 
 
 @contextlib.contextmanager
-def _eval_mode(*modules):
+def eval_mode(*modules):
+    """Run a block with `modules` in eval mode, then put back each one's own mode."""
     was_training = [m.training for m in modules]
     for m in modules:
         m.eval()
@@ -251,7 +246,7 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
     for the cached single-bar steps (None: torch's setting); window passes always use
     torch's setting.
     """
-    kronos = _unwrap(model)
+    kronos = unwrap(model)
     check_pair(kronos, tokenizer)
     check_sampling(temperature, top_k, top_p, samples)
     batch, lookback, _ = x_norm.shape
@@ -303,7 +298,7 @@ def generate(model, tokenizer: KronosTokenizer, x_norm: torch.Tensor, x_stamp: t
     )
     # On CPU the predictor's products read transposed weight copies (`layers.project`).
     layout = transposed_weights(kronos) if device.type == "cpu" else contextlib.nullcontext()
-    with _eval_mode(kronos, tokenizer), autocast, layout:
+    with eval_mode(kronos, tokenizer), autocast, layout:
         x = x_norm.to(device=device, dtype=torch.float32).clamp(-clip, clip)
         s1_lookback, s2_lookback = tokenizer.encode(x, half=True, padding_mask=padding)
 

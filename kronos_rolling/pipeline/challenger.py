@@ -38,7 +38,7 @@ from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import DeliveryResult
 from kronos_rolling.registry.client import call, find_version, is_missing
 from kronos_rolling.registry.guard import PENDING, GuardDecision
-from kronos_rolling.registry.integrity import fetch_verified
+from kronos_rolling.tracking.integrity import fetch_verified
 from kronos_rolling.names import POOLED, STAGING, registered_model_name
 from kronos_rolling.registry.promotion import GUARD_DECISION_TAG, AliasMove, apply_guard_decision
 from kronos_rolling.tracking.adapters import base_of, calibration_of, load_forecast_model

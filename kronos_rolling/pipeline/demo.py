@@ -35,7 +35,8 @@ from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.job import monthly_job
 from kronos_rolling.pipeline.replay import SimulationSettings, serving_now
 from kronos_rolling.names import POOLED, registered_model_name
-from kronos_rolling.serve.service import ForecastOptions, PredictorService, SeriesInput
+from kronos_rolling.serve.forecasting import ForecastOptions, SeriesInput
+from kronos_rolling.serve.service import PredictorService
 from kronos_rolling.settings import (
     BUNDLED_BASE_DIR,
     DEFAULT_HOST,

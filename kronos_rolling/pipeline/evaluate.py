@@ -12,7 +12,7 @@ from kronos_rolling.evaluation.config import EvalSettings, settings_for
 from kronos_rolling.evaluation.report import log_evaluation
 from kronos_rolling.evaluation.span import SpanEvaluation, evaluate_span
 from kronos_rolling.pipeline.references import reference_models
-from kronos_rolling.registry.integrity import fetch_verified
+from kronos_rolling.tracking.integrity import fetch_verified
 from kronos_rolling.settings import Thresholds
 from kronos_rolling.tracking.adapters import base_of, load_forecast_model
 from kronos_rolling.tracking.context import Tracking

@@ -21,7 +21,7 @@ from kronos_rolling.evaluation.forecasts import ForecastModel
 from kronos_rolling.evaluation.span import PERSISTENCE, SpanEvaluation
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.registry.guard import EvalFigures
-from kronos_rolling.registry.integrity import fetch_verified
+from kronos_rolling.tracking.integrity import fetch_verified
 from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.tracking.adapters import (
     AdapterSource,

@@ -55,7 +55,7 @@ from kronos_rolling.registry.lifecycle import RetrainConclusion, conclude_retrai
 from kronos_rolling.names import CALIBRATION_TAG, POOLED, PRODUCTION, registered_model_name
 from kronos_rolling.registry.promotion import mark_staging
 from kronos_rolling.settings import Thresholds
-from kronos_rolling.registry.integrity import fetch_verified
+from kronos_rolling.tracking.integrity import fetch_verified
 from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,

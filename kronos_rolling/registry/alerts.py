@@ -31,7 +31,7 @@ ROLLBACK = "rollback"
 WITHDRAWN = "withdrawn"
 NEGATIVE_SKILL = "negative_skill"
 CADENCE_CHANGED = "cadence_changed"
-VERSION_REFUSED = "version_refused"  # a version failed verification (registry/integrity.py) and does not serve
+VERSION_REFUSED = "version_refused"  # a version failed verification (tracking/integrity.py) and does not serve
 MISCALIBRATED = "miscalibrated"  # what serves next covers far from 80% with its 80% intervals
 
 

@@ -7,7 +7,7 @@ reverse order, so a failed promotion leaves the model exactly as it was. Writers
 the model's registry lock, so two jobs on one machine never interleave their writes.
 
 Before a version may serve, `promote`, `rollback` and a guard promotion run the one
-verification (registry/integrity.py: recorded sha256 of every file, finite tensors, the
+verification (tracking/integrity.py: recorded sha256 of every file, finite tensors, the
 right asset class); a version that fails it is refused with the reason and nothing moves.
 
 What a version says about itself stays true: its description is a dated log (how it was
@@ -54,7 +54,7 @@ from kronos_rolling.registry.client import (
 )
 from kronos_rolling.registry.guard import CalibrationDecision, GuardDecision
 from kronos_rolling.registry.history import Actor
-from kronos_rolling.registry.integrity import verify_version
+from kronos_rolling.tracking.integrity import verify_version
 from kronos_rolling.names import (
     CALIBRATION_REASON_TAG,
     CALIBRATION_SERVED_TAG,
@@ -165,7 +165,7 @@ def check_version_usable(client: MlflowClient, name: str, version: str | int) ->
 
 
 def check_version_servable(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
-    """`check_version_usable`, then the verification (registry/integrity.py); IntegrityError when it fails."""
+    """`check_version_usable`, then the verification (tracking/integrity.py); IntegrityError when it fails."""
     found = check_version_usable(client, name, version)
     verify_version(client, found)
     return found

@@ -41,6 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from kronos_rolling import __version__
 from kronos_rolling.errors import ConfigError, DataError, KronosError
 from kronos_rolling.serve.batching import Overloaded
+from kronos_rolling.serve.forecasting import ItemError
 from kronos_rolling.serve.http import ARRIVED
 from kronos_rolling.serve.metrics import ServiceMetrics
 from kronos_rolling.serve.schemas import (
@@ -55,7 +56,7 @@ from kronos_rolling.serve.schemas import (
     response_of,
     series_of,
 )
-from kronos_rolling.serve.service import ItemError, PredictorService
+from kronos_rolling.serve.service import PredictorService
 from kronos_rolling.serve.webhooks import (
     WebhookRejected,
     check_signature,

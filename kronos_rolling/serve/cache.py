@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kronos_rolling.errors import ModelError
 from kronos_rolling.tracking.adapters import bundle_in
-from kronos_rolling.serve.integrity import (
+from kronos_rolling.files import (
     check_digest,
     check_formats,
     check_manifest,

@@ -40,6 +40,8 @@ from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.model.lora import BASE_ROWS, EVENT_EMBEDDING, EVENT_VOCAB, load_adapter_bundle
+from kronos_rolling.names import POOLED
+from kronos_rolling.serve.selection import Candidate, finite_or_none
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,16 @@ class LoadedAdapter:
 
     def describe(self) -> str:
         return f"{self.registered_model} v{self.version}"
+
+    def candidate(self) -> Candidate:
+        """This version as the selection sees it: val_mae from its version tag, else its metadata,
+        and the pooled version it was compared with, on its own validation span."""
+        figures = self.metadata.get("figures") or {}
+        compared = self.metadata.get("compared_versions") or {}
+        pooled = figures.get(POOLED) or {}
+        return Candidate(label=self.label, registered_model=self.registered_model, version=self.version,
+                         val_mae=finite_or_none(self.tags.get("val_mae", self.metadata.get("val_mae"))),
+                         pooled_version=compared.get(POOLED), pooled_val_mae=finite_or_none(pooled.get("val_mae")))
 
 
 class AdapterPool:

@@ -15,8 +15,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
 from kronos_rolling.data.bars import BarsError
-from kronos_rolling.model.generate import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
-from kronos_rolling.serve.service import Answer, ForecastOptions, ItemError, SeriesInput
+from kronos_rolling.model.config import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
+from kronos_rolling.serve.forecasting import Answer, ForecastOptions, ItemError, SeriesInput
 from kronos_rolling.settings import RequestLimits
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]

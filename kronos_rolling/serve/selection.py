@@ -10,6 +10,7 @@ The phase document's `get_lora_checkpoint(symbol)` is this decision.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -136,3 +137,12 @@ def registry_freshness(last_success: datetime | None, failing_since: datetime | 
     if age > 3 * poll_interval_s:
         return Freshness(True, f"the registry was last read {age:.0f}s ago (poll interval {poll_interval_s:g}s)")
     return Freshness(False)
+
+
+def finite_or_none(value) -> float | None:
+    """A recorded figure as a number, None when it is missing or not finite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

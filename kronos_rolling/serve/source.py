@@ -7,7 +7,7 @@ refused, timeout, 5xx) raises `RegistryUnavailable` so the caller keeps what it 
 `RegistrySource.download` fetches one pinned version (`models:/NAME/VERSION`), its whole
 logged model, into a temporary folder and refuses it unless it is whole: every file the
 registry lists is present with its size and every file parses; the service then runs
-registry/integrity.check_version on it (each file against its recorded sha256).
+tracking/integrity.check_version on it (each file against its recorded sha256).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from kronos_rolling.errors import RegistryError, RegistryUnavailable
 from kronos_rolling.registry.client import is_missing
 from kronos_rolling.names import PRODUCTION, registered_model_name
-from kronos_rolling.serve.integrity import check_formats, check_sizes, recorded_digest
+from kronos_rolling.files import check_formats, check_sizes, recorded_digest
 from kronos_rolling.tracking.context import Tracking
 
 log = logging.getLogger(__name__)

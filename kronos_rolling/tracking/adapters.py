@@ -72,7 +72,7 @@ def fetch_adapter(uri: str, tracking: Tracking | None, dst: Path | None = None) 
 
     A folder needs no tracking context (None) nor `dst`; an MLflow URI is resolved through
     the context and downloaded into `dst`, a folder the caller removes when done (a job's
-    temporary folder). Loaders of registered versions use registry/integrity.fetch_verified,
+    temporary folder). Loaders of registered versions use tracking/integrity.fetch_verified,
     which checks every file first."""
     source = AdapterSource(uri=uri, bundle_dir=Path(uri))
     folder = Path(uri).expanduser()

@@ -16,11 +16,11 @@ The bars pass the one bar validator (`data.bars`); its errors name the symbol, t
 signature holds the params and the output, not the input columns: MLflow's own schema
 check matches column names by case and answers a mismatch with a dump of the input.
 
-Loading a version verifies it (`load_context` -> registry/integrity.verify_loaded_model):
+Loading a version verifies it (`load_context` -> tracking/integrity.verify_loaded_model):
 every file of the folder MLflow downloaded must be the registered version's, by the
 sha256 its tags record, and its weights finite; otherwise the load fails naming the file.
 What that check can and cannot promise when MLflow itself loads the model is said in
-registry/integrity.py; `registry.integrity.load_pyfunc` verifies before MLflow imports
+tracking/integrity.py; `tracking.integrity.load_pyfunc` verifies before MLflow imports
 anything.
 
 Output: one row per forecast bar, `timestamp, open, high, low, close, volume, amount`
@@ -59,8 +59,8 @@ from kronos_rolling.data.parse import TIMESTAMP_NAMES, canonical_name
 from kronos_rolling.errors import DataError, ModelError
 from kronos_rolling.evaluation.calibration import apply_calibration
 from kronos_rolling.model.forecast import Forecaster
+from kronos_rolling.files import digest_tags
 from kronos_rolling.model.quantiles import LEGACY_LEVELS, paths_for, quantile_levels, quantile_name
-from kronos_rolling.serve.integrity import digest_tags
 from kronos_rolling.tracking.adapters import (
     ADAPTER_ARTIFACT,
     METADATA_FILE,
@@ -118,7 +118,7 @@ class KronosAdapterModel(mlflow.pyfunc.PythonModel):
         The registry is the one `model_config={"tracking_uri": ...}` names, else MLflow's
         (MLFLOW_TRACKING_URI, or `mlflow.set_tracking_uri`): the pyfunc interface hands a
         model nothing else."""
-        from kronos_rolling.registry.integrity import verify_loaded_model
+        from kronos_rolling.tracking.integrity import verify_loaded_model
 
         config = context.model_config or {}
         tracking_uri = config.get("tracking_uri") or mlflow.get_tracking_uri()
@@ -251,7 +251,7 @@ def register_adapter_model(client: MlflowClient, name: str, model_uri: str, run_
 
     The version records the sha256 of every file of its logged model, as stored (MLmodel,
     code, environment, example, the adapter bundle), in `sha256.<path>` tags
-    (serve/integrity.digest_tags): what registry/integrity.py checks before the version may
+    (files.digest_tags): what tracking/integrity.py checks before the version may
     load or serve."""
     model_id = model_uri.removeprefix("models:/")
     with tempfile.TemporaryDirectory(prefix="kronos-register-") as scratch:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from kronos_rolling.errors import ModelError
 from kronos_rolling.model.base import BaseModelRef
-from kronos_rolling.serve.integrity import file_sha256  # the one sha256 of a file
+from kronos_rolling.files import file_sha256  # the one sha256 of a file
 from kronos_rolling.training.config import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 - `register_stand_in`: a model version made the way training makes one: an MLflow run
   that logs a file, a logged model holding a small adapter bundle (safetensors + metadata),
   registered by its `models:/` URI with its file digests. It stands in for the pyfunc
-  version; the registry lifecycle only verifies its files (registry/integrity.py).
+  version; the registry lifecycle only verifies its files (tracking/integrity.py).
 - `FaultProxy`: a real HTTP proxy in front of the tracking server that fails chosen
   requests (503) a chosen number of times, to produce real transient failures.
 - `Receiver`: a real webhook receiver that records JSON bodies and can fail the first N.

@@ -5,7 +5,7 @@
   from `seed`, so every version forecasts differently and a test can tell which answered.
   It is logged with the pyfunc flavour inside an MLflow run, registered, and tagged with
   its bundle digest and val_mae, exactly the way a trained version carries them.
-- `ServiceProcess`: the real HTTP service (`python -m kronos_rolling.serve serve`) as a
+- `ServiceProcess`: the real HTTP service (`python -m kronos_rolling.cli serve`) as a
   child process on a free port; `stop()` ends it and its children.
 - `sample_bars`: a window of the bundled real sample data as request rows.
 - `mlflow_model_server`: `mlflow models serve` as a child process, waited for and stopped.
@@ -109,14 +109,14 @@ def bars_json(frame: pd.DataFrame) -> list[dict]:
 
 
 class ServiceProcess:
-    """`python -m kronos_rolling.serve serve ...` on a free port of 127.0.0.1."""
+    """`python -m kronos_rolling.cli serve ...` on a free port of 127.0.0.1."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, log_path: Path | None = None,
                  cwd: Path | None = None):
         self.port = free_port()
         self.cwd = cwd or REPO_ROOT
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "kronos_rolling.serve", "serve", "--host", "127.0.0.1",
+        self.args = [sys.executable, "-m", "kronos_rolling.cli", "serve", "--host", "127.0.0.1",
                      "--port", str(self.port), *args]
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="kronos-serve-", suffix=".log")[1])

@@ -93,3 +93,58 @@ def test_no_mlflow_global_state_in_the_package():
         if fluent.search(text.replace(allowed.get(name, "\0"), "")):
             offenders.append(name)
     assert offenders == []
+
+
+# The layers, lowest first (docs/architecture.md): a module may import its own package and the
+# ones on lower layers, never a higher one nor a sibling on its own layer.
+LAYERS = (
+    ("kronos_rolling", "errors"),  # the package's face (ASSET_CLASSES) and the errors
+    ("files", "names"),  # writing and hashing files; the registry's names
+    ("settings", "locks"),
+    ("data",),
+    ("model",),
+    ("evaluation",),
+    ("tracking",),
+    ("registry",),
+    ("training", "serve"),
+    ("pipeline",),
+    ("cli",),
+    ("project",),  # the MLproject bridge runs the command line
+)
+LAYER = {unit: index for index, units in enumerate(LAYERS) for unit in units}
+
+
+def unit_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_every_package_sits_on_a_layer():
+    mods = modules()
+    assert sorted({unit_of(m) for m in mods} - set(LAYER)) == []
+
+
+def test_imports_only_flow_down_the_layers():
+    mods = modules()
+    upward = []
+    for name, path in mods.items():
+        mine = unit_of(name)
+        for target in imports_of(path, set(mods)):
+            theirs = unit_of(target)
+            if theirs != mine and LAYER[theirs] >= LAYER[mine]:
+                upward.append(f"{name} -> {target}")
+    assert upward == []
+
+
+def test_no_package_imports_another_ones_private_names():
+    mods = modules()
+    reach_ins = []
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kronos_rolling."):
+                if unit_of(node.module) == unit_of(name):
+                    continue
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private or any(part.startswith("_") and part != "__main__" for part in node.module.split(".")):
+                    reach_ins.append(f"{name}: from {node.module} import {', '.join(a.name for a in node.names)}")
+    assert reach_ins == []

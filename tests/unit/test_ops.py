@@ -55,7 +55,7 @@ def test_railway_services_build_the_image_and_start_real_commands():
         build = railway(name)["build"]
         assert build["builder"] == "DOCKERFILE" and (REPO / build["dockerfilePath"]).is_file()
     predictor = railway("predictor")["deploy"]
-    assert "kronos_rolling.serve serve --host 0.0.0.0" in predictor["startCommand"]
+    assert "kronos_rolling.cli serve --host 0.0.0.0" in predictor["startCommand"]
     assert predictor["healthcheckPath"] == "/health"
     assert railway("mlflow")["deploy"]["startCommand"] == "bash mlflow_server/start.sh"
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()

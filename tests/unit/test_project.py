@@ -27,9 +27,13 @@ def test_mlproject_is_generated_from_the_entry_points_with_the_settings_defaults
         assert list(entry.parameters) == [p.name for p in ENTRY_POINTS[name].parameters], name
         assert entry.command.startswith(f"python -m kronos_rolling.project {name} ")
     main = spec._entry_points["main"].parameters
-    # The command's own defaults: empty epochs and lr leave the options out, so the mode's apply.
-    assert main["epochs"].default == "" and main["lr"].default == ""
-    assert f"the mode's ({MODE_DEFAULTS['rolling']['epochs']} rolling" in (REPO / "MLproject").read_text()
+    # Each entry point's mode's epochs and lr, so the run records the values used.
+    pooled = spec._entry_points["pooled"].parameters
+    assert (int(main["epochs"].default), float(main["lr"].default)) == (MODE_DEFAULTS["rolling"]["epochs"],
+                                                                   MODE_DEFAULTS["rolling"]["lr"])
+    assert (int(pooled["epochs"].default), float(pooled["lr"].default)) == (MODE_DEFAULTS["pooled"]["epochs"],
+                                                                       MODE_DEFAULTS["pooled"]["lr"])
+    assert main["lr"].type == "float"
     assert main["lookback"].default == TrainConfig.lookback and main["horizon"].default == TrainConfig.horizon
     assert main["years"].default == TrainConfig.years and main["years"].type == "float"
     assert main["force"].default == "false" and spec._entry_points["pooled"].parameters["register"].default == "true"

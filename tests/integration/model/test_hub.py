@@ -1,4 +1,5 @@
-"""Hub folder format, loading errors, provenance digest, and the `model init` / `forecast` commands."""
+"""The installed `kronos-rolling` entry point, run as a process (the hub folder format, loading errors and
+the `model init` / `forecast` commands in process: tests/unit/model/test_hub.py)."""
 
 from __future__ import annotations
 
@@ -7,37 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
-
-from kronos_rolling.cli.main import main
+from support.hub import init_tiny, write_bars_csv
 
 torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("init") / "tiny"
-    result = CliRunner().invoke(main, ["model", "init", "--size", "tiny", "--out", str(out), "--seed", "3"])
-    assert result.exit_code == 0, result.output
-    return out
+    return init_tiny(tmp_path_factory.mktemp("init") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def bars_csv(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    close = 30 * np.exp(np.cumsum(rng.normal(0, 0.01, 64)))
-    frame = pd.DataFrame({
-        "timestamp": pd.date_range("2024-02-01", periods=64, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
-        "open": close, "high": close * 1.01, "low": close * 0.99, "close": close,
-        "volume": rng.lognormal(6, 0.2, 64),
-    })
-    path = tmp_path_factory.mktemp("csv") / "bars.csv"
-    frame.to_csv(path, index=False)
-    return path
+    return write_bars_csv(tmp_path_factory.mktemp("csv") / "bars.csv")
 
 
 def test_installed_entry_point_runs_a_forecast(tiny_dir, bars_csv, tmp_path):

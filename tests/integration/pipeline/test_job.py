@@ -18,7 +18,7 @@ from support.training import job_context, small_config, small_eval
 
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.errors import RegistryError
-from kronos_rolling.registry.integrity import IntegrityError
+from kronos_rolling.tracking.integrity import IntegrityError
 from kronos_rolling.locks import training_lock
 from kronos_rolling.pipeline.job import monthly_job
 from kronos_rolling.pipeline.steps import TrainOutcome, register_step

@@ -26,9 +26,19 @@ UNATTENDED, REFUSED, QUARTERLY = ("3 consecutive months without intervention", "
 EXACT, DELETED = "exactly the last 6 versions kept (plus aliased)", "retention deleted versions beyond the last 6"
 
 
+# Adam moves each weight by about lr per step, so at this lr an adapter cannot leave its warm start:
+# it forecasts exactly as what it started from (the evaluation samples every model with the same seeds).
+FROZEN_LR = 1e-12
+
+
 def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_base, kronos_home, tmp_path):
+    """Planted truth, so every decision is known before the replay runs: the pooled adapter and
+    January's candidates cannot move off the bare base (FROZEN_LR), so each ties the base and a tie
+    never promotes; February's crypto candidate warm-starts from a sabotaged adapter (the drill) and
+    cannot train the noise away, so it is worse than the base, significantly, and refused."""
     settings = SimulationSettings(epochs=1, pooled_epochs=1, max_samples_per_epoch=32, pooled_max_samples_per_epoch=32,
-                                  eval_samples=2, eval_max_origins=64, lookback=16, horizon=4)
+                                  eval_samples=2, eval_max_origins=64, lookback=16, horizon=4,
+                                  lr=FROZEN_LR, pooled_lr=FROZEN_LR)
     lines = []
     started_ms = int(time.time() * 1000)
     ctx = job_context(tracking_uri)
@@ -38,36 +48,40 @@ def test_a_short_replay_on_real_data(tracking_uri, clean_registry, pretrained_ba
     frame = report.frame()
     assert list(zip(frame["month"], frame["asset_class"])) == [
         ("2018-01", "crypto"), ("2018-01", "forex_commodity"), ("2018-02", "crypto"), ("2018-02", "forex_commodity")]
+    [pooled_line] = [line for line in lines if line.startswith("  pooled v1: ")]
+    assert pooled_line.startswith("  pooled v1: refused (ties the base"), pooled_line
     crypto = frame[frame["asset_class"] == "crypto"]
     assert list(crypto["action"]) == ["trained", "trained"] and list(crypto["version"]) == ["1", "2"]
-    assert set(crypto["decision"]) <= {"promoted", "refused", "withdrawn"}  # a month of hourly BTC decides
+    assert list(crypto["decision"]) == ["refused", "refused"]  # a month of hourly BTC decides
+    january, february = crypto.iloc[0], crypto.iloc[1]
+    assert january["reason"].startswith("ties the base") and "a tie keeps the incumbent" in january["reason"]
+    assert january["decision_diff"] == 0 and january["candidate_val_mae"] == january["reference_val_mae"]
+    # Measured: val_mae +0.0133 [+0.0040, +0.0226] on 8.3 horizons, 55% above the base's.
+    assert february["reason"].startswith("is worse than the base")
+    assert february["decision_diff_lo"] > 0 and february["candidate_val_mae"] > february["reference_val_mae"]
     for column in ("candidate_val_mae", "candidate_val_nll", "warm_start_val_nll",
                    "persistence_val_mae", "serving_val_mae"):
         assert crypto[column].notna().all(), column
-    # Pooled figures exist exactly when the guard promoted the pooled adapter (it may refuse it:
-    # on these few samples pooled and the bare base are close, and a tie or a loss never promotes).
-    pooled_promoted = any(line.startswith("  pooled v1: promoted") for line in lines)
-    assert crypto["pooled_val_mae"].notna().all() if pooled_promoted else crypto["pooled_val_mae"].isna().all()
-    # The reference is what the predictor falls back to; every decision records its comparison.
-    assert set(crypto["reference"]) == {"pooled" if pooled_promoted else "base"}
+    # No pooled adapter serves (the guard refused it), so there are no pooled figures, and the
+    # reference is what the predictor falls back to: the bare base. Every decision records its comparison.
+    assert crypto["pooled_val_mae"].isna().all()
+    assert set(crypto["reference"]) == {"base"}
     assert crypto["reference_val_mae"].notna().all()
     assert (crypto["decision_diff_lo"] <= crypto["decision_diff"]).all()
     assert (crypto["decision_diff"] <= crypto["decision_diff_hi"]).all()
     assert (crypto["decision_horizons"] >= 3).all() and (crypto["evidence_months"] == 1).all()
     assert crypto["run_id"].notna().all()
-    # What serves after the job: the candidate when promoted, else production, else pooled or base.
-    for row in crypto.itertuples():
-        if row.decision == "promoted":
-            assert row.serving_after == row.version and row.serving_val_mae == row.candidate_val_mae
-        else:
-            assert row.serving_after != row.version
+    # What serves after the job: nothing was promoted, so the base, and it is what was measured.
+    assert list(crypto["serving_after"]) == ["base", "base"]
+    assert list(crypto["serving_val_mae"]) == list(crypto["reference_val_mae"])
     assert list(crypto["versions_kept"]) == ["1", "1,2"]
-    assert crypto["aliased"].iloc[-1] in ("1,2", "2")  # v2 holds @staging or @production, v1 maybe @production
+    assert crypto["aliased"].iloc[-1] == "2"  # v2 holds @staging; nothing holds @production
+    assert report.criteria()[REFUSED] is True
     forex = frame[frame["asset_class"] == "forex_commodity"]
     # EURUSD covers 2017 only: January 2018 is judged on December 2017; February has nothing to judge on.
     assert forex["action"].iloc[0] == "trained" and forex["action"].iloc[1] == "skipped"
+    assert forex["decision"].iloc[0] == "refused" and forex["reason"].iloc[0].startswith("ties the base")
     assert "the bundled data has no bars" in forex["reason"].iloc[1]
-    assert any("pooled v1" in line for line in lines)
     # The drill month warm-started crypto from a sabotaged copy of what the job would have used.
     assert list(crypto["drill"]) == [False, True]
     # Distributions: the naive baseline, what serves scored on the month, and its 80% intervals as served
@@ -113,17 +127,23 @@ def test_daily_bars_at_a_long_horizon_wait_as_a_pending_challenger_then_decide_w
     """Equity's daily indices at H=16: one month holds about 1.4 non-overlapping horizons (no
     interval), so the first candidate waits at @staging; the next months judge it again on the
     growing span instead of retraining, and the third month decides with an interval on more than
-    min_horizons horizons. The audit trail shows each step."""
+    min_horizons horizons. The audit trail shows each step.
+
+    Planted truth: the candidate warm-starts from a sabotaged adapter (a drill in January) that one
+    training step cannot repair, so however long it waits, it does not beat the bare base (the
+    pooled adapter cannot move off it: FROZEN_LR, a tie, refused) and the decision is a refusal. On
+    four horizons of two daily indices its loss is not always significant (measured: +0.004
+    [-0.018, +0.026]), so the test asserts the refusal, not that reason."""
     from kronos_rolling.registry.history import read_history
 
     settings = SimulationSettings(epochs=1, pooled_epochs=1, max_samples_per_epoch=32, pooled_max_samples_per_epoch=32,
-                                  eval_samples=2, lookback=16, horizon=16)
+                                  eval_samples=2, lookback=16, horizon=16, pooled_lr=FROZEN_LR)
     report = simulate(job_context(tracking_uri), BaseModelRef.resolve(str(pretrained_base)), "2018-01", 3,
-                      classes=["equity"], settings=settings, echo=lambda line: None)
+                      classes=["equity"], settings=settings, drill_months=("2018-01",), echo=lambda line: None)
     frame = report.frame()
     assert list(frame["action"]) == ["trained", "not_due", "not_due"]
-    assert list(frame["decision"][:2]) == ["pending", "pending"] and frame["decision"].iloc[2] in (
-        "promoted", "refused")
+    assert list(frame["decision"]) == ["pending", "pending", "refused"]
+    assert list(frame["drill"]) == [True, False, False] and set(frame["reference"]) == {"base"}
     assert list(frame["version"]) == ["1", "1", "1"] and list(frame["challenger"][1:]) == ["1", "1"]
     assert list(frame["evidence_months"]) == [1, 2, 3]
     first, second, third = frame["decision_horizons"]
@@ -132,7 +152,7 @@ def test_daily_bars_at_a_long_horizon_wait_as_a_pending_challenger_then_decide_w
     assert np.isnan(frame["decision_diff_lo"].iloc[0]) and frame["decision_diff_lo"].notna().iloc[1:].all()
     assert frame["decision_diff_lo"].iloc[2] < frame["decision_diff"].iloc[2] < frame["decision_diff_hi"].iloc[2]
     trail = [(e.action, e.to_version) for e in read_history(clean_registry, "kronos-lora-equity")]
-    assert trail[:2] == [("pending", "1"), ("pending", "1")] and trail[2][0] in ("promote", "refuse")
+    assert trail[:3] == [("pending", "1"), ("pending", "1"), ("refuse", "1")]
     version = clean_registry.get_model_version("kronos-lora-equity", "1")
     assert version.tags["guard_decision"] == frame["decision"].iloc[2]
     assert float(version.tags["decision_horizons"]) == pytest.approx(third, rel=1e-4)

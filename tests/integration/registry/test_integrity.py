@@ -1,4 +1,4 @@
-"""registry/integrity.py on a real tracking server: what may serve, and what promote and rollback refuse."""
+"""tracking/integrity.py on a real tracking server: what may serve, and what promote and rollback refuse."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from support.registry import Receiver, promote_decision, register_stand_in
 
 from kronos_rolling.registry import history
-from kronos_rolling.registry.integrity import IntegrityError
+from kronos_rolling.tracking.integrity import IntegrityError
 from kronos_rolling.registry.promotion import (
     alias_state,
     apply_guard_decision,
@@ -190,7 +190,7 @@ def test_registration_records_every_file_of_the_logged_model(clean_registry, pyf
 
 def test_code_injected_into_a_stored_version_never_runs_in_our_loaders_and_every_loader_refuses_it(
         clean_registry, tracking_server, pyfunc_version, tmp_path, lock_dir):
-    from kronos_rolling.registry.integrity import load_pyfunc, verify_version
+    from kronos_rolling.tracking.integrity import load_pyfunc, verify_version
 
     client = clean_registry
     code = stored_model_folder(tracking_server, client, pyfunc_version) / "pyfunc_model.py"
@@ -213,7 +213,7 @@ def test_code_injected_into_a_stored_version_never_runs_in_our_loaders_and_every
 
 def test_mlflow_pyfunc_load_model_refuses_a_changed_file_or_mlmodel_naming_it(clean_registry, tracking_server,
                                                                             pyfunc_version):
-    from kronos_rolling.registry.integrity import load_pyfunc
+    from kronos_rolling.tracking.integrity import load_pyfunc
 
     folder = stored_model_folder(tracking_server, clean_registry, pyfunc_version)
     uri = f"models:/{CRYPTO}/{pyfunc_version}"

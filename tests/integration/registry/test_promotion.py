@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
-import time
+from contextlib import ExitStack
 from datetime import date, datetime, timezone
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from support.locks import FILELOCK_DEBUG, queued_on
+from support.processes import Child
 from support.registry import (
     FaultProxy,
     Receiver,
@@ -250,7 +251,7 @@ def test_concurrent_promotions_are_serialised(clean_registry, tracking_uri, lock
     client = clean_registry
     v1, v2, v3 = (candidate(client) for _ in range(3))
     apply_guard_decision(client, CRYPTO, v1, promote_decision(), lock_dir=lock_dir)
-    job = textwrap.dedent("""
+    job = FILELOCK_DEBUG + textwrap.dedent("""
         import sys
         from kronos_rolling.registry.promotion import promote
         from kronos_rolling.settings import load_settings
@@ -260,15 +261,17 @@ def test_concurrent_promotions_are_serialised(clean_registry, tracking_uri, lock
         print("promoting", flush=True)
         promote(client, "kronos-lora-crypto", sys.argv[1], "job " + sys.argv[1], lock_dir=settings.lock_dir)
     """)
-    with registry_lock(lock_dir, CRYPTO, timeout=5):  # both jobs start while a third writer holds the model
-        jobs = [subprocess.Popen([sys.executable, "-c", job, v], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for v in (v2, v3)]
-        assert [j.stdout.readline().strip() for j in jobs] == ["promoting", "promoting"]
-        time.sleep(1.0)
-        assert all(j.poll() is None for j in jobs), "a job ran past the lock"
-        assert alias_state(client, CRYPTO).production == v1
-    for j in jobs:
-        assert j.wait(timeout=60) == 0, j.stderr.read()
+    with ExitStack() as running:
+        with registry_lock(lock_dir, CRYPTO, timeout=5) as held:  # both jobs start while a third writer holds it
+            jobs = [running.enter_context(Child([sys.executable, "-c", job, v], name=f"promote v{v}"))
+                    for v in (v2, v3)]
+            for j in jobs:
+                j.stdout.wait_for("^promoting$")
+                j.stderr.wait_for(queued_on(held), timeout=120)  # it found the model's lock taken
+            assert all(j.poll() is None for j in jobs), "a job ran past the lock"
+            assert alias_state(client, CRYPTO).production == v1
+        for j in jobs:
+            assert j.wait(timeout=60) == 0, j.stderr.tail()
 
     entries = [e for e in history.read_history(client, CRYPTO) if e.action == "promote"]
     assert len(entries) == 3

@@ -21,7 +21,7 @@ from support.serve import (
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.forecast import ForecastGroup
 from kronos_rolling.model.lora import BASE_ROWS
-from kronos_rolling.serve.integrity import bundle_digest
+from kronos_rolling.files import bundle_digest
 from kronos_rolling.serve.pool import AdapterPool
 
 torch.set_num_threads(1)

@@ -20,7 +20,7 @@ import mlflow
 import torch
 from support.serve import build_bundle, sample_frame
 
-from kronos_rolling.registry.integrity import verify_version
+from kronos_rolling.tracking.integrity import verify_version
 from kronos_rolling.tracking.adapters import ADAPTER_ARTIFACT, fetch_adapter, load_forecast_model
 from kronos_rolling.tracking.context import Tracking
 from kronos_rolling.tracking.pyfunc import register_adapter_model, save_adapter_model

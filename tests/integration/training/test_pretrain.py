@@ -1,6 +1,6 @@
 """Pre-training a small base: it learns from real history, only from before `until`, reproducibly.
 
-The tiny base comes from `pretrained_tiny_base` (a few seconds, cached per session folder);
+The tiny base is the session's `pretrained_base` (tests/conftest.py: built once, shared by every test);
 the other runs here use a few steps on two symbols copied into a temporary data folder.
 """
 
@@ -24,10 +24,15 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from support.pretrained import TEST_BASE_SETTINGS, pretrained_tiny_base
+from support.pretrained import (
+    QUICK,
+    TEST_BASE_SETTINGS,
+    UNTIL,
+    pretrain_cli,
+    pretrained_tiny_base,
+    two_symbol_store_in,
+)
 
-from kronos_rolling.cli.main import KronosGroup
-from kronos_rolling.cli.model import pretrain
 from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
 from kronos_rolling.errors import ConfigError
 from kronos_rolling.model.base import BaseModelRef
@@ -60,31 +65,13 @@ from kronos_rolling.training.pretrain.run import (
 TRAINED_SYMBOLS = ["AAPL", "BTCUSD-1D", "GOOG", "IBM", "MSFT", "^GSPC", "^IXIC"]
 
 
-# A few steps on two series: enough to move every weight, about a second.
-QUICK = dict(until=DEFAULT_UNTIL, tokenizer_steps=4, predictor_steps=4, batch_size=8, lookback=32, horizon=8,
-             progress=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> Path:
-    return pretrained_tiny_base(tmp_path_factory.mktemp("pretrained") / "tiny-base")
-
-
 @pytest.fixture
 def two_symbol_store(tmp_path) -> DataStore:
-    """A writable copy of two bundled series (an equity index and daily bitcoin)."""
-    root = tmp_path / "data"
-    root.mkdir()
-    for name in ("^GSPC.parquet", "BTCUSD-1D.parquet"):
-        shutil.copy(BUNDLED_DATA_DIR / name, root / name)
-    return DataStore(root)
+    return two_symbol_store_in(tmp_path / "data")
 
 
 def weights_digests(folder: Path) -> tuple[str, str]:
     return model_source_digest(folder / "tokenizer"), model_source_digest(folder / "predictor")
-
-
-UNTIL = pd.Timestamp(DEFAULT_UNTIL, tz="UTC")
 
 
 def _change_bars_after_until(store: DataStore, symbol: str) -> None:
@@ -98,20 +85,14 @@ def _change_bars_after_until(store: DataStore, symbol: str) -> None:
     frame.to_parquet(path, index=False)
 
 
-def _cli():
-    group = KronosGroup(name="kronos-rolling")
-    group.add_command(pretrain)
-    return group
-
-
-def test_pretrained_base_beats_random_weights_on_bars_after_until(tiny_base):
+def test_pretrained_base_beats_random_weights_on_bars_after_until(pretrained_base):
     store = DataStore(BUNDLED_DATA_DIR)
     settings = TEST_BASE_SETTINGS
     # Windows made only of bars from `until` on: none of them was seen in pre-training.
     held = held_out_windows(store, DEFAULT_UNTIL, settings["lookback"], settings["horizon"])
     assert {"^GSPC", "BTCUSD", "EURUSD"} <= set(held.symbols) and len(held) > 1000
-    tokenizer = KronosTokenizer.from_pretrained(tiny_base / "tokenizer")
-    predictor = Kronos.from_pretrained(tiny_base / "predictor")
+    tokenizer = KronosTokenizer.from_pretrained(pretrained_base / "tokenizer")
+    predictor = Kronos.from_pretrained(pretrained_base / "predictor")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)
         random_tokenizer = KronosTokenizer.from_config(MODEL_SIZES["tiny"].tokenizer)
@@ -130,8 +111,8 @@ def test_pretrained_base_beats_random_weights_on_bars_after_until(tiny_base):
     assert pretrained.reconstruction_mse < 0.5 * untrained_tokenizer.reconstruction_mse
 
 
-def test_pretrain_json_records_what_the_base_was_trained_on(tiny_base):
-    report = read_pretrain_report(tiny_base)
+def test_pretrain_json_records_what_the_base_was_trained_on(pretrained_base):
+    report = read_pretrain_report(pretrained_base)
     assert report is not None
     settings, data = report["settings"], report["data"]
     assert settings["until"] == UNTIL.isoformat()
@@ -148,8 +129,8 @@ def test_pretrain_json_records_what_the_base_was_trained_on(tiny_base):
     assert set(report["tokenizer"]["final_parts"]) == {"recon_s1", "recon", "bsq"}
 
 
-def test_pretrained_base_loads_and_forecasts_closer_than_random_weights(tiny_base):
-    base = BaseModelRef.resolve(str(tiny_base))
+def test_pretrained_base_loads_and_forecasts_closer_than_random_weights(pretrained_base):
+    base = BaseModelRef.resolve(str(pretrained_base))
     predictor, tokenizer = base.load()
     store = DataStore(BUNDLED_DATA_DIR)
     histories, actual_closes = [], []
@@ -173,21 +154,21 @@ def test_pretrained_base_loads_and_forecasts_closer_than_random_weights(tiny_bas
     assert close_error(predictor) < 0.75 * close_error(random_predictor)
 
 
-def test_cached_base_is_reused(tiny_base):
-    weights = tiny_base / "predictor" / "model.safetensors"
+def test_cached_base_is_reused(pretrained_base):
+    weights = pretrained_base / "predictor" / "model.safetensors"
     before = weights.stat().st_mtime_ns
     started = time.monotonic()
-    assert pretrained_tiny_base(tiny_base) == tiny_base
+    assert pretrained_tiny_base(pretrained_base) == pretrained_base
     assert time.monotonic() - started < 5
     assert weights.stat().st_mtime_ns == before
 
 
-def test_cached_base_is_current_only_for_the_same_settings_and_bars(tiny_base, tmp_path):
+def test_cached_base_is_current_only_for_the_same_settings_and_bars(pretrained_base, tmp_path):
     store = DataStore(BUNDLED_DATA_DIR)
     config = PretrainConfig(until=DEFAULT_UNTIL, **TEST_BASE_SETTINGS)
-    assert is_current_pretrain(tiny_base, config, store)
-    assert not is_current_pretrain(tiny_base, replace(config, seed=1), store)
-    assert not is_current_pretrain(tiny_base, replace(config, until="2016-06-01"), store)
+    assert is_current_pretrain(pretrained_base, config, store)
+    assert not is_current_pretrain(pretrained_base, replace(config, seed=1), store)
+    assert not is_current_pretrain(pretrained_base, replace(config, until="2016-06-01"), store)
 
     # Another data folder whose bars before `until` differ in one value.
     root = tmp_path / "data"
@@ -195,10 +176,10 @@ def test_cached_base_is_current_only_for_the_same_settings_and_bars(tiny_base, t
     frame = pd.read_parquet(root / "IBM.parquet")
     frame.loc[10, "volume"] += 1
     frame.to_parquet(root / "IBM.parquet", index=False)
-    assert not is_current_pretrain(tiny_base, config, DataStore(root))
+    assert not is_current_pretrain(pretrained_base, config, DataStore(root))
 
     copy = tmp_path / "base"
-    shutil.copytree(tiny_base, copy)
+    shutil.copytree(pretrained_base, copy)
     (copy / "predictor" / "model.safetensors").unlink()  # incomplete: never reused
     assert not is_current_pretrain(copy, config, store)
 
@@ -288,7 +269,7 @@ def test_killed_run_leaves_the_previous_base_untouched(two_symbol_store, tmp_pat
 
 def test_cli_pretrains_and_prints_a_summary(two_symbol_store, tmp_path):
     out = tmp_path / "cli-base"
-    result = CliRunner().invoke(_cli(), [
+    result = CliRunner().invoke(pretrain_cli(), [
         "pretrain", "--out", str(out), "--data", str(two_symbol_store.root), "--until", "2016-01-01",
         "--tokenizer-steps", "3", "--predictor-steps", "3", "--batch-size", "8", "--lookback", "32",
         "--horizon", "8", "--seed", "5", "--quiet",

@@ -8,10 +8,6 @@ ETH days) and the quirks those vendors' downloads really have.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,25 +156,6 @@ def test_a_single_bar_is_refused(tmp_path):
     with pytest.raises(DataError, match="1 usable bar"):
         DataStore(tmp_path / "store").import_csv(src, "AAPL", drop_invalid_rows=True)
     assert not (tmp_path / "store").exists()
-
-
-def test_the_next_import_removes_what_a_killed_import_left(tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
-    killed = subprocess.run([sys.executable, "-c", (
-        "import os, signal, sys; from pathlib import Path; from kronos_rolling.data.store import _temp_path; "
-        f"_temp_path(Path({str(store)!r}), 'AAPL.parquet'); os.kill(os.getpid(), signal.SIGKILL)")],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert killed.returncode == -signal.SIGKILL
-    (left,) = [p for p in store.iterdir() if p.name.startswith(".AAPL.parquet.pid")]
-    own = store / f".MSFT.parquet.pid{os.getpid()}.x.tmp"  # a live import's file is not touched
-    own.write_bytes(b"")
-    src = tmp_path / "in.csv"
-    src.write_text("date,open,high,low,close\n2021-01-04,1,2,0.5,1.5\n2021-01-05,1,2,0.5,1.5\n")
-    result = invoke("data", "import", src, "--symbol", "AAPL", "--data", store)
-    assert result.exit_code == 0, result.output
-    assert f"removed {left.name}, left by an import that was stopped" in result.stderr
-    assert not left.exists() and own.exists()
 
 
 def test_validate_checks_a_file_of_any_name_and_only_warns_about_the_class(tmp_path):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from support.hub import init_tiny, write_bars_csv
 
 from kronos_rolling.cli.main import main
 from kronos_rolling.errors import ModelError
@@ -23,24 +24,12 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("init") / "tiny"
-    result = CliRunner().invoke(main, ["model", "init", "--size", "tiny", "--out", str(out), "--seed", "3"])
-    assert result.exit_code == 0, result.output
-    return out
+    return init_tiny(tmp_path_factory.mktemp("init") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def bars_csv(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    close = 30 * np.exp(np.cumsum(rng.normal(0, 0.01, 64)))
-    frame = pd.DataFrame({
-        "timestamp": pd.date_range("2024-02-01", periods=64, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
-        "open": close, "high": close * 1.01, "low": close * 0.99, "close": close,
-        "volume": rng.lognormal(6, 0.2, 64),
-    })
-    path = tmp_path_factory.mktemp("csv") / "bars.csv"
-    frame.to_csv(path, index=False)
-    return path
+    return write_bars_csv(tmp_path_factory.mktemp("csv") / "bars.csv")
 
 
 def run_forecast(tiny_dir, csv, out, *extra):

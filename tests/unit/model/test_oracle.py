@@ -9,6 +9,8 @@ strict loading. Logits must agree to 1e-5 in float32 and greedy forecasts must a
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.metadata
 
 import pytest
 import torch
@@ -18,7 +20,34 @@ from kronos_rolling.model.generate import generate
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer, tokenizer_loss
 
-reference = pytest.importorskip("model", reason="reference implementation kronos-model-arch is a test dependency")
+# The oracle is part of the tests, never optional: missing, it fails the run (a skip would read as a
+# pass). It cannot sit in pyproject's `test` extra: its metadata pins old releases of libraries we
+# need newer (huggingface_hub==0.33.1, matplotlib==3.9.3, safetensors==0.6.2, tqdm==4.67.1,
+# einops==0.8.1), which pip would resolve by downgrading them for the tests only, and pip has no
+# per-requirement --no-deps. So `make setup` installs it with --no-deps; what it imports is in the extra.
+ORACLE = "kronos-model-arch"
+ORACLE_VERSION = "0.1.0"
+
+
+def _oracle():
+    """The reference implementation, or why it cannot be imported."""
+    try:
+        installed = importlib.metadata.version(ORACLE)
+    except importlib.metadata.PackageNotFoundError:
+        return None, "not installed"
+    if installed != ORACLE_VERSION:
+        return None, f"{installed} is installed"
+    try:
+        return importlib.import_module("model"), None
+    except ImportError as exc:
+        return None, f"cannot be imported: {exc}"
+
+
+reference, missing = _oracle()
+if missing:
+    pytest.fail(f"the reference oracle {ORACLE}=={ORACLE_VERSION} (import name `model`) {missing}; `make setup` "
+                f"installs it, or: .venv/bin/python -m pip install --no-deps '{ORACLE}=={ORACLE_VERSION}'",
+                pytrace=False)
 
 
 torch.set_num_threads(2)

@@ -29,7 +29,7 @@ from kronos_rolling.model.forecast import ForecastGroup
 from kronos_rolling.model.kronos import Kronos
 from kronos_rolling.model.tokenizer import KronosTokenizer
 from kronos_rolling.serve.app import create_app
-from kronos_rolling.serve.integrity import bundle_digest
+from kronos_rolling.files import bundle_digest
 from kronos_rolling.serve.pool import AdapterPool
 from kronos_rolling.serve.service import PredictorService
 from kronos_rolling.settings import ServeSettings
@@ -232,7 +232,7 @@ def test_cold_start_without_registry_or_cache_serves_the_bare_base_with_a_warnin
     service = PredictorService(settings)
     # The last resolved crypto version in the cache was trained on another base.
     foreign = build_bundle(other_base, tmp_path / "foreign", seed=9)
-    from kronos_rolling.serve.integrity import digest_tags
+    from kronos_rolling.files import digest_tags
 
     service.cache.store("kronos-lora-crypto", "5", foreign, tags={"asset_class": "crypto", **digest_tags(foreign)})
     service.cache.record_resolved("crypto", "kronos-lora-crypto", "5", "production",

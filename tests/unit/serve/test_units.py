@@ -12,7 +12,7 @@ from support.serve import build_bundle
 from kronos_rolling.errors import ConfigError, DataError, ModelError
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.serve.cache import VersionCache
-from kronos_rolling.serve.integrity import (
+from kronos_rolling.files import (
     bundle_digest,
     check_digest,
     check_formats,

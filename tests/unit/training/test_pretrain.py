@@ -1,20 +1,18 @@
 """Pre-training a small base: it learns from real history, only from before `until`, reproducibly.
 
-The tiny base comes from `pretrained_tiny_base` (a few seconds, cached per session folder);
-the other runs here use a few steps on two symbols copied into a temporary data folder.
+What needs no training run: data digests, refusals, samplers, the shipped base's provenance
+(the runs themselves: tests/integration/training/test_pretrain.py). A few steps on two symbols
+copied into a temporary data folder where a refusal needs a store.
 """
 
 from __future__ import annotations
-
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from support.pretrained import QUICK, UNTIL, pretrain_cli, two_symbol_store_in
 
-from kronos_rolling.cli.main import KronosGroup
-from kronos_rolling.cli.model import pretrain
 from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
 from kronos_rolling.errors import ConfigError, DataError, KronosError
 from kronos_rolling.training.pretrain.config import (
@@ -31,28 +29,10 @@ from kronos_rolling.training.pretrain.run import (
     pretrain_base,
 )
 
-UNTIL = pd.Timestamp(DEFAULT_UNTIL, tz="UTC")
-
-
-# A few steps on two series: enough to move every weight, about a second.
-QUICK = dict(until=DEFAULT_UNTIL, tokenizer_steps=4, predictor_steps=4, batch_size=8, lookback=32, horizon=8,
-             progress=False)
-
 
 @pytest.fixture
 def two_symbol_store(tmp_path) -> DataStore:
-    """A writable copy of two bundled series (an equity index and daily bitcoin)."""
-    root = tmp_path / "data"
-    root.mkdir()
-    for name in ("^GSPC.parquet", "BTCUSD-1D.parquet"):
-        shutil.copy(BUNDLED_DATA_DIR / name, root / name)
-    return DataStore(root)
-
-
-def _cli():
-    group = KronosGroup(name="kronos-rolling")
-    group.add_command(pretrain)
-    return group
+    return two_symbol_store_in(tmp_path / "data")
 
 
 def test_data_digest_covers_every_bar_before_until(two_symbol_store):
@@ -124,13 +104,13 @@ def test_held_out_windows_use_only_bars_from_since():
 
 
 def test_cli_reports_bad_input_without_traceback(two_symbol_store, tmp_path):
-    result = CliRunner().invoke(_cli(), [
+    result = CliRunner().invoke(pretrain_cli(), [
         "pretrain", "--out", str(tmp_path / "x"), "--data", str(two_symbol_store.root), "--until", "1990-01-01",
     ])
     assert result.exit_code == DataError.exit_code
     assert result.output.startswith("error: no bars before --until 1990-01-01")
     assert "Traceback" not in result.output
-    result = CliRunner().invoke(_cli(), [
+    result = CliRunner().invoke(pretrain_cli(), [
         "pretrain", "--out", str(tmp_path / "x"), "--data", str(two_symbol_store.root), "--until", "not a date",
     ])
     assert result.exit_code == KronosError.exit_code

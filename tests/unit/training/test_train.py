@@ -1,22 +1,13 @@
-"""The training loop on a tiny base: what it changes, what it sees, and how it survives a kill."""
+"""Training settings and checkpoints, checked without training (the loop itself:
+tests/integration/training/test_train.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 from support.training import small_config
 
 from kronos_rolling.errors import ConfigError
 from kronos_rolling.training.checkpoint import Checkpoint
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bit-for-bit comparisons need the same reduction order in every run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_mode_defaults_follow_the_phase_document(tiny_base):

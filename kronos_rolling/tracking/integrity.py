@@ -34,7 +34,7 @@ its adapter files only (registered before whole versions were recorded), is refu
 it would load cannot be told apart from a tampered copy. The fix is to register it again
 (retrain the month) so all its files are recorded.
 
-The digest code is serve/integrity.py's (one sha256 of a file, one manifest digest).
+The digest code is files.py's (one sha256 of a file, one manifest digest).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from safetensors import safe_open
 from kronos_rolling.errors import ModelError, RegistryError, RegistryUnavailable
 from kronos_rolling.evaluation.calibration import CALIBRATION_FILE, Calibration, CalibrationError
 from kronos_rolling.names import MODEL_PREFIX
-from kronos_rolling.serve.integrity import (
+from kronos_rolling.files import (
     DIGEST_TAG_PREFIX,
     check_formats,
     file_manifest,
