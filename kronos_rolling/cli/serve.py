@@ -94,12 +94,15 @@ def serve(host, port, poll_interval_s, log_level, base_model, tracking_uri, data
               help="Bars: timestamp, open, high, low, close (volume, amount optional); read and checked as "
                    "`data import` reads them.")
 @click.option("--pred-len", type=click.IntRange(min=1), required=True, help="Number of future bars to forecast.")
-@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Sample paths whose median is the forecast [default: 1; 32 or more with --quantiles].")
 @click.option("--temperature", type=click.FloatRange(MIN_TEMPERATURE, MAX_TEMPERATURE), default=1.0, show_default=True)
 @click.option("--top-k", type=click.IntRange(0, MAX_TOP_K), default=0, show_default=True, help="1 = greedy.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
 @click.option("--seed", type=click.IntRange(min=-1), default=0, show_default=True, help="-1: unseeded.")
-@click.option("--quantiles", is_flag=True, help="Add p10/p50/p90 columns.")
+@click.option("--quantiles", default=None, is_flag=False, flag_value="true", metavar="[LEVELS]",
+              help="Add close quantile columns: levels such as 0.05,0.5,0.95 (close_p5, close_p50, close_p95), or "
+                   "no value for p10/p50/p90; calibrated by the answering version when it serves a calibration.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV to write [default: standard output].")
 @_settings_options
@@ -123,12 +126,12 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
                          device=device, inference_guard=inference_guard, labels=(asset_class, POOLED))
     service = PredictorService(settings, watch=False).start()
     try:
-        answer = service.forecast([SeriesInput(symbol, bars)], ForecastOptions(
+        answer = service.forecast([SeriesInput(symbol, bars)], ForecastOptions.asked(
             pred_len=pred_len, samples=samples, temperature=temperature, top_k=top_k, top_p=top_p,
             seed=None if seed < 0 else seed, quantiles=quantiles), now=now)[0]
     finally:
         service.stop()
-    frame = answer.result.mean.copy()
+    frame = answer.result.point.copy()  # the median of the paths: what the evaluation scores
     for name, band in (answer.result.quantiles or {}).items():
         frame[f"close_{name}"] = band["close"].to_numpy()
     if out_path is None:
@@ -140,6 +143,8 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
         os.replace(partial, out_path)
     click.echo(f"model: {answer.model.describe()}"
                + (f" (fallback: {answer.model.fallback})" if answer.model.fallback else ""), err=True)
+    if answer.calibration is not None:
+        click.echo(f"calibration: {answer.calibration}", err=True)
     for warning in answer.warnings:
         click.echo(f"warning: {warning}", err=True)
 

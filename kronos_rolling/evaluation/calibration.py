@@ -275,17 +275,31 @@ def calibrated_quantiles(paths: np.ndarray, entry: ClassCalibration, levels) -> 
     return center[None, :] + np.sign(levels - 0.5)[:, None] * spread[None, :] * scale
 
 
+@dataclass(frozen=True)
+class CalibrationNote:
+    """What an answer says about its quantiles' calibration: whether it was applied, from
+    which version (`source`, e.g. "kronos-lora-crypto v3"), and the sentence a person reads
+    ("applied: kronos-lora-crypto v3's crypto calibration, fitted on ..." or "not applied: why")."""
+
+    applied: bool
+    source: str
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
 def apply_calibration(result, levels, calibration: Calibration | None, asset_class: str | None,
-                      source: str) -> str:
+                      source: str) -> CalibrationNote:
     """Calibrate the close quantiles of a model.forecast.ForecastResult computed at `levels`, with
-    `calibration`'s entry for `asset_class` when it serves one; returns what the answer says
-    about it ("applied: <source>'s crypto calibration, fitted on ..." or "not applied: why")."""
+    `calibration`'s entry for `asset_class` when it serves one (`source`: the version carrying
+    it); returns what the answer says about it."""
     entry = calibration.entry(asset_class) if calibration is not None else None
     if entry is None:
         why = (f"{source} carries no calibration" if calibration is None
                else f"{source}: {calibration.why_not(asset_class)}")
-        return f"not applied: {why}"
+        return CalibrationNote(False, source, f"not applied: {why}")
     prices = calibrated_quantiles(result.close_paths, entry, levels)
     result.set_close_quantiles(levels, prices)  # a wide lower tail stops at the price floor (order kept)
-    return (f"applied: {source}'s {asset_class} calibration, fitted on "
-            f"{calibration.fitted_on[0]}..{calibration.fitted_on[1]}")
+    return CalibrationNote(True, source, f"applied: {source}'s {asset_class} calibration, fitted on "
+                                         f"{calibration.fitted_on[0]}..{calibration.fitted_on[1]}")

@@ -28,8 +28,10 @@ from kronos_rolling.data.bars import BarsError, clean_bars
 from kronos_rolling.data.events import EventCalendar
 from kronos_rolling.data.issues import Issue
 from kronos_rolling.errors import DataError, KronosError
+from kronos_rolling.evaluation.calibration import CalibrationNote, apply_calibration
 from kronos_rolling.model.forecast import ForecastGroup, ForecastResult
 from kronos_rolling.model.generate import check_sampling
+from kronos_rolling.model.quantiles import paths_for, quantile_levels
 from kronos_rolling.serve.batching import Batcher, BatchJob, Overloaded
 from kronos_rolling.serve.cpu import CpuShare
 from kronos_rolling.serve.pool import AdapterPool, LoadedAdapter
@@ -42,13 +44,24 @@ BARS_HINT = "Rows are positions in the series' bars (0-based)."
 
 @dataclass(frozen=True)
 class ForecastOptions:
+    """A request's decode settings, resolved: `samples` is the number of paths drawn (at least
+    model/quantiles.MIN_QUANTILE_PATHS when quantiles are asked: `asked` resolves it) and
+    `quantiles` the levels returned (() for none)."""
+
     pred_len: int = 16
     samples: int = 1
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 0.9
     seed: int | None = 0  # None: unseeded
-    quantiles: bool = False
+    quantiles: tuple[float, ...] = ()
+
+    @classmethod
+    def asked(cls, *, quantiles=None, samples: int | None = None, **settings) -> "ForecastOptions":
+        """The options a caller asked for: `quantiles` any levels in (0, 1) (a list, or True for
+        the old p10/p50/p90), `samples` None for the default (1; 32 with quantiles)."""
+        levels = quantile_levels(quantiles)
+        return cls(samples=paths_for(samples, levels), quantiles=levels, **settings)
 
 
 @dataclass(frozen=True)
@@ -84,10 +97,15 @@ class ModelInfo:
 
 @dataclass
 class Answer:
+    """One series' forecast: `result.point` is the point forecast (the median of the paths, what
+    the evaluation scores); `calibration` says whether the close quantiles carry the answering
+    version's calibration (None when no quantiles were asked)."""
+
     symbol: str
     model: ModelInfo
     warnings: list[str]
     result: ForecastResult
+    calibration: CalibrationNote | None = None
 
 
 @dataclass
@@ -164,8 +182,8 @@ class PendingForecast:
         for job, done in zip(self.jobs, decoded):
             payload = job.payload
             if isinstance(done, KronosError):  # the job could not be decoded (its own input)
-                done = (None, None, done if isinstance(done, DataError) else DataError(str(done)))
-            choice, adapter, results = done
+                done = (None, None, done if isinstance(done, DataError) else DataError(str(done)), None)
+            choice, adapter, results, notes = done
             for position, i in enumerate(payload.indices):
                 if isinstance(results, DataError):  # the forecast of this class failed as a whole (not finite)
                     outcomes[i] = ItemError(self.series[i].symbol, results, "bars")
@@ -174,7 +192,7 @@ class PendingForecast:
                 if stale.stale:
                     warnings.append(f"registry stale: {stale.reason}; answered with the versions loaded")
                 outcomes[i] = Answer(self.series[i].symbol, ModelInfo.of(choice, adapter), warnings,
-                                     results[position])
+                                     results[position], notes[position] if notes else None)
         return outcomes
 
 
@@ -261,7 +279,8 @@ class Forecasting:
         return PendingForecast(self.watcher, series, outcomes, jobs, predicted)
 
     def run_batch(self, jobs: list[BatchJob]) -> list:
-        """Decode the jobs of one batch together: per job (choice, adapter, results or DataError)."""
+        """Decode the jobs of one batch together: per job (choice, adapter, results or DataError,
+        calibration notes or None)."""
         self.cpu.apply()
         try:
             return self._decode([job.payload for job in jobs])
@@ -291,20 +310,20 @@ class Forecasting:
                               event_embedding=None if adapter is None else adapter.event_embedding,
                               event_ids=[self._event_ids(item, p.asset_class, options.pred_len, adapter)
                                          for item in p.items],
-                              asset_class=p.asset_class, checked=True)
+                              asset_class=p.asset_class, checked=True, quantiles=p.options.quantiles)
                 for p, adapter, name in zip(payloads, adapters, names)]
             return adapters, forecaster.forecast_groups(
                 groups, options.pred_len, temperature=options.temperature, top_k=options.top_k,
-                top_p=options.top_p, quantiles=any(p.options.quantiles for p in payloads),
-                labels=[item.symbol for p in payloads for item in p.items])
+                top_p=options.top_p, labels=[item.symbol for p in payloads for item in p.items])
 
         adapters, outcomes = self.pool.run(pick, work)
         answered = []
         for payload, choice, adapter, outcome in zip(payloads, chosen, adapters, outcomes):
-            if not isinstance(outcome, DataError) and not payload.options.quantiles:
-                for result in outcome:
-                    result.quantiles = None
-            answered.append((choice, adapter, outcome))
+            notes = None
+            if not isinstance(outcome, DataError) and payload.options.quantiles:
+                notes = [calibrate(result, payload.options.quantiles, payload.asset_class, adapter)
+                         for result in outcome]
+            answered.append((choice, adapter, outcome, notes))
         return answered
 
     def _event_ids(self, item: SeriesInput, asset_class: str, pred_len: int,
@@ -314,3 +333,12 @@ class Forecasting:
             return None
         return self.calendar.forecast_event_ids(item.symbol, asset_class, item.bars["timestamp"], pred_len,
                                                 adapter.vocabulary)
+
+
+def calibrate(result: ForecastResult, levels: tuple[float, ...], asset_class: str,
+              adapter: LoadedAdapter | None) -> CalibrationNote:
+    """The close quantiles of `result` with the answering version's calibration for `asset_class`
+    (none for the bare base; a class its tags withhold is not applied), and what the answer says."""
+    if adapter is None:
+        return apply_calibration(result, levels, None, asset_class, "the bare base")
+    return apply_calibration(result, levels, adapter.served_calibration(), asset_class, adapter.describe())

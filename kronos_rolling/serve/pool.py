@@ -36,11 +36,12 @@ from peft import PeftModel
 
 from kronos_rolling.data.events import EventVocabulary
 from kronos_rolling.errors import DataError, ModelError
+from kronos_rolling.evaluation.calibration import CALIBRATION_FILE, Calibration
 from kronos_rolling.model.base import BaseModelRef
 from kronos_rolling.model.events import EventEmbedding
 from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.model.lora import BASE_ROWS, EVENT_EMBEDDING, EVENT_VOCAB, load_adapter_bundle
-from kronos_rolling.names import POOLED
+from kronos_rolling.names import POOLED, withheld_calibrations
 from kronos_rolling.serve.selection import Candidate, finite_or_none
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,16 @@ class LoadedAdapter:
     metadata: dict
     digest: str
     source: str  # "registry" (resolved live) or "cache" (registry down at start-up)
-    tags: dict = field(default_factory=dict)  # the version's registry tags when it was resolved
+    tags: dict = field(default_factory=dict)  # the version's registry tags, as last resolved
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    calibration: Calibration | None = None  # its bundle's calibration.json, verified with its files
 
     def describe(self) -> str:
         return f"{self.registered_model} v{self.version}"
+
+    def served_calibration(self) -> Calibration | None:
+        """Its calibration less the classes its tags withhold (made coverage worse out of sample)."""
+        return None if self.calibration is None else self.calibration.with_withheld(withheld_calibrations(self.tags))
 
     def candidate(self) -> Candidate:
         """This version as the selection sees it: val_mae from its version tag, else its metadata,
@@ -167,6 +173,9 @@ class AdapterPool:
             vocabulary = EventVocabulary.from_dict(json.loads((bundle_dir / EVENT_VOCAB).read_text()))
         except (OSError, ValueError, DataError) as exc:
             raise ModelError(f"{registered_model} v{version}: unreadable event vocabulary ({exc})") from exc
+        # Checked with the version's files (tracking/integrity.py) and again here: an unusable one
+        # (CalibrationError, a ModelError) refuses the version like a bad adapter file.
+        calibration = Calibration.read(bundle_dir, f"{registered_model} v{version}: {CALIBRATION_FILE}")
         adapter_name = f"{label}-v{version}"
         with self._exclusive():
             old = self._table.get(label)
@@ -175,7 +184,7 @@ class AdapterPool:
             self._inject(adapter_name, bundle_dir)
             loaded = LoadedAdapter(label, registered_model, str(version), alias, adapter_name,
                                    event_embedding.to(self.forecaster.device).eval(), vocabulary, metadata, digest,
-                                   source, dict(tags or {}))
+                                   source, dict(tags or {}), calibration=calibration)
             self._table = MappingProxyType({**self._table, label: loaded})
             if old is not None:
                 self._delete(old.adapter_name)
@@ -196,6 +205,12 @@ class AdapterPool:
         loaded = self._table.get(label)
         if loaded is not None:
             loaded.source = source
+
+    def mark_tags(self, label: str, tags: dict) -> None:
+        """The served version's tags as the registry has them now (e.g. a calibration withheld since)."""
+        loaded = self._table.get(label)
+        if loaded is not None:
+            loaded.tags = dict(tags or {})
 
     def _inject(self, adapter_name: str, bundle_dir: Path) -> None:
         """Add the bundle's LoRA weights under `adapter_name` (gate held, nothing running)."""

@@ -20,6 +20,7 @@ from kronos_rolling.serve.forecasting import Answer, ForecastOptions, ItemError,
 from kronos_rolling.settings import RequestLimits
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+QuantileLevel = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
 class Bar(BaseModel):
@@ -39,17 +40,22 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pred_len: int = Field(16, ge=1, description="Bars to forecast (the service's limit is in /health)")
-    samples: int = Field(1, ge=1, description="Sample paths averaged into the forecast")
+    samples: int | None = Field(None, ge=1, description="Sample paths whose median is the forecast (default 1; "
+                                                           "a quantile request draws at least 32)")
     temperature: float = Field(1.0, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False,
                                description="Sharpness of the sampling (lower: closer to greedy)")
     top_k: int = Field(0, ge=0, le=MAX_TOP_K, description="Keep the k most likely tokens (0: off, 1: greedy)")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (when top_k is 0)")
     seed: int | None = Field(0, ge=0, le=2**63 - 1, description="Seed of the sampling; null: unseeded")
-    quantiles: bool = Field(False, description="Add p10/p50/p90 across the sample paths")
+    quantiles: bool | list[QuantileLevel] = Field(
+        False, max_length=99, examples=[[0.05, 0.5, 0.95]],
+        description="Quantiles of the close across the sample paths: any levels in (0, 1), e.g. [0.05, 0.5, 0.95] "
+                    "(keys p5, p50, p95), or true for p10/p50/p90; calibrated with the answering version's "
+                    "calibration when it serves one (see `calibration` in the answer)")
 
     def to_options(self) -> ForecastOptions:
-        return ForecastOptions(self.pred_len, self.samples, self.temperature, self.top_k, self.top_p, self.seed,
-                               self.quantiles)
+        return ForecastOptions.asked(pred_len=self.pred_len, samples=self.samples, temperature=self.temperature,
+                                     top_k=self.top_k, top_p=self.top_p, seed=self.seed, quantiles=self.quantiles)
 
 
 BARS_DESCRIPTION = (f"History, oldest first: at least {RequestLimits.min_bars} bars (the service's min_bars, "
@@ -110,12 +116,22 @@ class ModelBlock(BaseModel):
     fallback: str | None = Field(description="Why the class's own production version did not answer")
 
 
+class CalibrationBlock(BaseModel):
+    applied: bool = Field(description="Whether the close quantiles carry a calibration")
+    registered_model: str | None = Field(description="The version whose calibration it is (the one that "
+                                                     "answered); null: the bare base answered")
+    version: str | None
+    detail: str = Field(description="e.g. \"applied: kronos-lora-crypto v3's crypto calibration, fitted on "
+                                    "2018-05-01..2018-06-01\", or \"not applied: <why>\"")
+
+
 class ForecastResponse(BaseModel):
     symbol: str
     model: ModelBlock
     warnings: list[str]
-    forecast: list[ForecastRow]
+    forecast: list[ForecastRow] = Field(description="The point forecast: the median of the sample paths")
     quantiles: dict[str, list[ForecastRow]] | None = None
+    calibration: CalibrationBlock | None = Field(None, description="With quantiles: whether they are calibrated")
 
 
 class FieldError(BaseModel):
@@ -137,6 +153,7 @@ class BatchResult(BaseModel):
     warnings: list[str] = []
     forecast: list[ForecastRow] | None = None
     quantiles: dict[str, list[ForecastRow]] | None = None
+    calibration: CalibrationBlock | None = None
     error: ItemErrorBody | None = None
 
 
@@ -192,8 +209,11 @@ def response_of(answer: Answer) -> dict:
         "symbol": answer.symbol,
         "model": answer.model.__dict__,
         "warnings": answer.warnings,
-        "forecast": _rows(result.mean),
+        "forecast": _rows(result.point if result.point is not None else result.mean),
         "quantiles": {name: _rows(frame) for name, frame in result.quantiles.items()} if result.quantiles else None,
+        "calibration": None if answer.calibration is None else {
+            "applied": answer.calibration.applied, "registered_model": answer.model.registered_model,
+            "version": answer.model.version, "detail": answer.calibration.detail},
     }
 
 

@@ -146,6 +146,7 @@ class RegistryWatcher:
             if loaded.source != "registry":
                 self.pool.mark_source(label, "registry")
                 self.cache.record_resolved(label, ref.registered_model, ref.version, ref.alias, now)
+            self.pool.mark_tags(label, ref.tags)  # whether its calibration serves can change on the version
             return "unchanged"
         prior = self.refused.get(label)
         if prior is not None and prior.version == ref.version:

@@ -161,7 +161,7 @@ class KronosAdapterModel(mlflow.pyfunc.PythonModel):
                 note = apply_calibration(result, levels, self.calibration, asset_class, self.source)
                 for level in levels:
                     out[f"close_{quantile_name(level)}"] = result.quantiles[quantile_name(level)]["close"].to_numpy()
-                out["calibration"] = note
+                out["calibration"] = str(note)
             if symbol is not None:
                 out.insert(0, "symbol", symbol)
             frames.append(out)

@@ -147,33 +147,48 @@ def test_quantile_levels_the_old_form_and_the_paths_behind_a_request():
     assert paths_for(64, (0.5,)) == 64
 
 
-class _Result:
-    """What apply_calibration reads of a model.forecast.ForecastResult."""
+def forecast_result(close_paths, levels):
+    """A model.forecast.ForecastResult of (K, H) close paths (each bar's high 1% above its close,
+    its low 1% below), with quantiles at `levels`, as the forecaster builds it."""
+    import pandas as pd
 
-    def __init__(self, close_paths, levels):
-        self.close_paths = close_paths
-        self.quantiles = {quantile_name(q): {"close": row} for q, row in zip(levels, path_quantiles(close_paths, levels))}
+    from kronos_rolling.model.forecast import FEATURE_COLUMNS, ForecastResult
 
-    def set_close_quantiles(self, levels, values):
-        for q, row in zip(levels, values):
-            self.quantiles[quantile_name(q)]["close"] = row
+    ones = np.ones_like(close_paths)
+    bars = np.stack([close_paths, close_paths * 1.01, close_paths * 0.99, close_paths, ones, ones], axis=-1)
+
+    def frame(values):
+        return pd.DataFrame(values, columns=FEATURE_COLUMNS)
+
+    return ForecastResult(mean=frame(bars.mean(axis=0)), point=frame(np.median(bars, axis=0)),
+                          quantiles={quantile_name(q): frame(b) for q, b in zip(levels, path_quantiles(bars, levels))},
+                          close_paths=close_paths, price_floor=1e-3)
 
 
-def test_apply_calibration_says_what_it_did():
+def test_apply_calibration_says_what_it_did_and_keeps_every_quantile_a_valid_bar_in_order():
     returns, actual = scores_of(0.5, 300)
     fitted = fit_class(spread_scores(returns, actual), np.full(300, 1 / 300), 100)
     calibration = Calibration({"crypto": fitted}, {"equity": "too few"}, ("2018-01-01", "2018-02-01"), 100)
     paths = np.random.default_rng(0).standard_normal((32, 2)) + 50
     levels = (0.05, 0.5, 0.95)
-    result = _Result(paths, levels)
-    before = result.quantiles["p95"]["close"].copy()
+    result = forecast_result(paths, levels)
+    before = result.quantiles["p95"]["close"].to_numpy().copy()
     note = apply_calibration(result, levels, calibration, "crypto", "kronos-lora-crypto v3")
-    assert note == "applied: kronos-lora-crypto v3's crypto calibration, fitted on 2018-01-01..2018-02-01"
-    assert (result.quantiles["p95"]["close"] > before).all()
-    assert apply_calibration(_Result(paths, levels), levels, calibration, "equity", "v3") == "not applied: v3: too few"
-    assert "withheld" in apply_calibration(_Result(paths, levels), levels, calibration.with_withheld({"crypto"}),
-                                           "crypto", "v3")
-    assert apply_calibration(_Result(paths, levels), levels, None, "crypto", "the bare base") == \
+    assert note.applied and note.source == "kronos-lora-crypto v3"
+    assert str(note) == "applied: kronos-lora-crypto v3's crypto calibration, fitted on 2018-01-01..2018-02-01"
+    assert (result.quantiles["p95"]["close"].to_numpy() > before).all()  # too narrow paths: widened
+    closes = np.stack([result.quantiles[quantile_name(q)]["close"].to_numpy() for q in levels])
+    assert (np.diff(closes, axis=0) >= 0).all(), "p5 <= p50 <= p95"
+    np.testing.assert_allclose(result.quantiles["p50"]["close"], np.median(paths, axis=0))  # the point stays
+    for band in result.quantiles.values():  # the high and the low widened to hold the calibrated close
+        assert (band["high"] >= band[["open", "close"]].max(axis=1)).all()
+        assert (band["low"] <= band[["open", "close"]].min(axis=1)).all()
+    refused = apply_calibration(forecast_result(paths, levels), levels, calibration, "equity", "v3")
+    assert not refused.applied and str(refused) == "not applied: v3: too few"
+    withheld = apply_calibration(forecast_result(paths, levels), levels, calibration.with_withheld({"crypto"}),
+                                 "crypto", "v3")
+    assert not withheld.applied and "withheld" in str(withheld)
+    assert str(apply_calibration(forecast_result(paths, levels), levels, None, "crypto", "the bare base")) == \
         "not applied: the bare base carries no calibration"
 
 
