@@ -47,8 +47,8 @@ class Options(BaseModel):
     top_k: int = Field(0, ge=0, le=MAX_TOP_K, description="Keep the k most likely tokens (0: off, 1: greedy)")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass (when top_k is 0)")
     seed: int | None = Field(0, ge=0, le=2**63 - 1, description="Seed of the sampling; null: unseeded")
-    quantiles: bool | list[QuantileLevel] = Field(
-        False, max_length=99, examples=[[0.05, 0.5, 0.95]],
+    quantiles: bool | Annotated[list[QuantileLevel], Field(max_length=99)] = Field(
+        False, examples=[[0.05, 0.5, 0.95]],
         description="Quantiles of the close across the sample paths: any levels in (0, 1), e.g. [0.05, 0.5, 0.95] "
                     "(keys p5, p50, p95), or true for p10/p50/p90; calibrated with the answering version's "
                     "calibration when it serves one (see `calibration` in the answer)")

@@ -71,9 +71,11 @@ def build_bundle(base_dir: Path, out_dir: Path, seed: int, *, val_mae: float = 0
 def register_version(client: MlflowClient, base_dir: Path, label: str, seed: int, *,
                      val_mae: float = 0.02, example: pd.DataFrame | None = None,
                      lora: LoraSettings | None = None, experiment: str = "serve-tests",
-                     registered_as: str | None = None, scale: float = 0.5) -> str:
+                     registered_as: str | None = None, scale: float = 0.5, calibration: dict | None = None,
+                     tags: dict[str, str] | None = None) -> str:
     """Register a new version of kronos-lora-<registered_as> (default: the bundle's `label`), tagged with
-    its asset class; returns its version number. `scale`: of the LoRA weights (NaN: a NaN adapter)."""
+    its asset class (and `tags`); returns its version number. `scale`: of the LoRA weights (NaN: a NaN
+    adapter). `calibration`: a calibration.json's content, in the bundle as training writes it."""
     from kronos_rolling.tracking.pyfunc import log_adapter_model, register_adapter_model
 
     name = registered_model_name(registered_as or label)
@@ -81,7 +83,9 @@ def register_version(client: MlflowClient, base_dir: Path, label: str, seed: int
     with tempfile.TemporaryDirectory(prefix="serve-bundle-") as folder:
         bundle = build_bundle(base_dir, Path(folder) / ADAPTER_ARTIFACT, seed, val_mae=val_mae, label=label,
                               lora=lora, scale=scale)
-        tags = {"asset_class": label, "val_mae": f"{val_mae:.6g}"}
+        if calibration is not None:
+            (bundle / "calibration.json").write_text(json.dumps(calibration))
+        tags = {"asset_class": label, "val_mae": f"{val_mae:.6g}", **(tags or {})}
         with start_run(tracking, experiment) as run:
             model_uri = log_adapter_model(run, bundle, example if example is not None else sample_frame("BTCUSD", 48))
     return register_adapter_model(client, name, model_uri, run.run_id, tags=tags, description="a serve test's",
