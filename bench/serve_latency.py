@@ -5,7 +5,7 @@ alias flip to the first answer of the new version, inference during training.
 Everything is real and runs in one go: a tracking server in a temporary folder, a random
 base of `--size` saved in the hub format, five registered versions (LoRA rank 8 on every
 block linear, each with its event embedding), and the service as a child process
-(`python -m kronos_rolling.serve serve`). Parts (`--parts`, default: load):
+(`python -m kronos_rolling.cli serve`). Parts (`--parts`, default: load):
 
 load      one client sending requests one after another, then `--clients` clients sending
           at once for `--seconds` (a client that gets a 503 waits its Retry-After, as a polite
@@ -21,10 +21,14 @@ flips     seconds from an alias flip (promotion, then rollback) to the first res
           the new version: pushed by a real MLflow webhook, then found by 1 s polling.
 training  p50 latency while a training job (LoRA steps on the same base, holding the training
           lock) shares the CPU, and that job's step rate with and without requests.
+quantiles p50 latency of a quantile request (`quantiles: [0.05, 0.5, 0.95]`: 32 paths, the
+          default) against a 1-path request for the same series, one at a time, interleaved
+          round by round on the same service (issue 20). Goal: ratio <= 3.
 
     python bench/serve_latency.py                                   # load; Kronos-small shape, lookback 256
     python bench/serve_latency.py --lookback 64 --pred-len 64       # a horizon that outweighs its lookback
     python bench/serve_latency.py --parts latency memory flips training --flips 2 --train-seconds 10
+    python bench/serve_latency.py --parts quantiles --requests 32  # 32 rounds of a 1-path and a 32-path request
 
 Wall-clock figures on a shared machine depend on what else runs: the load average is printed.
 """
@@ -145,7 +149,7 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kronos_rolling.serve", "serve", "--port", str(self.port), "--log-level",
+            [sys.executable, "-m", "kronos_rolling.cli", "serve", "--port", str(self.port), "--log-level",
              "warning"], env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -264,7 +268,7 @@ def load_part(url: str, bodies: list[dict], args, limits: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["load"], choices=["load", "latency", "memory", "flips",
-                                                                          "training"])
+                                                                          "training", "quantiles"])
     parser.add_argument("--size", default="small", choices=["tiny", "mini", "small", "base"])
     parser.add_argument("--lookback", type=int, default=256)
     parser.add_argument("--pred-len", type=int, default=16)
@@ -312,7 +316,8 @@ def main() -> None:
         example = sample_frame("BTCUSD", 48)
         t = time.perf_counter()
         for label, seed in (("crypto", 1), ("forex_commodity", 2), ("equity", 3), ("pooled", 4), ("crypto", 5)):
-            register_version(client, base, label, seed, lora=lora, example=example, experiment="bench-serve")
+            register_version(client, base, label, seed, lora=lora, example=example, experiment="bench-serve",
+                             calibration=bench_calibration(label, args.pred_len))
         for label in ("crypto", "forex_commodity", "equity", "pooled"):
             set_production(client, label, "1")
         print(f"registered 5 versions in {time.perf_counter() - t:.0f}s", flush=True)
@@ -336,7 +341,7 @@ def main() -> None:
 
         if "memory" in args.parts:
             memory_part(env)
-        if {"load", "latency", "flips", "training"} & set(args.parts):
+        if {"load", "latency", "flips", "training", "quantiles"} & set(args.parts):
             services.append(Service(env, work / "service.log"))
         if "load" in args.parts:
             load_part(services[-1].url, bodies, args, limits)
@@ -346,11 +351,24 @@ def main() -> None:
             flips_part(services, bodies, client, env, work, args)
         if "training" in args.parts:
             training_part(services[-1].url, bodies, base, env, args)
+        if "quantiles" in args.parts:
+            quantiles_part(services[-1].url, bodies, args)
     finally:
         for service in services:
             service.stop()
         server.stop()
         mlflow.set_tracking_uri(None)
+
+
+def bench_calibration(label: str, steps: int) -> dict:
+    """A calibration.json for `label`'s versions (1.5 x the central level at every step), so
+    quantile answers pay for applying one."""
+    from kronos_rolling.evaluation.calibration import GRID, Calibration, ClassCalibration
+
+    classes = ("crypto", "forex_commodity", "equity") if label == "pooled" else (label,)
+    scales = tuple(tuple(1.5 * level for level in GRID) for _ in range(steps))
+    return Calibration({c: ClassCalibration(scales, 400) for c in classes}, {}, ("2018-05-01", "2018-06-01"),
+                       100).to_dict()
 
 
 def http_caller(url: str, bodies: list[dict]):
@@ -365,6 +383,32 @@ def http_caller(url: str, bodies: list[dict]):
         return response.json()
 
     return http
+
+
+def quantiles_part(url: str, bodies: list[dict], args) -> None:
+    """A 32-path quantile request against a 1-path request for the same series, one at a time,
+    the two interleaved round by round (alternating which goes first), on the same service."""
+    plain = [{**body, "samples": 1} for body in bodies[:args.requests]]
+    levels = [{**body, "quantiles": [0.05, 0.5, 0.95]} for body in plain]
+    for body in levels:
+        body.pop("samples")  # the default of a quantile request: 32 paths
+    one, many = http_caller(url, plain), http_caller(url, levels)
+    answer = many(0)
+    assert set(answer["quantiles"]) == {"p5", "p50", "p95"} and answer["calibration"]["applied"], answer
+    one(0)  # both warm
+    latencies = {"1 path": [], "32 paths, quantiles": []}
+    for index in range(len(plain)):
+        order = [("1 path", one), ("32 paths, quantiles", many)]
+        for name, call in (order if index % 2 == 0 else order[::-1]):
+            started = time.perf_counter()
+            call(index)
+            latencies[name].append(time.perf_counter() - started)
+    print(f"\nquantiles, {len(plain)} requests each, one at a time (ms), load {load()}", flush=True)
+    print("| request | p50 | p99 |\n|---|---|---|")
+    for name, values in latencies.items():
+        print(f"| {name} | {percentile(values, 50):.1f} | {percentile(values, 99):.1f} |")
+    ratio = percentile(latencies["32 paths, quantiles"], 50) / percentile(latencies["1 path"], 50)
+    print(f"  p50 of a 32-path quantile request / p50 of a 1-path request = {ratio:.3f} (goal <= 3)", flush=True)
 
 
 def memory_part(env: dict) -> None:
