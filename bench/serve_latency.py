@@ -5,7 +5,7 @@ alias flip to the first answer of the new version, inference during training.
 Everything is real and runs in one go: a tracking server in a temporary folder, a random
 base of `--size` saved in the hub format, five registered versions (LoRA rank 8 on every
 block linear, each with its event embedding), and the service as a child process
-(`python -m kronos_rolling.serve serve`). Parts (`--parts`, default: load):
+(`python -m kronos_rolling.cli serve`). Parts (`--parts`, default: load):
 
 load      one client sending requests one after another, then `--clients` clients sending
           at once for `--seconds` (a client that gets a 503 waits its Retry-After, as a polite
@@ -145,7 +145,7 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kronos_rolling.serve", "serve", "--port", str(self.port), "--log-level",
+            [sys.executable, "-m", "kronos_rolling.cli", "serve", "--port", str(self.port), "--log-level",
              "warning"], env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
