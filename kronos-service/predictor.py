@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.serve.selection import Choice
-from kronos_rolling.serve.service import registry_choice
-from kronos_rolling.serve.source import RegistrySource
+from kronos_rolling.serve.source import RegistrySource, registry_choice
 from kronos_rolling.settings import ServeSettings, load_settings
 from kronos_rolling.tracking.context import Tracking
 
@@ -35,9 +34,11 @@ def get_lora_checkpoint(symbol: str, settings: ServeSettings | None = None) -> C
 
 
 def main() -> None:
-    from kronos_rolling.serve.__main__ import main as serve_main
+    """`serve` and `predict` of the command line, as `python kronos-service/predictor.py ...`."""
+    from kronos_rolling.cli.main import KronosGroup
+    from kronos_rolling.cli.serve import COMMANDS
 
-    serve_main(prog_name="predictor.py")
+    KronosGroup("predictor.py", commands={c.name: c for c in COMMANDS})(prog_name="predictor.py")
 
 
 if __name__ == "__main__":

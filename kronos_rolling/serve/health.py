@@ -42,15 +42,15 @@ def models_report(pool: AdapterPool, settings: ServeSettings) -> dict:
     return report
 
 
-def queue_report(batcher: Batcher, settings: ServeSettings) -> dict:
-    """The forecast queue: what waits, the measured decode rate, the batching and shedding limits."""
+def queue_report(batcher: Batcher) -> dict:
+    """The forecast queue: what waits, the measured decode rate, its batching and shedding limits."""
     state = batcher.state()
     return {"waiting_requests": state.jobs, "waiting_rows": state.rows, "decoding_rows": state.running_rows,
             "work_per_s": None if state.rate is None else round(state.rate, 1), "batches": state.batches,
             "shed": state.shed, "wait_correction_s": round(state.correction, 2),
-            "max_batch_size": settings.max_batch_size,
-            "max_batch_wait_ms": settings.max_batch_wait_ms,
-            "max_queue_wait_s": settings.max_queue_wait_s}
+            "max_batch_size": batcher.max_batch_size,
+            "max_batch_wait_ms": batcher.max_batch_wait_s * 1000,
+            "max_queue_wait_s": batcher.max_queue_wait_s}
 
 
 def health_report(now: datetime, *, settings: ServeSettings, base: BaseModelRef, started_at: datetime | None,
@@ -86,7 +86,7 @@ def health_report(now: datetime, *, settings: ServeSettings, base: BaseModelRef,
                        "version": r.candidate and r.candidate.version, "fallback": r.fallback}
                    for c, r in current.items()},
         "refused": watcher.refusals(),
-        "queue": queue_report(batcher, settings),
+        "queue": queue_report(batcher),
         "device": {"type": str(pool.forecaster.device), "training_busy": cpu.busy,
                    "inference_threads": cpu.threads(), "inference_nice": cpu.nice()},
         "warnings": warnings,

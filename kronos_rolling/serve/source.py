@@ -21,9 +21,10 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from kronos_rolling.errors import RegistryError, RegistryUnavailable
-from kronos_rolling.registry.client import is_missing
-from kronos_rolling.names import PRODUCTION, registered_model_name
 from kronos_rolling.files import check_formats, check_sizes, recorded_digest
+from kronos_rolling.names import POOLED, PRODUCTION, registered_model_name
+from kronos_rolling.registry.client import is_missing
+from kronos_rolling.serve.selection import Candidate, Choice, asset_class_of, choose, finite_or_none
 from kronos_rolling.tracking.context import Tracking
 
 log = logging.getLogger(__name__)
@@ -115,3 +116,18 @@ class RegistrySource:
 
 def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0][:300] if text else "no message"
+
+
+def registry_choice(symbol: str, source: RegistrySource, overrides: dict | None = None,
+                    guard_ratio: float | None = None) -> Choice:
+    """Who answers `symbol` according to the registry now (nothing is loaded): the phase
+    document's `get_lora_checkpoint`.
+
+    The val_mae of each version comes from its `val_mae` tag, as the training job wrote it.
+    RegistryUnavailable when the registry cannot be read.
+    """
+    asset_class = asset_class_of(symbol, overrides)
+    refs = source.resolve((asset_class, POOLED))
+    available = {label: Candidate(label, ref.registered_model, ref.version, finite_or_none(ref.tags.get("val_mae")))
+                 for label, ref in refs.items() if ref is not None}
+    return choose(asset_class, available, guard_ratio=guard_ratio)
