@@ -145,7 +145,8 @@ def test_a_rolling_run_records_everything_the_guard_and_operators_need(jobs, env
     assert metadata["val_mae"] == pytest.approx(metrics["val_mae"])
 
 
-def test_distributions_are_scored_against_the_naive_baseline_and_a_version_carries_its_calibration(jobs, env):
+def test_distributions_are_scored_against_the_naive_baseline_and_a_version_carries_its_calibration(jobs, env,
+                                                                                                  tmp_path):
     """naive beside every model (val_crps_skill, coverage, paired differences); the candidate's
     calibration fitted on its validation month, stored in its bundle (a file its sha256 tags cover)
     and described on the version; pooled's calibration, fitted on December, scored out of sample
@@ -168,8 +169,9 @@ def test_distributions_are_scored_against_the_naive_baseline_and_a_version_carri
     assert metrics["calibrated_val_coverage_80"] == pytest.approx(0.8, abs=0.06)
     version = env.get_model_version("kronos-lora-crypto", crypto.version)
     assert version.tags["calibration"].startswith("crypto: fitted on 120 outcomes of 2018-01-01..2018-02-01")
-    assert "sha256.calibration.json" in version.tags
-    source = fetch_adapter(f"models:/kronos-lora-crypto/{crypto.version}", Tracking.connect(env.tracking_uri))
+    assert "sha256.artifacts/adapter/calibration.json" in version.tags  # covered by the version's digests
+    source = fetch_adapter(f"models:/kronos-lora-crypto/{crypto.version}", Tracking.connect(env.tracking_uri),
+                           tmp_path / "download")
     stored = json.loads((source.bundle_dir / "calibration.json").read_text())
     assert stored["fitted_on"] == {"start": "2018-01-01", "end": "2018-02-01"} and list(stored["classes"]) == ["crypto"]
 
