@@ -53,6 +53,7 @@ from kronos_rolling.tracking.adapters import (
     load_forecast_model,
 )
 from kronos_rolling.tracking.context import Tracking
+from kronos_rolling.tracking.integrity import fetch_verified
 from kronos_rolling.tracking.runs import start_run
 from kronos_rolling.tracking.server import ServerConfig, TrackingServer, free_port
 from kronos_rolling.training.config import TrainConfig
@@ -452,9 +453,11 @@ def measure_serving(row: MonthRow, serving: Serving, asset_class: str, ctx: JobC
             model = load_base_forecast_model(base)
         else:
             label = asset_class if serving.name == "production" else POOLED
-            source = fetch_adapter(f"models:/{registered_model_name(label)}/{serving.version}", ctx.tracking)
-            model = load_forecast_model(source)
-            calibration = calibration_of(source)
+            with tempfile.TemporaryDirectory(prefix="kronos-adapter-") as scratch:  # verified as it served
+                source = fetch_verified(f"models:/{registered_model_name(label)}/{serving.version}", ctx.tracking,
+                                        Path(scratch))
+                model = load_forecast_model(source)
+                calibration = calibration_of(source)
             if calibration is not None:
                 calibrations[serving.name] = calibration
         evaluation = evaluate_span(ctx.store, [asset_class], serving.span, {serving.name: model}, settings,

@@ -156,3 +156,25 @@ def test_daily_bars_at_a_long_horizon_wait_as_a_pending_challenger_then_decide_w
     version = clean_registry.get_model_version("kronos-lora-equity", "1")
     assert version.tags["guard_decision"] == frame["decision"].iloc[2]
     assert float(version.tags["decision_horizons"]) == pytest.approx(third, rel=1e-4)
+
+
+def test_a_version_that_served_is_measured_as_it_served_with_its_calibration(tracking_uri, clean_registry,
+                                                                             pretrained_base):
+    """What the replay does for the last month (no next job measures it): the version is fetched,
+    verified and scored on the month it served, its calibration applied (here 3x the paths' spread)."""
+    from datetime import date
+
+    from support.serve import register_version
+
+    from kronos_rolling.evaluation.calibration import GRID, Calibration, ClassCalibration
+    from kronos_rolling.pipeline.replay import MonthRow, Serving, measure_serving
+
+    scales = tuple(tuple(3.0 * level for level in GRID) for _ in range(4))
+    content = Calibration({"crypto": ClassCalibration(scales, 400)}, {}, ("2018-01-01", "2018-02-01"), 100).to_dict()
+    version = register_version(clean_registry, pretrained_base, "crypto", 7, scale=0.01, calibration=content)
+    row = MonthRow("crypto", "2018-02", "trained")
+    settings = SimulationSettings(eval_samples=8, eval_max_origins=64, lookback=16, horizon=4).eval_settings()
+    measure_serving(row, Serving("production", version, date(2018, 2, 1)), "crypto", job_context(tracking_uri),
+                    BaseModelRef.resolve(str(pretrained_base)), settings)
+    assert row.serving_coverage_80 is not None and row.serving_coverage_80_uncalibrated is not None
+    assert 0 <= row.serving_coverage_80_uncalibrated < row.serving_coverage_80 <= 1  # 3x wider: covers more
