@@ -28,7 +28,6 @@ recomputes the decisions. Prints one table; docs/evaluation.md ("Error rates") h
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time

@@ -38,7 +38,6 @@ from pandas.tseries.holiday import (
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.errors import DataError
-from kronos_rolling.settings import DEFAULT_MAX_GAP  # noqa: F401 - the data modules' default, kept importable here
 
 CRYPTO, FOREX_COMMODITY, EQUITY = ASSET_CLASSES
 

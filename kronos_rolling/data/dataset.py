@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from kronos_rolling.data.assets import classify_asset
 from kronos_rolling.data.bars import clean_bars
-from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing, missing_bars
+from kronos_rolling.data.calendars import infer_spacing, missing_bars
 from kronos_rolling.data.events import EventCalendar, EventVocabulary
 from kronos_rolling.data.features import (
     FEATURE_COLUMNS,
@@ -34,6 +34,7 @@ from kronos_rolling.data.features import (
 from kronos_rolling.data.store import DataStore
 from kronos_rolling.data.windows import to_utc
 from kronos_rolling.errors import ConfigError, DataError
+from kronos_rolling.settings import DEFAULT_MAX_GAP
 
 
 @dataclass

@@ -32,7 +32,7 @@ from kronos_rolling.data.assets import (
     write_overrides,
 )
 from kronos_rolling.data.bars import bars_error, check_bars, clean_bars, drop_invalid
-from kronos_rolling.data.calendars import DEFAULT_MAX_GAP, infer_spacing
+from kronos_rolling.data.calendars import infer_spacing
 from kronos_rolling.data.events import EventCalendar
 from kronos_rolling.data.issues import SPREADSHEET_QUOTING, Issue, spreadsheet_safe, write_report
 from kronos_rolling.data.parse import read_table
@@ -49,7 +49,7 @@ from kronos_rolling.data.validate import (
 )
 from kronos_rolling.data.windows import SeriesCoverage
 from kronos_rolling.errors import DataError
-from kronos_rolling.settings import BUNDLED_DATA_DIR
+from kronos_rolling.settings import BUNDLED_DATA_DIR, DEFAULT_MAX_GAP
 
 _FILE_SAFE_SYMBOL = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9^=._\-]{0,63}$")
 _TEMP_FILE = re.compile(r"^\..+\.pid(\d+)\.[^.]+\.tmp$")

@@ -29,16 +29,12 @@ from kronos_rolling.data.assets import (
     read_overrides,
 )
 from kronos_rolling.data.bars import CheckedBars, check_bars
-from kronos_rolling.data.calendars import (
-    DEFAULT_MAX_GAP,
-    format_spacing,
-    infer_spacing,
-    missing_bars,
-)
+from kronos_rolling.data.calendars import format_spacing, infer_spacing, missing_bars
 from kronos_rolling.data.events import EventCalendar
 from kronos_rolling.data.issues import Issue, row_issues
 from kronos_rolling.data.parse import read_table
 from kronos_rolling.errors import DataError
+from kronos_rolling.settings import DEFAULT_MAX_GAP
 
 __all__ = ["Issue", "KnownGap", "validate_frame", "gap_issues", "validate_file", "validate_path",
            "read_known_gaps", "DEFAULT_MAX_GAP", "REQUIRED_COLUMNS", "KNOWN_GAPS_FILE", "EVENTS_FILE", "SIDE_FILES",

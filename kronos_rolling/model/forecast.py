@@ -35,8 +35,8 @@ from kronos_rolling.errors import ConfigError, DataError, ModelError
 from kronos_rolling.model.config import default_max_context
 from kronos_rolling.model.device import resolve_device
 from kronos_rolling.model.events import EventEmbedding
-from kronos_rolling.model.generate import RowSeeds, unwrap, check_pair, check_sampling, generate
-from kronos_rolling.model.lora import BASE_ROWS, rows_by_adapter
+from kronos_rolling.model.generate import RowSeeds, check_pair, check_sampling, generate, unwrap
+from kronos_rolling.model.lora import rows_by_adapter
 from kronos_rolling.model.quantiles import path_quantiles, quantile_levels, quantile_name
 from kronos_rolling.model.tokenizer import KronosTokenizer
 
