@@ -188,3 +188,34 @@ def test_quantile_levels_outside_0_1_are_a_422_naming_the_field(service):
     response = ask(service, "BTCUSD", quantiles=[0.5, 1.0])
     assert response.status_code == 422
     assert any(error["field"].startswith("quantiles") for error in response.json()["errors"]), response.text
+
+
+def test_predict_on_the_command_line_answers_any_levels_and_says_whose_calibration(service, registry, tiny_base,
+                                                                                 tmp_path, monkeypatch):
+    import io
+
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from kronos_rolling.cli.main import KronosGroup
+    from kronos_rolling.cli.serve import COMMANDS
+
+    server, _ = registry
+    csv = tmp_path / "bars.csv"
+    FRAMES["BTCUSD"].to_csv(csv, index=False)
+    for name, value in {"KRONOS_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": server.url,
+                        "KRONOS_BASE_MODEL": str(tiny_base), "KRONOS_DATA_DIR": str(make_data_dir(tmp_path / "d", [])),
+                        "KRONOS_LOCK_DIR": str(tmp_path / "locks"), "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}.items():
+        monkeypatch.setenv(name, value)  # predict sets the MLFLOW_HTTP_* for its process: undone here
+    group = KronosGroup("kronos-rolling", commands={c.name: c for c in COMMANDS})
+    result = CliRunner().invoke(group, ["predict", "--symbol", "BTCUSD", "--csv", str(csv), "--pred-len",
+                                        str(PRED_LEN), "--seed", "3", "--quantiles", "0.05,0.5,0.95"])
+    assert result.exit_code == 0, result.output
+    assert ("calibration: applied: kronos-lora-crypto v1's crypto calibration, fitted on 2018-05-01..2018-06-01"
+            in result.stderr)
+    frame = pd.read_csv(io.StringIO(result.stdout))
+    assert list(frame.columns[-3:]) == ["close_p5", "close_p50", "close_p95"]
+    answer = ask(service, "BTCUSD", quantiles=[0.05, 0.5, 0.95]).json()  # the same answer as over HTTP
+    np.testing.assert_allclose(frame["close_p95"], column(answer["quantiles"]["p95"]), rtol=1e-5)
+    np.testing.assert_allclose(frame["close"], column(answer["forecast"]), rtol=1e-5)
