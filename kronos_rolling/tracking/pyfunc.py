@@ -38,7 +38,6 @@ adapter's). They are UTC: naive when the input's were naive datetimes, tz-aware 
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from importlib import metadata as package_metadata
@@ -58,16 +57,10 @@ from kronos_rolling.data.bars import clean_bars
 from kronos_rolling.data.parse import TIMESTAMP_NAMES, canonical_name
 from kronos_rolling.errors import DataError, ModelError
 from kronos_rolling.evaluation.calibration import apply_calibration
-from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.files import digest_tags
+from kronos_rolling.model.forecast import Forecaster
 from kronos_rolling.model.quantiles import LEGACY_LEVELS, paths_for, quantile_levels, quantile_name
-from kronos_rolling.tracking.adapters import (
-    ADAPTER_ARTIFACT,
-    METADATA_FILE,
-    AdapterSource,
-    calibration_of,
-    load_forecast_model,
-)
+from kronos_rolling.tracking.adapters import ADAPTER_ARTIFACT, calibration_of, load_forecast_model
 from kronos_rolling.tracking.runs import MODEL_NAME, TrackedRun
 
 DEFAULT_PARAMS = {
