@@ -41,8 +41,9 @@ def test_the_signature_holds_params_and_output_and_leaves_the_input_to_the_bar_v
     assert signature.inputs is None
     assert {spec.name for spec in signature.params.params} >= {"pred_len", "temperature", "top_k", "top_p"}
     outputs = {spec.name: spec for spec in signature.outputs.inputs}
+    # Optional: the symbol, the legacy quantile columns, and which calibration they carry.
     assert [name for name, spec in outputs.items() if not spec.required] == ["symbol", "close_p10", "close_p50",
-                                                                             "close_p90"]
+                                                                             "close_p90", "calibration"]
 
 
 def test_column_names_are_case_insensitive_and_errors_name_the_field_not_the_input(production):
