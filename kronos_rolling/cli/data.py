@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import pandas as pd
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.cli.options import settings_of
@@ -68,6 +67,8 @@ def import_(ctx, src, symbol, asset_class, time_format, tz, replace, max_gap, dr
     seconds or milliseconds; they are stored in UTC. A failed import writes nothing and
     counts every kind of problem; --report FILE lists every offending row.
     """
+    import pandas as pd
+
     from kronos_rolling.data.calendars import format_spacing
 
     store = _store(ctx, data_dir)
@@ -131,6 +132,8 @@ def validate(ctx, paths, symbol, max_gap, time_format, report_path, data_dir):
     The first rows of each kind of problem are listed and every kind is counted;
     --report FILE lists every row.
     """
+    import pandas as pd
+
     from kronos_rolling.data.validate import validate_path
 
     if symbol is not None and (len(paths) != 1 or Path(paths[0]).is_dir()):

@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-import pandas as pd
 
 from kronos_rolling.cli.options import configure_mlflow, settings_of
 from kronos_rolling.model.config import MAX_TEMPERATURE, MAX_TOP_K, MIN_TEMPERATURE
@@ -112,6 +111,8 @@ def predict(symbol, csv_path, pred_len, samples, temperature, top_k, top_p, seed
 
     The CSV goes to standard output (or --out); which model answered goes to standard error.
     """
+    import pandas as pd
+
     from kronos_rolling.data.assets import classify_asset
     from kronos_rolling.data.bars import read_bars_file
     from kronos_rolling.data.store import DataStore
