@@ -48,6 +48,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if _uses_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(str(path.relative_to(tests))))
+    # The longest first: a worker starts each of them while the other takes the many short tests,
+    # instead of one of them starting late and running on alone at the end.
+    items.sort(key=lambda item: _longest_first(Path(str(item.path)).relative_to(tests).as_posix()))
+
+
+# Modules whose tests take minutes (`make test --durations`), longest first.
+LONGEST = ("integration/test_readme.py", "integration/test_project.py", "integration/pipeline/test_replay.py",
+           "integration/pipeline/test_job_race.py", "integration/tracking/test_server_cli.py")
+
+
+def _longest_first(module: str) -> int:
+    return LONGEST.index(module) if module in LONGEST else len(LONGEST)
 
 
 def _uses_a_module_fixture(item) -> bool:
