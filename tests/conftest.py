@@ -48,9 +48,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if _uses_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(str(path.relative_to(tests))))
-    # The longest first: a worker starts each of them while the other takes the many short tests,
-    # instead of one of them starting late and running on alone at the end.
-    items.sort(key=lambda item: _longest_first(Path(str(item.path)).relative_to(tests).as_posix()))
+    # Largest units first, the many short tests last, so the two workers end together: the longest
+    # modules, then the groups (a module's tests held together on one worker), then the rest.
+    items.sort(key=lambda item: _largest_first(item, Path(str(item.path)).relative_to(tests).as_posix()))
 
 
 # Modules whose tests take minutes (`make test --durations`), longest first.
@@ -58,8 +58,10 @@ LONGEST = ("integration/test_readme.py", "integration/test_project.py", "integra
            "integration/pipeline/test_job_race.py", "integration/tracking/test_server_cli.py")
 
 
-def _longest_first(module: str) -> int:
-    return LONGEST.index(module) if module in LONGEST else len(LONGEST)
+def _largest_first(item, module: str) -> tuple[int, int]:
+    if module in LONGEST:
+        return 0, LONGEST.index(module)
+    return (1 if item.get_closest_marker("xdist_group") else 2), 0
 
 
 def _uses_a_module_fixture(item) -> bool:
