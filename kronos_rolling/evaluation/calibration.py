@@ -69,12 +69,19 @@ def coverage_key(level: float, prefix: str = "val_coverage") -> str:
     return f"{prefix}_{level_name(level)}"
 
 
+def center_and_spread(paths: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """m = the paths' median and s = their mean absolute deviation from it, along the paths' `axis`
+    (the module docstring's m and s: what a calibration is fitted on and applied to)."""
+    center = np.median(paths, axis=axis)
+    spread = np.abs(paths - np.expand_dims(center, axis)).mean(axis=axis)
+    return center, spread
+
+
 def spread_scores(returns: np.ndarray, actual: np.ndarray) -> np.ndarray:
     """(N, K, H) paths' returns and (N, H) outcomes -> (N, H) z = |y - m| / s (see the module
     docstring); 0 where a pathless spread meets its outcome exactly, inf where it misses it."""
     returns, actual = np.asarray(returns, dtype=np.float64), np.asarray(actual, dtype=np.float64)
-    center = np.median(returns, axis=1)
-    spread = np.abs(returns - center[:, None, :]).mean(axis=1)
+    center, spread = center_and_spread(returns, axis=1)
     miss = np.abs(actual - center)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(spread > 0, miss / np.where(spread > 0, spread, 1.0), np.where(miss > 0, np.inf, 0.0))
@@ -269,8 +276,7 @@ def calibrated_quantiles(paths: np.ndarray, entry: ClassCalibration, levels) -> 
     (any in (0, 1)); non-decreasing along the levels at every step."""
     paths = np.asarray(paths, dtype=np.float64)
     levels = np.asarray(levels, dtype=np.float64)
-    center = np.median(paths, axis=0)
-    spread = np.abs(paths - center).mean(axis=0)
+    center, spread = center_and_spread(paths, axis=0)
     scale = entry.table(np.abs(2 * levels - 1), paths.shape[1]).T  # (levels, H)
     return center[None, :] + np.sign(levels - 0.5)[:, None] * spread[None, :] * scale
 

@@ -316,15 +316,22 @@ def _delivery_note(delivery) -> str:
     return "" if delivery.delivered else " (not delivered)"
 
 
-def serving_now(client: MlflowClient, asset_class: str) -> str:
-    """What the predictor serves for the class now: its @production version, else pooled, else base."""
-    for label, answer in ((asset_class, None), (POOLED, "pooled")):
+def serving_version(client: MlflowClient, asset_class: str) -> tuple[str, str | None]:
+    """What the predictor serves for the class now, as its name in an evaluation and its version:
+    ("production", the class's @production version), else ("pooled", pooled's), else ("base", None)."""
+    for name, label in (("production", asset_class), ("pooled", POOLED)):
         try:
             version = client.get_model_version_by_alias(registered_model_name(label), PRODUCTION).version
         except MlflowException:
             continue
-        return answer or str(version)
-    return "base"
+        return name, str(version)
+    return "base", None
+
+
+def serving_now(client: MlflowClient, asset_class: str) -> str:
+    """What the predictor serves for the class now: its @production version, else "pooled", else "base"."""
+    name, version = serving_version(client, asset_class)
+    return version if name == "production" else name
 
 
 def _months(span) -> int:
@@ -410,13 +417,7 @@ class Serving:
 
 
 def serving_after(client: MlflowClient, asset_class: str, month: date) -> Serving:
-    for name, label in (("production", asset_class), ("pooled", POOLED)):
-        try:
-            version = client.get_model_version_by_alias(registered_model_name(label), PRODUCTION).version
-        except MlflowException:
-            continue
-        return Serving(name, str(version), month)
-    return Serving("base", None, month)
+    return Serving(*serving_version(client, asset_class), month)
 
 
 def record_serving_coverage(row: MonthRow, serving: Serving, evaluation: SpanEvaluation | None,

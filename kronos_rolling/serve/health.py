@@ -35,7 +35,7 @@ def models_report(pool: AdapterPool, settings: ServeSettings) -> dict:
         adapter = served.get(label)
         report[label] = None if adapter is None else {
             "registered_model": adapter.registered_model, "version": adapter.version, "alias": adapter.alias,
-            "loaded_at": adapter.loaded_at.isoformat(timespec="seconds"), "source": adapter.source,
+            "loaded_at": iso(adapter.loaded_at), "source": adapter.source,
             "adapter": adapter.adapter_name, "bundle_sha256": adapter.digest,
             "val_mae": adapter.candidate().val_mae,
         }
