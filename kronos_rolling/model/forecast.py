@@ -60,15 +60,15 @@ class ForecastResult:
     """
 
     mean: pd.DataFrame
+    point: pd.DataFrame
     paths: list[pd.DataFrame] | None = None
     quantiles: dict[str, pd.DataFrame] | None = None
-    point: pd.DataFrame | None = None
     close_paths: np.ndarray | None = None
     price_floor: float = 0.0  # the lowest price a bar of this forecast may hold (valid_bars)
 
     def to_frame(self) -> pd.DataFrame:
         """The point forecast, plus `<column>_<p10|p5|...>` columns when quantiles were computed."""
-        frame = (self.point if self.point is not None else self.mean).copy()
+        frame = self.point.copy()
         for name, band in (self.quantiles or {}).items():
             for column in FEATURE_COLUMNS:
                 frame[f"{column}_{name}"] = band[column].to_numpy()

@@ -232,11 +232,11 @@ def forecast_line(symbol: str, store: DataStore, base: BaseModelRef, settings: S
     finally:
         service.stop()
     last = bars["close"].iloc[-1]
-    nxt = answer.result.mean["close"].iloc[-1]
+    nxt = answer.result.point["close"].iloc[-1]
     # The same request and seed to the bare base: what the adapter changed.
     model, tokenizer = base.load()
     bare = Forecaster(model, tokenizer, device="cpu").forecast(
-        [bars], 4, seed=0, asset_class=asset_class)[0].mean["close"].iloc[-1]
+        [bars], 4, seed=0, asset_class=asset_class)[0].point["close"].iloc[-1]
     return (f"{symbol:<7} last close {last:,.4f} -> in 4 bars {nxt:,.4f}  "
             f"answered by {answer.model.describe()} (bare base: {bare:,.4f})")
 

@@ -209,7 +209,7 @@ def response_of(answer: Answer) -> dict:
         "symbol": answer.symbol,
         "model": answer.model.__dict__,
         "warnings": answer.warnings,
-        "forecast": _rows(result.point if result.point is not None else result.mean),
+        "forecast": _rows(result.point),
         "quantiles": {name: _rows(frame) for name, frame in result.quantiles.items()} if result.quantiles else None,
         "calibration": None if answer.calibration is None else {
             "applied": answer.calibration.applied, "registered_model": answer.model.registered_model,
