@@ -35,6 +35,12 @@ def to_utc(moment) -> pd.Timestamp:
     return (stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")).as_unit("ns")
 
 
+
+def calendar_months(start, end) -> int:
+    """Calendar months from `start`'s month to `end`'s (2018-01-01 .. 2018-04-01: 3)."""
+    start, end = to_utc(start), to_utc(end)
+    return (end.year - start.year) * 12 + end.month - start.month
+
 @dataclass(frozen=True)
 class TrainingWindow:
     as_of: date  # the decision date; the spans below are UTC timestamps (val_end: as_of's midnight)

@@ -26,20 +26,19 @@ from pathlib import Path
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from kronos_rolling import ASSET_CLASSES
-from kronos_rolling.data.windows import to_utc
+from kronos_rolling.data.windows import calendar_months, to_utc
 from kronos_rolling.evaluation.config import EvalSettings, settings_for
 from kronos_rolling.evaluation.report import log_evaluation
 from kronos_rolling.evaluation.span import SpanEvaluation, evaluate_span
 from kronos_rolling.pipeline.context import JobContext
 from kronos_rolling.pipeline.references import reference_models
-from kronos_rolling.pipeline.steps import judge_candidate
+from kronos_rolling.pipeline.steps import evaluation_classes, judge_candidate
 from kronos_rolling.registry import alerts
 from kronos_rolling.registry.alerts import DeliveryResult
 from kronos_rolling.registry.client import call, find_version, is_missing
 from kronos_rolling.registry.guard import PENDING, GuardDecision
 from kronos_rolling.tracking.integrity import fetch_verified
-from kronos_rolling.names import POOLED, STAGING, registered_model_name
+from kronos_rolling.names import STAGING, registered_model_name
 from kronos_rolling.registry.promotion import GUARD_DECISION_TAG, AliasMove, apply_guard_decision
 from kronos_rolling.tracking.adapters import base_of, calibration_of, load_forecast_model
 from kronos_rolling.tracking.runs import evaluations_experiment_name, start_run
@@ -91,10 +90,10 @@ def _judge(label: str, ctx: JobContext, as_of: date, version: ModelVersion, scra
     chosen = EvalSettings(**metadata["eval"])  # exactly how its validation month was scored
     settings = settings_for(chosen.lookback, chosen.horizon, chosen, ctx.thresholds)
     span = (to_utc(metadata["val_start"]), to_utc(as_of))
-    months = (as_of.year - span[0].year) * 12 + as_of.month - span[0].month
+    months = calendar_months(span[0], as_of)
     challenger = load_forecast_model(source)
     refs = reference_models(ctx.tracking, label, base_of(source), scratch)
-    classes = [c for c in (ASSET_CLASSES if label == POOLED else [label]) if ctx.store.symbols_for(c)]
+    classes = [c for c in evaluation_classes(label) if ctx.store.symbols_for(c)]
     calibrations = {**refs.calibrations, **({"candidate": own} if (own := calibration_of(source)) else {})}
     evaluation = evaluate_span(ctx.store, classes, span, {"candidate": challenger, **refs.models}, settings,
                                challenger.vocabulary, calibrations)

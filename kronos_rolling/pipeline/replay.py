@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from kronos_rolling import ASSET_CLASSES
 from kronos_rolling.data.store import DataStore
-from kronos_rolling.data.windows import select_training_window
+from kronos_rolling.data.windows import calendar_months, select_training_window
 from kronos_rolling.errors import ConfigError, KronosError
 from kronos_rolling.evaluation.config import EvalSettings, settings_for
 from kronos_rolling.evaluation.span import NAIVE, PERSISTENCE, SpanEvaluation, evaluate_span
@@ -334,11 +334,6 @@ def serving_now(client: MlflowClient, asset_class: str) -> str:
     return version if name == "production" else name
 
 
-def _months(span) -> int:
-    start, end = span
-    return (end.year - start.year) * 12 + end.month - start.month
-
-
 def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, seconds: float,
          drill: bool) -> MonthRow:
     cadence = read_cadence(client, asset_class)
@@ -388,7 +383,7 @@ def _row(month: str, asset_class: str, result: JobResult, client: MlflowClient, 
         row.decision_horizons = compared.horizons
     if evaluation is not None:
         figures = {name: evaluation.figures(name) for name in evaluation.models}
-        row.evidence_months = _months(evaluation.span)
+        row.evidence_months = calendar_months(*evaluation.span)
         row.pooled_val_mae = figures.get("pooled", {}).get("val_mae")
         row.production_val_mae = figures.get("production", {}).get("val_mae")
         row.base_val_mae = figures.get("base", {}).get("val_mae")

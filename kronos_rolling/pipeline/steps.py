@@ -108,8 +108,9 @@ class TrainOutcome:
         return figures_of(self.evaluation, name, self.compared_versions.get(name))
 
 
-def evaluation_classes(config: TrainConfig) -> list[str]:
-    return [config.asset_class] if config.mode == "rolling" else list(ASSET_CLASSES)
+def evaluation_classes(label: str) -> list[str]:
+    """The classes a label's versions are evaluated on: its own, or every class for pooled."""
+    return list(ASSET_CLASSES) if label == POOLED else [label]
 
 
 @contextlib.contextmanager
@@ -154,7 +155,7 @@ def train_step(config: TrainConfig, ctx: JobContext, eval_settings: EvalSettings
     store, tracking, dist_info = ctx.store, ctx.tracking, ctx.distributed
     window = config.window()
     symbols = training_symbols(config, store)
-    check_data_reaches({c: store.coverage(store.symbols_for(c)) for c in evaluation_classes(config)}, window)
+    check_data_reaches({c: store.coverage(store.symbols_for(c)) for c in evaluation_classes(config.label)}, window)
     shortfalls = coverage_shortfall(store.coverage(symbols), window)
     if shortfalls:  # one warning per run, with the count
         log.warning("window shortfall: %s", shortfall_summary(shortfalls, len(symbols)))
@@ -260,7 +261,7 @@ def evaluate_step(trained: Trained, ctx: JobContext, eval_settings: EvalSettings
     candidate = ForecastModel(trainee.model, trainee.tokenizer, trainee.event_embedding, trainee.vocabulary,
                               base.max_context)
     refs = reference_models(ctx.tracking, config.label, base, scratch, trained.warm_source)
-    classes = [c for c in evaluation_classes(config) if store.symbols_for(c)]
+    classes = [c for c in evaluation_classes(config.label) if store.symbols_for(c)]
     evaluation = evaluate_span(store, classes, trained.window.val_span, {"candidate": candidate, **refs.models},
                                eval_settings, trainee.vocabulary, refs.calibrations)
     calibration = evaluation.fit_calibration("candidate", ctx.thresholds.calibration_min_outcomes)

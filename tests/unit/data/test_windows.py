@@ -12,6 +12,7 @@ import pytest
 from kronos_rolling.data.store import BUNDLED_DATA_DIR, DataStore
 from kronos_rolling.data.windows import (
     SeriesCoverage,
+    calendar_months,
     TrainingWindow,
     coverage_shortfall,
     shortfall_summary,
@@ -109,3 +110,9 @@ def test_weekend_and_holiday_ends_are_not_shortfalls():
     crypto = SeriesCoverage(ts("2018-01-01 05:00"), ts("2018-01-02"), pd.Timedelta("1h"), "crypto")
     (gap,) = coverage_shortfall({"C": crypto}, (ts("2018-01-01"), ts("2018-01-02")))
     assert (gap.missing_before, gap.missing_after, gap.expected) == (5, 0, 24)
+
+
+def test_calendar_months_counts_month_boundaries_from_any_date_type():
+    assert calendar_months(dt.date(2018, 1, 1), dt.date(2018, 4, 1)) == 3
+    assert calendar_months(pd.Timestamp("2017-11-01", tz="UTC"), dt.date(2018, 2, 1)) == 3
+    assert calendar_months("2018-01-31", "2018-02-01") == 1 and calendar_months("2018-03-01", "2018-03-31") == 0
