@@ -23,9 +23,12 @@ SERVER = [sys.executable, "-m", "kronos_rolling.cli", "server"]
 
 
 def start(args, env, log_file):
+    # As from a terminal's foreground: Ctrl-C at its default. A test run started in the background
+    # (`make test &`) ignores SIGINT, and children inherit that, so this test's Ctrl-C would never arrive.
     with open(log_file, "ab") as out:
         process = subprocess.Popen(SERVER + args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return process
 
 
